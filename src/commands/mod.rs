@@ -1,0 +1,205 @@
+//! The command line (SPEC §2). Each command is a function returning its exit code; errors
+//! are printed here, once, with what the user can do about them.
+
+mod check;
+mod demo;
+mod mock_gateway;
+mod outbox;
+mod run;
+mod test;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Turns WhatsApp chats served by the Cartat gateway into automations: rules in YAML,
+/// signed webhooks and logs, no missed and no repeated action across crashes.
+#[derive(Debug, Parser)]
+#[command(name = "cartat-rules", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Verbosity and log format, for every command.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// More output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log line format.
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: poll the watched chats, evaluate the rules, deliver the actions,
+    /// until SIGINT/SIGTERM (then finish in-flight work and exit 0). Exit 1 on a bad config.
+    Run {
+        /// The config file.
+        #[arg(short, long, default_value = "cartat.yaml", env = "CARTAT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the config and every rule file without touching the network. Prints each
+    /// problem as `path:line:col: message`; exit 0 when all is valid, 1 otherwise.
+    Check {
+        /// The config file (its `rules.paths` are checked too).
+        #[arg(short, long, default_value = "cartat.yaml")]
+        config: PathBuf,
+        /// Rule files or folders to check instead of the config's `rules.paths`. With paths
+        /// and no config file present, only the rules are checked.
+        paths: Vec<PathBuf>,
+    },
+    /// Dry run: evaluate rules against a saved `/chats` reply (or a JSON array of them) and
+    /// print which rule fired on which message and the exact webhook bodies. Sends nothing,
+    /// writes no state.
+    Test {
+        /// A rule file or folder.
+        #[arg(long)]
+        rules: PathBuf,
+        /// A saved `/chats/{id}` reply, or a JSON array of replies.
+        #[arg(long)]
+        input: PathBuf,
+        /// `text` for people, `json` for one JSON object per line and firing.
+        #[arg(long, value_enum, default_value = "text")]
+        format: TestFormat,
+        /// Also show, per message and rule, the normalized text and the first condition that failed.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Inspect the delivery queue and re-send dead-lettered deliveries (same delivery_id).
+    Outbox {
+        /// The config file (for `state.path`).
+        #[arg(short, long, default_value = "cartat.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
+    },
+    /// Offline end-to-end demo: a built-in mock gateway, a local webhook receiver, and the
+    /// engine on `rules/` with `examples/demo.yaml`; prints every fired action.
+    Demo {
+        /// How long to run.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// The demo config.
+        #[arg(short, long, default_value = "examples/demo.yaml")]
+        config: PathBuf,
+        /// The mock gateway's scenario (default: the built-in conversation).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+    /// The fake Cartat used by the demo and the tests: serves `/chats/{id}` from a scenario.
+    MockGateway {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: std::net::SocketAddr,
+        /// A scenario file (default: the demo conversation).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TestFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// List deliveries, newest first.
+    List {
+        /// Only this state: pending, delivered or dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Re-send a dead-lettered delivery (by outbox id or delivery_id), or all of them.
+    Retry {
+        /// The outbox id or delivery_id.
+        id: Option<String>,
+        /// Every dead-lettered delivery.
+        #[arg(long, conflicts_with = "id")]
+        dead: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s)
+}
+
+/// Sets up logging: `RUST_LOG` wins, else -v/-q, else `default`.
+pub fn init_logging(args: &LogArgs, default: &str, format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let level = if args.quiet {
+        "warn"
+    } else {
+        match args.verbose {
+            0 => default,
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let json = match args.log_format {
+        Some(LogFormatArg::Json) => true,
+        Some(LogFormatArg::Text) => false,
+        None => format == crate::config::LogFormat::Json,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs a command; returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let code = match cli.command {
+        Command::Run { config } => run::run(&config, &cli.log),
+        Command::Check { config, paths } => check::check(&config, &paths),
+        Command::Test {
+            rules,
+            input,
+            format,
+            explain,
+        } => test::test(&rules, &input, format, explain),
+        Command::Outbox { config, action } => outbox::outbox(&config, action),
+        Command::Demo {
+            duration,
+            config,
+            scenario,
+        } => demo::demo(&config, scenario.as_deref(), duration, &cli.log),
+        Command::MockGateway { listen, scenario } => {
+            mock_gateway::mock_gateway(listen, scenario.as_deref(), &cli.log)
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// A multi-threaded runtime for the long-running commands.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

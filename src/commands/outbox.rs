@@ -1,0 +1,78 @@
+use super::OutboxAction;
+use crate::config::{self, EnvMode};
+use crate::store::{Requeue, Store};
+use std::path::Path;
+
+pub fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
+    let config = match config::load(config_path, EnvMode::Optional) {
+        Ok((c, _)) => c,
+        Err(d) => {
+            eprint!("{d}");
+            return 1;
+        }
+    };
+    let store = match Store::open_shared(&config.state_path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cartat-rules: {e}");
+            return 1;
+        }
+    };
+    let now = jiff::Timestamp::now().as_millisecond();
+    let result = match action.unwrap_or(OutboxAction::List {
+        state: None,
+        limit: 50,
+    }) {
+        OutboxAction::List { state, limit } => store.list(state.as_deref(), limit).map(|rows| {
+            println!(
+                "{:>6}  {:<9}  {:>3}  {:<32}  {:<20}  {:<4}  last error",
+                "id", "state", "try", "delivery_id", "rule", "code"
+            );
+            for r in rows {
+                println!(
+                    "{:>6}  {:<9}  {:>3}  {:<32}  {:<20}  {:<4}  {}",
+                    r.id,
+                    r.state,
+                    r.attempts,
+                    r.delivery.delivery_id,
+                    r.delivery.rule_id,
+                    r.last_status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.last_error.unwrap_or_default()
+                );
+            }
+        }),
+        OutboxAction::Retry { id: Some(id), .. } => {
+            store.requeue(Requeue::One(&id), now).map(|n| {
+                if n == 0 {
+                    println!("no dead-lettered delivery `{id}`");
+                } else {
+                    println!("queued {n} delivery for re-sending with its original delivery_id");
+                }
+            })
+        }
+        OutboxAction::Retry {
+            id: None,
+            dead: true,
+        } => store
+            .requeue(Requeue::AllDead, now)
+            .map(|n| println!("queued {n} dead-lettered deliveries for re-sending")),
+        OutboxAction::Retry {
+            id: None,
+            dead: false,
+        } => {
+            eprintln!(
+                "cartat-rules: say which delivery to re-send (an id from `outbox list`), or --dead for all"
+            );
+            return 1;
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cartat-rules: {e}");
+            1
+        }
+    }
+}

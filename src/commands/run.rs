@@ -1,0 +1,50 @@
+use super::{LogArgs, init_logging, runtime};
+use crate::config::{self, EnvMode};
+use std::path::Path;
+
+pub fn run(path: &Path, log: &LogArgs) -> u8 {
+    let (config, warnings) = match config::load(path, EnvMode::Required) {
+        Ok(c) => c,
+        Err(d) => {
+            eprint!("{d}");
+            eprintln!("cartat-rules: the config is not valid; nothing was started");
+            return 1;
+        }
+    };
+    eprint!("{warnings}");
+    init_logging(log, "info", config.log_format);
+    crate::events::set_masking(config.mask_phone_numbers);
+    let (rules, rule_warnings) = match crate::rules::load(&config.rule_paths) {
+        Ok(r) => r,
+        Err(d) => {
+            eprint!("{d}");
+            eprintln!("cartat-rules: the rules are not valid; nothing was started");
+            return 1;
+        }
+    };
+    eprint!("{rule_warnings}");
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cartat-rules: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let (poller, dispatcher, _running) = match crate::daemon::prepare(config, rules) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("cartat-rules: {e:#}");
+                return 1;
+            }
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            crate::daemon::signal().await;
+            s.cancel();
+        });
+        crate::daemon::run(poller, dispatcher, shutdown).await;
+        0
+    })
+}

@@ -1,0 +1,184 @@
+use super::TestFormat;
+use crate::engine::decide::{Clock, decide};
+use crate::gateway::model::{ChatId, Message, Page, parse_reply_value};
+use crate::rules::{RuleSet, Verdict};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub fn test(rules_path: &Path, input: &Path, format: TestFormat, explain: bool) -> u8 {
+    let rules = match crate::rules::load(&[rules_path.to_path_buf()]) {
+        Ok((r, warnings)) => {
+            eprint!("{warnings}");
+            r
+        }
+        Err(d) => {
+            eprint!("{d}");
+            return 1;
+        }
+    };
+    let text = match std::fs::read_to_string(input) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", input.display());
+            return 1;
+        }
+    };
+    let root: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "{}:{}:{}: not JSON: {e}",
+                input.display(),
+                e.line(),
+                e.column()
+            );
+            return 1;
+        }
+    };
+    let replies: Vec<&Value> = match &root {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let mut out = String::new();
+    for (i, reply) in replies.iter().enumerate() {
+        let fallback = ChatId::from_gateway("unknown");
+        let page = match parse_reply_value(reply, &fallback) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{}: reply #{}: {e}", input.display(), i + 1);
+                return 1;
+            }
+        };
+        evaluate_page(&rules, &page, format, explain, &mut out);
+    }
+    print!("{out}");
+    0
+}
+
+/// Evaluates a page's messages oldest first, as the daemon would on first sight with
+/// `replay_history`, and writes the report.
+pub fn evaluate_page(
+    rules: &RuleSet,
+    page: &Page,
+    format: TestFormat,
+    explain: bool,
+    out: &mut String,
+) {
+    use std::fmt::Write;
+    let chat_id = ChatId::from_gateway(&page.chat.id);
+    let mut msgs: Vec<&Message> = page.messages.iter().collect();
+    msgs.sort_by(|a, b| (a.timestamp, &a.key).cmp(&(b.timestamp, &b.key)));
+    if format == TestFormat::Text {
+        let _ = writeln!(
+            out,
+            "chat {} ({}): {} message(s){}",
+            chat_id,
+            page.chat.name.as_deref().unwrap_or("no name"),
+            msgs.len(),
+            if page.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(", {} skipped", page.skipped.len())
+            }
+        );
+        for s in &page.skipped {
+            let _ = writeln!(out, "  skipped message #{}: {}", s.index, s.reason);
+        }
+    }
+    let mut cooldowns: HashMap<String, i64> = HashMap::new();
+    for msg in msgs {
+        let d = decide(
+            rules,
+            &chat_id,
+            &page.chat,
+            &[msg],
+            &cooldowns,
+            Clock::MessageTime,
+        );
+        for (rule, until) in &d.cooldowns {
+            cooldowns.insert(rule.clone(), *until);
+        }
+        match format {
+            TestFormat::Json => {
+                for f in &d.firings {
+                    let mut actions = Vec::new();
+                    for l in d.logs.iter().filter(|l| l.rule_id == f.rule_id) {
+                        actions.push(json!({"type": "log", "level": format!("{:?}", l.level).to_lowercase(), "message": l.text}));
+                    }
+                    for w in d.deliveries.iter().filter(|w| w.rule_id == f.rule_id) {
+                        let headers: serde_json::Map<String, Value> = w
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                            .collect();
+                        let body: Value =
+                            serde_json::from_str(&w.body).unwrap_or(Value::String(w.body.clone()));
+                        actions.push(json!({"type": "webhook", "url": w.url, "headers": headers, "body": body, "delivery_id": w.delivery_id}));
+                    }
+                    let line = json!({"rule": f.rule_id, "chat": chat_id.as_str(), "message_id": msg.serialized_id, "matched": f.matched, "actions": actions});
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            TestFormat::Text => {
+                let preview: String = msg.body.chars().take(60).collect();
+                let _ = writeln!(
+                    out,
+                    "  message {} [{} {}{}] {:?}",
+                    msg.serialized_id,
+                    msg.kind,
+                    crate::outbox::envelope::rfc3339(msg.timestamp),
+                    if msg.key.from_me { ", from me" } else { "" },
+                    preview
+                );
+                if explain {
+                    let p = rules.prepare(&msg.body);
+                    let _ = writeln!(out, "    normalized: {:?}", p.normalized);
+                    for rule in &rules.rules {
+                        if let Verdict::Failed(why) =
+                            rules.eval_message(rule, &chat_id, &page.chat, msg, &p)
+                        {
+                            let _ = writeln!(out, "    ✗ {}: {why}", rule.id);
+                        }
+                    }
+                    for (rule, _) in &d.suppressed {
+                        let _ =
+                            writeln!(out, "    ✗ {rule}: matched, but silenced by its cooldown");
+                    }
+                    for (rule, _) in &d.stale {
+                        let _ = writeln!(out, "    ✗ {rule}: matched, but older than max_age");
+                    }
+                }
+                for f in &d.firings {
+                    let _ = writeln!(out, "    ✓ {} fired, matched {}", f.rule_id, f.matched);
+                    for l in d.logs.iter().filter(|l| l.rule_id == f.rule_id) {
+                        let _ = writeln!(out, "      log {:?}: {}", l.level, l.text);
+                    }
+                    for w in d.deliveries.iter().filter(|w| w.rule_id == f.rule_id) {
+                        let _ = writeln!(
+                            out,
+                            "      webhook POST {} (delivery_id {})",
+                            w.url, w.delivery_id
+                        );
+                        for (k, v) in &w.headers {
+                            let _ = writeln!(out, "        {k}: {v}");
+                        }
+                        let pretty = serde_json::from_str::<Value>(&w.body)
+                            .ok()
+                            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                            .unwrap_or_else(|| w.body.clone());
+                        for line in pretty.lines() {
+                            let _ = writeln!(out, "        {line}");
+                        }
+                    }
+                }
+                for (rule, e) in &d.errors {
+                    let _ = writeln!(out, "    ! {rule}: {e}");
+                }
+                if d.firings.is_empty() && !explain {
+                    let _ = writeln!(out, "    (no rule fired)");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! `cartat.yaml`: serde-only raw types ([`raw`]) compiled into a validated [`Config`].
+//!
+//! Owns: reading the file, `${VAR}` interpolation, every config error as `path:line:col`.
+//! Must not: touch the network or the state file.
+
+pub mod raw;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::duration::HumanDuration;
+use crate::gateway::model::ChatId;
+use crate::outbox::sign::SigningKey;
+use crate::outbox::ssrf::{Cidr, NetPolicy};
+use secrecy::SecretString;
+use serde_saphyr::Spanned;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What to do with the messages a chat already has when it is first seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstSight {
+    /// Mark them seen without firing (the default).
+    #[default]
+    SkipHistory,
+    /// Evaluate them as new messages.
+    ReplayHistory,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The API side: where Cartat is and how hard we may call it.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub base_url: String,
+    pub token: SecretString,
+    pub timeout: Duration,
+    pub rate_per_second: u32,
+    pub burst: u32,
+    pub message_limit: u32,
+    /// The largest `limit` the gap recovery may ask for.
+    pub max_message_limit: u32,
+}
+
+/// One watched chat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchedChat {
+    pub id: ChatId,
+    pub interval: Duration,
+}
+
+/// The webhook side.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub secret: Option<SigningKey>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub net_policy: NetPolicy,
+    /// Multiplies every retry delay; 1.0 in production, small in tests.
+    pub retry_scale: f64,
+}
+
+/// The whole validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub api: ApiConfig,
+    pub chats: Vec<WatchedChat>,
+    pub poll_interval: Duration,
+    pub on_first_sight: FirstSight,
+    pub state_path: PathBuf,
+    pub rule_paths: Vec<PathBuf>,
+    pub watch_rules: bool,
+    pub webhooks: WebhookConfig,
+    pub log_format: LogFormat,
+    pub mask_phone_numbers: bool,
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// How strictly to treat `${VAR}` that is not set: `run` needs it, `check` only warns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvMode {
+    Required,
+    Optional,
+}
+
+/// Reads and compiles a config file. Errors (and, in `Optional` mode, warnings) carry
+/// `path:line:col`.
+pub fn load(path: &Path, env: EnvMode) -> Result<(Config, Diagnostics), Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic::error(
+            path,
+            0,
+            0,
+            format!("cannot read the config: {e}"),
+        )])
+    })?;
+    from_str(path, &text, env, &|k| std::env::var(k).ok())
+}
+
+/// Compiles config text; `lookup` reads environment variables (injected for tests).
+pub fn from_str(
+    path: &Path,
+    text: &str,
+    env: EnvMode,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Diagnostics), Diagnostics> {
+    let raw: raw::RawConfig = serde_saphyr::from_str(text)
+        .map_err(|e| Diagnostics(vec![Diagnostic::from_yaml(path, &e)]))?;
+    compile(path, raw, env, lookup)
+}
+
+fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Resolves `${VAR}` in a config string. Plain strings pass through.
+fn interpolate(
+    path: &Path,
+    value: &Spanned<String>,
+    env: EnvMode,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    let s = value.value.as_str();
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            diags.push(Diagnostic::at(
+                path,
+                value.referenced,
+                "`${` without a closing `}`",
+            ));
+            return None;
+        };
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            diags.push(Diagnostic::at(
+                path,
+                value.referenced,
+                format!("`${{{name}}}` is not a valid variable name"),
+            ));
+            return None;
+        }
+        match lookup(name) {
+            Some(v) => out.push_str(&v),
+            None => {
+                let msg = format!("environment variable `{name}` is not set");
+                match env {
+                    EnvMode::Required => {
+                        diags.push(Diagnostic::at(path, value.referenced, msg));
+                        return None;
+                    }
+                    EnvMode::Optional => {
+                        let loc = value.referenced;
+                        diags.push(Diagnostic::warning(path, loc.line(), loc.column(), msg));
+                    }
+                }
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn compile(
+    path: &Path,
+    raw: raw::RawConfig,
+    env: EnvMode,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Diagnostics), Diagnostics> {
+    let mut d = Diagnostics::default();
+    let dir = base_dir(path);
+
+    let base_url = interpolate(path, &raw.api.base_url, env, lookup, &mut d).unwrap_or_default();
+    if !base_url.is_empty()
+        && !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+    {
+        d.push(Diagnostic::at(
+            path,
+            raw.api.base_url.referenced,
+            format!("`{base_url}`: base_url must start with http:// or https://"),
+        ));
+    }
+    let token = raw
+        .api
+        .token
+        .as_ref()
+        .and_then(|t| interpolate(path, t, env, lookup, &mut d))
+        .unwrap_or_default();
+    let rate = raw.api.rate_limit.unwrap_or_default();
+    if rate.per_second.value == 0 {
+        d.push(Diagnostic::at(
+            path,
+            rate.per_second.referenced,
+            "per_second must be at least 1",
+        ));
+    }
+    let limit = raw.api.message_limit.unwrap_or(Spanned::new(
+        50,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    ));
+    if !(1..=10_000).contains(&limit.value) {
+        d.push(Diagnostic::at(
+            path,
+            limit.referenced,
+            "message_limit must be between 1 and 10000",
+        ));
+    }
+
+    let poll = raw.poll.unwrap_or_default();
+    let poll_interval = poll
+        .interval
+        .map(|i| i.0)
+        .unwrap_or(Duration::from_secs(10));
+    let mut chats = Vec::new();
+    let mut seen_ids = std::collections::HashSet::new();
+    for entry in &raw.chats {
+        let (id_text, interval) = match &entry.value {
+            raw::RawChat::Id(id) => (id.clone(), None),
+            raw::RawChat::Full { id, interval } => {
+                (id.clone(), interval.map(|i: HumanDuration| i.0))
+            }
+        };
+        match ChatId::parse(&id_text) {
+            Ok(id) => {
+                if !seen_ids.insert(id.clone()) {
+                    d.push(Diagnostic::at(
+                        path,
+                        entry.referenced,
+                        format!("chat `{id}` is listed twice"),
+                    ));
+                }
+                chats.push(WatchedChat {
+                    id,
+                    interval: interval.unwrap_or(poll_interval),
+                });
+            }
+            Err(e) => d.push(Diagnostic::at(path, entry.referenced, e.0)),
+        }
+    }
+
+    let state = raw.state.unwrap_or_default();
+    let state_path = dir.join(
+        state
+            .path
+            .unwrap_or_else(|| "./state/cartat-rules.db".into()),
+    );
+    let rules = raw.rules.unwrap_or_default();
+    let rule_paths = rules
+        .paths
+        .unwrap_or_else(|| vec!["./rules".into()])
+        .into_iter()
+        .map(|p| dir.join(p))
+        .collect();
+
+    let wh = raw.webhooks.unwrap_or_default();
+    let secret = match wh
+        .secret
+        .as_ref()
+        .and_then(|s| interpolate(path, s, env, lookup, &mut d))
+    {
+        Some(s) if !s.is_empty() => match SigningKey::parse(&s) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let loc = wh
+                    .secret
+                    .as_ref()
+                    .map(|s| s.referenced)
+                    .unwrap_or(serde_saphyr::Location::UNKNOWN);
+                d.push(Diagnostic::at(path, loc, format!("webhooks.secret: {e}")));
+                None
+            }
+        },
+        _ => None,
+    };
+    let net_policy = match wh.allow_private_networks {
+        None => NetPolicy::PublicOnly,
+        Some(Spanned {
+            value: raw::AllowPrivate::All(true),
+            ..
+        }) => NetPolicy::AllowAll,
+        Some(Spanned {
+            value: raw::AllowPrivate::All(false),
+            ..
+        }) => NetPolicy::PublicOnly,
+        Some(Spanned {
+            value: raw::AllowPrivate::List(list),
+            referenced,
+            ..
+        }) => {
+            let mut cidrs = Vec::new();
+            for c in list {
+                match c.parse::<Cidr>() {
+                    Ok(c) => cidrs.push(c),
+                    Err(e) => d.push(Diagnostic::at(
+                        path,
+                        referenced,
+                        format!("allow_private_networks: `{c}`: {e}"),
+                    )),
+                }
+            }
+            NetPolicy::Allow(cidrs)
+        }
+    };
+    let max_attempts = wh.max_attempts.unwrap_or(12);
+    if max_attempts == 0 {
+        d.push(Diagnostic::error(
+            path,
+            0,
+            0,
+            "webhooks.max_attempts must be at least 1",
+        ));
+    }
+    let retry_scale = wh.retry_scale.unwrap_or(1.0);
+    if !(retry_scale > 0.0 && retry_scale <= 1.0) {
+        d.push(Diagnostic::error(
+            path,
+            0,
+            0,
+            "webhooks.retry_scale must be in (0, 1]",
+        ));
+    }
+
+    let log = raw.log.unwrap_or_default();
+    let server = raw.server.unwrap_or_default();
+    let listen = match server.listen {
+        None => None,
+        Some(s) if s.value.is_empty() || s.value == "off" => None,
+        Some(s) => match s.value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                d.push(Diagnostic::at(
+                    path,
+                    s.referenced,
+                    format!("`{}` is not an address like 127.0.0.1:9464", s.value),
+                ));
+                None
+            }
+        },
+    };
+
+    if d.has_errors() {
+        return Err(d);
+    }
+    let config = Config {
+        path: path.to_path_buf(),
+        api: ApiConfig {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token: SecretString::from(token),
+            timeout: raw
+                .api
+                .timeout
+                .map(|t| t.0)
+                .unwrap_or(Duration::from_secs(10)),
+            rate_per_second: rate.per_second.value,
+            burst: rate.burst.unwrap_or(rate.per_second.value).max(1),
+            message_limit: limit.value,
+            max_message_limit: raw
+                .api
+                .max_message_limit
+                .unwrap_or(limit.value.saturating_mul(32).max(1000)),
+        },
+        chats,
+        poll_interval,
+        on_first_sight: poll.on_first_sight.unwrap_or_default(),
+        state_path,
+        rule_paths,
+        watch_rules: rules.watch.unwrap_or(true),
+        webhooks: WebhookConfig {
+            secret,
+            timeout: wh.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(10)),
+            max_attempts,
+            net_policy,
+            retry_scale,
+        },
+        log_format: log.format.unwrap_or_default(),
+        mask_phone_numbers: log.mask_phone_numbers.unwrap_or(true),
+        listen,
+    };
+    Ok((config, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "CARTAT_TOKEN" => Some("tok-123".into()),
+            "WEBHOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            _ => None,
+        }
+    }
+
+    const SPEC_EXAMPLE: &str = r#"
+api:
+  base_url: https://api.cartat.net
+  token: ${CARTAT_TOKEN}
+  timeout: 10s
+  rate_limit: { per_second: 5, burst: 5 }
+  message_limit: 50
+chats:
+  - "966500000000"
+  - { id: "120363012345678901@g.us", interval: 30s }
+poll:
+  interval: 10s
+  on_first_sight: skip_history
+state:
+  path: ./state/cartat-rules.db
+rules:
+  paths: [./rules]
+  watch: true
+webhooks:
+  secret: ${WEBHOOK_SECRET}
+  timeout: 10s
+  max_attempts: 12
+  allow_private_networks: false
+log:
+  format: text
+  mask_phone_numbers: true
+server:
+  listen: 127.0.0.1:9464
+"#;
+
+    #[test]
+    fn the_spec_example_compiles() {
+        let (c, warnings) = from_str(
+            Path::new("conf/cartat.yaml"),
+            SPEC_EXAMPLE,
+            EnvMode::Required,
+            &env,
+        )
+        .unwrap();
+        assert!(warnings.0.is_empty(), "{warnings}");
+        assert_eq!(c.api.base_url, "https://api.cartat.net");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&c.api.token),
+            "tok-123"
+        );
+        assert_eq!(c.chats.len(), 2);
+        assert_eq!(c.chats[0].id.as_str(), "966500000000@c.us");
+        assert_eq!(c.chats[0].interval, Duration::from_secs(10));
+        assert_eq!(c.chats[1].interval, Duration::from_secs(30));
+        assert_eq!(c.state_path, Path::new("conf/./state/cartat-rules.db"));
+        assert_eq!(c.rule_paths, vec![PathBuf::from("conf/./rules")]);
+        assert!(c.webhooks.secret.is_some());
+        assert_eq!(c.webhooks.net_policy, NetPolicy::PublicOnly);
+        assert_eq!(c.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(
+            !format!("{c:?}").contains("tok-123"),
+            "the token never reaches Debug output"
+        );
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match from_str(Path::new("c.yaml"), text, EnvMode::Required, &env) {
+            Ok(_) => vec![],
+            Err(d) => d.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line_and_column() {
+        let e = errors_of("api:\n  base_url: http://x\n  tokn: a\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("c.yaml:3:3: "), "{e:?}");
+        assert!(e[0].contains("tokn"), "{e:?}");
+
+        let e = errors_of("api:\n  base_url: http://x\nchats:\n  - \"+966500000000\"\n");
+        assert!(e[0].starts_with("c.yaml:4:5: "), "{e:?}");
+        assert!(e[0].contains("did you mean 966500000000?"), "{e:?}");
+
+        let e = errors_of("api:\n  base_url: http://x\n  token: ${NOPE}\n");
+        assert!(
+            e[0].starts_with("c.yaml:3:10: ") && e[0].contains("`NOPE` is not set"),
+            "{e:?}"
+        );
+
+        let e = errors_of("api:\n  base_url: http://x\n  timeout: 10 seconds\n");
+        assert!(e[0].starts_with("c.yaml:3:"), "{e:?}");
+    }
+
+    #[test]
+    fn missing_env_is_a_warning_for_check() {
+        let (_, w) = from_str(
+            Path::new("c.yaml"),
+            "api:\n  base_url: http://x\n  token: ${NOPE}\n",
+            EnvMode::Optional,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(w.0.len(), 1);
+        assert!(
+            w.to_string()
+                .contains("warning: environment variable `NOPE` is not set")
+        );
+    }
+
+    #[test]
+    fn private_network_allow_list() {
+        let text =
+            "api:\n  base_url: http://x\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\n";
+        let (c, _) = from_str(Path::new("c.yaml"), text, EnvMode::Required, &env).unwrap();
+        assert!(matches!(c.webhooks.net_policy, NetPolicy::Allow(ref v) if v.len() == 1));
+        let text = "api:\n  base_url: http://x\nwebhooks:\n  allow_private_networks: true\n";
+        let (c, _) = from_str(Path::new("c.yaml"), text, EnvMode::Required, &env).unwrap();
+        assert_eq!(c.webhooks.net_policy, NetPolicy::AllowAll);
+    }
+}

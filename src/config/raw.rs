@@ -1,0 +1,179 @@
+//! The config file exactly as written: serde types only, unknown keys refused.
+//! Every field's doc comment is its user-facing description.
+
+use crate::duration::HumanDuration;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// `cartat.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The Cartat gateway.
+    pub api: RawApi,
+    /// The watched chats: a phone number with country code, or `{id, interval}`.
+    #[serde(default)]
+    pub chats: Vec<Spanned<RawChat>>,
+    /// Polling defaults.
+    pub poll: Option<RawPoll>,
+    /// The embedded state store.
+    pub state: Option<RawState>,
+    /// Where the rule files are.
+    pub rules: Option<RawRules>,
+    /// Webhook delivery.
+    pub webhooks: Option<RawWebhooks>,
+    /// Logging.
+    pub log: Option<RawLog>,
+    /// The health and metrics server.
+    pub server: Option<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// e.g. `https://api.cartat.net`.
+    pub base_url: Spanned<String>,
+    /// Bearer token; write `${CARTAT_TOKEN}` to read it from the environment. Never logged.
+    pub token: Option<Spanned<String>>,
+    /// Per request (default 10s).
+    pub timeout: Option<HumanDuration>,
+    /// Every call to the API, all chats together.
+    pub rate_limit: Option<RawRate>,
+    /// The first `limit` asked (default 50); grown when a gap is suspected.
+    pub message_limit: Option<Spanned<u32>>,
+    /// The largest `limit` gap recovery may ask for (default 32 × message_limit, at least 1000).
+    pub max_message_limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    /// Sustained requests per second (default 5).
+    pub per_second: Spanned<u32>,
+    /// Requests allowed at once after a quiet spell (default: per_second).
+    pub burst: Option<u32>,
+}
+
+impl Default for RawRate {
+    fn default() -> Self {
+        RawRate {
+            per_second: Spanned::new(
+                5,
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
+            burst: None,
+        }
+    }
+}
+
+/// A watched chat: `"966500000000"` or `{ id: "…@g.us", interval: 30s }`.
+#[derive(Debug)]
+pub enum RawChat {
+    Id(String),
+    Full {
+        id: String,
+        interval: Option<HumanDuration>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChatFull {
+    id: String,
+    interval: Option<HumanDuration>,
+}
+
+impl<'de> Deserialize<'de> for RawChat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawChat;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a chat id string or a map with `id` and `interval`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawChat, E> {
+                Ok(RawChat::Id(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawChat, E> {
+                Ok(RawChat::Id(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawChat, E> {
+                Ok(RawChat::Id(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawChat, A::Error> {
+                let f =
+                    RawChatFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawChat::Full {
+                    id: f.id,
+                    interval: f.interval,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoll {
+    /// Default per chat (10s).
+    pub interval: Option<HumanDuration>,
+    /// `skip_history` (default) or `replay_history`.
+    pub on_first_sight: Option<super::FirstSight>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// SQLite file, created if missing; relative to the config file.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Files or folders of `*.yaml`, `*.yml`, `*.rhai`; relative to the config file.
+    pub paths: Option<Vec<String>>,
+    /// Reload on change.
+    pub watch: Option<bool>,
+}
+
+/// `false`, `true`, or a list of CIDRs.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AllowPrivate {
+    All(bool),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    /// Signs every delivery (Standard Webhooks); raw or `whsec_<base64>`.
+    pub secret: Option<Spanned<String>>,
+    /// Per attempt (default 10s).
+    pub timeout: Option<HumanDuration>,
+    /// Then dead-lettered (default 12).
+    pub max_attempts: Option<u32>,
+    /// Loopback, private, link-local and metadata targets are refused unless allowed here.
+    pub allow_private_networks: Option<Spanned<AllowPrivate>>,
+    /// Multiplies every retry delay (default 1; tests and demos compress the schedule).
+    pub retry_scale: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: Option<super::LogFormat>,
+    /// 966500000000 → 9665*****000 in logs (default true).
+    pub mask_phone_numbers: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// `GET /healthz` and `GET /metrics`; `off` disables.
+    pub listen: Option<Spanned<String>>,
+}

@@ -1,0 +1,114 @@
+//! The daemon: opens the store, starts the poller and the dispatcher, stops them gracefully.
+//!
+//! Bind outside, run inside: [`run`] takes a compiled config and rules and a shutdown token,
+//! so tests and the demo run it in-process.
+
+use crate::config::Config;
+use crate::engine::poller::{Poller, Stats};
+use crate::gateway::client::{Gateway, RateBudget};
+use crate::outbox::dispatcher::Dispatcher;
+use crate::outbox::schedule::RetryPolicy;
+use crate::rules::RuleSet;
+use crate::store::Store;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How long a graceful stop waits for in-flight polls and deliveries.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A running engine's handles, for the demo and tests.
+pub struct Running {
+    pub stats: Arc<Stats>,
+    pub store: Store,
+}
+
+/// Opens the store (refusing a locked or broken one) and builds the parts.
+pub fn prepare(
+    config: Config,
+    rules: RuleSet,
+) -> anyhow::Result<(Arc<Poller>, Arc<Dispatcher>, Running)> {
+    let store = Store::open(&config.state_path)?;
+    let budget = Arc::new(RateBudget::new(
+        config.api.rate_per_second,
+        config.api.burst,
+    ));
+    let gateway = Gateway::new(
+        &config.api.base_url,
+        config.api.token.clone(),
+        config.api.timeout,
+        budget,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let wake = Arc::new(Notify::new());
+    let policy = RetryPolicy {
+        max_attempts: config.webhooks.max_attempts,
+        ..RetryPolicy::default()
+    }
+    .scaled(config.webhooks.retry_scale);
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        config.webhooks.timeout,
+        policy,
+        config.webhooks.secret.clone(),
+        config.webhooks.net_policy.clone(),
+        wake.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let stats = Arc::new(Stats::default());
+    let poller = Poller {
+        config: Arc::new(config),
+        gateway,
+        store: store.clone(),
+        rules: Arc::new(RwLock::new(Arc::new(rules))),
+        wake_dispatcher: wake,
+        stats: stats.clone(),
+    };
+    Ok((
+        Arc::new(poller),
+        Arc::new(dispatcher),
+        Running { stats, store },
+    ))
+}
+
+/// Runs until `shutdown` is cancelled, then lets in-flight work finish within
+/// [`STOP_DEADLINE`]; whatever is not delivered stays pending in the outbox.
+pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
+    let chats = poller.config.chats.len();
+    tracing::info!(chats, state = %poller.store.path().display(), "cartat-rules started");
+    let p = tokio::spawn(poller.run(shutdown.clone()));
+    let d = tokio::spawn(dispatcher.run(shutdown.clone()));
+    shutdown.cancelled().await;
+    tracing::info!("stopping: finishing in-flight polls and deliveries");
+    let both = async {
+        let _ = p.await;
+        let _ = d.await;
+    };
+    if tokio::time::timeout(STOP_DEADLINE, both).await.is_err() {
+        tracing::warn!(
+            "stop deadline reached; unfinished deliveries stay pending and are re-sent on the next start"
+        );
+    }
+    tracing::info!("stopped");
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,186 @@
+//! Diagnostics that point at a place in a file: `path:line:col: message`.
+//!
+//! Owns: the one way every config and rule error is reported, so `check`, `run` and the
+//! reloader print the same thing. Must not: decide what is an error.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// How bad a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One finding in one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub path: PathBuf,
+    /// 1-based; 0 when the file as a whole is meant.
+    pub line: u64,
+    pub col: u64,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(path: &Path, line: u64, col: u64, message: impl Into<String>) -> Self {
+        Diagnostic {
+            path: path.to_path_buf(),
+            line,
+            col,
+            severity: Severity::Error,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(path: &Path, line: u64, col: u64, message: impl Into<String>) -> Self {
+        Diagnostic {
+            path: path.to_path_buf(),
+            line,
+            col,
+            severity: Severity::Warning,
+            message: message.into(),
+        }
+    }
+
+    /// An error at a serde-saphyr location (or the file as a whole when it is unknown).
+    pub fn at(path: &Path, loc: serde_saphyr::Location, message: impl Into<String>) -> Self {
+        Diagnostic::error(path, loc.line(), loc.column(), message)
+    }
+
+    /// A YAML parse or type error, with its position taken from the error itself.
+    pub fn from_yaml(path: &Path, err: &serde_saphyr::Error) -> Self {
+        let (line, col) = err
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        Diagnostic::error(path, line, col, yaml_message(err))
+    }
+}
+
+/// The message of a YAML error without the position or snippet serde-saphyr adds.
+pub fn yaml_message(err: &serde_saphyr::Error) -> String {
+    let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
+    let text = err.render_with_options(options);
+    let first = text.lines().next().unwrap_or("").trim();
+    // serde-saphyr appends " at line N, column M"; the position is ours to print.
+    let trimmed = match first.rfind(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    trimmed
+        .strip_prefix("error: ")
+        .unwrap_or(trimmed)
+        .to_string()
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Warning => "warning: ",
+            Severity::Error => "",
+        };
+        if self.line == 0 {
+            write!(f, "{}: {sev}{}", self.path.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {sev}{}",
+                self.path.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every diagnostic of a load, errors and warnings together.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.0.push(d);
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter().filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.0.extend(other.0);
+    }
+
+    /// Sorted by file, line and column, as a compiler prints them.
+    pub fn sorted(mut self) -> Self {
+        self.0
+            .sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+        self
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            writeln!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// The closest candidate to a misspelled name, for `did you mean …?` (edit distance ≤ 2).
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (levenshtein(word, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_a_compiler() {
+        let d = Diagnostic::error(Path::new("rules/x.yaml"), 3, 5, "unknown field `bdy`");
+        assert_eq!(d.to_string(), "rules/x.yaml:3:5: unknown field `bdy`");
+        let w = Diagnostic::warning(Path::new("a.yaml"), 1, 1, "hm");
+        assert_eq!(w.to_string(), "a.yaml:1:1: warning: hm");
+        let whole = Diagnostic::error(Path::new("a.yaml"), 0, 0, "unreadable");
+        assert_eq!(whole.to_string(), "a.yaml: unreadable");
+    }
+
+    #[test]
+    fn suggests_close_names_only() {
+        let keys = ["match", "actions", "cooldown", "max_age"];
+        assert_eq!(did_you_mean("mtch", &keys), Some("match"));
+        assert_eq!(did_you_mean("action", &keys), Some("actions"));
+        assert_eq!(did_you_mean("zzzzzz", &keys), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! Human durations as the config writes them: `500ms`, `10s`, `5m`, `1h`, `2d`.
+//!
+//! Owns parsing and printing only; what a duration means is up to the caller.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Parses `500ms`, `10s`, `5m`, `1h`, `2d` (one number and one unit; `0` alone is zero).
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{t}` has no unit: write it as 500ms, 10s, 5m, 1h or 2d"))?;
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "`{t}` is not a duration: write it as 500ms, 10s, 5m, 1h or 2d"
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{t}` is too large a duration"))?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{t}` has an unknown unit `{unit}`: use ms, s, m, h or d"
+            ));
+        }
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{t}` is too large a duration"))
+}
+
+/// Prints a duration back in the shortest exact unit (`90s` → `90s`, `900s` → `15m`).
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// A duration read from config text; (de)serializes as its text form.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format(self.0))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format(self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit() {
+        let cases = [
+            ("500ms", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("2d", Duration::from_secs(172_800)),
+            ("0", Duration::ZERO),
+            (" 15m ", Duration::from_secs(900)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_text_with_a_hint() {
+        for bad in [
+            "10",
+            "s",
+            "10 s",
+            "1.5s",
+            "10x",
+            "-1s",
+            "99999999999999999999s",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains(bad.trim()), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn formats_in_the_largest_exact_unit() {
+        assert_eq!(format(Duration::from_secs(900)), "15m");
+        assert_eq!(format(Duration::from_secs(90)), "90s");
+        assert_eq!(format(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format(Duration::from_secs(7200)), "2h");
+    }
+}

@@ -1,0 +1,6 @@
+//! The engine: the watermark diff and the rule decisions (pure), and the poller that drives
+//! them against the gateway and the store.
+
+pub mod decide;
+pub mod poller;
+pub mod watermark;

@@ -1,0 +1,274 @@
+//! The watermark diff: what in a fetched page is new, what is an update, and whether the
+//! page may hide more (a gap). Pure: the caller supplies what the store knows.
+//!
+//! Identity is (watched chat, `id.fromMe`, `id.id`). Ties in the same second are normal and
+//! pages may come unsorted, so "new" is decided by id, not by time: a message is new when its
+//! id is unknown and it is not older than the chat's low-water mark (below which ids were
+//! pruned and only a larger `limit` could show it again).
+
+use crate::config::FirstSight;
+use crate::gateway::model::{Message, MessageKey};
+use std::collections::HashMap;
+
+/// What the store knows about one chat before this poll.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatState {
+    /// False before the chat's first successful poll.
+    pub known: bool,
+    /// The newest message time seen (unix seconds).
+    pub watermark: i64,
+    /// Ids older than this were pruned; an unknown id older than this is old history.
+    pub low_water: i64,
+    /// The fingerprints of the page's ids that are already known (looked up by the caller).
+    pub seen: HashMap<MessageKey, u64>,
+}
+
+/// The diff of one page against the chat state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Diff {
+    /// Messages to evaluate, oldest first (by time, then id).
+    pub new: Vec<usize>,
+    /// Known ids whose type or body changed (edits, revokes, decrypted placeholders).
+    pub updated: Vec<usize>,
+    /// First sight with `skip_history`: recorded as seen, never fired.
+    pub history: Vec<usize>,
+    /// The page is full and does not reach anything known: ask again with a larger limit.
+    pub may_hide_more: bool,
+    /// The new watermark and low-water mark to store.
+    pub watermark: i64,
+    pub low_water: i64,
+}
+
+/// Diffs a page (as the gateway returned it, any order) against what is known.
+/// `limit` is the `limit` that was asked; a page with fewer messages is the whole chat.
+pub fn diff(state: &ChatState, page: &[Message], limit: usize, first_sight: FirstSight) -> Diff {
+    let mut order: Vec<usize> = (0..page.len()).collect();
+    order.sort_by(|&a, &b| {
+        (page[a].timestamp, &page[a].key).cmp(&(page[b].timestamp, &page[b].key))
+    });
+    // The same id twice in one page: keep the last occurrence only.
+    let mut last: HashMap<&MessageKey, usize> = HashMap::with_capacity(page.len());
+    for &i in &order {
+        last.insert(&page[i].key, i);
+    }
+    order.retain(|&i| last.get(&page[i].key) == Some(&i));
+
+    let full = page.len() >= limit;
+    let oldest = order.first().map(|&i| page[i].timestamp);
+    let newest = order.last().map(|&i| page[i].timestamp);
+    let mut d = Diff {
+        watermark: state.watermark.max(newest.unwrap_or(0)),
+        // A full page is the newest `limit`; anything older can come back only with a larger limit.
+        low_water: if full {
+            oldest.unwrap_or(0).max(state.low_water)
+        } else {
+            state.low_water
+        },
+        ..Diff::default()
+    };
+
+    if !state.known {
+        match first_sight {
+            FirstSight::SkipHistory => d.history = order,
+            FirstSight::ReplayHistory => d.new = order,
+        }
+        return d;
+    }
+
+    let mut reaches_known = false;
+    for &i in &order {
+        let m = &page[i];
+        match state.seen.get(&m.key) {
+            Some(fp) => {
+                reaches_known = true;
+                if *fp != m.fingerprint() {
+                    d.updated.push(i);
+                }
+            }
+            None if m.timestamp < state.low_water => reaches_known = true,
+            None => d.new.push(i),
+        }
+    }
+    if oldest.is_some_and(|t| t <= state.watermark) {
+        reaches_known = true;
+    }
+    d.may_hide_more = full && !reaches_known;
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str, ts: i64, body: &str) -> Message {
+        Message {
+            key: MessageKey {
+                from_me: false,
+                id: id.into(),
+            },
+            serialized_id: format!("false_x@c.us_{id}"),
+            body: body.into(),
+            kind: "chat".into(),
+            timestamp: ts,
+            from: None,
+            to: None,
+            author: None,
+            has_media: false,
+        }
+    }
+
+    fn known(page: &[Message], watermark: i64) -> ChatState {
+        ChatState {
+            known: true,
+            watermark,
+            low_water: 0,
+            seen: page
+                .iter()
+                .map(|m| (m.key.clone(), m.fingerprint()))
+                .collect(),
+        }
+    }
+
+    fn ids(page: &[Message], idx: &[usize]) -> Vec<String> {
+        idx.iter().map(|&i| page[i].key.id.clone()).collect()
+    }
+
+    #[test]
+    fn first_sight_skips_or_replays_history() {
+        let page = vec![msg("a", 100, "x"), msg("b", 101, "y")];
+        let d = diff(&ChatState::default(), &page, 50, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.history), ["a", "b"]);
+        assert!(d.new.is_empty());
+        assert_eq!(d.watermark, 101);
+        let d = diff(&ChatState::default(), &page, 50, FirstSight::ReplayHistory);
+        assert_eq!(ids(&page, &d.new), ["a", "b"]);
+    }
+
+    #[test]
+    fn same_second_ties_are_both_new() {
+        let before = vec![msg("a", 100, "x")];
+        let page = vec![
+            msg("a", 100, "x"),
+            msg("b", 105, "one"),
+            msg("c", 105, "two"),
+        ];
+        let d = diff(&known(&before, 100), &page, 50, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.new), ["b", "c"]);
+        assert!(!d.may_hide_more);
+        assert_eq!(d.watermark, 105);
+    }
+
+    #[test]
+    fn a_tie_at_the_watermark_second_is_still_new() {
+        let before = vec![msg("a", 100, "x")];
+        let page = vec![msg("a", 100, "x"), msg("b", 100, "same second, later poll")];
+        let d = diff(&known(&before, 100), &page, 50, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.new), ["b"]);
+    }
+
+    #[test]
+    fn unsorted_pages_come_out_oldest_first() {
+        let before = vec![msg("a", 100, "x")];
+        let page = vec![
+            msg("d", 130, ""),
+            msg("a", 100, "x"),
+            msg("c", 120, ""),
+            msg("b", 110, ""),
+        ];
+        let d = diff(&known(&before, 100), &page, 50, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.new), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn changed_content_is_an_update_not_new() {
+        let before = vec![msg("a", 100, "hello"), msg("b", 101, "bot")];
+        let mut revoked = msg("b", 101, "");
+        revoked.kind = "revoked".into();
+        let page = vec![
+            msg("a", 100, "hello (edited)"),
+            revoked,
+            msg("c", 102, "new"),
+        ];
+        let d = diff(&known(&before, 101), &page, 50, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.updated), ["a", "b"]);
+        assert_eq!(ids(&page, &d.new), ["c"]);
+    }
+
+    #[test]
+    fn unchanged_known_messages_are_nothing() {
+        let before = vec![msg("a", 100, "x"), msg("b", 101, "y")];
+        let d = diff(&known(&before, 101), &before, 50, FirstSight::SkipHistory);
+        assert_eq!(
+            d,
+            Diff {
+                watermark: 101,
+                low_water: 0,
+                ..Diff::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_page_that_reaches_nothing_known_may_hide_more() {
+        let before = vec![msg("a", 100, "x")];
+        let page: Vec<Message> = (0..3).map(|i| msg(&format!("n{i}"), 200 + i, "")).collect();
+        let d = diff(&known(&before, 100), &page, 3, FirstSight::SkipHistory);
+        assert!(d.may_hide_more);
+        assert_eq!(d.new.len(), 3);
+        // Not full: the page is the whole chat.
+        let d = diff(&known(&before, 100), &page, 4, FirstSight::SkipHistory);
+        assert!(!d.may_hide_more);
+        // Full but reaching a known id: nothing hidden.
+        let mut page2 = page.clone();
+        page2[0] = msg("a", 100, "x");
+        let d = diff(&known(&before, 100), &page2, 3, FirstSight::SkipHistory);
+        assert!(!d.may_hide_more);
+    }
+
+    #[test]
+    fn a_full_page_reaching_the_watermark_time_hides_nothing() {
+        // An empty chat at first sight has no ids but a watermark of 0: any message older than
+        // or at the watermark second is known territory.
+        let state = ChatState {
+            known: true,
+            watermark: 150,
+            low_water: 0,
+            seen: HashMap::new(),
+        };
+        let page = vec![msg("x", 150, ""), msg("y", 151, "")];
+        let d = diff(&state, &page, 2, FirstSight::SkipHistory);
+        assert!(!d.may_hide_more);
+        assert_eq!(ids(&page, &d.new), ["x", "y"]);
+    }
+
+    #[test]
+    fn unknown_ids_below_the_low_water_mark_are_old_history() {
+        let state = ChatState {
+            known: true,
+            watermark: 300,
+            low_water: 200,
+            seen: HashMap::new(),
+        };
+        let page = vec![msg("old", 150, ""), msg("new", 310, "")];
+        let d = diff(&state, &page, 50, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.new), ["new"]);
+    }
+
+    #[test]
+    fn a_full_page_raises_the_low_water_mark() {
+        let before = vec![msg("a", 100, "")];
+        let page = vec![msg("a", 100, ""), msg("b", 110, "")];
+        let d = diff(&known(&before, 100), &page, 2, FirstSight::SkipHistory);
+        assert_eq!(d.low_water, 100);
+        let d = diff(&known(&before, 100), &page, 3, FirstSight::SkipHistory);
+        assert_eq!(d.low_water, 0);
+    }
+
+    #[test]
+    fn a_duplicated_id_in_one_page_counts_once() {
+        let before = vec![msg("a", 100, "")];
+        let page = vec![msg("a", 100, ""), msg("b", 110, "v1"), msg("b", 110, "v1")];
+        let d = diff(&known(&before, 100), &page, 50, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.new), ["b"]);
+    }
+}

@@ -1,0 +1,140 @@
+//! Every logged event, one function each, so log lines stay consistent and phone numbers
+//! are masked in one place (SPEC §3 `log.mask_phone_numbers`).
+//!
+//! Must not: log a token, a webhook secret, or a signed header.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static MASK: AtomicBool = AtomicBool::new(true);
+
+/// Sets whether phone numbers are masked in logs (on by default).
+pub fn set_masking(on: bool) {
+    MASK.store(on, Ordering::Relaxed);
+}
+
+/// `966500000000@c.us` → `9665*****000@c.us` when masking is on; group ids are kept.
+pub fn mask(id: &str) -> String {
+    if !MASK.load(Ordering::Relaxed) {
+        return id.to_string();
+    }
+    mask_always(id)
+}
+
+/// The masking itself: runs of 7 or more digits keep their first 4 and last 3.
+pub fn mask_always(text: &str) -> String {
+    if text.ends_with("@g.us") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 7 {
+            out.push_str(&run[..4]);
+            out.push_str(&"*".repeat(run.len() - 7));
+            out.push_str(&run[run.len() - 3..]);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+pub fn poll_failed(chat: &str, error: &dyn std::fmt::Display, retry_in: std::time::Duration) {
+    tracing::warn!(chat = %mask(chat), retry_in = ?retry_in, "poll failed: {error}");
+}
+
+pub fn unauthorized(chat: &str) {
+    tracing::error!(chat = %mask(chat), "the gateway refused the API token (401/403): check api.token; retrying slowly");
+}
+
+pub fn messages_skipped(chat: &str, skipped: &[crate::gateway::model::Skipped]) {
+    for s in skipped {
+        tracing::warn!(chat = %mask(chat), index = s.index, "skipped a message the gateway sent: {}", s.reason);
+    }
+}
+
+pub fn gap_detected(chat: &str, from_ts: i64, to_ts: i64, limit: u32) {
+    tracing::error!(chat = %mask(chat), from = from_ts, to = to_ts, limit, "gap_detected: more messages arrived than the largest limit returns; some in this time range may be missed");
+}
+
+pub fn chat_first_seen(chat: &str, history: usize) {
+    tracing::info!(chat = %mask(chat), history, "first sight of the chat: existing messages recorded as history");
+}
+
+pub fn rule_fired(rule: &str, chat: &str, message: &str) {
+    tracing::info!(rule, chat = %mask(chat), message = %mask(message), "rule fired");
+}
+
+pub fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
+    use crate::rules::raw::Level;
+    match level {
+        Level::Debug => tracing::debug!(rule, "{text}"),
+        Level::Info => tracing::info!(rule, "{text}"),
+        Level::Warn => tracing::warn!(rule, "{text}"),
+        Level::Error => tracing::error!(rule, "{text}"),
+    }
+}
+
+pub fn rule_error(rule: &str, chat: &str, error: &str) {
+    tracing::error!(rule, chat = %mask(chat), "rule action failed: {error}");
+}
+
+pub fn stale(rule: &str, chat: &str, message: &str) {
+    tracing::info!(rule, chat = %mask(chat), message = %mask(message), "stale: matched but older than max_age when first seen; not fired");
+}
+
+pub fn store_failed(chat: &str, error: &dyn std::fmt::Display) {
+    tracing::error!(chat = %mask(chat), "state store error; the poll will be retried: {error}");
+}
+
+pub fn delivered(delivery_id: &str, rule: &str, status: u16, attempt: u32) {
+    tracing::info!(delivery_id, rule, status, attempt, "webhook delivered");
+}
+
+pub fn delivery_retry(
+    delivery_id: &str,
+    rule: &str,
+    reason: &str,
+    attempt: u32,
+    retry_in: std::time::Duration,
+) {
+    tracing::warn!(delivery_id, rule, attempt, retry_in = ?retry_in, "webhook failed, will retry: {reason}");
+}
+
+pub fn dead_lettered(delivery_id: &str, rule: &str, reason: &str, attempt: u32) {
+    tracing::error!(
+        delivery_id,
+        rule,
+        attempt,
+        "webhook dead-lettered: {reason}; `cartat-rules outbox retry {delivery_id}` re-sends it"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_phone_numbers_but_not_groups() {
+        assert_eq!(mask_always("966500000000@c.us"), "9665*****000@c.us");
+        assert_eq!(
+            mask_always("false_966500000000@c.us_3A1F"),
+            "false_9665*****000@c.us_3A1F"
+        );
+        assert_eq!(
+            mask_always("120363012345678901@g.us"),
+            "120363012345678901@g.us"
+        );
+        assert_eq!(mask_always("short 12345"), "short 12345");
+    }
+}

@@ -1,0 +1,6 @@
+//! The Cartat side: the reply model, the HTTP client, and the mock gateway used by the
+//! tests, the demo and the load tests.
+
+pub mod client;
+pub mod mock;
+pub mod model;

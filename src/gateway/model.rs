@@ -1,0 +1,540 @@
+//! The `/chats/{id}` reply as cartat-rules understands it: tolerant parsing of serialized
+//! whatsapp-web.js `Chat` and `Message` objects, and chat-id validation.
+//!
+//! Owns: turning bytes from the gateway into [`Page`]s, one bad message at a time never
+//! failing the page. Must not: do I/O, log, or decide anything about rules.
+
+use serde_json::Value;
+use std::fmt;
+
+/// The earliest plausible message time (2010-01-01) and the latest (2100-01-01), in unix seconds.
+const PLAUSIBLE_SECONDS: std::ops::Range<i64> = 1_262_304_000..4_102_444_800;
+
+/// A watched chat's id in its serialized form (`966500000000@c.us`, `1203…@g.us`, `…@lid`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChatId(String);
+
+/// Why a chat id was refused; the message says what the right form is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ChatIdError(pub String);
+
+const SERVERS: &[&str] = &[
+    "c.us",
+    "g.us",
+    "lid",
+    "s.whatsapp.net",
+    "broadcast",
+    "newsletter",
+];
+
+impl ChatId {
+    /// Parses what an operator writes: a phone number with country code and no `+` or
+    /// leading `00`/`0` (`966500000000`), or a full serialized id (`966500000000@c.us`).
+    pub fn parse(text: &str) -> Result<ChatId, ChatIdError> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(ChatIdError(
+                "a chat id is empty; write a phone number with country code, e.g. 966500000000"
+                    .into(),
+            ));
+        }
+        if let Some((user, server)) = t.split_once('@') {
+            if !SERVERS.contains(&server) {
+                return Err(ChatIdError(format!(
+                    "`{t}`: unknown server `@{server}`; expected one of @c.us, @g.us, @lid"
+                )));
+            }
+            let ok = !user.is_empty()
+                && user.chars().all(|c| c.is_ascii_digit() || c == '-')
+                && user.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                return Err(ChatIdError(format!(
+                    "`{t}`: the part before `@` must be digits (a phone number or a group id)"
+                )));
+            }
+            return Ok(ChatId(t.to_string()));
+        }
+        let digits: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
+        let has_letters = t.chars().any(|c| c.is_alphabetic());
+        if has_letters {
+            return Err(ChatIdError(format!(
+                "`{t}` is not a phone number: write digits only, with the country code, e.g. 966500000000"
+            )));
+        }
+        let only_digits = digits.len() == t.len();
+        let suggestion = if let Some(rest) = t.strip_prefix('+') {
+            Some(
+                rest.chars()
+                    .filter(|c| c.is_ascii_digit())
+                    .collect::<String>(),
+            )
+        } else if digits.starts_with("00") {
+            Some(digits.trim_start_matches('0').to_string())
+        } else if !only_digits {
+            Some(digits.clone())
+        } else {
+            None
+        };
+        if let Some(s) = suggestion {
+            let s = s.trim_start_matches('0').to_string();
+            return Err(ChatIdError(format!(
+                "`{t}` is not in the gateway's form: write the number with its country code, without `+`, `00`, spaces or dashes — did you mean {s}?"
+            )));
+        }
+        if digits.starts_with('0') {
+            return Err(ChatIdError(format!(
+                "`{t}` starts with 0: write the number with its country code instead of the leading 0 (e.g. 966500000000)"
+            )));
+        }
+        if !(7..=15).contains(&digits.len()) {
+            return Err(ChatIdError(format!(
+                "`{t}` has {} digits; a phone number with country code has 7 to 15",
+                digits.len()
+            )));
+        }
+        Ok(ChatId(format!("{digits}@c.us")))
+    }
+
+    /// Takes an id as the gateway reported it, without validation (for saved replies, whose
+    /// ids may be masked by whoever shared them).
+    pub fn from_gateway(id: &str) -> ChatId {
+        if id.contains('@') {
+            ChatId(id.to_string())
+        } else {
+            ChatId(format!("{id}@c.us"))
+        }
+    }
+
+    /// The serialized id, e.g. `966500000000@c.us`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What goes in the URL: the bare number for a person (as the gateway documents), the
+    /// full id for anything else.
+    pub fn path_segment(&self) -> &str {
+        match self.0.strip_suffix("@c.us") {
+            Some(number) => number,
+            None => &self.0,
+        }
+    }
+}
+
+impl fmt::Display for ChatId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message's identity within one watched chat: (`id.fromMe`, `id.id`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey {
+    pub from_me: bool,
+    pub id: String,
+}
+
+impl MessageKey {
+    /// A compact form for storage and delivery ids: `true_ABC` / `false_ABC`.
+    pub fn compact(&self) -> String {
+        format!("{}_{}", self.from_me, self.id)
+    }
+}
+
+/// One message, as rules see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub key: MessageKey,
+    /// `id._serialized` for display and the webhook; never trusted to be well formed.
+    pub serialized_id: String,
+    /// The top-level `body` (never `_data.body`, which holds a thumbnail for media); "" if absent.
+    pub body: String,
+    /// whatsapp-web.js message type (`chat`, `image`, `revoked`, `e2e_notification`, …).
+    pub kind: String,
+    /// Unix seconds, after the plausibility fallback of SPEC §1.
+    pub timestamp: i64,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub author: Option<String>,
+    pub has_media: bool,
+}
+
+impl Message {
+    /// What makes an already-seen id an update when it changes (type and body).
+    pub fn fingerprint(&self) -> u64 {
+        // FNV-1a: stable across builds and platforms (it is stored).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.kind.bytes().chain([0u8]).chain(self.body.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+}
+
+/// The chat object of a reply.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Chat {
+    pub id: String,
+    pub name: Option<String>,
+    pub is_group: bool,
+    /// −1 means "marked unread".
+    pub unread_count: i64,
+    pub timestamp: Option<i64>,
+    pub archived: bool,
+    pub pinned: bool,
+    pub is_muted: bool,
+}
+
+/// A message that could not be used, and why (counted and logged once by the caller).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Skipped {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// One parsed reply.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Page {
+    pub chat: Chat,
+    pub messages: Vec<Message>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Why a whole reply was unusable (an error for that poll of that chat only).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("the reply is not JSON: {0}")]
+    NotJson(String),
+    #[error("the reply says status `{status}`{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    NotSuccess {
+        status: String,
+        message: Option<String>,
+    },
+    #[error("the reply has no `messages` array")]
+    NoMessages,
+}
+
+/// Parses a `/chats/{id}` reply. `watched` fills in the chat id when the reply lacks one.
+pub fn parse_reply(bytes: &[u8], watched: &ChatId) -> Result<Page, ReplyError> {
+    let root: Value =
+        serde_json::from_slice(bytes).map_err(|e| ReplyError::NotJson(e.to_string()))?;
+    parse_reply_value(&root, watched)
+}
+
+/// As [`parse_reply`], from an already parsed JSON value.
+pub fn parse_reply_value(root: &Value, watched: &ChatId) -> Result<Page, ReplyError> {
+    let status = root.get("status").and_then(Value::as_str).unwrap_or("");
+    if status != "success" {
+        return Err(ReplyError::NotSuccess {
+            status: if status.is_empty() {
+                "(missing)".into()
+            } else {
+                status.to_string()
+            },
+            message: root
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        });
+    }
+    let chat = parse_chat(root.get("chat"), watched);
+    let list = root
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or(ReplyError::NoMessages)?;
+    let mut page = Page {
+        chat,
+        messages: Vec::with_capacity(list.len()),
+        skipped: Vec::new(),
+    };
+    for (index, raw) in list.iter().enumerate() {
+        match parse_message(raw) {
+            Ok(m) => page.messages.push(m),
+            Err(reason) => page.skipped.push(Skipped { index, reason }),
+        }
+    }
+    Ok(page)
+}
+
+fn parse_chat(v: Option<&Value>, watched: &ChatId) -> Chat {
+    let Some(v) = v.filter(|v| v.is_object()) else {
+        return Chat {
+            id: watched.as_str().to_string(),
+            ..Chat::default()
+        };
+    };
+    let id = jid(v.get("id")).unwrap_or_else(|| watched.as_str().to_string());
+    Chat {
+        is_group: v
+            .get("isGroup")
+            .and_then(Value::as_bool)
+            .unwrap_or(id.ends_with("@g.us")),
+        id,
+        name: v.get("name").and_then(Value::as_str).map(str::to_string),
+        unread_count: v.get("unreadCount").and_then(as_i64).unwrap_or(0),
+        timestamp: v
+            .get("timestamp")
+            .and_then(as_i64)
+            .and_then(plausible_seconds),
+        archived: flag(v, "archived"),
+        pinned: flag(v, "pinned"),
+        is_muted: flag(v, "isMuted"),
+    }
+}
+
+fn flag(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// A JID field: a string, or an object with `_serialized` (or `user` + `server`).
+fn jid(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => match o.get("_serialized").and_then(Value::as_str) {
+            Some(s) if !s.is_empty() => Some(s.to_string()),
+            _ => {
+                let user = o.get("user")?.as_str()?;
+                let server = o.get("server")?.as_str()?;
+                Some(format!("{user}@{server}"))
+            }
+        },
+        _ => None,
+    }
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Seconds, milliseconds, or nothing (an implausible value such as the documented 11-digit typo).
+pub fn plausible_seconds(v: i64) -> Option<i64> {
+    if PLAUSIBLE_SECONDS.contains(&v) {
+        Some(v)
+    } else if PLAUSIBLE_SECONDS.contains(&(v / 1000)) {
+        Some(v / 1000)
+    } else {
+        None
+    }
+}
+
+fn parse_message(v: &Value) -> Result<Message, String> {
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let data = v.get("_data").filter(|d| d.is_object());
+    let id = v
+        .get("id")
+        .filter(|i| i.is_object())
+        .or_else(|| data.and_then(|d| d.get("id")).filter(|i| i.is_object()))
+        .ok_or_else(|| "no `id` object (not a whatsapp-web.js message)".to_string())?;
+    let from_me = id
+        .get("fromMe")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| "`id.fromMe` missing".to_string())?;
+    let msg_id = id
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| "`id.id` missing".to_string())?
+        .to_string();
+    let serialized_id = id
+        .get("_serialized")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "{from_me}_{}_{msg_id}",
+                jid(id.get("remote")).unwrap_or_default()
+            )
+        });
+    let top_ts = v
+        .get("timestamp")
+        .and_then(as_i64)
+        .and_then(plausible_seconds);
+    let data_ts = data
+        .and_then(|d| d.get("t"))
+        .and_then(as_i64)
+        .and_then(plausible_seconds);
+    let timestamp = top_ts
+        .or(data_ts)
+        .ok_or_else(|| "no plausible `timestamp` or `_data.t`".to_string())?;
+    let kind = v
+        .get("type")
+        .and_then(Value::as_str)
+        .or_else(|| data.and_then(|d| d.get("type")).and_then(Value::as_str))
+        .unwrap_or("chat")
+        .to_string();
+    let body = v
+        .get("body")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    Ok(Message {
+        key: MessageKey {
+            from_me,
+            id: msg_id,
+        },
+        serialized_id,
+        body,
+        kind,
+        timestamp,
+        from: jid(v.get("from")).or_else(|| jid(data.and_then(|d| d.get("from")))),
+        to: jid(v.get("to")).or_else(|| jid(data.and_then(|d| d.get("to")))),
+        author: jid(v.get("author")).or_else(|| jid(data.and_then(|d| d.get("author")))),
+        has_media: v.get("hasMedia").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_ids_in_every_accepted_form() {
+        let ok = [
+            ("966500000000", "966500000000@c.us", "966500000000"),
+            (" 966500000000 ", "966500000000@c.us", "966500000000"),
+            ("966500000000@c.us", "966500000000@c.us", "966500000000"),
+            (
+                "120363012345678901@g.us",
+                "120363012345678901@g.us",
+                "120363012345678901@g.us",
+            ),
+            (
+                "900000000000001@lid",
+                "900000000000001@lid",
+                "900000000000001@lid",
+            ),
+            (
+                "966500000000-1600000000@g.us",
+                "966500000000-1600000000@g.us",
+                "966500000000-1600000000@g.us",
+            ),
+        ];
+        for (text, id, seg) in ok {
+            let c = ChatId::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.as_str(), id);
+            assert_eq!(c.path_segment(), seg);
+        }
+    }
+
+    #[test]
+    fn chat_id_errors_say_what_the_right_form_is() {
+        let cases = [
+            ("+966500000000", "did you mean 966500000000?"),
+            ("00966500000000", "did you mean 966500000000?"),
+            ("966 50 000 0000", "did you mean 966500000000?"),
+            ("+966 50-000-0000", "did you mean 966500000000?"),
+            ("0500000000", "starts with 0"),
+            ("abc", "not a phone number"),
+            ("9665000O0000", "not a phone number"),
+            ("12345", "7 to 15"),
+            ("966500000000@x.us", "unknown server"),
+            ("abc@c.us", "must be digits"),
+            ("", "empty"),
+        ];
+        for (text, want) in cases {
+            let err = ChatId::parse(text).expect_err(text).0;
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn plausible_timestamps() {
+        assert_eq!(plausible_seconds(1_691_347_263), Some(1_691_347_263));
+        assert_eq!(plausible_seconds(1_691_347_263_123), Some(1_691_347_263));
+        assert_eq!(
+            plausible_seconds(16_983_472_633),
+            None,
+            "the documented 11-digit typo"
+        );
+        assert_eq!(plausible_seconds(0), None);
+        assert_eq!(plausible_seconds(-5), None);
+    }
+
+    fn watched() -> ChatId {
+        ChatId::parse("966500000000").unwrap()
+    }
+
+    #[test]
+    fn documented_sample_falls_back_to_data_t() {
+        let doc = include_str!("../../tests/data/upstream_sample.json");
+        let page = parse_reply(doc.as_bytes(), &watched()).unwrap();
+        assert_eq!(page.messages.len(), 1);
+        let m = &page.messages[0];
+        assert_eq!(
+            m.timestamp, 1_691_347_263,
+            "11-digit timestamp replaced by _data.t"
+        );
+        assert_eq!(m.body, "بوت");
+        assert_eq!(
+            m.key,
+            MessageKey {
+                from_me: false,
+                id: "3A1F984EA23D284164C4".into()
+            }
+        );
+        assert_eq!(page.chat.name.as_deref(), Some("Jhone Due"));
+        assert!(!page.chat.is_group);
+    }
+
+    #[test]
+    fn not_success_and_not_json_are_errors() {
+        let w = watched();
+        assert!(matches!(
+            parse_reply(b"<html>", &w),
+            Err(ReplyError::NotJson(_))
+        ));
+        let e = parse_reply(br#"{"status":"error","message":"chat not found"}"#, &w).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the reply says status `error`: chat not found"
+        );
+        assert!(matches!(
+            parse_reply(br#"{"status":"success"}"#, &w),
+            Err(ReplyError::NoMessages)
+        ));
+    }
+
+    #[test]
+    fn one_bad_message_never_fails_the_page() {
+        let body = br#"{"status":"success","chat":{"id":"966500000000@c.us"},"messages":[
+            42,
+            {"id":"false_x@c.us_ABC","body":"string id"},
+            {"id":{"fromMe":false,"id":"OK1"},"timestamp":1700000000,"body":"hi","type":"chat"},
+            {"id":{"fromMe":false,"id":"NOTS"},"timestamp":"soon","body":"bad time"}
+        ]}"#;
+        let page = parse_reply(body, &watched()).unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].key.id, "OK1");
+        assert_eq!(
+            page.skipped.iter().map(|s| s.index).collect::<Vec<_>>(),
+            vec![0, 1, 3]
+        );
+    }
+
+    #[test]
+    fn unread_minus_one_is_kept() {
+        let body = br#"{"status":"success","chat":{"id":{"_serialized":"966500000000@c.us"},"unreadCount":-1},"messages":[]}"#;
+        assert_eq!(parse_reply(body, &watched()).unwrap().chat.unread_count, -1);
+    }
+
+    #[test]
+    fn fingerprint_changes_with_type_or_body() {
+        let body = br#"{"status":"success","messages":[{"id":{"fromMe":false,"id":"A"},"timestamp":1700000000,"body":"x","type":"chat"}]}"#;
+        let m = parse_reply(body, &watched()).unwrap().messages.remove(0);
+        let mut revoked = m.clone();
+        revoked.kind = "revoked".into();
+        revoked.body.clear();
+        let mut edited = m.clone();
+        edited.body = "y".into();
+        assert_ne!(m.fingerprint(), revoked.fingerprint());
+        assert_ne!(m.fingerprint(), edited.fingerprint());
+        assert_eq!(m.fingerprint(), m.clone().fingerprint());
+    }
+}

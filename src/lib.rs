@@ -1,0 +1,29 @@
+//! cartat-rules turns WhatsApp chats served by the Cartat gateway into automations.
+//!
+//! The layout, in a paragraph: [`config`] compiles `cartat.yaml`; [`rules`] compiles rule
+//! files into one [`rules::RuleSet`] (keyword automaton from [`text`], regexes, templates);
+//! the [`engine`] polls each watched chat through [`gateway::client`] within one API budget,
+//! diffs the page against the watermark ([`engine::watermark`], pure), decides what fires
+//! ([`engine::decide`], pure), and commits the watermark and the queued deliveries in one
+//! [`store`] transaction; the [`outbox::dispatcher`] then signs and sends them, retrying
+//! on a schedule ([`outbox::schedule`], pure) and refusing private targets
+//! ([`outbox::ssrf`]). [`daemon`] wires them together; [`commands`] are the CLI.
+
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod diag;
+pub mod duration;
+pub mod engine;
+pub mod events;
+pub mod gateway;
+pub mod outbox;
+pub mod receiver;
+pub mod rules;
+pub mod store;
+pub mod text;
+
+/// Installs the TLS crypto provider once (ring); harmless when already installed.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

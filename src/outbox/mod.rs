@@ -1,0 +1,8 @@
+//! Delivery: the envelope, signing, the retry schedule, the SSRF guard (pure), and the
+//! dispatcher that moves outbox rows through them.
+
+pub mod dispatcher;
+pub mod envelope;
+pub mod schedule;
+pub mod sign;
+pub mod ssrf;

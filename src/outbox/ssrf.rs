@@ -1,0 +1,976 @@
+//! The SSRF guard: refuses webhook targets on private networks (SPEC §3,
+//! `webhooks.allow_private_networks`).
+//!
+//! Owns: the address classification ([`non_public_reason`]), the operator's policy
+//! ([`NetPolicy`], [`Cidr`]), the check of one address ([`check_ip`]), the vetting of a
+//! webhook URL before any connection ([`vet_url`], including IPv4 literals in alternate
+//! encodings, [`parse_ip_host`]) and the DNS resolver the webhook client must use
+//! ([`GuardedResolver`]), which hands reqwest only addresses that pass — so the address
+//! checked is the address connected to (no DNS-rebinding window).
+//!
+//! Must not: do any I/O other than the resolver's lookup; follow redirects or consult proxies
+//! (the client that uses this turns both off); echo a full URL in an error (its path or
+//! query may hold a token) — errors name the scheme, host or address only.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// What private targets the operator allowed: `allow_private_networks: false | true | [CIDR…]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum NetPolicy {
+    /// `false` (default): only public unicast addresses.
+    #[default]
+    PublicOnly,
+    /// `true`: everything but unspecified and multicast addresses.
+    AllowAll,
+    /// A list of CIDRs: public addresses plus exactly these networks.
+    Allow(Vec<Cidr>),
+}
+
+/// An IPv4 or IPv6 network: address (host bits cleared) + prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The network address (host bits cleared).
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix length (0..=32 for IPv4, 0..=128 for IPv6).
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` lies in this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// is judged as the IPv4 address it stands for.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = v4_mask(self.prefix);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = v6_mask(self.prefix);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            // A v6 network may still contain the mapped form literally (::ffff:0:0/96).
+            (IpAddr::V6(net), IpAddr::V4(_)) => match ip {
+                IpAddr::V6(ip6) => u128::from(ip6) & v6_mask(self.prefix) == u128::from(net),
+                IpAddr::V4(_) => false,
+            },
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+        }
+    }
+}
+
+fn v4_mask(prefix: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0)
+}
+
+fn v6_mask(prefix: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0)
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// "127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"; a bare address = /32 or /128.
+    /// Host bits after the prefix are cleared ("10.1.2.3/8" is 10.0.0.0/8).
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty network: expected an address or CIDR like 10.0.0.0/8".into());
+        }
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr_text = addr
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(addr);
+        let network: IpAddr = addr_text.parse().map_err(|_| {
+            format!("{addr:?} is not an IP address (expected e.g. 10.0.0.0/8 or fd00::/8)")
+        })?;
+        let max: u8 = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => {
+                let ok = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+                match p.parse::<u8>() {
+                    Ok(n) if ok && n <= max => n,
+                    _ => {
+                        return Err(format!(
+                            "prefix length {p:?} in {s:?} must be a number from 0 to {max}"
+                        ));
+                    }
+                }
+            }
+        };
+        let network = match network {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix))),
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
+
+/// `a.b.c.d/len` as (network, mask) test against a u32.
+fn in_v4(ip: u32, net: [u8; 4], len: u8) -> bool {
+    ip & v4_mask(len) == u32::from_be_bytes(net)
+}
+
+fn in_v6(ip: u128, net: u128, len: u8) -> bool {
+    ip & v6_mask(len) == net
+}
+
+fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
+    let n = u32::from(ip);
+    let table: &[([u8; 4], u8, &'static str)] = &[
+        ([0, 0, 0, 0], 32, "the unspecified address"),
+        ([0, 0, 0, 0], 8, "a 'this network' address (0.0.0.0/8)"),
+        ([127, 0, 0, 0], 8, "a loopback address (127.0.0.0/8)"),
+        ([10, 0, 0, 0], 8, "a private address (10.0.0.0/8)"),
+        ([172, 16, 0, 0], 12, "a private address (172.16.0.0/12)"),
+        ([192, 168, 0, 0], 16, "a private address (192.168.0.0/16)"),
+        (
+            [169, 254, 169, 254],
+            32,
+            "the cloud metadata address (169.254.169.254)",
+        ),
+        (
+            [169, 254, 0, 0],
+            16,
+            "a link-local address (169.254.0.0/16)",
+        ),
+        (
+            [100, 64, 0, 0],
+            10,
+            "a carrier-grade NAT address (100.64.0.0/10)",
+        ),
+        (
+            [198, 18, 0, 0],
+            15,
+            "a benchmarking address (198.18.0.0/15)",
+        ),
+        ([192, 0, 2, 0], 24, "a documentation address (192.0.2.0/24)"),
+        (
+            [198, 51, 100, 0],
+            24,
+            "a documentation address (198.51.100.0/24)",
+        ),
+        (
+            [203, 0, 113, 0],
+            24,
+            "a documentation address (203.0.113.0/24)",
+        ),
+        (
+            [192, 0, 0, 0],
+            24,
+            "an IETF protocol assignment (192.0.0.0/24)",
+        ),
+        (
+            [192, 88, 99, 0],
+            24,
+            "a 6to4 relay anycast address (192.88.99.0/24)",
+        ),
+        ([224, 0, 0, 0], 4, "a multicast address (224.0.0.0/4)"),
+        ([255, 255, 255, 255], 32, "the broadcast address"),
+        ([240, 0, 0, 0], 4, "a reserved address (240.0.0.0/4)"),
+    ];
+    table
+        .iter()
+        .find(|(net, len, _)| in_v4(n, *net, *len))
+        .map(|(_, _, reason)| *reason)
+}
+
+/// The IPv4 address in the low 32 bits.
+fn low_v4(n: u128) -> Ipv4Addr {
+    Ipv4Addr::from((n & 0xffff_ffff) as u32)
+}
+
+fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
+    let n = u128::from(ip);
+    const fn net(segments: [u16; 8]) -> u128 {
+        let mut n: u128 = 0;
+        let mut i = 0;
+        while i < 8 {
+            n = (n << 16) | segments[i] as u128;
+            i += 1;
+        }
+        n
+    }
+    if n == 0 {
+        return Some("the unspecified address");
+    }
+    if n == 1 {
+        return Some("a loopback address (::1)");
+    }
+    // Addresses that carry an IPv4 address are judged by it.
+    let mapped = in_v6(n, net([0, 0, 0, 0, 0, 0xffff, 0, 0]), 96); // ::ffff:a.b.c.d
+    let compatible = in_v6(n, 0, 96); // ::a.b.c.d (deprecated)
+    let nat64 = in_v6(n, net([0x64, 0xff9b, 0, 0, 0, 0, 0, 0]), 96); // 64:ff9b::/96
+    if mapped || compatible || nat64 {
+        return v4_reason(low_v4(n));
+    }
+    if in_v6(n, net([0x2002, 0, 0, 0, 0, 0, 0, 0]), 16) {
+        // 6to4: the IPv4 address of the tunnel end is bits 16..48.
+        return v4_reason(Ipv4Addr::from(((n >> 80) & 0xffff_ffff) as u32));
+    }
+    let table: &[(u128, u8, &'static str)] = &[
+        (
+            net([0x64, 0xff9b, 1, 0, 0, 0, 0, 0]),
+            48,
+            "a local-use NAT64 address (64:ff9b:1::/48)",
+        ),
+        (
+            net([0x100, 0, 0, 0, 0, 0, 0, 0]),
+            64,
+            "a discard-only address (100::/64)",
+        ),
+        (
+            net([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0]),
+            32,
+            "a documentation address (2001:db8::/32)",
+        ),
+        (
+            net([0x3fff, 0, 0, 0, 0, 0, 0, 0]),
+            20,
+            "a documentation address (3fff::/20)",
+        ),
+        (
+            net([0x2001, 0, 0, 0, 0, 0, 0, 0]),
+            32,
+            "a Teredo address (2001::/32)",
+        ),
+        (
+            net([0x2001, 2, 0, 0, 0, 0, 0, 0]),
+            48,
+            "a benchmarking address (2001:2::/48)",
+        ),
+        (
+            net([0xfe80, 0, 0, 0, 0, 0, 0, 0]),
+            10,
+            "a link-local address (fe80::/10)",
+        ),
+        (
+            net([0xfec0, 0, 0, 0, 0, 0, 0, 0]),
+            10,
+            "a site-local address (fec0::/10)",
+        ),
+        (
+            net([0xfc00, 0, 0, 0, 0, 0, 0, 0]),
+            7,
+            "a unique local address (fc00::/7)",
+        ),
+        (
+            net([0xff00, 0, 0, 0, 0, 0, 0, 0]),
+            8,
+            "a multicast address (ff00::/8)",
+        ),
+    ];
+    if let Some((_, _, reason)) = table.iter().find(|(net, len, _)| in_v6(n, *net, *len)) {
+        return Some(reason);
+    }
+    // Only 2000::/3 is allocated for global unicast; everything else is reserved.
+    if !in_v6(n, net([0x2000, 0, 0, 0, 0, 0, 0, 0]), 3) {
+        return Some("a reserved IPv6 address (outside 2000::/3)");
+    }
+    None
+}
+
+/// Why an address is not public, or None if it is a public unicast address.
+pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a) => v4_reason(a),
+        IpAddr::V6(a) => v6_reason(a),
+    }
+}
+
+/// Never allowed, whatever the policy: unspecified (0.0.0.0, ::, and their mapped forms)
+/// and multicast.
+fn never_allowed(ip: IpAddr) -> Option<&'static str> {
+    let canonical = ip.to_canonical();
+    if canonical.is_unspecified() {
+        Some("the unspecified address")
+    } else if canonical.is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    }
+}
+
+/// Checks one address against the policy: Ok, or Err with the reason. AllowAll allows all
+/// but unspecified and multicast; Allow(list) allows exactly the listed networks (plus
+/// public addresses; 127.0.0.1/32 does not allow 127.0.0.2).
+pub fn check_ip(ip: IpAddr, policy: &NetPolicy) -> Result<(), String> {
+    if let Some(reason) = never_allowed(ip) {
+        return Err(format!("{ip} is {reason}, never a webhook target"));
+    }
+    let Some(reason) = non_public_reason(ip) else {
+        return Ok(());
+    };
+    let allowed = match policy {
+        NetPolicy::PublicOnly => false,
+        NetPolicy::AllowAll => true,
+        NetPolicy::Allow(list) => list.iter().any(|cidr| cidr.contains(ip)),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ip} is {reason}; refused unless webhooks.allow_private_networks allows it"
+        ))
+    }
+}
+
+/// Parses a host the way browsers/libc do for IPv4 alternate encodings: "2130706433",
+/// "0x7f000001", "0177.0.0.1", "127.1", "0x7f.1" → Some(127.0.0.1); bracketed/unbracketed
+/// IPv6 → Some; a DNS name → None.
+///
+/// IPv4 follows the WHATWG URL host parser: 1 to 4 dot-separated parts (one trailing dot
+/// allowed), each decimal, octal (leading `0`) or hex (`0x`); the last part fills the
+/// remaining bytes. An IPv6 zone id (`fe80::1%eth0`) is not accepted.
+pub fn parse_ip_host(host: &str) -> Option<IpAddr> {
+    if let Some(inner) = host.strip_prefix('[') {
+        return inner
+            .strip_suffix(']')?
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6);
+    }
+    if host.contains(':') {
+        return host.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    parse_ipv4_loose(host).map(IpAddr::V4)
+}
+
+fn parse_ipv4_loose(host: &str) -> Option<Ipv4Addr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        values.push(parse_ipv4_number(part)?);
+    }
+    let (last, init) = values.split_last()?;
+    if init.iter().any(|v| *v > 255) {
+        return None;
+    }
+    // The last part fills 4 - (parts - 1) bytes.
+    let last_bits = 8 * (5 - values.len() as u32);
+    if last_bits < 64 && *last >= 1u64 << last_bits {
+        return None;
+    }
+    let mut n: u64 = *last;
+    for (i, v) in init.iter().enumerate() {
+        n |= v << (8 * (3 - i as u32));
+    }
+    u32::try_from(n).ok().map(Ipv4Addr::from)
+}
+
+/// One IPv4 part: decimal, octal with a leading 0, or hex with 0x ("0x" alone is 0).
+fn parse_ipv4_number(part: &str) -> Option<u64> {
+    if part.is_empty() {
+        return None;
+    }
+    let (digits, radix) =
+        if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            (hex, 16)
+        } else if part.len() > 1 && part.starts_with('0') {
+            (&part[1..], 8)
+        } else {
+            (part, 10)
+        };
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    // Leading zeros may be many; strip them so huge-but-valid-looking input can't overflow
+    // from them alone. Anything above u32 range is rejected by the caller anyway.
+    let trimmed = digits.trim_start_matches('0');
+    if trimmed.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(trimmed, radix)
+        .ok()
+        .filter(|v| *v <= u64::from(u32::MAX))
+}
+
+/// Vets a webhook URL before any connection: scheme http or https only, no userinfo, a
+/// host present; if the host is an IP literal in any encoding, check_ip it. Returns Ok(())
+/// for names (they're checked after resolution by GuardedResolver).
+pub fn vet_url(url: &str, policy: &NetPolicy) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| format!("not a valid URL: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not allowed: use http or https"
+            ));
+        }
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("URL must not carry credentials (user:password@); use headers".into());
+    }
+    // The WHATWG parser already turned numeric hosts (2130706433, 0x7f.1, …) into
+    // addresses and prints them canonically ("127.0.0.1", "[::1]"); parse_ip_host reads
+    // those, and catches any encoding the parser might have left as a name.
+    match parsed.host_str() {
+        None | Some("") => Err("URL has no host".into()),
+        Some(host) => match parse_ip_host(host) {
+            Some(ip) => check_ip(ip, policy),
+            None => Ok(()),
+        },
+    }
+}
+
+/// A reqwest DNS resolver that resolves with tokio's `lookup_host` and returns only
+/// addresses that pass `check_ip`; fails closed (error) when none pass or resolution fails.
+#[derive(Clone, Debug)]
+pub struct GuardedResolver {
+    policy: NetPolicy,
+}
+
+impl GuardedResolver {
+    pub fn new(policy: NetPolicy) -> Self {
+        GuardedResolver { policy }
+    }
+
+    /// Resolves `host` and keeps the addresses that pass; the error says why none did.
+    pub async fn resolve_host(&self, host: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+        let lookup = match parse_ip_host(host) {
+            // A literal (in any encoding) never goes to libc, which might read it differently.
+            Some(ip) => vec![std::net::SocketAddr::new(ip, 0)],
+            None => tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(|e| format!("could not resolve {host}: {e}"))?
+                .collect(),
+        };
+        let mut refused = Vec::new();
+        let mut passed = Vec::new();
+        for addr in lookup {
+            match check_ip(addr.ip(), &self.policy) {
+                Ok(()) => passed.push(addr),
+                Err(why) => refused.push(why),
+            }
+        }
+        if !passed.is_empty() {
+            return Ok(passed);
+        }
+        if refused.is_empty() {
+            return Err(format!("{host} resolved to no address"));
+        }
+        // The dispatcher tells a refusal (dead letter) from a DNS failure (retried) by this
+        // phrase in reqwest's error chain: keep it.
+        Err(format!(
+            "{host} refused by the SSRF guard: {}",
+            refused.join("; ")
+        ))
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let this = self.clone();
+        Box::pin(async move {
+            let addrs = this.resolve_host(name.as_str()).await?;
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        match s.parse() {
+            Ok(ip) => ip,
+            Err(e) => panic!("bad test address {s:?}: {e}"),
+        }
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        match s.parse() {
+            Ok(c) => c,
+            Err(e) => panic!("bad test cidr {s:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn cidr_parse_table() {
+        let ok: &[(&str, &str)] = &[
+            ("127.0.0.1/32", "127.0.0.1/32"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("::1/128", "::1/128"),
+            ("fd00::/8", "fd00::/8"),
+            ("[fd00::1]/8", "fd00::/8"),
+            ("127.0.0.1", "127.0.0.1/32"),
+            ("::1", "::1/128"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("::/0", "::/0"),
+            (" 192.168.0.0/16 ", "192.168.0.0/16"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(cidr(input).to_string(), *want, "{input}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("10.0.0.0/33", "0 to 32"),
+            ("::/129", "0 to 128"),
+            ("10.0.0.0/", "prefix length"),
+            ("10.0.0.0/-1", "prefix length"),
+            ("10.0.0.0/+8", "prefix length"),
+            ("10.0.0.0/8/8", "prefix length"),
+            ("10.0.0/8", "not an IP address"),
+            ("localhost/8", "not an IP address"),
+            ("10.0.0.0/abc", "prefix length"),
+            ("10.0.0.0/0008", "prefix length"),
+        ];
+        for (input, want) in bad {
+            match input.parse::<Cidr>() {
+                Ok(c) => panic!("{input:?} parsed as {c}"),
+                Err(e) => assert!(e.contains(want), "{input:?}: {e:?} should mention {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cidr_contains_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("127.0.0.1/32", "127.0.0.1", true),
+            ("127.0.0.1/32", "127.0.0.2", false),
+            ("127.0.0.0/8", "127.255.255.255", true),
+            ("10.0.0.0/8", "11.0.0.0", false),
+            ("0.0.0.0/0", "8.8.8.8", true),
+            ("0.0.0.0/0", "::1", false),
+            ("127.0.0.1/32", "::ffff:127.0.0.1", true),
+            ("::1/128", "::1", true),
+            ("::1/128", "127.0.0.1", false),
+            ("fd00::/8", "fd12:3456::1", true),
+            ("fd00::/8", "fe00::1", false),
+            ("::/0", "2606:4700::1111", true),
+            ("::ffff:0:0/96", "::ffff:10.0.0.1", true),
+        ];
+        for (net, addr, want) in cases {
+            assert_eq!(cidr(net).contains(ip(addr)), *want, "{net} ∋ {addr}");
+        }
+    }
+
+    #[test]
+    fn non_public_reason_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("0.0.0.0", Some("unspecified")),
+            ("0.1.2.3", Some("this network")),
+            ("127.0.0.1", Some("loopback")),
+            ("127.255.0.9", Some("loopback")),
+            ("10.1.2.3", Some("private")),
+            ("172.16.0.1", Some("private")),
+            ("172.31.255.255", Some("private")),
+            ("172.32.0.1", None),
+            ("172.15.255.255", None),
+            ("192.168.1.1", Some("private")),
+            ("169.254.169.254", Some("metadata")),
+            ("169.254.1.1", Some("link-local")),
+            ("100.64.0.1", Some("carrier-grade NAT")),
+            ("100.127.255.255", Some("carrier-grade NAT")),
+            ("100.128.0.1", None),
+            ("198.18.0.1", Some("benchmarking")),
+            ("198.19.255.255", Some("benchmarking")),
+            ("198.20.0.1", None),
+            ("192.0.2.7", Some("documentation")),
+            ("198.51.100.7", Some("documentation")),
+            ("203.0.113.7", Some("documentation")),
+            ("192.0.0.8", Some("IETF")),
+            ("224.0.0.1", Some("multicast")),
+            ("239.255.255.250", Some("multicast")),
+            ("255.255.255.255", Some("broadcast")),
+            ("240.0.0.1", Some("reserved")),
+            ("8.8.8.8", None),
+            ("1.1.1.1", None),
+            ("::", Some("unspecified")),
+            ("::1", Some("loopback")),
+            ("::ffff:127.0.0.1", Some("loopback")),
+            ("::ffff:10.0.0.1", Some("private")),
+            ("::ffff:8.8.8.8", None),
+            ("::127.0.0.1", Some("loopback")),
+            ("::169.254.169.254", Some("metadata")),
+            ("64:ff9b::7f00:1", Some("loopback")),
+            ("64:ff9b::a9fe:a9fe", Some("metadata")),
+            ("64:ff9b::808:808", None),
+            ("64:ff9b:1::1", Some("local-use NAT64")),
+            ("2002:7f00:1::", Some("loopback")),
+            ("2002:c0a8:101::1", Some("private")),
+            ("2002:808:808::1", None),
+            ("fe80::1", Some("link-local")),
+            ("febf::1", Some("link-local")),
+            ("fec0::1", Some("site-local")),
+            ("fc00::1", Some("unique local")),
+            ("fd00::1", Some("unique local")),
+            ("fd00:ec2::254", Some("unique local")),
+            ("ff02::1", Some("multicast")),
+            ("2001:db8::1", Some("documentation")),
+            ("3fff::1", Some("documentation")),
+            ("100::1", Some("discard")),
+            ("2001::1", Some("Teredo")),
+            ("2001:2::1", Some("benchmarking")),
+            ("4000::1", Some("reserved")),
+            ("::2", Some("this network")), // IPv4-compatible ::0.0.0.2
+            ("2606:4700::1111", None),
+            ("2001:4860:4860::8888", None),
+        ];
+        for (addr, want) in cases {
+            let got = non_public_reason(ip(addr));
+            match (got, want) {
+                (None, None) => {}
+                (Some(g), Some(w)) if g.contains(w) => {}
+                _ => panic!("{addr}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn check_ip_policies() {
+        let allow_lo = NetPolicy::Allow(vec![cidr("127.0.0.1/32"), cidr("::1/128")]);
+        let allow_10 = NetPolicy::Allow(vec![cidr("10.0.0.0/8")]);
+        let cases: &[(&str, &NetPolicy, bool)] = &[
+            ("8.8.8.8", &NetPolicy::PublicOnly, true),
+            ("127.0.0.1", &NetPolicy::PublicOnly, false),
+            ("127.0.0.1", &allow_lo, true),
+            ("127.0.0.2", &allow_lo, false),
+            ("::1", &allow_lo, true),
+            ("::ffff:127.0.0.1", &allow_lo, true),
+            ("10.0.0.1", &allow_lo, false),
+            ("8.8.8.8", &allow_lo, true),
+            ("10.200.0.1", &allow_10, true),
+            ("11.0.0.1", &allow_10, true),
+            ("10.0.0.1", &NetPolicy::AllowAll, true),
+            ("169.254.169.254", &NetPolicy::AllowAll, true),
+            ("255.255.255.255", &NetPolicy::AllowAll, true),
+            ("0.0.0.0", &NetPolicy::AllowAll, false),
+            ("::", &NetPolicy::AllowAll, false),
+            ("::ffff:0.0.0.0", &NetPolicy::AllowAll, false),
+            ("224.0.0.1", &NetPolicy::AllowAll, false),
+            ("ff02::1", &NetPolicy::AllowAll, false),
+            ("0.0.0.0", &NetPolicy::Allow(vec![cidr("0.0.0.0/0")]), false),
+            (
+                "224.0.0.1",
+                &NetPolicy::Allow(vec![cidr("224.0.0.0/4")]),
+                false,
+            ),
+        ];
+        for (addr, policy, want) in cases {
+            let got = check_ip(ip(addr), policy);
+            assert_eq!(got.is_ok(), *want, "{addr} under {policy:?}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.contains(&ip(addr).to_string()), "{e:?} names the address");
+            }
+        }
+    }
+
+    #[test]
+    fn parse_ip_host_table() {
+        let some = |s: &str| Some(ip(s));
+        let cases: &[(&str, Option<IpAddr>)] = &[
+            ("127.0.0.1", some("127.0.0.1")),
+            ("2130706433", some("127.0.0.1")),
+            ("0x7f000001", some("127.0.0.1")),
+            ("0X7F000001", some("127.0.0.1")),
+            ("0177.0.0.1", some("127.0.0.1")),
+            ("0177.0.0.01", some("127.0.0.1")),
+            ("127.1", some("127.0.0.1")),
+            ("127.0.1", some("127.0.0.1")),
+            ("0x7f.1", some("127.0.0.1")),
+            ("0x7f.0x0.0x0.0x1", some("127.0.0.1")),
+            ("127.0.0.1.", some("127.0.0.1")),
+            ("0", some("0.0.0.0")),
+            ("0x", some("0.0.0.0")),
+            ("00000000000000000000177.1", some("127.0.0.1")),
+            ("4294967295", some("255.255.255.255")),
+            ("169.254.43518", some("169.254.169.254")),
+            ("10.0x10203", some("10.1.2.3")),
+            ("[::1]", some("::1")),
+            ("::1", some("::1")),
+            ("[::ffff:127.0.0.1]", some("::ffff:127.0.0.1")),
+            ("[fe80::1%25eth0]", None),
+            ("[::1", None),
+            ("4294967296", None),
+            ("256.0.0.1", None),
+            ("1.2.3.4.5", None),
+            ("127.0.0.256", None),
+            ("127.65536", some("127.1.0.0")),
+            ("127.16777216", None),
+            ("1.2.65536", None),
+            ("1..2", None),
+            (".1", None),
+            ("08.0.0.1", None),
+            ("0x7g.0.0.1", None),
+            ("localhost", None),
+            ("example.com", None),
+            ("hooks.example.com", None),
+            ("1e2", None),
+            ("", None),
+            ("99999999999999999999999999", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(parse_ip_host(host), *want, "{host:?}");
+        }
+    }
+
+    /// The host as written in the URL, before any normalization.
+    fn raw_host(url: &str) -> Option<&str> {
+        let rest = url.split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if host_port.starts_with('[') {
+            return host_port.find(']').map(|i| &host_port[..=i]);
+        }
+        Some(host_port.split(':').next().unwrap_or(host_port))
+    }
+
+    #[test]
+    fn vet_url_table() {
+        let pub_ = NetPolicy::PublicOnly;
+        let allow_lo = NetPolicy::Allow(vec![cidr("127.0.0.1/32")]);
+        let all = NetPolicy::AllowAll;
+        // (url, policy, ok?, the address a connection would use, if the host is a literal)
+        let cases: &[(&str, &NetPolicy, bool, Option<&str>)] = &[
+            ("http://127.0.0.1", &pub_, false, Some("127.0.0.1")),
+            (
+                "http://127.0.0.1:8080/hook",
+                &pub_,
+                false,
+                Some("127.0.0.1"),
+            ),
+            ("http://localhost", &pub_, true, None),
+            ("http://localhost./", &pub_, true, None),
+            ("http://2130706433/", &pub_, false, Some("127.0.0.1")),
+            ("http://0x7f000001/", &pub_, false, Some("127.0.0.1")),
+            ("http://0177.0.0.1/", &pub_, false, Some("127.0.0.1")),
+            ("http://127.1/", &pub_, false, Some("127.0.0.1")),
+            ("http://0x7f.1/", &pub_, false, Some("127.0.0.1")),
+            ("http://127.0.0.1./", &pub_, false, Some("127.0.0.1")),
+            ("http://[::1]/", &pub_, false, Some("::1")),
+            (
+                "http://[::ffff:127.0.0.1]/",
+                &pub_,
+                false,
+                Some("::ffff:127.0.0.1"),
+            ),
+            (
+                "http://[::ffff:7f00:1]/",
+                &pub_,
+                false,
+                Some("::ffff:127.0.0.1"),
+            ),
+            (
+                "http://169.254.169.254/latest/meta-data",
+                &pub_,
+                false,
+                Some("169.254.169.254"),
+            ),
+            (
+                "http://169.254.43518/",
+                &pub_,
+                false,
+                Some("169.254.169.254"),
+            ),
+            ("http://[fe80::1]/", &pub_, false, Some("fe80::1")),
+            ("http://10.1.2.3/", &pub_, false, Some("10.1.2.3")),
+            ("http://172.16.0.1/", &pub_, false, Some("172.16.0.1")),
+            ("http://172.32.0.1/", &pub_, true, Some("172.32.0.1")),
+            ("http://192.168.1.1/", &pub_, false, Some("192.168.1.1")),
+            ("http://100.64.0.1/", &pub_, false, Some("100.64.0.1")),
+            ("http://198.18.0.1/", &pub_, false, Some("198.18.0.1")),
+            ("http://0.0.0.0/", &pub_, false, Some("0.0.0.0")),
+            ("http://0/", &pub_, false, Some("0.0.0.0")),
+            ("http://[::]/", &pub_, false, Some("::")),
+            ("http://224.0.0.1/", &pub_, false, Some("224.0.0.1")),
+            (
+                "http://255.255.255.255/",
+                &pub_,
+                false,
+                Some("255.255.255.255"),
+            ),
+            ("http://[fd00::1]/", &pub_, false, Some("fd00::1")),
+            (
+                "http://[64:ff9b::7f00:1]/",
+                &pub_,
+                false,
+                Some("64:ff9b::7f00:1"),
+            ),
+            (
+                "http://[2002:7f00:1::]/",
+                &pub_,
+                false,
+                Some("2002:7f00:1::"),
+            ),
+            ("ftp://example.com/", &pub_, false, None),
+            ("file:///etc/passwd", &pub_, false, None),
+            ("gopher://127.0.0.1:25/", &pub_, false, None),
+            ("javascript:alert(1)", &pub_, false, None),
+            ("http://user:pw@example.com/", &pub_, false, None),
+            ("http://user@example.com/", &pub_, false, None),
+            ("http://:pw@example.com/", &pub_, false, None),
+            ("https://hooks.example.com/x", &pub_, true, None),
+            ("HTTPS://Hooks.Example.COM/x?token=abc", &pub_, true, None),
+            ("http://8.8.8.8/", &pub_, true, Some("8.8.8.8")),
+            (
+                "http://[2606:4700::1111]/",
+                &pub_,
+                true,
+                Some("2606:4700::1111"),
+            ),
+            ("not a url", &pub_, false, None),
+            ("http://", &pub_, false, None),
+            ("http:///path", &pub_, true, None), // WHATWG: host "path"; a name, left to the resolver
+            ("http://127.0.0.1/", &allow_lo, true, Some("127.0.0.1")),
+            ("http://127.0.0.2/", &allow_lo, false, Some("127.0.0.2")),
+            ("http://2130706434/", &allow_lo, false, Some("127.0.0.2")),
+            ("http://10.0.0.1/", &all, true, Some("10.0.0.1")),
+            ("http://0.0.0.0/", &all, false, Some("0.0.0.0")),
+            ("http://[ff02::1]/", &all, false, Some("ff02::1")),
+        ];
+        assert!(cases.len() >= 30);
+        for (url, policy, want_ok, want_ip) in cases {
+            let got = vet_url(url, policy);
+            assert_eq!(got.is_ok(), *want_ok, "{url} under {policy:?}: {got:?}");
+            if let Err(e) = &got {
+                assert!(
+                    !e.contains("/latest") && !e.contains("pw"),
+                    "{e:?} echoes the URL"
+                );
+            }
+            // Layer 1: the WHATWG parser (what reqwest connects to) normalizes the host.
+            let parsed = reqwest::Url::parse(url).ok();
+            let normalized = parsed.as_ref().and_then(|u| u.host_str()).and_then(|h| {
+                // Strict std parsing: the URL parser must have produced a canonical form.
+                let h = h
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(h);
+                h.parse::<IpAddr>().ok()
+            });
+            let scheme_ok = parsed
+                .as_ref()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https"));
+            if scheme_ok {
+                assert_eq!(normalized, want_ip.map(ip), "{url}: URL parser host");
+            }
+            // Layer 2: our own parser reads the raw host text the same way.
+            if let (Some(want), true) = (want_ip, scheme_ok) {
+                let raw = raw_host(url).unwrap_or("");
+                assert_eq!(
+                    parse_ip_host(raw),
+                    Some(ip(want)),
+                    "{url}: parse_ip_host({raw:?})"
+                );
+                // What the resolver would see for this address gets the same verdict.
+                assert_eq!(
+                    check_ip(ip(want), policy).is_ok(),
+                    *want_ok,
+                    "{url}: check_ip"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_localhost_unless_allowed() {
+        use reqwest::dns::Resolve as _;
+
+        let name = |s: &str| match s.parse::<reqwest::dns::Name>() {
+            Ok(n) => n,
+            Err(e) => panic!("bad name {s:?}: {e:?}"),
+        };
+
+        let strict = GuardedResolver::new(NetPolicy::PublicOnly);
+        match strict.resolve(name("localhost")).await {
+            Ok(addrs) => panic!("localhost resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("refused by the SSRF guard"), "{msg}");
+                assert!(msg.contains("loopback"), "{msg}");
+            }
+        }
+
+        let allowed = GuardedResolver::new(NetPolicy::Allow(vec![
+            cidr("127.0.0.1/32"),
+            cidr("::1/128"),
+        ]));
+        let addrs: Vec<_> = match allowed.resolve(name("localhost")).await {
+            Ok(a) => a.collect(),
+            Err(e) => panic!("localhost refused: {e}"),
+        };
+        assert!(!addrs.is_empty());
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+
+        // Only 127.0.0.1 exactly, not the whole loopback range.
+        let narrow = GuardedResolver::new(NetPolicy::Allow(vec![cidr("127.0.0.2/32")]));
+        assert!(narrow.resolve(name("localhost")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn resolver_judges_literals_and_fails_closed() {
+        let strict = GuardedResolver::new(NetPolicy::PublicOnly);
+        for host in [
+            "127.0.0.1",
+            "2130706433",
+            "0x7f.1",
+            "::1",
+            "169.254.169.254",
+        ] {
+            let got = strict.resolve_host(host).await;
+            assert!(
+                got.as_ref()
+                    .is_err_and(|e| e.contains("refused by the SSRF guard")),
+                "{host}: {got:?}"
+            );
+        }
+        let got = strict.resolve_host("8.8.8.8").await;
+        assert_eq!(
+            got,
+            Ok(vec!["8.8.8.8:0".parse().unwrap_or_else(|e| panic!("{e}"))])
+        );
+        // A lookup that fails is an error (a NUL byte fails inside libc's argument
+        // conversion, so the test sends no DNS query).
+        let got = strict.resolve_host("bad\0name").await;
+        match got {
+            Ok(a) => panic!("resolved to {a:?}"),
+            // Not a refusal: the dispatcher retries lookup failures.
+            Err(e) => assert!(!e.contains("refused by the SSRF guard"), "{e}"),
+        }
+    }
+
+    #[test]
+    fn resolver_is_usable_by_reqwest() {
+        // Compiles only if GuardedResolver fits ClientBuilder::dns_resolver.
+        fn takes<R: reqwest::dns::Resolve + 'static>(_: R) {}
+        takes(GuardedResolver::new(NetPolicy::default()));
+    }
+}

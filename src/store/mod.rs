@@ -1,0 +1,512 @@
+//! The state store: one SQLite file (WAL) holding per-chat watermarks, seen ids, cooldowns
+//! and the outbox.
+//!
+//! Owns: the schema, the one transaction per poll that moves the watermark and queues the
+//! actions together (SPEC §6), the outbox queries of the dispatcher, and refusing to share
+//! the file with a second daemon or to replace a broken one. Must not: decide anything.
+
+use crate::engine::decide::Delivery;
+use crate::engine::watermark::ChatState;
+use crate::gateway::model::MessageKey;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chats (
+    chat_id     TEXT PRIMARY KEY,
+    watermark   INTEGER NOT NULL,
+    low_water   INTEGER NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    last_polled INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (
+    chat_id     TEXT NOT NULL,
+    from_me     INTEGER NOT NULL,
+    msg_id      TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    PRIMARY KEY (chat_id, from_me, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (chat_id, ts);
+CREATE TABLE IF NOT EXISTS cooldowns (
+    rule_id TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    until   INTEGER NOT NULL,
+    PRIMARY KEY (rule_id, chat_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY,
+    delivery_id     TEXT NOT NULL UNIQUE,
+    rule_id         TEXT NOT NULL,
+    chat_id         TEXT NOT NULL,
+    message_key     TEXT NOT NULL,
+    action_index    INTEGER NOT NULL,
+    url             TEXT NOT NULL,
+    headers         TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, chat_id, url, id);
+";
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "another cartat-rules is already running on the state file {path} ({holder}); stop it first, or give this one its own `state.path`"
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error(
+        "the state file {path} is not a usable cartat-rules database ({reason}); it was left untouched — move it aside to start fresh, or restore a backup"
+    )]
+    Broken { path: PathBuf, reason: String },
+    #[error("cannot open the state file {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("state store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A delivery waiting in (or done with) the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub delivery: Delivery,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at_ms: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// Everything one poll writes, in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct PollCommit {
+    pub chat_id: String,
+    pub watermark: i64,
+    pub low_water: i64,
+    /// (key, timestamp, fingerprint) of every new, updated and history message.
+    pub seen: Vec<(MessageKey, i64, u64)>,
+    pub deliveries: Vec<Delivery>,
+    pub cooldowns: Vec<(String, i64)>,
+    pub now_ms: i64,
+}
+
+/// The store handle; cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    _lock: Arc<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl Store {
+    /// Opens (creating if missing) the state file, taking its lock for this process.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(lock_path(path))
+            .map_err(|e| open_err(format!("cannot open the lock file: {e}")))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(lock_path(path)).unwrap_or_default();
+                let holder = if holder.trim().is_empty() {
+                    "pid unknown".to_string()
+                } else {
+                    format!("pid {}", holder.trim())
+                };
+                return Err(StoreError::Locked {
+                    path: path.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(open_err(format!("cannot lock: {e}")));
+            }
+        }
+        {
+            use std::io::{Seek, Write};
+            let mut f = &lock_file;
+            let _ = f.set_len(0);
+            let _ = f.seek(std::io::SeekFrom::Start(0));
+            let _ = write!(f, "{}", std::process::id());
+        }
+        let existed = path.exists()
+            && std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false);
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        let broken = |reason: String| StoreError::Broken {
+            path: path.to_path_buf(),
+            reason,
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        if existed {
+            let check: String = conn
+                .query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(|e| broken(e.to_string()))?;
+            if check != "ok" {
+                return Err(broken(format!("integrity check: {check}")));
+            }
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| broken(e.to_string()))?;
+            if version > SCHEMA_VERSION {
+                return Err(broken(format!(
+                    "written by a newer cartat-rules (schema {version}, this one knows {SCHEMA_VERSION})"
+                )));
+            }
+            if version == 0 {
+                let tables: i64 = conn
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| broken(e.to_string()))?;
+                if tables > 0 {
+                    return Err(broken("it is an SQLite file of something else".into()));
+                }
+            }
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| broken(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| broken(e.to_string()))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            _lock: Arc::new(lock_file),
+        })
+    }
+
+    /// Opens an existing state file next to a running daemon, for `outbox` commands: no lock,
+    /// no schema changes; SQLite's own locking keeps the two writers apart.
+    pub fn open_shared(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                reason: "no such file (has the daemon run yet?)".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| StoreError::Broken {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Broken {
+                path: path.to_path_buf(),
+                reason: format!("schema version {version}, expected {SCHEMA_VERSION}"),
+            });
+        }
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is known about a chat and the given ids, plus its live cooldowns.
+    pub fn chat_state(
+        &self,
+        chat_id: &str,
+        keys: &[&MessageKey],
+    ) -> Result<(ChatState, HashMap<String, i64>), StoreError> {
+        let conn = self.conn();
+        let mut state = ChatState::default();
+        if let Some((w, l)) = conn
+            .query_row(
+                "SELECT watermark, low_water FROM chats WHERE chat_id = ?1",
+                [chat_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+        {
+            state.known = true;
+            state.watermark = w;
+            state.low_water = l;
+        }
+        if state.known {
+            let mut stmt = conn.prepare_cached(
+                "SELECT fingerprint FROM seen WHERE chat_id = ?1 AND from_me = ?2 AND msg_id = ?3",
+            )?;
+            for k in keys {
+                if let Some(fp) = stmt
+                    .query_row(params![chat_id, k.from_me, k.id], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    state.seen.insert((*k).clone(), fp as u64);
+                }
+            }
+        }
+        let mut cooldowns = HashMap::new();
+        let mut stmt =
+            conn.prepare_cached("SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1")?;
+        for row in stmt.query_map([chat_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (rule, until) = row?;
+            cooldowns.insert(rule, until);
+        }
+        Ok((state, cooldowns))
+    }
+
+    /// Moves the watermark, records seen ids and cooldowns, and queues the deliveries — all or
+    /// nothing. A delivery already queued (same id) is left as it is.
+    pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now_s = c.now_ms / 1000;
+        tx.execute(
+            "INSERT INTO chats (chat_id, watermark, low_water, first_seen, last_polled) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (chat_id) DO UPDATE SET watermark = max(watermark, excluded.watermark),
+                 low_water = max(low_water, excluded.low_water), last_polled = excluded.last_polled",
+            params![c.chat_id, c.watermark, c.low_water, now_s],
+        )?;
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT INTO seen (chat_id, from_me, msg_id, ts, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO UPDATE SET fingerprint = excluded.fingerprint",
+            )?;
+            for (k, ts, fp) in &c.seen {
+                seen.execute(params![c.chat_id, k.from_me, k.id, ts, *fp as i64])?;
+            }
+            let mut cd = tx.prepare_cached(
+                "INSERT INTO cooldowns (rule_id, chat_id, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET until = max(until, excluded.until)",
+            )?;
+            for (rule, until) in &c.cooldowns {
+                cd.execute(params![rule, c.chat_id, until])?;
+            }
+        }
+        let mut queued = 0;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO outbox (delivery_id, rule_id, chat_id, message_key, action_index, url, headers, body,
+                                     state, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?9, ?9)
+                 ON CONFLICT (delivery_id) DO NOTHING",
+            )?;
+            for d in &c.deliveries {
+                let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into());
+                queued += ins.execute(params![
+                    d.delivery_id,
+                    d.rule_id,
+                    d.chat_id,
+                    d.message_key,
+                    d.action_index as i64,
+                    d.url,
+                    headers,
+                    d.body,
+                    c.now_ms
+                ])?;
+            }
+        }
+        // Ids below the low-water mark can only come back with a larger limit, where the diff
+        // treats them as history; keep the table small.
+        tx.execute(
+            "DELETE FROM seen WHERE chat_id = ?1 AND ts < ?2",
+            params![c.chat_id, c.low_water],
+        )?;
+        tx.execute(
+            "DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2",
+            params![c.chat_id, now_s],
+        )?;
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    fn row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
+        let headers: String = r.get("headers")?;
+        Ok(OutboxRow {
+            id: r.get("id")?,
+            delivery: Delivery {
+                delivery_id: r.get("delivery_id")?,
+                rule_id: r.get("rule_id")?,
+                chat_id: r.get("chat_id")?,
+                message_key: r.get("message_key")?,
+                action_index: r.get::<_, i64>("action_index")? as usize,
+                url: r.get("url")?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                body: r.get("body")?,
+            },
+            state: r.get("state")?,
+            attempts: r.get::<_, i64>("attempts")? as u32,
+            next_attempt_at_ms: r.get("next_attempt_at")?,
+            last_status: r.get::<_, Option<i64>>("last_status")?.map(|s| s as u16),
+            last_error: r.get("last_error")?,
+        })
+    }
+
+    /// The deliveries to send now: the oldest pending row of each (chat, url), if it is due —
+    /// so deliveries for one chat to one endpoint keep their order.
+    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.* FROM outbox o
+             JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id
+             WHERE o.next_attempt_at <= ?1 ORDER BY o.id LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![now_ms, limit as i64], Self::row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// When the next pending delivery is due, if any.
+    pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records the outcome of an attempt.
+    pub fn record_attempt(
+        &self,
+        id: i64,
+        outcome: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let (state, next) = match outcome.next {
+            Next::Delivered => ("delivered", now_ms),
+            Next::RetryAt(at) => ("pending", at),
+            Next::Dead => ("dead", now_ms),
+        };
+        conn.execute(
+            "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_status = ?4,
+                               last_error = ?5, updated_at = ?6 WHERE id = ?1",
+            params![id, state, next, outcome.status.map(i64::from), outcome.error, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Lists outbox rows, newest first, optionally only one state.
+    pub fn list(&self, state: Option<&str>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT * FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![state, limit as i64], Self::row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Counts rows by state.
+    pub fn counts(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Puts dead-lettered rows (one by outbox id or delivery id, or all) back to pending, due
+    /// now, with a fresh attempt count. Returns how many.
+    pub fn requeue(&self, which: Requeue<'_>, now_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        let n = match which {
+            Requeue::One(id) => conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2, updated_at = ?2
+                 WHERE (CAST(id AS TEXT) = ?1 OR delivery_id = ?1) AND state IN ('dead', 'pending')",
+                params![id, now_ms],
+            )?,
+            Requeue::AllDead => conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1, updated_at = ?1 WHERE state = 'dead'",
+                params![now_ms],
+            )?,
+        };
+        Ok(n)
+    }
+}
+
+/// Which rows `outbox retry` puts back.
+#[derive(Clone, Copy, Debug)]
+pub enum Requeue<'a> {
+    One(&'a str),
+    AllDead,
+}
+
+/// What happens to a row after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Next {
+    Delivered,
+    RetryAt(i64),
+    Dead,
+}
+
+/// The outcome of one attempt, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    pub next: Next,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests;

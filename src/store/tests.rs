@@ -1,0 +1,187 @@
+use super::*;
+use crate::engine::decide::Delivery;
+
+fn delivery(id: &str, chat: &str, url: &str) -> Delivery {
+    Delivery {
+        delivery_id: id.into(),
+        rule_id: "r".into(),
+        chat_id: chat.into(),
+        message_key: format!("false_{id}"),
+        action_index: 0,
+        url: url.into(),
+        headers: vec![("X-Team".into(), "support".into())],
+        body: "{}".into(),
+    }
+}
+
+fn key(id: &str) -> MessageKey {
+    MessageKey {
+        from_me: false,
+        id: id.into(),
+    }
+}
+
+#[test]
+fn a_poll_commit_moves_the_watermark_and_queues_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let (state, _) = store.chat_state("c@c.us", &[]).unwrap();
+    assert!(!state.known);
+    let commit = PollCommit {
+        chat_id: "c@c.us".into(),
+        watermark: 100,
+        low_water: 0,
+        seen: vec![(key("a"), 100, 7)],
+        deliveries: vec![delivery("d1", "c@c.us", "http://x/")],
+        cooldowns: vec![("r".into(), 5_000_000_000)],
+        now_ms: 1_000,
+    };
+    assert_eq!(store.commit_poll(&commit).unwrap(), 1);
+    assert_eq!(
+        store.commit_poll(&commit).unwrap(),
+        0,
+        "the same delivery_id is never queued twice"
+    );
+    let (state, cooldowns) = store.chat_state("c@c.us", &[&key("a"), &key("b")]).unwrap();
+    assert!(state.known);
+    assert_eq!(state.watermark, 100);
+    assert_eq!(state.seen.get(&key("a")), Some(&7));
+    assert!(!state.seen.contains_key(&key("b")));
+    assert_eq!(cooldowns.get("r"), Some(&5_000_000_000));
+    let due = store.due(2_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        due[0].delivery.headers,
+        vec![("X-Team".to_string(), "support".to_string())]
+    );
+}
+
+#[test]
+fn due_returns_only_the_head_of_each_chat_and_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let commit = PollCommit {
+        chat_id: "c".into(),
+        deliveries: vec![
+            delivery("1", "c", "http://a/"),
+            delivery("2", "c", "http://a/"),
+            delivery("3", "c", "http://b/"),
+            delivery("4", "d", "http://a/"),
+        ],
+        now_ms: 0,
+        ..PollCommit::default()
+    };
+    store.commit_poll(&commit).unwrap();
+    let ids = |rows: Vec<OutboxRow>| {
+        rows.into_iter()
+            .map(|r| r.delivery.delivery_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(store.due(10, 10).unwrap()), ["1", "3", "4"]);
+    // The head is retrying later: the row behind it waits (order per chat and endpoint).
+    let head = store.due(10, 10).unwrap().remove(0);
+    store
+        .record_attempt(
+            head.id,
+            &AttemptRecord {
+                next: Next::RetryAt(1_000),
+                status: Some(500),
+                error: Some("500".into()),
+            },
+            10,
+        )
+        .unwrap();
+    assert_eq!(ids(store.due(20, 10).unwrap()), ["3", "4"]);
+    assert_eq!(ids(store.due(1_000, 10).unwrap()), ["1", "3", "4"]);
+    store
+        .record_attempt(
+            head.id,
+            &AttemptRecord {
+                next: Next::Delivered,
+                status: Some(200),
+                error: None,
+            },
+            1_000,
+        )
+        .unwrap();
+    assert_eq!(ids(store.due(1_000, 10).unwrap()), ["2", "3", "4"]);
+}
+
+#[test]
+fn dead_letters_can_be_requeued_with_their_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store
+        .commit_poll(&PollCommit {
+            chat_id: "c".into(),
+            deliveries: vec![delivery("dead1", "c", "http://a/")],
+            ..PollCommit::default()
+        })
+        .unwrap();
+    let row = store.due(0, 1).unwrap().remove(0);
+    store
+        .record_attempt(
+            row.id,
+            &AttemptRecord {
+                next: Next::Dead,
+                status: Some(404),
+                error: Some("404".into()),
+            },
+            5,
+        )
+        .unwrap();
+    assert!(store.due(100, 10).unwrap().is_empty());
+    assert_eq!(store.list(Some("dead"), 10).unwrap().len(), 1);
+    assert_eq!(store.requeue(Requeue::One("dead1"), 200).unwrap(), 1);
+    let again = store.due(200, 10).unwrap();
+    assert_eq!(again[0].delivery.delivery_id, "dead1");
+    assert_eq!(again[0].attempts, 0);
+}
+
+#[test]
+fn a_second_store_on_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let _first = Store::open(&path).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("already running"), "{err}");
+}
+
+#[test]
+fn a_broken_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let garbage = b"this is not a database, but it is someone's file".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Broken { .. }), "{err}");
+    assert!(err.to_string().contains("left untouched"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), garbage);
+}
+
+#[test]
+fn pruning_keeps_ids_at_or_above_the_low_water_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let seen = vec![
+        (key("old"), 90, 1),
+        (key("edge"), 100, 1),
+        (key("new"), 110, 1),
+    ];
+    store
+        .commit_poll(&PollCommit {
+            chat_id: "c".into(),
+            watermark: 110,
+            low_water: 100,
+            seen,
+            ..PollCommit::default()
+        })
+        .unwrap();
+    let (state, _) = store
+        .chat_state("c", &[&key("old"), &key("edge"), &key("new")])
+        .unwrap();
+    assert_eq!(state.seen.len(), 2);
+    assert!(!state.seen.contains_key(&key("old")));
+    assert_eq!(state.low_water, 100);
+}
