@@ -191,7 +191,7 @@ fn print_webhook(r: &Received, secret: Option<&crate::outbox::sign::SigningKey>)
         .or(v["text"].as_str())
         .unwrap_or("");
     println!(
-        "  webhook → {}  rule={rule}  chat={chat:?}  text={body:?}  matched={}  ({signed})",
+        "  webhook → {}  rule={rule}  chat=\"{chat}\"  text=\"{body}\"  matched={}  ({signed})",
         r.path, v["matched"]
     );
 }

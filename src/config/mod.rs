@@ -186,8 +186,7 @@ fn compile(
     let dir = base_dir(path);
 
     let base_url = interpolate(path, &raw.api.base_url, env, lookup, &mut d).unwrap_or_default();
-    if !base_url.is_empty()
-        && !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+    if !(base_url.is_empty() || base_url.starts_with("http://") || base_url.starts_with("https://"))
     {
         d.push(Diagnostic::at(
             path,

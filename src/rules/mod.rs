@@ -184,9 +184,7 @@ impl RuleSet {
         msg: &Message,
         p: &Prepared,
     ) -> Verdict {
-        if NOTIFICATION_TYPES.contains(&msg.kind.as_str())
-            && !rule.sees.iter().any(|t| *t == msg.kind)
-        {
+        if NOTIFICATION_TYPES.contains(&msg.kind.as_str()) && !rule.sees.contains(&msg.kind) {
             return Verdict::Failed(format!(
                 "type: `{}` is a notification and the rule does not name it",
                 msg.kind
@@ -249,7 +247,7 @@ fn eval(
         Cond::IsGroup(want) if chat.is_group != *want => {
             Err(format!("is_group: the chat has is_group={}", chat.is_group))
         }
-        Cond::Types(types) if !types.iter().any(|t| *t == msg.kind) => {
+        Cond::Types(types) if !types.contains(&msg.kind) => {
             Err(format!("type: `{}` is not one of {:?}", msg.kind, types))
         }
         Cond::Chats(ids) if !ids.contains(chat_id) => {

@@ -1,0 +1,148 @@
+//! The command line: check, test, demo.
+
+use crate::support::*;
+
+#[test]
+fn check_names_the_file_line_and_column_of_a_misspelled_key() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/ok.yaml",
+        "id: fine\nactions: [ { log: { message: ok } } ]\n",
+    );
+    ws.write(
+        "rules/x.yaml",
+        "id: typo\nmatch:\n  body:\n    anny: [\"بوت\"]\nactions: [ { log: { message: x } } ]\n",
+    );
+    let (code, out, err) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("rules/x.yaml:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.starts_with("rules/x.yaml:4:5: "), "{line}");
+    assert!(line.contains("anny"), "{line}");
+    assert!(out.contains("1 error(s)"), "{out}");
+}
+
+#[test]
+fn check_validates_the_config_too() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/ok.yaml",
+        "id: fine\nactions: [ { log: { message: ok } } ]\n",
+    );
+    ws.write("cartat.yaml", "api:\n  base_url: https://api.cartat.net\n  token: ${CARTAT_TOKEN_FOR_CHECK_TEST}\nchats:\n  - \"00966500000000\"\n");
+    let (code, out, _) = run_cli(&["check", "-c", "cartat.yaml"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cartat.yaml:5:5: ") && out.contains("did you mean 966500000000?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: environment variable `CARTAT_TOKEN_FOR_CHECK_TEST` is not set"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_shipped_rules_and_demo_config_are_valid() {
+    let (code, out, err) = run_cli(&["check", "-c", "examples/demo.yaml"], &root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok:"), "{out}");
+}
+
+#[test]
+fn test_explains_why_a_rule_did_not_fire() {
+    let input = "tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json";
+    let (code, out, err) = run_cli(
+        &["test", "--rules", "rules", "--input", input, "--explain"],
+        &root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("✓ bot-keyword fired"), "{out}");
+    assert!(out.contains("normalized: \"بوت؟ ابي اكلم موظف\""), "{out}");
+    assert!(
+        out.contains("✗ bot-keyword: body.any: no keyword occurs"),
+        "{out}"
+    );
+    assert!(
+        out.contains("✓ order-number fired"),
+        "the Arabic-Indic order number 456 is found: {out}"
+    );
+    assert!(
+        out.contains("✗ bot-keyword: type: `revoked` is a notification"),
+        "{out}"
+    );
+}
+
+#[test]
+fn test_json_lines_carry_the_exact_webhook_bodies() {
+    let input = "tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json";
+    let (code, out, err) = run_cli(
+        &[
+            "test", "--rules", "rules", "--input", input, "--format", "json",
+        ],
+        &root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bot = lines
+        .iter()
+        .find(|l| l["rule"] == "bot-keyword")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(bot["chat"], "966500000000@c.us");
+    assert_eq!(
+        bot["message_id"],
+        "false_966500000000@c.us_3A2B3C4D5E6F70819203"
+    );
+    let hook = bot["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "webhook")
+        .unwrap();
+    assert_eq!(hook["body"]["type"], "rule.matched");
+    assert_eq!(
+        hook["body"]["fired_at"], "2023-08-06T18:41:40Z",
+        "fired_at is the message time: reproducible"
+    );
+    assert_eq!(hook["headers"]["X-Team"], "bots");
+    let log = bot["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "log")
+        .unwrap();
+    assert_eq!(log["level"], "info");
+    // Same input, same output.
+    let (_, again, _) = run_cli(
+        &[
+            "test", "--rules", "rules", "--input", input, "--format", "json",
+        ],
+        &root(),
+    );
+    assert_eq!(out, again);
+}
+
+#[test]
+fn the_demo_runs_offline_and_shows_the_arabic_matches() {
+    let (code, out, err) = run_cli(&["demo", "--duration", "10s"], &root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("text=\"بُوت\""), "tashkeel: {out}\n{err}");
+    assert!(
+        out.contains("text=\"ابغى اكلم البـوت لو سمحت\""),
+        "proclitic + tatweel: {out}"
+    );
+    assert!(out.contains("text=\"Hi, is this a BOT?\""), "{out}");
+    assert!(!out.contains("الروبوت"), "robot is not bot: {out}");
+    assert!(!out.contains("robotics"), "{out}");
+    assert!(!out.contains("السلام عليكم\""), "{out}");
+    assert!(
+        out.contains("signature ok") && !out.contains("SIGNATURE INVALID"),
+        "{out}"
+    );
+    assert!(out.contains("demo finished"), "{out}");
+}

@@ -1,0 +1,175 @@
+//! Makes tests read like the SPEC: `Gateway::start(scenario)`, `Receiver::start()`,
+//! `Daemon::spawn(config)` running the real binary, a temp dir per test.
+
+#![allow(dead_code)]
+
+use cartat_rules::gateway::mock::{MockGateway, Scenario};
+use cartat_rules::receiver::{Received, Receiver};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cartat-rules");
+
+/// The project root (for `rules/`, `examples/`).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the mock gateway on 127.0.0.1:0 from scenario YAML.
+pub async fn gateway(yaml: &str) -> MockGateway {
+    let scenario = Scenario::from_yaml(yaml).expect("test scenario");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    MockGateway::start(listener, scenario).await.unwrap()
+}
+
+/// Starts a webhook receiver on 127.0.0.1:0.
+pub async fn receiver() -> Receiver {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Receiver::start(listener, None).await.unwrap()
+}
+
+/// A temp dir with a config and rule files in it.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A config for `gateway`, watching `chats`, delivering to loopback.
+    pub fn config(&self, gateway: &MockGateway, chats: &[&str], extra: &str) -> PathBuf {
+        let chats: String = chats.iter().map(|c| format!("  - \"{c}\"\n")).collect();
+        let text = format!(
+            "api:\n  base_url: {}\n  token: mock-token\n  timeout: 3s\n  rate_limit: {{ per_second: 20, burst: 5 }}\n  message_limit: 20\n\
+             chats:\n{chats}poll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n\
+             webhooks:\n  timeout: 2s\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: 0.01\nlog:\n  mask_phone_numbers: false\n{extra}",
+            gateway.base_url()
+        );
+        self.write("cartat.yaml", &text)
+    }
+}
+
+/// The real daemon, as a child process.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(config: &Path) -> Daemon {
+        let log = config.with_file_name(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn the daemon");
+        Daemon { child, log }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then wait for the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!(
+                    "the daemon did not stop within 30s after SIGTERM:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `message.body` of every standard envelope received, in order.
+pub fn bodies(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .map(|r| {
+            r.json()["message"]["body"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Runs the binary to completion with args; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
