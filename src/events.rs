@@ -75,6 +75,10 @@ pub fn rule_fired(rule: &str, chat: &str, message: &str) {
     tracing::info!(rule, chat = %mask(chat), message = %mask(message), "rule fired");
 }
 
+pub fn chat_rule_fired(rule: &str, chat: &str) {
+    tracing::info!(rule, chat = %mask(chat), "chat rule fired");
+}
+
 pub fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
     use crate::rules::raw::Level;
     match level {

@@ -1,8 +1,10 @@
-//! Rules × new messages → what to do: deliveries to queue, log lines, cooldowns to store.
-//! Pure: time and prior cooldowns are inputs.
+//! Rules × new messages (and chat rules × the chat) → what to do: deliveries to queue, log
+//! lines, and the rule memory to store (cooldowns, threshold hits, chat-rule timers).
+//! Pure: time and the prior memory are inputs.
 
-use crate::gateway::model::{Chat, ChatId, Message};
+use crate::gateway::model::{Chat, ChatId, Message, MessageKey};
 use crate::outbox::envelope::{chat_json, delivery_id, message_envelope, message_json, rfc3339};
+use crate::rules::chat::{ChatCheck, newest};
 use crate::rules::raw::Level;
 use crate::rules::{Action, BodyTemplate, RuleSet, Verdict};
 use serde_json::{Value, json};
@@ -14,7 +16,7 @@ pub struct Delivery {
     pub delivery_id: String,
     pub rule_id: String,
     pub chat_id: String,
-    /// `true_ID` / `false_ID`.
+    /// `true_ID` / `false_ID` (message rules) or `chat@SINCE` (chat rules).
     pub message_key: String,
     pub action_index: usize,
     pub url: String,
@@ -30,7 +32,7 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// Which rule fired on which message.
+/// Which message rule fired on which message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Firing {
     pub rule_id: String,
@@ -38,18 +40,45 @@ pub struct Firing {
     pub matched: Value,
 }
 
+/// A chat rule's timer for one chat: since when its condition holds, and whether it fired
+/// in this holding spell (it re-arms when the condition stops holding).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChatRuleState {
+    pub since: Option<i64>,
+    pub fired: bool,
+}
+
+/// What rules remember per chat between polls (stored with the watermark).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Memory {
+    /// rule id → silent until (unix seconds).
+    pub cooldowns: HashMap<String, i64>,
+    /// rule id → times of matches counted towards its threshold.
+    pub thresholds: HashMap<String, Vec<i64>>,
+    /// chat rule id → its timer.
+    pub chat_rules: HashMap<String, ChatRuleState>,
+}
+
 /// Everything one poll of one chat decided.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decision {
     pub firings: Vec<Firing>,
+    /// Chat rules that fired: (rule id, matched).
+    pub chat_firings: Vec<(String, Value)>,
     pub deliveries: Vec<Delivery>,
     pub logs: Vec<LogLine>,
     /// (rule id, silent until unix seconds) to store for this chat.
     pub cooldowns: Vec<(String, i64)>,
+    /// (rule id, match times) to store for this chat.
+    pub thresholds: Vec<(String, Vec<i64>)>,
+    /// (chat rule id, timer) to store for this chat.
+    pub chat_rules: Vec<(String, ChatRuleState)>,
     /// (rule id, message index) that matched but were too old when first seen.
     pub stale: Vec<(String, usize)>,
     /// (rule id, message index) suppressed by a cooldown.
     pub suppressed: Vec<(String, usize)>,
+    /// (rule id, message index) counted towards a threshold that is not reached yet.
+    pub counted: Vec<(String, usize)>,
     /// Rendering failures: (rule id, message); the other actions still run.
     pub errors: Vec<(String, String)>,
 }
@@ -63,7 +92,7 @@ pub enum Clock {
     MessageTime,
 }
 
-/// Evaluates every rule on each message (`messages` oldest first) of one chat.
+/// [`decide_with`] with only cooldowns remembered.
 pub fn decide(
     rules: &RuleSet,
     chat_id: &ChatId,
@@ -72,9 +101,29 @@ pub fn decide(
     cooldowns: &HashMap<String, i64>,
     clock: Clock,
 ) -> Decision {
+    let memory = Memory {
+        cooldowns: cooldowns.clone(),
+        ..Memory::default()
+    };
+    decide_with(rules, chat_id, chat, messages, &memory, clock)
+}
+
+/// Evaluates every message rule on each new message (`messages` oldest first) of one chat.
+pub fn decide_with(
+    rules: &RuleSet,
+    chat_id: &ChatId,
+    chat: &Chat,
+    messages: &[&Message],
+    memory: &Memory,
+    clock: Clock,
+) -> Decision {
     let mut d = Decision::default();
-    let mut silent_until: HashMap<&str, i64> =
-        cooldowns.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let mut silent_until: HashMap<&str, i64> = memory
+        .cooldowns
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    let mut hits: HashMap<&str, Vec<i64>> = HashMap::new();
     for (index, msg) in messages.iter().enumerate() {
         let prepared = rules.prepare(&msg.body);
         let now = match clock {
@@ -93,6 +142,19 @@ pub fn decide(
                 d.stale.push((rule.id.clone(), index));
                 continue;
             }
+            if let Some((count, within)) = rule.threshold {
+                let list = hits.entry(rule.id.as_str()).or_insert_with(|| {
+                    memory.thresholds.get(&rule.id).cloned().unwrap_or_default()
+                });
+                let window_start = msg.timestamp - within.as_secs() as i64;
+                list.retain(|t| *t > window_start);
+                list.push(msg.timestamp);
+                if (list.len() as u32) < count {
+                    d.counted.push((rule.id.clone(), index));
+                    continue;
+                }
+                list.clear();
+            }
             if silent_until
                 .get(rule.id.as_str())
                 .is_some_and(|until| msg.timestamp < *until)
@@ -110,81 +172,26 @@ pub fn decide(
                 matched.captures.entry(name.clone()).or_default();
             }
             let matched_json = matched.to_json();
-            let base_ctx = json!({
+            let ctx = json!({
                 "rule": { "id": rule.id, "description": rule.description },
                 "chat": chat_json(chat_id, chat),
                 "message": message_json(msg),
                 "matched": matched_json,
                 "now": rfc3339(now),
             });
-            for (action_index, action) in rule.actions.iter().enumerate() {
-                match action {
-                    Action::Log { level, message } => {
-                        match rules.templates.render(message, &base_ctx) {
-                            Ok(text) => d.logs.push(LogLine {
-                                rule_id: rule.id.clone(),
-                                level: *level,
-                                text,
-                            }),
-                            Err(e) => d
-                                .errors
-                                .push((rule.id.clone(), format!("log.message: {e}"))),
-                        }
-                    }
-                    Action::Webhook { url, headers, body } => {
-                        let id = delivery_id(&rule.id, chat_id, &msg.key, action_index);
-                        let mut ctx = base_ctx.clone();
-                        ctx["delivery_id"] = Value::String(id.clone());
-                        let rendered = match body {
-                            BodyTemplate::Envelope => Ok(message_envelope(
-                                &rule.id,
-                                &id,
-                                chat_id,
-                                chat,
-                                msg,
-                                matched_json.clone(),
-                                now,
-                            )
-                            .to_string()),
-                            BodyTemplate::Json(t) => {
-                                rules.templates.render(t, &ctx).and_then(|s| {
-                                    serde_json::from_str::<Value>(&s)
-                                        .map(|v| v.to_string())
-                                        .map_err(|e| format!("not valid JSON: {e}"))
-                                })
-                            }
-                            BodyTemplate::Structured(s) => {
-                                rules.render_structured(s, &ctx).map(|v| v.to_string())
-                            }
-                        };
-                        let hdrs: Result<Vec<(String, String)>, String> = headers
-                            .iter()
-                            .map(|(k, t)| {
-                                let v = rules.templates.render(t, &ctx)?;
-                                if v.contains(['\r', '\n']) {
-                                    return Err(format!("header `{k}` rendered with CR or LF"));
-                                }
-                                Ok((k.clone(), v))
-                            })
-                            .collect();
-                        match (rendered, hdrs) {
-                            (Ok(body), Ok(headers)) => d.deliveries.push(Delivery {
-                                delivery_id: id,
-                                rule_id: rule.id.clone(),
-                                chat_id: chat_id.as_str().to_string(),
-                                message_key: msg.key.compact(),
-                                action_index,
-                                url: url.clone(),
-                                headers,
-                                body,
-                            }),
-                            (Err(e), _) | (_, Err(e)) => {
-                                d.errors.push((rule.id.clone(), format!("webhook: {e}")))
-                            }
-                        }
-                    }
-                }
-            }
+            let envelope = |id: &str| {
+                message_envelope(&rule.id, id, chat_id, chat, msg, matched_json.clone(), now)
+            };
+            run_actions(
+                rules,
+                &rule.id,
+                &rule.actions,
+                chat_id,
+                &msg.key,
+                ctx,
+                &envelope,
+                &mut d,
+            );
             d.firings.push(Firing {
                 rule_id: rule.id.clone(),
                 message_index: index,
@@ -192,5 +199,164 @@ pub fn decide(
             });
         }
     }
+    for (rule, list) in hits {
+        d.thresholds.push((rule.to_string(), list));
+    }
+    d.thresholds.sort();
     d
 }
+
+/// Evaluates every chat rule on one chat after a poll (`messages` = the page, any order).
+/// Adds to `d`: firings, deliveries, logs, cooldowns and the chat-rule timers to store.
+pub fn decide_chat(
+    rules: &RuleSet,
+    chat_id: &ChatId,
+    chat: &Chat,
+    messages: &[Message],
+    memory: &Memory,
+    now: i64,
+    d: &mut Decision,
+) {
+    for rule in &rules.chat_rules {
+        let prev = memory.chat_rules.get(&rule.id).copied().unwrap_or_default();
+        let matched = match rule.check(chat_id, chat, messages, now) {
+            ChatCheck::DoesNotHold(_) => {
+                if prev != ChatRuleState::default() {
+                    d.chat_rules
+                        .push((rule.id.clone(), ChatRuleState::default())); // re-arm
+                }
+                continue;
+            }
+            ChatCheck::Holds { matched } => matched,
+        };
+        let since = prev.since.unwrap_or(now);
+        let mut state = ChatRuleState {
+            since: Some(since),
+            fired: prev.fired,
+        };
+        let in_cooldown = memory
+            .cooldowns
+            .get(&rule.id)
+            .is_some_and(|until| now < *until);
+        if !state.fired && now - since >= rule.hold_for.as_secs() as i64 && !in_cooldown {
+            state.fired = true;
+            if let Some(c) = rule.cooldown {
+                d.cooldowns
+                    .push((rule.id.clone(), now + c.as_secs() as i64));
+            }
+            let mut matched = matched;
+            matched["since"] = Value::String(rfc3339(since));
+            let newest = newest(messages);
+            let ctx = json!({
+                "rule": { "id": rule.id, "description": rule.description },
+                "chat": chat_json(chat_id, chat),
+                "message": newest.map(message_json),
+                "matched": matched,
+                "now": rfc3339(now),
+            });
+            let envelope = |id: &str| {
+                json!({
+                    "type": "rule.matched",
+                    "on": "chat",
+                    "rule": rule.id,
+                    "delivery_id": id,
+                    "chat": chat_json(chat_id, chat),
+                    "message": newest.map(message_json),
+                    "matched": matched,
+                    "fired_at": rfc3339(now),
+                })
+            };
+            // The same rule, chat and moment the condition started to hold: the same id.
+            let key = MessageKey {
+                from_me: false,
+                id: format!("chat@{since}"),
+            };
+            run_actions(
+                rules,
+                &rule.id,
+                &rule.actions,
+                chat_id,
+                &key,
+                ctx,
+                &envelope,
+                d,
+            );
+            d.chat_firings.push((rule.id.clone(), matched.clone()));
+        }
+        if state != prev {
+            d.chat_rules.push((rule.id.clone(), state));
+        }
+    }
+}
+
+/// Renders a fired rule's actions into log lines and deliveries.
+#[allow(clippy::too_many_arguments)]
+fn run_actions(
+    rules: &RuleSet,
+    rule_id: &str,
+    actions: &[Action],
+    chat_id: &ChatId,
+    key: &MessageKey,
+    base_ctx: Value,
+    envelope: &dyn Fn(&str) -> Value,
+    d: &mut Decision,
+) {
+    for (action_index, action) in actions.iter().enumerate() {
+        match action {
+            Action::Log { level, message } => match rules.templates.render(message, &base_ctx) {
+                Ok(text) => d.logs.push(LogLine {
+                    rule_id: rule_id.to_string(),
+                    level: *level,
+                    text,
+                }),
+                Err(e) => d
+                    .errors
+                    .push((rule_id.to_string(), format!("log.message: {e}"))),
+            },
+            Action::Webhook { url, headers, body } => {
+                let id = delivery_id(rule_id, chat_id, key, action_index);
+                let mut ctx = base_ctx.clone();
+                ctx["delivery_id"] = Value::String(id.clone());
+                let rendered = match body {
+                    BodyTemplate::Envelope => Ok(envelope(&id).to_string()),
+                    BodyTemplate::Json(t) => rules.templates.render(t, &ctx).and_then(|s| {
+                        serde_json::from_str::<Value>(&s)
+                            .map(|v| v.to_string())
+                            .map_err(|e| format!("not valid JSON: {e}"))
+                    }),
+                    BodyTemplate::Structured(s) => {
+                        rules.render_structured(s, &ctx).map(|v| v.to_string())
+                    }
+                };
+                let hdrs: Result<Vec<(String, String)>, String> = headers
+                    .iter()
+                    .map(|(k, t)| {
+                        let v = rules.templates.render(t, &ctx)?;
+                        if v.contains(['\r', '\n']) {
+                            return Err(format!("header `{k}` rendered with CR or LF"));
+                        }
+                        Ok((k.clone(), v))
+                    })
+                    .collect();
+                match (rendered, hdrs) {
+                    (Ok(body), Ok(headers)) => d.deliveries.push(Delivery {
+                        delivery_id: id,
+                        rule_id: rule_id.to_string(),
+                        chat_id: chat_id.as_str().to_string(),
+                        message_key: key.compact(),
+                        action_index,
+                        url: url.clone(),
+                        headers,
+                        body,
+                    }),
+                    (Err(e), _) | (_, Err(e)) => d
+                        .errors
+                        .push((rule_id.to_string(), format!("webhook: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,7 @@
 //! have (a crash at any point loses nothing).
 
 use crate::config::{Config, WatchedChat};
-use crate::engine::decide::{Clock, decide};
+use crate::engine::decide::{Clock, decide_chat, decide_with};
 use crate::engine::watermark::diff;
 use crate::events;
 use crate::gateway::client::{FetchError, Gateway};
@@ -127,14 +127,15 @@ impl Poller {
         let api = &self.config.api;
         let mut limit = api.message_limit;
         let chat_key = chat.id.as_str().to_string();
-        let (page, state, cooldowns, d) = loop {
+        let (page, state, memory, d) = loop {
             let page = self.gateway.fetch(&chat.id, limit).await?;
             let store = self.store.clone();
             let keys: Vec<MessageKey> = page.messages.iter().map(|m| m.key.clone()).collect();
             let ck = chat_key.clone();
-            let (state, cooldowns) = tokio::task::spawn_blocking(move || {
+            let (state, memory) = tokio::task::spawn_blocking(move || {
                 let refs: Vec<&MessageKey> = keys.iter().collect();
-                store.chat_state(&ck, &refs)
+                let (state, _) = store.chat_state(&ck, &refs)?;
+                Ok::<_, crate::store::StoreError>((state, store.rule_memory(&ck)?))
             })
             .await
             .map_err(|e| PollError::Store(e.to_string()))?
@@ -154,7 +155,7 @@ impl Poller {
                 let oldest = page.messages.iter().map(|m| m.timestamp).min().unwrap_or(0);
                 events::gap_detected(&chat_key, state.watermark, oldest, limit);
             }
-            break (page, state, cooldowns, d);
+            break (page, state, memory, d);
         };
         if !page.skipped.is_empty() {
             self.stats
@@ -168,13 +169,22 @@ impl Poller {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let new_msgs: Vec<&Message> = d.new.iter().map(|&i| &page.messages[i]).collect();
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let decision = decide(
+        let mut decision = decide_with(
             &rules,
             &chat.id,
             &page.chat,
             &new_msgs,
-            &cooldowns,
+            &memory,
             Clock::Now(now_ms / 1000),
+        );
+        decide_chat(
+            &rules,
+            &chat.id,
+            &page.chat,
+            &page.messages,
+            &memory,
+            now_ms / 1000,
+            &mut decision,
         );
 
         let mut seen = Vec::with_capacity(d.new.len() + d.updated.len() + d.history.len());
@@ -189,6 +199,8 @@ impl Poller {
             seen,
             deliveries: decision.deliveries.clone(),
             cooldowns: decision.cooldowns.clone(),
+            thresholds: decision.thresholds.clone(),
+            chat_rules: decision.chat_rules.clone(),
             now_ms,
         };
         let store = self.store.clone();
@@ -210,6 +222,9 @@ impl Poller {
         self.stats
             .rules_fired
             .fetch_add(decision.firings.len() as u64, Ordering::Relaxed);
+        for (rule, _) in &decision.chat_firings {
+            events::chat_rule_fired(rule, &chat_key);
+        }
         for f in &decision.firings {
             events::rule_fired(
                 &f.rule_id,

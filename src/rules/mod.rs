@@ -4,6 +4,7 @@
 //! Owns: the rule language of SPEC §4 for message rules. Must not: do I/O after loading,
 //! keep per-chat state (cooldowns and watermarks belong to the engine and the store).
 
+pub mod chat;
 pub mod raw;
 pub mod template;
 
@@ -99,6 +100,8 @@ pub struct Rule {
     pub source: PathBuf,
     pub cooldown: Option<Duration>,
     pub max_age: Option<Duration>,
+    /// Fire only when the rule matched `count` times within the window in one chat.
+    pub threshold: Option<(u32, Duration)>,
     pub actions: Vec<Action>,
     cond: Cond,
     /// Notification types this rule names (and so may see).
@@ -136,6 +139,8 @@ pub enum Verdict {
 /// Everything needed to evaluate messages: rules, one keyword automaton, templates.
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// `on: chat` rules, evaluated on every poll of a chat.
+    pub chat_rules: Vec<chat::ChatRule>,
     matcher: Matcher,
     pub templates: Templates,
 }
@@ -419,6 +424,8 @@ struct Compiler<'a> {
     sees: Vec<String>,
     /// Regex capture group names of the rule being compiled (named, else numbered).
     captures: Vec<String>,
+    /// Compiling a chat rule: its templates see the chat-rule `matched`.
+    chat_rule: bool,
 }
 
 /// Compiles parsed files into one set. Rules with errors are left out and reported.
@@ -427,6 +434,7 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
     let mut builder = MatcherBuilder::new();
     let mut templates = Templates::new();
     let mut rules = Vec::new();
+    let mut chat_rules = Vec::new();
     let mut ids: HashMap<String, (PathBuf, Location)> = HashMap::new();
     for file in files {
         for raw in file.rules {
@@ -457,18 +465,13 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
             } else {
                 ids.insert(id.clone(), (file.path.clone(), raw.id.referenced));
             }
-            if let Some(Spanned {
-                value: On::Chat,
-                referenced,
-                ..
-            }) = raw.on
-            {
-                d.push(Diagnostic::at(
-                    &file.path,
-                    referenced,
-                    "chat rules (`on: chat`) are not supported by this build yet",
-                ));
-            }
+            let is_chat_rule = matches!(
+                raw.on,
+                Some(Spanned {
+                    value: On::Chat,
+                    ..
+                })
+            );
             let mut c = Compiler {
                 path: &file.path,
                 builder: &mut builder,
@@ -476,8 +479,45 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
                 d: &mut d,
                 sees: Vec::new(),
                 captures: Vec::new(),
+                chat_rule: is_chat_rule,
             };
-            let cond = c.cond(raw.match_.unwrap_or_default());
+            if is_chat_rule {
+                let compiled = c.chat_match(raw.match_.unwrap_or_default());
+                let actions = c.actions(&id, raw.actions);
+                if raw.max_age.is_some() {
+                    d.push(Diagnostic::warning(&file.path, raw.id.referenced.line(), raw.id.referenced.column(), format!("rule `{id}`: max_age applies to message rules; it has no effect on a chat rule")));
+                }
+                if raw.enabled == Some(false) || d.errors().count() > before {
+                    continue;
+                }
+                if let Some((unread_count, unanswered_for, hold_for, filter)) = compiled {
+                    chat_rules.push(chat::ChatRule {
+                        id,
+                        description: raw.description,
+                        source: file.path.clone(),
+                        cooldown: raw.cooldown.map(|c| c.0),
+                        actions,
+                        unread_count,
+                        unanswered_for,
+                        hold_for,
+                        filter,
+                    });
+                }
+                continue;
+            }
+            let mut m = raw.match_.unwrap_or_default();
+            let threshold = m.threshold.take().and_then(|t| {
+                if t.value.count == 0 || t.value.within.0.is_zero() {
+                    c.d.push(Diagnostic::at(
+                        c.path,
+                        t.referenced,
+                        "threshold: count and within must be positive",
+                    ));
+                    return None;
+                }
+                Some((t.value.count, t.value.within.0))
+            });
+            let cond = c.cond(m);
             let sees = std::mem::take(&mut c.sees);
             let actions = c.actions(&id, raw.actions);
             let capture_names = std::mem::take(&mut c.captures);
@@ -490,6 +530,7 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
                 source: file.path.clone(),
                 cooldown: raw.cooldown.map(|c| c.0),
                 max_age: raw.max_age.map(|m| m.0),
+                threshold,
                 actions,
                 cond,
                 sees,
@@ -514,6 +555,7 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
     (
         RuleSet {
             rules,
+            chat_rules,
             matcher,
             templates,
         },
@@ -566,7 +608,7 @@ impl Compiler<'_> {
             self.d.push(Diagnostic::at(
                 self.path,
                 t.referenced,
-                "`threshold` is not supported by this build yet",
+                "`threshold` goes at the top level of `match`, not inside any_of, all_of or not",
             ));
         }
         for (name, loc) in [
@@ -581,7 +623,11 @@ impl Compiler<'_> {
             ("for", m.for_.as_ref().map(|s| s.referenced)),
         ] {
             if let Some(loc) = loc {
-                self.d.push(Diagnostic::at(self.path, loc, format!("`{name}` is a chat-rule condition (`on: chat`), which this build does not support yet")));
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    loc,
+                    format!("`{name}` is a chat-rule condition: add `on: chat` to the rule"),
+                ));
             }
         }
         if let Some(list) = m.any_of {
@@ -689,6 +735,12 @@ impl Compiler<'_> {
         let mut ctx = template::sample_context();
         for name in &self.captures {
             ctx["matched"]["captures"][name] = Value::String("sample".into());
+        }
+        if self.chat_rule {
+            ctx["matched"] = serde_json::json!({
+                "unread_count": 5, "unanswered_for": "15m",
+                "waiting_since": "2026-01-01T00:00:00Z", "since": "2026-01-01T00:00:00Z"
+            });
         }
         match self.templates.render(&id, &ctx) {
             Ok(out) => {

@@ -5,7 +5,7 @@
 //! actions together (SPEC §6), the outbox queries of the dispatcher, and refusing to share
 //! the file with a second daemon or to replace a broken one. Must not: decide anything.
 
-use crate::engine::decide::Delivery;
+use crate::engine::decide::{ChatRuleState, Delivery, Memory};
 use crate::engine::watermark::ChatState;
 use crate::gateway::model::MessageKey;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -37,6 +37,19 @@ CREATE TABLE IF NOT EXISTS cooldowns (
     rule_id TEXT NOT NULL,
     chat_id TEXT NOT NULL,
     until   INTEGER NOT NULL,
+    PRIMARY KEY (rule_id, chat_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS thresholds (
+    rule_id TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    hits    TEXT NOT NULL,
+    PRIMARY KEY (rule_id, chat_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chat_rules (
+    rule_id TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    since   INTEGER,
+    fired   INTEGER NOT NULL,
     PRIMARY KEY (rule_id, chat_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
@@ -99,6 +112,10 @@ pub struct PollCommit {
     pub seen: Vec<(MessageKey, i64, u64)>,
     pub deliveries: Vec<Delivery>,
     pub cooldowns: Vec<(String, i64)>,
+    /// Threshold hits per rule (an empty list deletes the row).
+    pub thresholds: Vec<(String, Vec<i64>)>,
+    /// Chat-rule timers (a default state deletes the row).
+    pub chat_rules: Vec<(String, ChatRuleState)>,
     pub now_ms: i64,
 }
 
@@ -311,6 +328,42 @@ impl Store {
         Ok((state, cooldowns))
     }
 
+    /// What the rules remember about a chat: cooldowns, threshold hits, chat-rule timers.
+    pub fn rule_memory(&self, chat_id: &str) -> Result<Memory, StoreError> {
+        let conn = self.conn();
+        let mut m = Memory::default();
+        let mut stmt =
+            conn.prepare_cached("SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1")?;
+        for row in stmt.query_map([chat_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (rule, until) = row?;
+            m.cooldowns.insert(rule, until);
+        }
+        let mut stmt =
+            conn.prepare_cached("SELECT rule_id, hits FROM thresholds WHERE chat_id = ?1")?;
+        for row in stmt.query_map([chat_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (rule, hits) = row?;
+            m.thresholds
+                .insert(rule, serde_json::from_str(&hits).unwrap_or_default());
+        }
+        let mut stmt =
+            conn.prepare_cached("SELECT rule_id, since, fired FROM chat_rules WHERE chat_id = ?1")?;
+        for row in stmt.query_map([chat_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })? {
+            let (rule, since, fired) = row?;
+            m.chat_rules.insert(rule, ChatRuleState { since, fired });
+        }
+        Ok(m)
+    }
+
     /// Moves the watermark, records seen ids and cooldowns, and queues the deliveries — all or
     /// nothing. A delivery already queued (same id) is left as it is.
     pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, StoreError> {
@@ -337,6 +390,36 @@ impl Store {
             )?;
             for (rule, until) in &c.cooldowns {
                 cd.execute(params![rule, c.chat_id, until])?;
+            }
+            let mut th_set = tx.prepare_cached(
+                "INSERT INTO thresholds (rule_id, chat_id, hits) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET hits = excluded.hits",
+            )?;
+            let mut th_del =
+                tx.prepare_cached("DELETE FROM thresholds WHERE rule_id = ?1 AND chat_id = ?2")?;
+            for (rule, hits) in &c.thresholds {
+                if hits.is_empty() {
+                    th_del.execute(params![rule, c.chat_id])?;
+                } else {
+                    th_set.execute(params![
+                        rule,
+                        c.chat_id,
+                        serde_json::to_string(hits).unwrap_or_default()
+                    ])?;
+                }
+            }
+            let mut cr_set = tx.prepare_cached(
+                "INSERT INTO chat_rules (rule_id, chat_id, since, fired) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET since = excluded.since, fired = excluded.fired",
+            )?;
+            let mut cr_del =
+                tx.prepare_cached("DELETE FROM chat_rules WHERE rule_id = ?1 AND chat_id = ?2")?;
+            for (rule, st) in &c.chat_rules {
+                if *st == ChatRuleState::default() {
+                    cr_del.execute(params![rule, c.chat_id])?;
+                } else {
+                    cr_set.execute(params![rule, c.chat_id, st.since, st.fired])?;
+                }
             }
         }
         let mut queued = 0;

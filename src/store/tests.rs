@@ -1,5 +1,5 @@
 use super::*;
-use crate::engine::decide::Delivery;
+use crate::engine::decide::{ChatRuleState, Delivery};
 
 fn delivery(id: &str, chat: &str, url: &str) -> Delivery {
     Delivery {
@@ -34,6 +34,14 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
         seen: vec![(key("a"), 100, 7)],
         deliveries: vec![delivery("d1", "c@c.us", "http://x/")],
         cooldowns: vec![("r".into(), 5_000_000_000)],
+        thresholds: vec![("t".into(), vec![1, 2])],
+        chat_rules: vec![(
+            "cr".into(),
+            ChatRuleState {
+                since: Some(90),
+                fired: true,
+            },
+        )],
         now_ms: 1_000,
     };
     assert_eq!(store.commit_poll(&commit).unwrap(), 1);
@@ -48,6 +56,27 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
     assert_eq!(state.seen.get(&key("a")), Some(&7));
     assert!(!state.seen.contains_key(&key("b")));
     assert_eq!(cooldowns.get("r"), Some(&5_000_000_000));
+    let memory = store.rule_memory("c@c.us").unwrap();
+    assert_eq!(memory.cooldowns.get("r"), Some(&5_000_000_000));
+    assert_eq!(memory.thresholds.get("t"), Some(&vec![1, 2]));
+    assert_eq!(
+        memory.chat_rules.get("cr"),
+        Some(&ChatRuleState {
+            since: Some(90),
+            fired: true
+        })
+    );
+    // Clearing: an empty hit list and a default timer delete their rows.
+    let clear = PollCommit {
+        chat_id: "c@c.us".into(),
+        thresholds: vec![("t".into(), vec![])],
+        chat_rules: vec![("cr".into(), ChatRuleState::default())],
+        now_ms: 2_000,
+        ..PollCommit::default()
+    };
+    store.commit_poll(&clear).unwrap();
+    let memory = store.rule_memory("c@c.us").unwrap();
+    assert!(memory.thresholds.is_empty() && memory.chat_rules.is_empty());
     let due = store.due(2_000, 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(

@@ -1,0 +1,270 @@
+use super::*;
+use crate::rules::{compile_rules, parse_file};
+use std::path::Path;
+
+fn set(yaml: &str) -> RuleSet {
+    let (set, d) = compile_rules(vec![parse_file(Path::new("r.yaml"), yaml).unwrap()]);
+    assert!(!d.has_errors(), "{d}");
+    set
+}
+
+fn msg(id: &str, ts: i64, from_me: bool, body: &str) -> Message {
+    Message {
+        key: MessageKey {
+            from_me,
+            id: id.into(),
+        },
+        serialized_id: format!("{from_me}_966500000000@c.us_{id}"),
+        body: body.into(),
+        kind: "chat".into(),
+        timestamp: ts,
+        from: None,
+        to: None,
+        author: None,
+        has_media: false,
+    }
+}
+
+fn chat(unread: i64) -> Chat {
+    Chat {
+        id: "966500000000@c.us".into(),
+        name: Some("C".into()),
+        unread_count: unread,
+        ..Chat::default()
+    }
+}
+
+fn cid() -> ChatId {
+    ChatId::from_gateway("966500000000@c.us")
+}
+
+#[test]
+fn threshold_fires_on_the_nth_match_within_the_window_and_remembers_across_polls() {
+    let rules = set(
+        "id: urgent3\nmatch: { body: { any: [urgent] }, threshold: { count: 3, within: 10m } }\nactions: [ { log: { message: x } } ]\n",
+    );
+    let a = msg("a", 1000, false, "urgent");
+    let b = msg("b", 1100, false, "urgent");
+    // Poll 1: two matches, counted, nothing fires.
+    let d = decide_with(
+        &rules,
+        &cid(),
+        &chat(0),
+        &[&a, &b],
+        &Memory::default(),
+        Clock::Now(1200),
+    );
+    assert!(d.firings.is_empty());
+    assert_eq!(d.counted.len(), 2);
+    assert_eq!(d.thresholds, [("urgent3".to_string(), vec![1000, 1100])]);
+    // Poll 2 (after a restart: the memory comes from the store): the third fires.
+    let memory = Memory {
+        thresholds: d.thresholds.into_iter().collect(),
+        ..Memory::default()
+    };
+    let c = msg("c", 1500, false, "urgent");
+    let d = decide_with(&rules, &cid(), &chat(0), &[&c], &memory, Clock::Now(1500));
+    assert_eq!(d.firings.len(), 1);
+    assert_eq!(
+        d.thresholds,
+        [("urgent3".to_string(), vec![])],
+        "the count starts again"
+    );
+    // Outside the window the old hits no longer count.
+    let memory = Memory {
+        thresholds: [("urgent3".to_string(), vec![1000, 1100])].into(),
+        ..Memory::default()
+    };
+    let late = msg("late", 1000 + 601, false, "urgent");
+    let d = decide_with(
+        &rules,
+        &cid(),
+        &chat(0),
+        &[&late],
+        &memory,
+        Clock::Now(1700),
+    );
+    assert!(d.firings.is_empty());
+    assert_eq!(d.thresholds, [("urgent3".to_string(), vec![1100, 1601])]);
+}
+
+const UNREAD: &str = "id: unread-pileup\non: chat\nmatch:\n  unread_count: { gte: 5 }\n  for: 10m\ncooldown: 1h\nactions:\n  - webhook: { url: \"https://x.example/\" }\n";
+
+#[test]
+fn a_chat_rule_fires_once_after_holding_for_its_duration_then_rearms() {
+    let rules = set(UNREAD);
+    let msgs = vec![msg("a", 900, false, "hi")];
+    let mut memory = Memory::default();
+    let step = |unread: i64, now: i64, memory: &mut Memory| -> Decision {
+        let mut d = Decision::default();
+        decide_chat(&rules, &cid(), &chat(unread), &msgs, memory, now, &mut d);
+        for (r, st) in &d.chat_rules {
+            memory.chat_rules.insert(r.clone(), *st);
+        }
+        for (r, until) in &d.cooldowns {
+            memory.cooldowns.insert(r.clone(), *until);
+        }
+        d
+    };
+    assert!(
+        step(6, 1000, &mut memory).chat_firings.is_empty(),
+        "starts holding"
+    );
+    assert_eq!(
+        memory.chat_rules["unread-pileup"],
+        ChatRuleState {
+            since: Some(1000),
+            fired: false
+        }
+    );
+    assert!(
+        step(7, 1000 + 599, &mut memory).chat_firings.is_empty(),
+        "not yet 10m"
+    );
+    let d = step(7, 1000 + 600, &mut memory);
+    assert_eq!(d.chat_firings.len(), 1, "held 10 minutes: fires");
+    assert_eq!(d.deliveries.len(), 1);
+    let body: Value = serde_json::from_str(&d.deliveries[0].body).unwrap();
+    assert_eq!(body["on"], "chat");
+    assert_eq!(body["matched"]["unread_count"], 7);
+    assert_eq!(body["matched"]["since"], rfc3339(1000));
+    assert_eq!(body["message"]["id"], "false_966500000000@c.us_a");
+    let first_id = d.deliveries[0].delivery_id.clone();
+    assert!(
+        step(8, 2000, &mut memory).chat_firings.is_empty(),
+        "fires once per holding spell"
+    );
+    step(0, 2100, &mut memory);
+    assert!(
+        !memory.chat_rules.contains_key("unread-pileup")
+            || memory.chat_rules["unread-pileup"] == ChatRuleState::default(),
+        "re-armed"
+    );
+    // Holds again, but the 1h cooldown from 1600 silences it until 5200.
+    step(9, 3000, &mut memory);
+    assert!(
+        step(9, 3000 + 600, &mut memory).chat_firings.is_empty(),
+        "cooldown"
+    );
+    let d = step(9, 5200, &mut memory);
+    assert_eq!(d.chat_firings.len(), 1, "after the cooldown");
+    assert_ne!(
+        d.deliveries[0].delivery_id, first_id,
+        "a new holding spell is a new delivery"
+    );
+}
+
+#[test]
+fn the_chat_rule_delivery_id_depends_on_when_the_condition_started() {
+    let rules = set(UNREAD);
+    let msgs = vec![msg("a", 900, false, "hi")];
+    let memory = Memory {
+        chat_rules: [(
+            "unread-pileup".to_string(),
+            ChatRuleState {
+                since: Some(1000),
+                fired: false,
+            },
+        )]
+        .into(),
+        ..Memory::default()
+    };
+    let mut d1 = Decision::default();
+    decide_chat(&rules, &cid(), &chat(6), &msgs, &memory, 1700, &mut d1);
+    let mut d2 = Decision::default();
+    decide_chat(&rules, &cid(), &chat(9), &msgs, &memory, 1900, &mut d2);
+    assert_eq!(
+        d1.deliveries[0].delivery_id, d2.deliveries[0].delivery_id,
+        "a re-evaluation after a crash gives the same id"
+    );
+}
+
+#[test]
+fn unanswered_for_counts_from_the_first_unanswered_message() {
+    let rules = set(
+        "id: sla\non: chat\nmatch: { unanswered_for: 15m }\nactions: [ { log: { message: \"waiting since {{ matched.waiting_since }}\" } } ]\n",
+    );
+    let msgs = vec![
+        msg("q1", 1000, false, "hello?"),
+        msg("r", 1100, true, "hi!"),
+        msg("q2", 2000, false, "still there?"),
+        msg("q3", 2300, false, "??"),
+    ];
+    let mut d = Decision::default();
+    decide_chat(
+        &rules,
+        &cid(),
+        &chat(2),
+        &msgs,
+        &Memory::default(),
+        2000 + 899,
+        &mut d,
+    );
+    assert!(d.chat_firings.is_empty());
+    let mut d = Decision::default();
+    decide_chat(
+        &rules,
+        &cid(),
+        &chat(2),
+        &msgs,
+        &Memory::default(),
+        2000 + 900,
+        &mut d,
+    );
+    assert_eq!(d.chat_firings.len(), 1);
+    assert_eq!(d.logs[0].text, format!("waiting since {}", rfc3339(2000)));
+    // Our reply stops it.
+    let mut answered = msgs.clone();
+    answered.push(msg("r2", 2400, true, "sorry, here"));
+    let mut d = Decision::default();
+    decide_chat(
+        &rules,
+        &cid(),
+        &chat(0),
+        &answered,
+        &Memory::default(),
+        9999,
+        &mut d,
+    );
+    assert!(d.chat_firings.is_empty());
+}
+
+#[test]
+fn marked_unread_counts_as_one() {
+    let rules = set(
+        "id: u\non: chat\nmatch: { unread_count: { gte: 1 } }\nactions: [ { log: { message: x } } ]\n",
+    );
+    let mut d = Decision::default();
+    decide_chat(
+        &rules,
+        &cid(),
+        &chat(-1),
+        &[],
+        &Memory::default(),
+        100,
+        &mut d,
+    );
+    assert_eq!(d.chat_firings.len(), 1);
+}
+
+#[test]
+fn chat_rules_refuse_message_conditions() {
+    let (_, d) = compile_rules(vec![parse_file(Path::new("r.yaml"), "id: u\non: chat\nmatch:\n  unread_count: { gte: 1 }\n  type: [chat]\nactions: [ { log: { message: x } } ]\n").unwrap()]);
+    let e = d.to_string();
+    assert!(
+        e.contains("r.yaml:5:9: `type` is a message condition"),
+        "{e}"
+    );
+    let (_, d) = compile_rules(vec![
+        parse_file(
+            Path::new("r.yaml"),
+            "id: m\nmatch:\n  unanswered_for: 15m\nactions: [ { log: { message: x } } ]\n",
+        )
+        .unwrap(),
+    ]);
+    assert!(
+        d.to_string()
+            .contains("r.yaml:3:19: `unanswered_for` is a chat-rule condition: add `on: chat`"),
+        "{d}"
+    );
+}

@@ -1,0 +1,161 @@
+//! Rules that remember: chat rules, `for`, cooldowns and thresholds across restarts.
+
+use crate::support::*;
+use std::time::Duration;
+
+fn unix(rfc3339: &str) -> i64 {
+    rfc3339.parse::<jiff::Timestamp>().unwrap().as_second()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_for_fires_once_across_a_restart_inside_its_window() {
+    let gw = gateway(
+        r#"
+chats:
+  - id: "966500000001"
+    name: Waiting customer
+    messages:
+      - { at: -1h, body: "earlier question", id: Q0 }
+      - { at: -59m, body: "earlier answer", id: R0, from_me: true }
+      - { at: 1s, body: "hello? anyone?", id: Q1 }
+  - id: "966500000002"
+    name: Answered customer
+    messages:
+      - { at: 1s, body: "hi", id: Q2 }
+      - { at: 2s, body: "hello, how can we help?", id: R2, from_me: true }
+"#,
+    )
+    .await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/sla.yaml",
+        &format!("id: sla\non: chat\nmatch: {{ unanswered_for: 5s }}\nactions:\n  - webhook: {{ url: \"{}\" }}\n", rx.url("/sla")),
+    );
+    let cfg = ws.config(&gw, &["966500000001", "966500000002"], "");
+    let first = Daemon::spawn(&cfg);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    first.kill(); // SIGKILL inside the window
+    let second = Daemon::spawn(&cfg);
+    wait_for("the SLA alert", Duration::from_secs(20), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = second.output();
+    assert_eq!(second.stop(), 0);
+    let got = rx.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "exactly one alert: {:?}\n{log}",
+        got.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+    );
+    let v = got[0].json();
+    assert_eq!(v["on"], "chat");
+    assert_eq!(v["rule"], "sla");
+    assert_eq!(v["chat"]["name"], "Waiting customer");
+    assert_eq!(v["matched"]["unanswered_for"], "5s");
+    assert_eq!(v["message"]["body"], "hello? anyone?");
+    let waited = unix(v["fired_at"].as_str().unwrap())
+        - unix(v["matched"]["waiting_since"].as_str().unwrap());
+    assert!(
+        (5..=9).contains(&waited),
+        "fired {waited}s after the question"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_neither_resets_a_for_timer_nor_fires_twice() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", name: Busy, unread_count: 7, messages: [ { at: -1m, body: x } ] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/pileup.yaml",
+        &format!("id: pileup\non: chat\nmatch:\n  unread_count: {{ gte: 5 }}\n  for: 6s\ncooldown: 1h\nactions:\n  - webhook: {{ url: \"{}\" }}\n", rx.url("/pileup")),
+    );
+    let cfg = ws.config(&gw, &["966500000001"], "");
+    let started = jiff::Timestamp::now().as_second();
+    let first = Daemon::spawn(&cfg);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    first.kill();
+    let restarted = jiff::Timestamp::now().as_second();
+    let second = Daemon::spawn(&cfg);
+    wait_for("the pile-up alert", Duration::from_secs(20), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(second.stop(), 0);
+    let got = rx.received();
+    assert_eq!(got.len(), 1, "fires once");
+    let v = got[0].json();
+    assert_eq!(v["matched"]["unread_count"], 7);
+    let since = unix(v["matched"]["since"].as_str().unwrap());
+    assert!(
+        since <= restarted,
+        "the timer started before the restart and survived it (since {since}, restart {restarted}, start {started})"
+    );
+    let held = unix(v["fired_at"].as_str().unwrap()) - since;
+    assert!((6..=9).contains(&held), "fired after holding {held}s");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooldowns_and_thresholds_survive_a_restart() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    let url = rx.url("/hook");
+    ws.write(
+        "rules/r.yaml",
+        &format!(
+            "- id: quiet\n  match: {{ body: {{ any: [help] }} }}\n  cooldown: 1h\n  actions: [ {{ webhook: {{ url: \"{url}\" }} }} ]\n\
+             - id: twice\n  match: {{ body: {{ any: [urgent] }}, threshold: {{ count: 2, within: 10m }} }}\n  actions: [ {{ webhook: {{ url: \"{url}\" }} }} ]\n"
+        ),
+    );
+    let cfg = ws.config(&gw, &["966500000001"], "");
+    let first = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.push_message("966500000001", "help please", false);
+    gw.push_message("966500000001", "urgent 1", false);
+    wait_for("the first help", Duration::from_secs(10), || {
+        rx.received().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await; // the urgent hit is committed
+    assert_eq!(first.stop(), 0);
+
+    let second = Daemon::spawn(&cfg);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    gw.push_message("966500000001", "help again", false);
+    gw.push_message("966500000001", "urgent 2", false);
+    wait_for("the threshold alert", Duration::from_secs(10), || {
+        rx.received().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(second.stop(), 0);
+    let rules: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r.json()["rule"].as_str().unwrap(),
+                r.json()["message"]["body"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        ["quiet:help please", "twice:urgent 2"],
+        "help again is silenced by the cooldown; urgent 2 is the second hit"
+    );
+    gw.shutdown().await;
+}
