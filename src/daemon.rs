@@ -77,11 +77,19 @@ pub fn prepare(
 pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     let chats = poller.config.chats.len();
     tracing::info!(chats, state = %poller.store.path().display(), "cartat-rules started");
+    let reloader = tokio::spawn(crate::reload::watch(
+        poller.config.rule_paths.clone(),
+        poller.rules.clone(),
+        poller.config.watch_rules,
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
     let p = tokio::spawn(poller.run(shutdown.clone()));
     let d = tokio::spawn(dispatcher.run(shutdown.clone()));
     shutdown.cancelled().await;
     tracing::info!("stopping: finishing in-flight polls and deliveries");
     let both = async {
+        let _ = reloader.await;
         let _ = p.await;
         let _ = d.await;
     };

@@ -19,6 +19,7 @@ pub mod events;
 pub mod gateway;
 pub mod outbox;
 pub mod receiver;
+pub mod reload;
 pub mod rules;
 pub mod store;
 pub mod text;

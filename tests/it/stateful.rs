@@ -159,3 +159,70 @@ async fn cooldowns_and_thresholds_survive_a_restart() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_edit_is_picked_up_and_a_broken_edit_keeps_the_last_good_set() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    let rule = |word: &str| {
+        format!(
+            "id: word\nmatch: {{ body: {{ any: [{word}] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n",
+            rx.url("/w")
+        )
+    };
+    ws.write("rules/word.yaml", &rule("alpha"));
+    let cfg = ws.config(&gw, &["966500000001"], "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    gw.push_message("966500000001", "alpha 1", false);
+    wait_for("alpha 1", Duration::from_secs(10), || {
+        rx.received().len() == 1
+    })
+    .await;
+
+    // A good edit: the rule now wants "beta".
+    ws.write("rules/word.yaml", &rule("beta"));
+    wait_for("the reload", Duration::from_secs(10), || {
+        daemon.output().contains("rules reloaded")
+    })
+    .await;
+    gw.push_message("966500000001", "alpha 2", false);
+    gw.push_message("966500000001", "beta 1", false);
+    wait_for("beta 1", Duration::from_secs(10), || {
+        rx.received().len() == 2
+    })
+    .await;
+
+    // A broken edit: logged with its position, the "beta" set stays in force.
+    ws.write(
+        "rules/word.yaml",
+        "id: word\nmatch:\n  bdy: {}\nactions: []\n",
+    );
+    wait_for("the refused reload", Duration::from_secs(10), || {
+        daemon.output().contains("rules not reloaded")
+    })
+    .await;
+    gw.push_message("966500000001", "beta 2", false);
+    wait_for("beta 2", Duration::from_secs(10), || {
+        rx.received().len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    assert!(
+        log.contains("rules/word.yaml:3:3:"),
+        "the error names the place:\n{log}"
+    );
+    let bodies = bodies(&rx.received());
+    assert_eq!(
+        bodies,
+        ["alpha 1", "beta 1", "beta 2"],
+        "nothing missed, nothing twice"
+    );
+    gw.shutdown().await;
+}
