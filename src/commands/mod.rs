@@ -79,6 +79,10 @@ pub enum Command {
         /// Also show, per message and rule, the normalized text and the first condition that failed.
         #[arg(long)]
         explain: bool,
+        /// Evaluate chat rules (`on: chat`) as of this time (RFC 3339, e.g.
+        /// 2026-11-28T10:00:00Z); default: now. `for:` is reported, not waited for.
+        #[arg(long, value_parser = parse_time)]
+        at: Option<i64>,
     },
     /// Inspect the delivery queue and re-send dead-lettered deliveries (same delivery_id).
     Outbox {
@@ -139,6 +143,12 @@ pub enum OutboxAction {
     },
 }
 
+fn parse_time(s: &str) -> Result<i64, String> {
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time like 2026-11-28T10:00:00Z: {e}"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s)
 }
@@ -183,7 +193,8 @@ pub fn main(cli: Cli) -> ExitCode {
             input,
             format,
             explain,
-        } => test::test(&rules, &input, format, explain),
+            at,
+        } => test::test(&rules, &input, format, explain, at),
         Command::Outbox { config, action } => outbox::outbox(&config, action),
         Command::Demo {
             duration,

@@ -6,7 +6,14 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
 
-pub fn test(rules_path: &Path, input: &Path, format: TestFormat, explain: bool) -> u8 {
+pub fn test(
+    rules_path: &Path,
+    input: &Path,
+    format: TestFormat,
+    explain: bool,
+    at: Option<i64>,
+) -> u8 {
+    let now = at.unwrap_or_else(|| jiff::Timestamp::now().as_second());
     let rules = match crate::rules::load(&[rules_path.to_path_buf()]) {
         Ok((r, warnings)) => {
             eprint!("{warnings}");
@@ -51,6 +58,7 @@ pub fn test(rules_path: &Path, input: &Path, format: TestFormat, explain: bool) 
             }
         };
         evaluate_page(&rules, &page, format, explain, &mut out);
+        evaluate_chat_rules(&rules, &page, format, explain, now, &mut out);
     }
     print!("{out}");
     0
@@ -177,6 +185,110 @@ pub fn evaluate_page(
                 }
                 if d.firings.is_empty() && !explain {
                     let _ = writeln!(out, "    (no rule fired)");
+                }
+            }
+        }
+    }
+}
+
+/// Evaluates the chat rules on the chat as of `now`, as one poll of a chat seen for the first
+/// time would; `for:` is reported rather than waited for.
+pub fn evaluate_chat_rules(
+    rules: &RuleSet,
+    page: &Page,
+    format: TestFormat,
+    explain: bool,
+    now: i64,
+    out: &mut String,
+) {
+    use crate::engine::decide::{ChatRuleState, Decision, Memory, decide_chat};
+    use crate::rules::chat::ChatCheck;
+    use std::fmt::Write;
+    if rules.chat_rules.is_empty() {
+        return;
+    }
+    let chat_id = ChatId::from_gateway(&page.chat.id);
+    // Pretend every held condition has held long enough, so the output shows what would be sent.
+    let memory = Memory {
+        chat_rules: rules
+            .chat_rules
+            .iter()
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    ChatRuleState {
+                        since: Some(now - r.hold_for.as_secs() as i64),
+                        fired: false,
+                    },
+                )
+            })
+            .collect(),
+        ..Memory::default()
+    };
+    let mut d = Decision::default();
+    decide_chat(
+        rules,
+        &chat_id,
+        &page.chat,
+        &page.messages,
+        &memory,
+        now,
+        &mut d,
+    );
+    if format == TestFormat::Text {
+        let _ = writeln!(
+            out,
+            "  chat rules as of {}:",
+            crate::outbox::envelope::rfc3339(now)
+        );
+    }
+    for rule in &rules.chat_rules {
+        let fired = d.chat_firings.iter().find(|(id, _)| *id == rule.id);
+        match (format, fired) {
+            (TestFormat::Json, Some((_, matched))) => {
+                let actions: Vec<Value> = d
+                    .deliveries
+                    .iter()
+                    .filter(|w| w.rule_id == rule.id)
+                    .map(|w| json!({"type": "webhook", "url": w.url, "body": serde_json::from_str::<Value>(&w.body).unwrap_or(Value::Null), "delivery_id": w.delivery_id}))
+                    .chain(d.logs.iter().filter(|l| l.rule_id == rule.id).map(|l| json!({"type": "log", "level": format!("{:?}", l.level).to_lowercase(), "message": l.text})))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({"rule": rule.id, "on": "chat", "chat": chat_id.as_str(), "matched": matched, "actions": actions})
+                );
+            }
+            (TestFormat::Json, None) => {}
+            (TestFormat::Text, Some((_, matched))) => {
+                let wait = if rule.hold_for.is_zero() {
+                    String::new()
+                } else {
+                    format!(
+                        " (once it has held for {})",
+                        crate::duration::format(rule.hold_for)
+                    )
+                };
+                let _ = writeln!(out, "    ✓ {} fires{wait}, matched {matched}", rule.id);
+                for w in d.deliveries.iter().filter(|w| w.rule_id == rule.id) {
+                    let _ = writeln!(
+                        out,
+                        "      webhook POST {} (delivery_id {})",
+                        w.url, w.delivery_id
+                    );
+                }
+                for l in d.logs.iter().filter(|l| l.rule_id == rule.id) {
+                    let _ = writeln!(out, "      log {:?}: {}", l.level, l.text);
+                }
+            }
+            (TestFormat::Text, None) => {
+                if explain
+                    && let ChatCheck::DoesNotHold(why) =
+                        rule.check(&chat_id, &page.chat, &page.messages, now)
+                {
+                    let _ = writeln!(out, "    ✗ {}: {why}", rule.id);
+                } else if !explain {
+                    let _ = writeln!(out, "    ({} does not hold)", rule.id);
                 }
             }
         }

@@ -146,3 +146,37 @@ fn the_demo_runs_offline_and_shows_the_arabic_matches() {
     );
     assert!(out.contains("demo finished"), "{out}");
 }
+
+#[test]
+fn test_evaluates_chat_rules_as_of_a_given_time() {
+    let input = "tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json";
+    let args = [
+        "test",
+        "--rules",
+        "rules",
+        "--input",
+        input,
+        "--explain",
+        "--at",
+    ];
+    let (code, out, err) = run_cli(&[&args[..], &["2023-08-06T19:30:00Z"]].concat(), &root());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("✓ unanswered-sla fires"), "{out}");
+    assert!(
+        out.contains("\"waiting_since\":\"2023-08-06T18:41:03Z\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("✗ unread-pileup: unread_count: 3 is not >= 5"),
+        "{out}"
+    );
+    // Ten minutes after the first message the customer has not waited 15 minutes yet.
+    let (_, early, _) = run_cli(&[&args[..], &["2023-08-06T18:51:03Z"]].concat(), &root());
+    assert!(
+        early.contains("✗ unanswered-sla: unanswered_for: waiting 600s, less than 15m"),
+        "{early}"
+    );
+    let (code, _, err) = run_cli(&[&args[..], &["yesterday"]].concat(), &root());
+    assert_eq!(code, 2, "clap rejects a bad time");
+    assert!(err.contains("RFC 3339"), "{err}");
+}
