@@ -219,9 +219,10 @@ impl Poller {
         self.stats
             .messages_updated
             .fetch_add(d.updated.len() as u64, Ordering::Relaxed);
-        self.stats
-            .rules_fired
-            .fetch_add(decision.firings.len() as u64, Ordering::Relaxed);
+        self.stats.rules_fired.fetch_add(
+            (decision.firings.len() + decision.chat_firings.len()) as u64,
+            Ordering::Relaxed,
+        );
         for (rule, _) in &decision.chat_firings {
             events::chat_rule_fired(rule, &chat_key);
         }
