@@ -98,7 +98,7 @@ pub fn load(path: &Path, env: EnvMode) -> Result<(Config, Diagnostics), Diagnost
             path,
             0,
             0,
-            format!("cannot read the config: {e}"),
+            format!("cannot read the config: {e} (give its path with -c PATH)"),
         )])
     })?;
     from_str(path, &text, env, &|k| std::env::var(k).ok())
