@@ -53,6 +53,10 @@ struct InFlight {
     groups: HashSet<(String, String)>,
     per_url: HashMap<String, usize>,
     total: usize,
+    /// Groups released since the current outbox query began: the query may have read their
+    /// head before its outcome was recorded, so its rows for them are stale (sending them would
+    /// send one row twice).
+    released: HashSet<(String, String)>,
 }
 
 /// A claimed slot; released on drop (a panicking delivery releases it too).
@@ -83,6 +87,7 @@ impl Slot {
         if f.total >= CONCURRENCY
             || f.per_url.get(url).copied().unwrap_or(0) >= PER_ENDPOINT
             || f.groups.contains(&group)
+            || f.released.contains(&group)
         {
             return None;
         }
@@ -107,6 +112,7 @@ impl Drop for Slot {
             }
         }
         f.groups.remove(&self.group);
+        f.released.insert(self.group.clone());
     }
 }
 
@@ -199,7 +205,13 @@ impl Dispatcher {
             }
             let store = self.store.clone();
             let now = now_ms();
-            let saturated = lock(&self.in_flight).saturated();
+            let saturated = {
+                // A slot is released only after its outcome is recorded: what was released
+                // before this query is read fresh by it.
+                let mut f = lock(&self.in_flight);
+                f.released.clear();
+                f.saturated()
+            };
             // Saturated urls are left out by the query; what remains is blocked by at most
             // CONCURRENCY in-flight heads, so this many rows always reach a free one.
             let scan = 2 * CONCURRENCY;
@@ -491,6 +503,11 @@ mod tests {
         assert_eq!(lock(&in_flight).saturated(), ["http://slow/"]);
         slots.push(Slot::claim(&in_flight, &row("c0", "http://fast/")).unwrap());
         drop(first);
+        assert!(
+            Slot::claim(&in_flight, &row("c0", "http://slow/")).is_none(),
+            "a group released during a query is not claimed from that query's (stale) rows"
+        );
+        lock(&in_flight).released.clear();
         assert!(Slot::claim(&in_flight, &row("cX", "http://slow/")).is_some());
         drop(slots);
         assert_eq!(lock(&in_flight).total, 0);
