@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use cartat_rules::gateway::mock::MockGateway;
-use cartat_rules::receiver::{Received, Receiver, Reply};
+use cartat_rules::receiver::{Receiver, Reply};
 use cartat_rules::store::{OutboxRow, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -122,10 +122,6 @@ pub async fn wait_more_polls(gw: &MockGateway, n: usize) {
 
 pub fn chat_ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:02}")).collect()
-}
-
-fn is_2xx(r: &Received) -> bool {
-    (200..300).contains(&r.status)
 }
 
 fn scenario(chats: &[String]) -> String {
