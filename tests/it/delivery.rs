@@ -173,9 +173,13 @@ async fn a_410_disables_the_endpoint_until_the_config_changes() {
     );
     assert!(log.contains("ENDPOINT DISABLED"), "logged loudly:\n{log}");
     assert!(log.contains("/gone"), "the url is named:\n{log}");
-    let (code, out, _) = cli(&ws, &cfg, &["list", "--state", "gone"]);
+    let (code, out, err) = cli(&ws, &cfg, &["list", "--state", "gone"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 4, "a header and 3 gone rows:\n{out}");
+    assert!(
+        err.contains("disabled by a 410") && err.contains("/gone"),
+        "{err}"
+    );
 
     // The same config after a restart: still disabled.
     rx.set_default(None);
