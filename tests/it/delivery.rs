@@ -674,3 +674,61 @@ async fn a_corrupted_state_file_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&db).unwrap(), before, "the file is untouched");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_up_on_a_delivery_past_the_stop_deadline_and_resends_it_later() {
+    let chats = chat_ids("9665000049", 1);
+    let gw = gateway(&scenario(&chats)).await;
+    let rx = receiver().await;
+    rx.set_default(Some(Reply {
+        status: 200,
+        delay: Duration::from_secs(40),
+        headers: Vec::new(),
+    }));
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/stuck")]));
+    let cfg = write_config(&ws, &gw, &chats, "60s", 0.01, "");
+    let mut daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    gw.push_message(&chats[0], "bot stuck", false);
+    wait_for("the request in flight", Duration::from_secs(10), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    daemon.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = t.elapsed();
+    let log = daemon.output();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let deadline = cartat_rules::daemon::STOP_DEADLINE;
+    assert!(
+        took >= deadline - Duration::from_millis(500) && took < deadline + Duration::from_secs(5),
+        "it waited until the stop deadline ({deadline:?}), no longer: {took:?}\n{log}"
+    );
+    assert!(log.contains("stop deadline reached"), "{log}");
+    let rows = outbox(&ws);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, "pending", "left pending for the next start");
+
+    rx.set_default(None);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the re-sent delivery", Duration::from_secs(10), || {
+        rx.received().len() == 2
+    })
+    .await;
+    assert_eq!(daemon.stop(), 0);
+    let got = rx.received();
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    assert_eq!(outbox(&ws)[0].state, "delivered");
+    gw.shutdown().await;
+}
