@@ -55,7 +55,8 @@ pub fn prepare(
         config.webhooks.net_policy.clone(),
         wake.clone(),
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .with_config_fingerprint(&config);
     let stats = Arc::new(Stats::default());
     let poller = Poller {
         config: Arc::new(config),

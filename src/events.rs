@@ -124,6 +124,24 @@ pub fn dead_lettered(delivery_id: &str, rule: &str, reason: &str, attempt: u32) 
     );
 }
 
+/// A 410: loud, because every later delivery to this url is parked until the config changes.
+pub fn endpoint_gone(url: &str, delivery_id: &str, rule: &str, parked: usize) {
+    tracing::error!(
+        url,
+        delivery_id,
+        rule,
+        parked,
+        "ENDPOINT DISABLED: the receiver answered 410 Gone; this and every later delivery to it are kept as `gone` and not sent until the config or the rules change (then restart), or `cartat-rules outbox retry --dead` re-sends them"
+    );
+}
+
+pub fn endpoint_reenabled(url: &str) {
+    tracing::warn!(
+        url,
+        "endpoint enabled again: the config changed since it answered 410 Gone"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod diag;
 pub mod duration;
 pub mod engine;
 pub mod events;
+pub mod failpoint;
 pub mod gateway;
 pub mod outbox;
 pub mod receiver;

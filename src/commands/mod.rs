@@ -126,14 +126,15 @@ pub enum TestFormat {
 pub enum OutboxAction {
     /// List deliveries, newest first.
     List {
-        /// Only this state: pending, delivered or dead.
+        /// Only this state: pending, delivered, dead or gone (its endpoint answered 410).
         #[arg(long)]
         state: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Re-send a dead-lettered delivery (by outbox id or delivery_id), or all of them.
+    /// Re-send a dead-lettered (dead or gone) delivery by outbox id or delivery_id, or all of
+    /// them, with the original delivery_id; re-sending to a url a 410 disabled enables it again.
     Retry {
         /// The outbox id or delivery_id.
         id: Option<String>,

@@ -24,6 +24,13 @@ pub fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
         limit: 50,
     }) {
         OutboxAction::List { state, limit } => store.list(state.as_deref(), limit).map(|rows| {
+            // Endpoints a 410 disabled, on stderr so the table stays parseable.
+            for url in store.disabled_endpoints().unwrap_or_default() {
+                eprintln!(
+                    "endpoint disabled by a 410 until the config changes: {}",
+                    crate::outbox::dispatcher::redact_url(&url)
+                );
+            }
             println!(
                 "{:>6}  {:<9}  {:>3}  {:<32}  {:<20}  {:<4}  last error",
                 "id", "state", "try", "delivery_id", "rule", "code"
@@ -46,7 +53,7 @@ pub fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
         OutboxAction::Retry { id: Some(id), .. } => {
             store.requeue(Requeue::One(&id), now).map(|n| {
                 if n == 0 {
-                    println!("no dead-lettered delivery `{id}`");
+                    println!("no dead-lettered (dead or gone) or pending delivery `{id}`");
                 } else {
                     println!("queued {n} delivery for re-sending with its original delivery_id");
                 }
@@ -55,9 +62,11 @@ pub fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
         OutboxAction::Retry {
             id: None,
             dead: true,
-        } => store
-            .requeue(Requeue::AllDead, now)
-            .map(|n| println!("queued {n} dead-lettered deliveries for re-sending")),
+        } => store.requeue(Requeue::AllDead, now).map(|n| {
+            println!(
+                "queued {n} dead-lettered deliveries for re-sending with their original delivery_id"
+            )
+        }),
         OutboxAction::Retry {
             id: None,
             dead: false,

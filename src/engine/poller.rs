@@ -129,6 +129,7 @@ impl Poller {
         let chat_key = chat.id.as_str().to_string();
         let (page, state, memory, d) = loop {
             let page = self.gateway.fetch(&chat.id, limit).await?;
+            crate::failpoint::hit("after_fetch");
             let store = self.store.clone();
             let keys: Vec<MessageKey> = page.messages.iter().map(|m| m.key.clone()).collect();
             let ck = chat_key.clone();
@@ -212,6 +213,7 @@ impl Poller {
                 PollError::Store(e.to_string())
             })?;
 
+        crate::failpoint::hit("after_commit");
         // Committed: now it is safe to tell the world.
         self.stats
             .messages_new

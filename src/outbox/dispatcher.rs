@@ -1,22 +1,37 @@
-//! The dispatcher: sends due outbox rows, signs them, classifies the answer and records the
-//! outcome. A row stays pending while it is in flight, so a crash re-sends it with the same
-//! `delivery_id` (at-least-once on the wire, exactly-once per id for an idempotent receiver).
+//! The dispatcher: sends due outbox rows, signs them, classifies the answer and moves each row
+//! through its [`Lifecycle`]. A row stays pending in the store while it is in flight, so a crash
+//! re-sends it with the same `delivery_id` (at-least-once on the wire, exactly-once per id for
+//! an idempotent receiver).
+//!
+//! Scheduling: only the oldest pending row of each (chat, url) is ever sent, one at a time, so
+//! deliveries for one chat to one endpoint keep their order; at most [`PER_ENDPOINT`] requests
+//! are in flight to one url and [`CONCURRENCY`] in all, and a slot is refilled as soon as it is
+//! free — a slow receiver holds its own slots, never the others'. A 410 disables the url (the
+//! store parks its rows as `gone`) until the config or the rules change.
 //!
 //! Owns: webhook I/O. Must not: follow redirects, use environment proxies, or connect to an
 //! address the SSRF guard refuses.
 
+use crate::config::Config;
 use crate::events;
-use crate::outbox::schedule::{AttemptResult, RetryPolicy, Verdict, classify, next_delay};
+use crate::outbox::lifecycle::{DeadReason, Lifecycle};
+use crate::outbox::schedule::{AttemptResult, RetryPolicy, Verdict, classify};
 use crate::outbox::sign::SigningKey;
 use crate::outbox::ssrf::{GuardedResolver, NetPolicy, vet_url};
-use crate::store::{AttemptRecord, Next, OutboxRow, Store};
-use std::sync::Arc;
+use crate::store::{AttemptRecord, OutboxRow, Store};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// How many deliveries are in flight at once.
-const CONCURRENCY: usize = 32;
+/// How many deliveries are in flight at once, in all.
+pub const CONCURRENCY: usize = 32;
+/// How many deliveries are in flight at once to one url.
+pub const PER_ENDPOINT: usize = 8;
 
 /// Sends webhooks from the outbox.
 pub struct Dispatcher {
@@ -26,6 +41,109 @@ pub struct Dispatcher {
     secret: Option<SigningKey>,
     net_policy: NetPolicy,
     pub wake: Arc<Notify>,
+    /// Fingerprint of the config and rules in force: a 410 disables its url under it.
+    fingerprint: String,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+/// What is on the wire now.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// (chat, url) whose head row is in flight: the rows behind it wait.
+    groups: HashSet<(String, String)>,
+    per_url: HashMap<String, usize>,
+    total: usize,
+    /// Groups released since the current outbox query began: the query may have read their
+    /// head before its outcome was recorded, so its rows for them are stale (sending them would
+    /// send one row twice).
+    released: HashSet<(String, String)>,
+}
+
+/// A claimed slot; released on drop (a panicking delivery releases it too).
+struct Slot {
+    in_flight: Arc<Mutex<InFlight>>,
+    group: (String, String),
+}
+
+impl InFlight {
+    fn saturated(&self) -> Vec<String> {
+        self.per_url
+            .iter()
+            .filter(|(_, n)| **n >= PER_ENDPOINT)
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+}
+
+fn lock(m: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Slot {
+    fn claim(in_flight: &Arc<Mutex<InFlight>>, row: &OutboxRow) -> Option<Slot> {
+        let mut f = lock(in_flight);
+        let url = &row.delivery.url;
+        let group = (row.delivery.chat_id.clone(), url.clone());
+        if f.total >= CONCURRENCY
+            || f.per_url.get(url).copied().unwrap_or(0) >= PER_ENDPOINT
+            || f.groups.contains(&group)
+            || f.released.contains(&group)
+        {
+            return None;
+        }
+        f.total += 1;
+        *f.per_url.entry(url.clone()).or_default() += 1;
+        f.groups.insert(group.clone());
+        Some(Slot {
+            in_flight: in_flight.clone(),
+            group,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut f = lock(&self.in_flight);
+        f.total = f.total.saturating_sub(1);
+        if let Some(n) = f.per_url.get_mut(&self.group.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                f.per_url.remove(&self.group.1);
+            }
+        }
+        f.groups.remove(&self.group);
+        f.released.insert(self.group.clone());
+    }
+}
+
+/// A fingerprint of the config file and every file under the rule paths (path and bytes):
+/// when it changes, endpoints disabled by a 410 are enabled again.
+pub fn config_fingerprint(config_path: &Path, rule_paths: &[std::path::PathBuf]) -> String {
+    fn add(h: &mut Sha256, path: &Path, depth: usize) {
+        if path.is_dir() && depth < 8 {
+            let mut entries: Vec<_> = std::fs::read_dir(path)
+                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            entries.sort();
+            for e in entries {
+                add(h, &e, depth + 1);
+            }
+        } else {
+            h.update(path.to_string_lossy().as_bytes());
+            h.update([0]);
+            h.update(std::fs::read(path).unwrap_or_default());
+            h.update([0]);
+        }
+    }
+    let mut h = Sha256::new();
+    add(&mut h, config_path, 8);
+    for p in rule_paths {
+        add(&mut h, p, 0);
+    }
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Dispatcher {
@@ -54,19 +172,54 @@ impl Dispatcher {
             secret,
             net_policy,
             wake,
+            fingerprint: String::new(),
+            in_flight: Arc::default(),
         })
     }
 
-    /// Sends until `shutdown`; deliveries in flight then finish (bounded by the timeout), the
-    /// rest stay pending in the outbox.
+    /// Ties 410s to this config: they disable their url until the config or rules change.
+    pub fn with_config_fingerprint(mut self, config: &Config) -> Dispatcher {
+        self.fingerprint = config_fingerprint(&config.path, &config.rule_paths);
+        self
+    }
+
+    /// Sends until `shutdown`; deliveries in flight then finish (each bounded by the webhook
+    /// timeout), the rest stay pending in the outbox.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let store = self.store.clone();
+        let fp = self.fingerprint.clone();
+        match tokio::task::spawn_blocking(move || store.reenable_endpoints(&fp)).await {
+            Ok(Ok(urls)) => {
+                for url in urls {
+                    events::endpoint_reenabled(&redact_url(&url));
+                }
+            }
+            Ok(Err(e)) => tracing::error!("cannot read the disabled endpoints: {e}"),
+            Err(e) => tracing::error!("reading the disabled endpoints panicked: {e}"),
+        }
+        let tracker = TaskTracker::new();
+        let done = Arc::new(Notify::new());
         loop {
             if shutdown.is_cancelled() {
-                return;
+                break;
             }
             let store = self.store.clone();
             let now = now_ms();
-            let due = match tokio::task::spawn_blocking(move || store.due(now, CONCURRENCY)).await {
+            let saturated = {
+                // A slot is released only after its outcome is recorded: what was released
+                // before this query is read fresh by it.
+                let mut f = lock(&self.in_flight);
+                f.released.clear();
+                f.saturated()
+            };
+            // Saturated urls are left out by the query; what remains is blocked by at most
+            // CONCURRENCY in-flight heads, so this many rows always reach a free one.
+            let scan = 2 * CONCURRENCY;
+            let due = match tokio::task::spawn_blocking(move || {
+                store.due_excluding(now, scan, &saturated)
+            })
+            .await
+            {
                 Ok(Ok(rows)) => rows,
                 Ok(Err(e)) => {
                     tracing::error!("outbox query failed: {e}");
@@ -77,36 +230,66 @@ impl Dispatcher {
                     Vec::new()
                 }
             };
-            if due.is_empty() {
+            let mut launched = 0;
+            for row in &due {
+                let Some(slot) = Slot::claim(&self.in_flight, row) else {
+                    continue;
+                };
+                let state = match row.lifecycle().map(|l| l.claim(now)) {
+                    Some(Ok(state)) => state,
+                    other => {
+                        tracing::error!(delivery_id = %row.delivery.delivery_id, "outbox row not sendable: {other:?}");
+                        continue;
+                    }
+                };
+                launched += 1;
+                let this = self.clone();
+                let done = done.clone();
+                let row = row.clone();
+                tracker.spawn(async move {
+                    this.deliver(row, state).await;
+                    drop(slot);
+                    done.notify_one();
+                });
+            }
+            if launched > 0 {
+                continue;
+            }
+            let wait = if due.is_empty() {
                 let store = self.store.clone();
                 let next = tokio::task::spawn_blocking(move || store.next_due_ms())
                     .await
                     .ok()
                     .and_then(Result::ok)
                     .flatten();
-                let wait = next
-                    .map(|t| Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64))
-                    .unwrap_or(Duration::from_secs(1));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                continue;
+                next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64))
+                    .unwrap_or(Duration::from_secs(1))
+            } else {
+                // Everything due waits for a slot: a finished delivery wakes us.
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = done.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            let mut set = tokio::task::JoinSet::new();
-            for row in due {
-                let this = self.clone();
-                set.spawn(async move { this.deliver(row).await });
-            }
-            while set.join_next().await.is_some() {}
         }
+        let in_flight = lock(&self.in_flight).total;
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                "dispatcher stopping: waiting for the deliveries in flight"
+            );
+        }
+        tracker.close();
+        tracker.wait().await;
     }
 
-    /// One attempt for one row, recorded in the store.
-    pub async fn deliver(&self, row: OutboxRow) {
-        let attempt = row.attempts + 1;
+    /// One attempt for one claimed row (`state` = InFlight), recorded in the store.
+    pub async fn deliver(&self, row: OutboxRow, state: Lifecycle) {
         let result = self.send(&row).await;
+        crate::failpoint::hit("after_post");
         let now = now_ms();
         let verdict = classify(&result, now / 1000);
         let status = match &result {
@@ -114,60 +297,76 @@ impl Dispatcher {
             _ => None,
         };
         let d = &row.delivery;
-        let record = match &verdict {
-            Verdict::Delivered => {
-                events::delivered(&d.delivery_id, &d.rule_id, status.unwrap_or(0), attempt);
-                AttemptRecord {
-                    next: Next::Delivered,
-                    status,
-                    error: None,
+        let outcome =
+            match state
+                .clone()
+                .after_attempt(&verdict, &self.policy, now, &mut rand::rng())
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(delivery_id = %d.delivery_id, "{e}");
+                    return;
                 }
+            };
+        let error = match &verdict {
+            Verdict::Retry { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        let attempt = match state {
+            Lifecycle::InFlight { attempt } => attempt,
+            _ => 0,
+        };
+        match &outcome {
+            Lifecycle::Delivered { .. } => {
+                events::delivered(&d.delivery_id, &d.rule_id, status.unwrap_or(0), attempt)
             }
-            Verdict::Retry { reason, .. } => {
-                let mut rng = rand::rng();
-                match next_delay(&self.policy, attempt, &verdict, &mut rng) {
-                    Some(delay) => {
-                        events::delivery_retry(&d.delivery_id, &d.rule_id, reason, attempt, delay);
-                        AttemptRecord {
-                            next: Next::RetryAt(now + delay.as_millis() as i64),
-                            status,
-                            error: Some(reason.clone()),
-                        }
-                    }
-                    None => {
-                        let why = format!("{reason} (after {attempt} attempts)");
-                        events::dead_lettered(&d.delivery_id, &d.rule_id, &why, attempt);
-                        AttemptRecord {
-                            next: Next::Dead,
-                            status,
-                            error: Some(why),
-                        }
-                    }
-                }
+            Lifecycle::Retry { at_ms, .. } => events::delivery_retry(
+                &d.delivery_id,
+                &d.rule_id,
+                error.as_deref().unwrap_or(""),
+                attempt,
+                Duration::from_millis((at_ms - now).max(0) as u64),
+            ),
+            Lifecycle::Dead {
+                reason: DeadReason::EndpointGone,
+                ..
+            } => {}
+            Lifecycle::Dead { reason, .. } => {
+                events::dead_lettered(&d.delivery_id, &d.rule_id, &reason.text(), attempt)
             }
-            Verdict::Dead { reason } => {
-                events::dead_lettered(&d.delivery_id, &d.rule_id, reason, attempt);
-                AttemptRecord {
-                    next: Next::Dead,
-                    status,
-                    error: Some(reason.clone()),
-                }
+            _ => {}
+        }
+        let gone = matches!(
+            outcome,
+            Lifecycle::Dead {
+                reason: DeadReason::EndpointGone,
+                ..
             }
-            Verdict::Gone => {
-                let why =
-                    "410 Gone: the receiver asked us to stop sending to this endpoint".to_string();
-                events::dead_lettered(&d.delivery_id, &d.rule_id, &why, attempt);
-                AttemptRecord {
-                    next: Next::Dead,
-                    status,
-                    error: Some(why),
-                }
-            }
+        );
+        let record = AttemptRecord {
+            outcome,
+            status,
+            error,
         };
         let store = self.store.clone();
         let id = row.id;
-        match tokio::task::spawn_blocking(move || store.record_attempt(id, &record, now)).await {
-            Ok(Ok(())) => {}
+        let url = d.url.clone();
+        let fp = self.fingerprint.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            if gone {
+                store
+                    .disable_endpoint(id, &url, &fp, &record, now)
+                    .map(Some)
+            } else {
+                store.record_attempt(id, &record, now).map(|()| None)
+            }
+        })
+        .await;
+        match res {
+            Ok(Ok(Some(parked))) => {
+                events::endpoint_gone(&redact_url(&d.url), &d.delivery_id, &d.rule_id, parked)
+            }
+            Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 tracing::error!(delivery_id = %d.delivery_id, "cannot record the delivery outcome (it will be re-sent): {e}")
             }
@@ -224,4 +423,94 @@ impl Dispatcher {
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+/// A url fit for a log line: scheme, host, port and path; no credentials, no query.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path()
+        ),
+        Err(_) => "(unparsable url)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_logs_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://user:pw@hooks.example.com:8443/a/b?token=secret#x"),
+            "https://hooks.example.com:8443/a/b"
+        );
+        assert_eq!(redact_url("not a url"), "(unparsable url)");
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_config_and_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cartat.yaml");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        std::fs::write(&cfg, "a: 1").unwrap();
+        std::fs::write(rules.join("r.yaml"), "id: r").unwrap();
+        let fp = || config_fingerprint(&cfg, std::slice::from_ref(&rules));
+        let first = fp();
+        assert_eq!(first, fp(), "stable");
+        std::fs::write(rules.join("r.yaml"), "id: r2").unwrap();
+        let second = fp();
+        assert_ne!(first, second, "a rule edit changes it");
+        std::fs::write(&cfg, "a: 2").unwrap();
+        assert_ne!(second, fp(), "a config edit changes it");
+    }
+
+    #[test]
+    fn slots_limit_each_endpoint_and_keep_one_per_chat() {
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        let row = |chat: &str, url: &str| OutboxRow {
+            id: 0,
+            delivery: crate::engine::decide::Delivery {
+                delivery_id: String::new(),
+                rule_id: String::new(),
+                chat_id: chat.into(),
+                message_key: String::new(),
+                action_index: 0,
+                url: url.into(),
+                headers: Vec::new(),
+                body: String::new(),
+            },
+            state: "pending".into(),
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            last_status: None,
+            last_error: None,
+        };
+        let first = Slot::claim(&in_flight, &row("c0", "http://slow/")).unwrap();
+        assert!(
+            Slot::claim(&in_flight, &row("c0", "http://slow/")).is_none(),
+            "one at a time per (chat, url)"
+        );
+        let mut slots: Vec<Slot> = (1..PER_ENDPOINT)
+            .map(|i| Slot::claim(&in_flight, &row(&format!("c{i}"), "http://slow/")).unwrap())
+            .collect();
+        assert!(Slot::claim(&in_flight, &row("cX", "http://slow/")).is_none());
+        assert_eq!(lock(&in_flight).saturated(), ["http://slow/"]);
+        slots.push(Slot::claim(&in_flight, &row("c0", "http://fast/")).unwrap());
+        drop(first);
+        assert!(
+            Slot::claim(&in_flight, &row("c0", "http://slow/")).is_none(),
+            "a group released during a query is not claimed from that query's (stale) rows"
+        );
+        lock(&in_flight).released.clear();
+        assert!(Slot::claim(&in_flight, &row("cX", "http://slow/")).is_some());
+        drop(slots);
+        assert_eq!(lock(&in_flight).total, 0);
+        assert!(lock(&in_flight).groups.is_empty());
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod dispatcher;
 pub mod envelope;
+pub mod lifecycle;
 pub mod schedule;
 pub mod sign;
 pub mod ssrf;

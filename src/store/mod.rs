@@ -8,6 +8,7 @@
 use crate::engine::decide::{ChatRuleState, Delivery, Memory};
 use crate::engine::watermark::ChatState;
 use crate::gateway::model::MessageKey;
+use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;
 use std::fs::File;
@@ -73,6 +74,18 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, chat_id, url, id);
 ";
 
+/// Endpoints disabled by a 410, with the fingerprint of the config (and rules) in force when it
+/// came. Additive to schema 1: created if missing by the daemon and by `outbox` commands, and
+/// ignored by an older binary (which then simply never sees a `gone` row as pending).
+const ENDPOINTS_GONE: &str = "
+CREATE TABLE IF NOT EXISTS endpoints_gone (
+    url         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    since       INTEGER NOT NULL,
+    delivery_id TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +113,18 @@ pub struct OutboxRow {
     pub next_attempt_at_ms: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+}
+
+impl OutboxRow {
+    /// The row's place in the delivery lifecycle (`None`: a state this binary does not know).
+    pub fn lifecycle(&self) -> Option<Lifecycle> {
+        Lifecycle::from_row(
+            &self.state,
+            self.attempts,
+            self.next_attempt_at_ms,
+            self.last_error.as_deref(),
+        )
+    }
 }
 
 /// Everything one poll writes, in one transaction.
@@ -225,6 +250,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| broken(e.to_string()))?;
+        conn.execute_batch(ENDPOINTS_GONE)
+            .map_err(|e| broken(e.to_string()))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -260,6 +287,7 @@ impl Store {
                 reason: format!("schema version {version}, expected {SCHEMA_VERSION}"),
             });
         }
+        conn.execute_batch(ENDPOINTS_GONE)?;
         let lock = std::fs::OpenOptions::new()
             .read(true)
             .open(path)
@@ -427,7 +455,9 @@ impl Store {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO outbox (delivery_id, rule_id, chat_id, message_key, action_index, url, headers, body,
                                      state, attempts, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?9, ?9)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                         CASE WHEN EXISTS (SELECT 1 FROM endpoints_gone g WHERE g.url = ?6) THEN 'gone' ELSE 'pending' END,
+                         0, ?9, ?9, ?9)
                  ON CONFLICT (delivery_id) DO NOTHING",
             )?;
             for d in &c.deliveries {
@@ -455,6 +485,7 @@ impl Store {
             "DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2",
             params![c.chat_id, now_s],
         )?;
+        crate::failpoint::hit("in_transaction");
         tx.commit()?;
         Ok(queued)
     }
@@ -484,47 +515,137 @@ impl Store {
     /// The deliveries to send now: the oldest pending row of each (chat, url), if it is due —
     /// so deliveries for one chat to one endpoint keep their order.
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.due_excluding(now_ms, limit, &[])
+    }
+
+    /// [`Store::due`] without the rows for `urls` (endpoints with no free slot).
+    pub fn due_excluding(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        urls: &[String],
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT o.* FROM outbox o
              JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id
-             WHERE o.next_attempt_at <= ?1 ORDER BY o.id LIMIT ?2",
+             WHERE o.next_attempt_at <= ?1 AND o.url NOT IN (SELECT value FROM json_each(?3))
+             ORDER BY o.id LIMIT ?2",
         )?;
+        let urls = serde_json::to_string(urls).unwrap_or_else(|_| "[]".into());
         let rows = stmt
-            .query_map(params![now_ms, limit as i64], Self::row)?
+            .query_map(params![now_ms, limit as i64, urls], Self::row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    /// When the next pending delivery is due, if any.
+    /// When the next pending delivery is due, if any (only the head of each (chat, url) counts:
+    /// the rows behind it wait for it whatever their own time).
     pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         let conn = self.conn();
         Ok(conn.query_row(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'",
+            "SELECT MIN(o.next_attempt_at) FROM outbox o
+             JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id",
             [],
             |r| r.get(0),
         )?)
     }
 
-    /// Records the outcome of an attempt.
+    /// Records the outcome of an attempt: the row moves to `record.outcome` (never InFlight).
     pub fn record_attempt(
         &self,
         id: i64,
-        outcome: &AttemptRecord,
+        record: &AttemptRecord,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let conn = self.conn();
-        let (state, next) = match outcome.next {
-            Next::Delivered => ("delivered", now_ms),
-            Next::RetryAt(at) => ("pending", at),
-            Next::Dead => ("dead", now_ms),
+        Self::write_outcome(&conn, id, record, now_ms)?;
+        Ok(())
+    }
+
+    fn write_outcome(
+        conn: &Connection,
+        id: i64,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Some(st) = record.outcome.stored() else {
+            return Err(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(
+                "an in-flight delivery is never stored".into(),
+            )));
         };
         conn.execute(
-            "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_status = ?4,
-                               last_error = ?5, updated_at = ?6 WHERE id = ?1",
-            params![id, state, next, outcome.status.map(i64::from), outcome.error, now_ms],
+            "UPDATE outbox SET state = ?2, attempts = ?3, next_attempt_at = coalesce(?4, next_attempt_at),
+                               last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
+            params![
+                id,
+                st.state,
+                st.attempts,
+                st.next_attempt_at_ms,
+                record.status.map(i64::from),
+                st.error.or_else(|| record.error.clone()),
+                now_ms
+            ],
         )?;
         Ok(())
+    }
+
+    /// A 410: records the attempt (the row is dead, `gone`), disables `url` under the config
+    /// `fingerprint`, and parks every other pending row for that url as `gone` — one
+    /// transaction. Returns how many other rows were parked.
+    pub fn disable_endpoint(
+        &self,
+        id: i64,
+        url: &str,
+        fingerprint: &str,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::write_outcome(&tx, id, record, now_ms)?;
+        tx.execute(
+            "INSERT INTO endpoints_gone (url, fingerprint, since, delivery_id)
+             SELECT ?1, ?2, ?3, delivery_id FROM outbox WHERE id = ?4
+             ON CONFLICT (url) DO UPDATE SET fingerprint = excluded.fingerprint",
+            params![url, fingerprint, now_ms, id],
+        )?;
+        let parked = tx.execute(
+            "UPDATE outbox SET state = 'gone', last_error = ?2, updated_at = ?3
+             WHERE url = ?1 AND state = 'pending'",
+            params![url, DeadReason::EndpointGone.text(), now_ms],
+        )?;
+        tx.commit()?;
+        Ok(parked)
+    }
+
+    /// Endpoints disabled under another config than `fingerprint` are enabled again (the config
+    /// changed since their 410); returns their urls. Rows parked as `gone` stay so: `outbox
+    /// retry` re-sends them.
+    pub fn reenable_endpoints(&self, fingerprint: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let urls = {
+            let mut stmt = tx.prepare("SELECT url FROM endpoints_gone WHERE fingerprint <> ?1")?;
+            stmt.query_map([fingerprint], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        tx.execute(
+            "DELETE FROM endpoints_gone WHERE fingerprint <> ?1",
+            [fingerprint],
+        )?;
+        tx.commit()?;
+        Ok(urls)
+    }
+
+    /// The urls disabled by a 410, for `outbox list` and tests.
+    pub fn disabled_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT url FROM endpoints_gone ORDER BY url")?;
+        let urls = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(urls)
     }
 
     /// Lists outbox rows, newest first, optionally only one state.
@@ -549,21 +670,36 @@ impl Store {
         Ok(rows)
     }
 
-    /// Puts dead-lettered rows (one by outbox id or delivery id, or all) back to pending, due
-    /// now, with a fresh attempt count. Returns how many.
+    /// Puts dead-lettered rows (`dead` or `gone`; one by outbox id or delivery id, or all)
+    /// back to pending, due now, with a fresh attempt count and their original delivery id. An
+    /// operator's re-send overrides a 410: the endpoints of the re-queued rows are enabled
+    /// again. A row already pending is made due now. Returns how many rows.
     pub fn requeue(&self, which: Requeue<'_>, now_ms: i64) -> Result<usize, StoreError> {
-        let conn = self.conn();
-        let n = match which {
-            Requeue::One(id) => conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2, updated_at = ?2
-                 WHERE (CAST(id AS TEXT) = ?1 OR delivery_id = ?1) AND state IN ('dead', 'pending')",
-                params![id, now_ms],
-            )?,
-            Requeue::AllDead => conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1, updated_at = ?1 WHERE state = 'dead'",
-                params![now_ms],
-            )?,
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let filter = match which {
+            Requeue::One(_) => {
+                "(CAST(id AS TEXT) = ?1 OR delivery_id = ?1) AND state IN ('dead', 'gone', 'pending')"
+            }
+            Requeue::AllDead => "?1 IS NULL AND state IN ('dead', 'gone')",
         };
+        let arg = match which {
+            Requeue::One(id) => Some(id),
+            Requeue::AllDead => None,
+        };
+        tx.execute(
+            &format!(
+                "DELETE FROM endpoints_gone WHERE url IN (SELECT url FROM outbox WHERE {filter})"
+            ),
+            params![arg],
+        )?;
+        let n = tx.execute(
+            &format!(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2, updated_at = ?2 WHERE {filter}"
+            ),
+            params![arg, now_ms],
+        )?;
+        tx.commit()?;
         Ok(n)
     }
 }
@@ -575,19 +711,13 @@ pub enum Requeue<'a> {
     AllDead,
 }
 
-/// What happens to a row after an attempt.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Next {
-    Delivered,
-    RetryAt(i64),
-    Dead,
-}
-
 /// The outcome of one attempt, as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttemptRecord {
-    pub next: Next,
+    /// Where the delivery goes next: Delivered, Retry or Dead.
+    pub outcome: Lifecycle,
     pub status: Option<u16>,
+    /// What went wrong on the wire (kept as `last_error` unless the outcome says why it died).
     pub error: Option<String>,
 }
 

@@ -113,7 +113,10 @@ fn due_returns_only_the_head_of_each_chat_and_endpoint() {
         .record_attempt(
             head.id,
             &AttemptRecord {
-                next: Next::RetryAt(1_000),
+                outcome: Lifecycle::Retry {
+                    at_ms: 1_000,
+                    attempt: 1,
+                },
                 status: Some(500),
                 error: Some("500".into()),
             },
@@ -126,7 +129,7 @@ fn due_returns_only_the_head_of_each_chat_and_endpoint() {
         .record_attempt(
             head.id,
             &AttemptRecord {
-                next: Next::Delivered,
+                outcome: Lifecycle::Delivered { attempts: 1 },
                 status: Some(200),
                 error: None,
             },
@@ -152,7 +155,10 @@ fn dead_letters_can_be_requeued_with_their_id() {
         .record_attempt(
             row.id,
             &AttemptRecord {
-                next: Next::Dead,
+                outcome: Lifecycle::Dead {
+                    reason: DeadReason::Rejected("HTTP 400".into()),
+                    attempts: 1,
+                },
                 status: Some(404),
                 error: Some("404".into()),
             },
@@ -165,6 +171,96 @@ fn dead_letters_can_be_requeued_with_their_id() {
     let again = store.due(200, 10).unwrap();
     assert_eq!(again[0].delivery.delivery_id, "dead1");
     assert_eq!(again[0].attempts, 0);
+}
+
+#[test]
+fn a_410_disables_the_endpoint_until_the_config_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let queue = |ids: &[(&str, &str)]| {
+        store
+            .commit_poll(&PollCommit {
+                chat_id: "c".into(),
+                deliveries: ids.iter().map(|(id, url)| delivery(id, "c", url)).collect(),
+                ..PollCommit::default()
+            })
+            .unwrap();
+    };
+    queue(&[
+        ("1", "http://gone/"),
+        ("2", "http://gone/"),
+        ("3", "http://ok/"),
+    ]);
+    let head = store.due(0, 10).unwrap().remove(0);
+    assert_eq!(head.delivery.delivery_id, "1");
+    let record = AttemptRecord {
+        outcome: Lifecycle::Dead {
+            reason: DeadReason::EndpointGone,
+            attempts: 1,
+        },
+        status: Some(410),
+        error: None,
+    };
+    let parked = store
+        .disable_endpoint(head.id, "http://gone/", "cfg-A", &record, 5)
+        .unwrap();
+    assert_eq!(parked, 1, "the row behind it is parked too");
+    assert_eq!(store.disabled_endpoints().unwrap(), ["http://gone/"]);
+    let state_of = |id: &str| {
+        store
+            .list(None, 100)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.delivery.delivery_id == id)
+            .unwrap()
+            .state
+    };
+    assert_eq!(state_of("1"), "gone");
+    assert_eq!(state_of("2"), "gone");
+    assert_eq!(state_of("3"), "pending");
+    // New rows for a disabled endpoint go straight to `gone`; other endpoints are untouched.
+    queue(&[("4", "http://gone/"), ("5", "http://ok/")]);
+    assert_eq!(state_of("4"), "gone");
+    assert_eq!(state_of("5"), "pending");
+    // The same config: still disabled. Another config: enabled again, old rows stay gone.
+    assert!(store.reenable_endpoints("cfg-A").unwrap().is_empty());
+    assert_eq!(store.reenable_endpoints("cfg-B").unwrap(), ["http://gone/"]);
+    assert!(store.disabled_endpoints().unwrap().is_empty());
+    queue(&[("6", "http://gone/")]);
+    assert_eq!(state_of("6"), "pending");
+    assert_eq!(state_of("4"), "gone");
+    // `outbox retry --dead` re-sends the parked rows with their ids.
+    assert_eq!(store.requeue(Requeue::AllDead, 10).unwrap(), 3);
+    assert_eq!(state_of("1"), "pending");
+}
+
+#[test]
+fn an_operator_retry_enables_a_disabled_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store
+        .commit_poll(&PollCommit {
+            chat_id: "c".into(),
+            deliveries: vec![delivery("1", "c", "http://gone/")],
+            ..PollCommit::default()
+        })
+        .unwrap();
+    let head = store.due(0, 10).unwrap().remove(0);
+    let record = AttemptRecord {
+        outcome: Lifecycle::Dead {
+            reason: DeadReason::EndpointGone,
+            attempts: 1,
+        },
+        status: Some(410),
+        error: None,
+    };
+    store
+        .disable_endpoint(head.id, "http://gone/", "cfg", &record, 5)
+        .unwrap();
+    assert_eq!(store.requeue(Requeue::One("1"), 10).unwrap(), 1);
+    assert!(store.disabled_endpoints().unwrap().is_empty());
+    let row = store.due(10, 10).unwrap().remove(0);
+    assert_eq!(row.lifecycle(), Some(Lifecycle::Pending));
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! receiver on 127.0.0.1, with a real SQLite file per test. One test binary (one link step).
 
 mod cli;
+mod crash;
+mod delivery;
 mod e2e;
 mod fixtures;
 mod stateful;

@@ -1,0 +1,734 @@
+//! Delivery (SPEC §5, §6) with the real binary: 410, 3xx, a slow endpoint beside a fast one,
+//! a receiver that is down and comes back, dead letters re-sent by `outbox retry`, SIGTERM with
+//! deliveries in flight, and a corrupted state file.
+
+use crate::support::*;
+use cartat_rules::gateway::mock::MockGateway;
+use cartat_rules::receiver::{Receiver, Reply};
+use cartat_rules::store::{OutboxRow, Store};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A config for these tests: `webhooks.timeout` and `retry_scale` chosen per test.
+pub fn write_config(
+    ws: &Workspace,
+    gw: &MockGateway,
+    chats: &[String],
+    webhook_timeout: &str,
+    retry_scale: f64,
+    poll_extra: &str,
+) -> PathBuf {
+    let chats: String = chats.iter().map(|c| format!("  - \"{c}\"\n")).collect();
+    let text = format!(
+        "api:\n  base_url: {}\n  token: mock-token\n  timeout: 3s\n  rate_limit: {{ per_second: 50, burst: 10 }}\n  message_limit: 20\n\
+         chats:\n{chats}poll:\n  interval: 200ms\n{poll_extra}state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n  watch: false\n\
+         webhooks:\n  timeout: {webhook_timeout}\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: {retry_scale}\n\
+         log:\n  mask_phone_numbers: false\n",
+        gw.base_url()
+    );
+    ws.write("cartat.yaml", &text)
+}
+
+/// A rule firing on inbound messages containing `bot`, with one webhook action per url.
+pub fn bot_rule(id: &str, urls: &[String]) -> String {
+    let actions: String = urls
+        .iter()
+        .map(|u| format!("  - webhook: {{ url: \"{u}\" }}\n"))
+        .collect();
+    format!(
+        "id: {id}\nmatch:\n  from_me: false\n  body:\n    any: [\"bot\", \"بوت\"]\n    words: true\nactions:\n{actions}"
+    )
+}
+
+/// The real daemon with extra environment variables (fail points).
+pub fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+    let log = config.with_file_name(format!(
+        "daemon-{}.log",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env_remove(cartat_rules::failpoint::ENV)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Daemon {
+        child: cmd.spawn().expect("spawn the daemon"),
+        log,
+    }
+}
+
+/// Waits until every chat has been polled twice: its first sight is committed, so what is
+/// pushed from now on is new (not history).
+pub async fn wait_first_sight(gw: &MockGateway, chats: &[String]) {
+    wait_for("every chat polled twice", Duration::from_secs(20), || {
+        let reqs = gw.requests();
+        chats.iter().all(|c| {
+            reqs.iter()
+                .filter(|r| r.chat.starts_with(c.as_str()))
+                .count()
+                >= 2
+        })
+    })
+    .await;
+}
+
+/// The outbox as the daemon left it (opened like `outbox list` does, next to a running daemon).
+pub fn outbox(ws: &Workspace) -> Vec<OutboxRow> {
+    Store::open_shared(&ws.path().join("state/test.db"))
+        .unwrap()
+        .list(None, 100_000)
+        .unwrap()
+}
+
+/// [`wait_for`], with the daemon's log in the panic message.
+pub async fn wait_logged(
+    what: &str,
+    timeout: Duration,
+    daemon: &Daemon,
+    mut cond: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; daemon log:\n{}",
+                daemon.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for `n` more `/chats` requests than so far.
+pub async fn wait_more_polls(gw: &MockGateway, n: usize) {
+    let before = gw.requests().len();
+    wait_for("more polls", Duration::from_secs(10), || {
+        gw.requests().len() >= before + n
+    })
+    .await;
+}
+
+pub fn chat_ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+fn scenario(chats: &[String]) -> String {
+    let mut s = String::from("chats:\n");
+    for c in chats {
+        s.push_str(&format!("  - {{ id: \"{c}\", messages: [] }}\n"));
+    }
+    s
+}
+
+fn cli(ws: &Workspace, cfg: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["outbox", "-c", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_cli(&all, ws.path())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_endpoint_until_the_config_changes() {
+    let chats = chat_ids("9665000041", 2);
+    let gw = gateway(&scenario(&chats)).await;
+    let rx = receiver().await;
+    rx.set_default(Some(Reply::status(410)));
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/gone")]));
+    let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
+
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    gw.push_message(&chats[0], "bot one", false);
+    wait_for("the 410", Duration::from_secs(10), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    gw.push_message(&chats[0], "bot two", false);
+    gw.push_message(&chats[1], "bot three", false);
+    wait_for(
+        "the later rows parked as gone",
+        Duration::from_secs(10),
+        || outbox(&ws).iter().filter(|r| r.state == "gone").count() == 3,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    assert_eq!(
+        rx.received().len(),
+        1,
+        "nothing is sent after a 410:\n{log}"
+    );
+    assert!(log.contains("ENDPOINT DISABLED"), "logged loudly:\n{log}");
+    assert!(log.contains("/gone"), "the url is named:\n{log}");
+    let (code, out, err) = cli(&ws, &cfg, &["list", "--state", "gone"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 4, "a header and 3 gone rows:\n{out}");
+    assert!(
+        err.contains("disabled by a 410") && err.contains("/gone"),
+        "{err}"
+    );
+
+    // The same config after a restart: still disabled.
+    rx.set_default(None);
+    let daemon = Daemon::spawn(&cfg);
+    wait_more_polls(&gw, 4).await;
+    gw.push_message(&chats[1], "bot four", false);
+    wait_for("bot four parked", Duration::from_secs(10), || {
+        outbox(&ws).iter().filter(|r| r.state == "gone").count() == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(daemon.stop(), 0);
+    assert_eq!(
+        rx.received().len(),
+        1,
+        "still disabled under the same config"
+    );
+
+    // The rules change (a header added): the endpoint is enabled again; what was parked stays.
+    ws.write(
+        "rules/bot.yaml",
+        &bot_rule("bot", &[rx.url("/gone")])
+            .replace("webhook: {", "webhook: { headers: { X-Fixed: \"yes\" }, "),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    wait_more_polls(&gw, 4).await;
+    gw.push_message(&chats[0], "bot five", false);
+    wait_for("bot five delivered", Duration::from_secs(10), || {
+        rx.received().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    let got = rx.received();
+    assert_eq!(bodies(&got), ["bot one", "bot five"], "{log}");
+    assert_eq!(got[1].header("x-fixed"), Some("yes"));
+    assert!(log.contains("endpoint enabled again"), "{log}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_failure_and_is_never_followed() {
+    let chats = chat_ids("9665000042", 1);
+    let gw = gateway(&scenario(&chats)).await;
+    let target = receiver().await;
+    let rx = receiver().await;
+    let to = |code: u16| Reply {
+        status: code,
+        delay: Duration::ZERO,
+        headers: vec![("Location".into(), target.url("/target"))],
+    };
+    rx.script([to(302), to(307), to(308)]);
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/moved")]));
+    let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    for i in 1..=3 {
+        gw.push_message(&chats[0], &format!("bot {i}"), false);
+    }
+    wait_for("three dead letters", Duration::from_secs(10), || {
+        outbox(&ws).iter().filter(|r| r.state == "dead").count() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    assert_eq!(
+        rx.received().len(),
+        3,
+        "each tried once, never again:\n{log}"
+    );
+    assert!(
+        target.received().is_empty(),
+        "the redirect target sees nothing"
+    );
+    for r in outbox(&ws) {
+        assert_eq!(r.attempts, 1);
+        assert!(
+            r.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("redirect not followed"),
+            "{r:?}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_hold_the_others() {
+    let per_endpoint = cartat_rules::outbox::dispatcher::PER_ENDPOINT;
+    let chats = chat_ids("9665000043", per_endpoint + 4);
+    let gw = gateway(&scenario(&chats)).await;
+    let slow = receiver().await;
+    slow.set_default(Some(Reply {
+        status: 200,
+        delay: Duration::from_secs(3),
+        headers: Vec::new(),
+    }));
+    let fast = receiver().await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/bot.yaml",
+        &bot_rule("bot", &[slow.url("/slow"), fast.url("/fast")]),
+    );
+    let cfg = write_config(&ws, &gw, &chats, "10s", 0.01, "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+
+    for c in &chats {
+        gw.push_message(c, "bot first", false);
+    }
+    let pushed = Instant::now();
+    wait_for(
+        "every chat's first delivery to the fast endpoint",
+        Duration::from_secs(10),
+        || fast.received().len() >= chats.len(),
+    )
+    .await;
+    let first_round = pushed.elapsed();
+    // The slow endpoint is now busy for ≥ 3 s with its first requests; more traffic arrives.
+    for c in &chats[..3] {
+        gw.push_message(c, "bot second", false);
+    }
+    let pushed = Instant::now();
+    wait_logged(
+        "the second round at the fast endpoint",
+        Duration::from_secs(10),
+        &daemon,
+        || fast.received().len() >= chats.len() + 3,
+    )
+    .await;
+    let second_round = pushed.elapsed();
+    let log = daemon.output();
+    daemon.kill();
+    // Each slow request lasts 3 s: how many overlapped at most.
+    let arrivals: Vec<SystemTime> = slow.received().iter().map(|r| r.at).collect();
+    let most_at_once = arrivals
+        .iter()
+        .map(|t| {
+            arrivals
+                .iter()
+                .filter(|u| *u <= t && t.duration_since(**u).unwrap() < Duration::from_secs(3))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+
+    assert!(
+        first_round < Duration::from_millis(2500),
+        "the fast endpoint waited for the slow one: {first_round:?}\n{log}"
+    );
+    assert!(
+        second_round < Duration::from_millis(1500),
+        "the fast endpoint waited for the slow one: {second_round:?}\n{log}"
+    );
+    assert!(
+        most_at_once <= per_endpoint && most_at_once >= per_endpoint / 2,
+        "the slow endpoint holds at most its {per_endpoint} slots: {most_at_once} at once"
+    );
+    gw.shutdown().await;
+}
+
+/// A port on 127.0.0.1 that is bound but not listening: connections to it are refused (the
+/// receiver is down), and no other test can take it. `listen` brings the receiver up on it.
+struct DownPort {
+    fd: i32,
+    port: u16,
+}
+
+impl DownPort {
+    fn new() -> DownPort {
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+                0
+            );
+            let mut out: libc::sockaddr_in = std::mem::zeroed();
+            let mut olen = len;
+            assert_eq!(
+                libc::getsockname(fd, &mut out as *mut _ as *mut libc::sockaddr, &mut olen),
+                0
+            );
+            DownPort {
+                fd,
+                port: u16::from_be(out.sin_port),
+            }
+        }
+    }
+
+    fn listen(self) -> tokio::net::TcpListener {
+        use std::os::fd::FromRawFd;
+        unsafe {
+            assert_eq!(libc::listen(self.fd, 128), 0);
+            let std = std::net::TcpListener::from_raw_fd(self.fd);
+            std.set_nonblocking(true).unwrap();
+            tokio::net::TcpListener::from_std(std).unwrap()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_a_while_gets_everything_in_order_when_back() {
+    let chats = chat_ids("9665000044", 4);
+    let gw = gateway(&scenario(&chats)).await;
+    let down = DownPort::new();
+    let url = format!("http://127.0.0.1:{}/hooks", down.port);
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[url]));
+    // Two days of retries compressed 1000×: 5 ms, 30 ms, 120 ms, 300 ms, 0.9 s, 1.8 s, 3.6 s…
+    let cfg = write_config(&ws, &gw, &chats, "2s", 0.001, "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+
+    let per_chat = 5;
+    for i in 0..per_chat {
+        for c in &chats {
+            gw.push_message(c, &format!("bot {i}"), false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_for("every delivery queued", Duration::from_secs(10), || {
+        outbox(&ws).len() == chats.len() * per_chat
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed_attempts: u32 = outbox(&ws).iter().map(|r| r.attempts).sum();
+
+    let rx = Receiver::start(down.listen(), None).await.unwrap();
+    let want = chats.len() * per_chat;
+    wait_for("everything delivered", Duration::from_secs(30), || {
+        rx.received().len() >= want
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+
+    assert!(
+        failed_attempts >= chats.len() as u32 * 3,
+        "the heads were retried while it was down: {failed_attempts}"
+    );
+    let got = rx.received();
+    assert_eq!(got.len(), want, "each exactly once:\n{log}");
+    let mut per: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for r in &got {
+        let v = r.json();
+        per.entry(v["chat"]["id"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                v["message"]["body"].as_str().unwrap().to_string(),
+                v["message"]["timestamp"].as_i64().unwrap(),
+            ));
+    }
+    assert_eq!(per.len(), chats.len());
+    for (chat, seq) in per {
+        let want: Vec<String> = (0..per_chat).map(|i| format!("bot {i}")).collect();
+        let bodies: Vec<String> = seq.iter().map(|(b, _)| b.clone()).collect();
+        assert_eq!(bodies, want, "order in {chat}");
+        assert!(
+            seq.windows(2).all(|w| w[0].1 <= w[1].1),
+            "timestamps in order in {chat}: {seq:?}"
+        );
+    }
+    assert!(outbox(&ws).iter().all(|r| r.state == "delivered"), "{log}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_resent_by_outbox_retry_keeps_its_delivery_id() {
+    let chats = chat_ids("9665000045", 2);
+    let gw = gateway(&scenario(&chats)).await;
+    let rx = receiver().await;
+    rx.script([Reply::status(400), Reply::status(422)]);
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/hooks")]));
+    let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    gw.push_message(&chats[0], "bot one", false);
+    gw.push_message(&chats[1], "bot two", false);
+    wait_for("two dead letters", Duration::from_secs(10), || {
+        outbox(&ws).iter().filter(|r| r.state == "dead").count() == 2
+    })
+    .await;
+    let first = rx.received();
+    let id_of = |body: &str| {
+        first
+            .iter()
+            .find(|r| r.json()["message"]["body"] == body)
+            .map(|r| r.header("webhook-id").unwrap().to_string())
+            .unwrap()
+    };
+    let (one, two) = (id_of("bot one"), id_of("bot two"));
+
+    // `outbox list` shows them; `outbox retry ID` re-sends one while the daemon runs.
+    let (code, out, err) = cli(&ws, &cfg, &["list", "--state", "dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&one) && out.contains(&two), "{out}");
+    assert!(out.contains("400") && out.contains("422"), "{out}");
+    let (code, out, err) = cli(&ws, &cfg, &["retry", &one]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queued 1"), "{out}");
+    wait_for("the re-sent delivery", Duration::from_secs(10), || {
+        rx.received().len() == 3
+    })
+    .await;
+    let again = rx.received().pop().unwrap();
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("webhook-id"), Some(one.as_str()));
+    assert_eq!(again.header("idempotency-key"), Some(one.as_str()));
+    assert_eq!(again.json()["delivery_id"], one.as_str());
+    assert_eq!(
+        again.body,
+        first
+            .iter()
+            .find(|r| r.header("webhook-id") == Some(one.as_str()))
+            .unwrap()
+            .body,
+        "the same body"
+    );
+    assert_eq!(daemon.stop(), 0);
+
+    // `outbox retry --dead` with the daemon stopped; the next start sends it.
+    let (code, out, err) = cli(&ws, &cfg, &["retry", "--dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queued 1"), "{out}");
+    let daemon = Daemon::spawn(&cfg);
+    wait_for(
+        "the second re-sent delivery",
+        Duration::from_secs(10),
+        || rx.received().len() == 4,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(daemon.stop(), 0);
+    let got = rx.received();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[3].header("webhook-id"), Some(two.as_str()));
+    assert!(outbox(&ws).iter().all(|r| r.state == "delivered"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_deliveries_finish_and_leaves_the_rest_pending() {
+    let chats = chat_ids("9665000046", 3);
+    let gw = gateway(&scenario(&chats)).await;
+    let rx = receiver().await;
+    rx.set_default(Some(Reply {
+        status: 200,
+        delay: Duration::from_millis(2000),
+        headers: Vec::new(),
+    }));
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/slow")]));
+    let cfg = write_config(&ws, &gw, &chats, "10s", 0.01, "");
+    let mut daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    for i in 0..3 {
+        for c in &chats {
+            gw.push_message(c, &format!("bot {i}"), false);
+        }
+    }
+    wait_for(
+        "one delivery per chat in flight",
+        Duration::from_secs(10),
+        || rx.received().len() >= chats.len(),
+    )
+    .await;
+    wait_for("every delivery queued", Duration::from_secs(10), || {
+        outbox(&ws).len() == 9
+    })
+    .await;
+    let in_flight = rx.received().len();
+    daemon.signal(libc::SIGTERM);
+    let stopped_at = gw.elapsed_ms();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = t.elapsed();
+    let log = daemon.output();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        took < Duration::from_secs(8),
+        "it waited for the in-flight deliveries (2 s each), no longer: {took:?}\n{log}"
+    );
+    assert_eq!(rx.received().len(), in_flight, "nothing new was started");
+    let late_polls: Vec<_> = gw
+        .requests()
+        .into_iter()
+        .filter(|r| r.at_ms > stopped_at + 300)
+        .collect();
+    assert!(late_polls.is_empty(), "polling stopped: {late_polls:?}");
+    let rows = outbox(&ws);
+    let delivered = rows.iter().filter(|r| r.state == "delivered").count();
+    let pending = rows.iter().filter(|r| r.state == "pending").count();
+    assert_eq!(
+        (delivered, pending),
+        (in_flight, 9 - in_flight),
+        "the in-flight ones finished and were recorded; the rest wait:\n{log}"
+    );
+
+    // The next start sends the rest, and only the rest.
+    rx.set_default(None);
+    let daemon = Daemon::spawn(&cfg);
+    wait_logged("the rest", Duration::from_secs(15), &daemon, || {
+        rx.received().len() >= 9
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(daemon.stop(), 0);
+    let got = rx.received();
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 9, "no delivery sent twice");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_state_file_is_refused_and_left_untouched() {
+    let chats = chat_ids("9665000047", 1);
+    let gw = gateway(&scenario(&chats)).await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/bot.yaml",
+        &bot_rule("bot", &["http://127.0.0.1:9/x".into()]),
+    );
+    let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
+    let db = ws.path().join("state/test.db");
+
+    // Not a database at all.
+    let garbage = b"SQLite format 3\0 but then someone's spreadsheet".repeat(200);
+    ws.write("state/test.db", "");
+    std::fs::write(&db, &garbage).unwrap();
+    let (code, _, err) = run_cli(&["run", "-c", cfg.to_str().unwrap()], ws.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not a usable cartat-rules database") && err.contains("left untouched"),
+        "{err}"
+    );
+    assert!(err.contains("test.db"), "the file is named: {err}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the file is untouched"
+    );
+
+    // A real database, cut in half by a bad copy.
+    std::fs::remove_file(&db).unwrap();
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    assert_eq!(daemon.stop(), 0);
+    let whole = std::fs::read(&db).unwrap();
+    let half = whole[..whole.len() / 2].to_vec();
+    std::fs::write(&db, &half).unwrap();
+    let (code, _, err) = run_cli(&["run", "-c", cfg.to_str().unwrap()], ws.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a usable cartat-rules database"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), half, "the file is untouched");
+
+    // Another program's SQLite file.
+    std::fs::remove_file(&db).unwrap();
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices VALUES (1, 9.5);")
+            .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    let (code, _, err) = run_cli(&["run", "-c", cfg.to_str().unwrap()], ws.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("something else"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the file is untouched");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_up_on_a_delivery_past_the_stop_deadline_and_resends_it_later() {
+    let chats = chat_ids("9665000049", 1);
+    let gw = gateway(&scenario(&chats)).await;
+    let rx = receiver().await;
+    rx.set_default(Some(Reply {
+        status: 200,
+        delay: Duration::from_secs(40),
+        headers: Vec::new(),
+    }));
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/stuck")]));
+    let cfg = write_config(&ws, &gw, &chats, "60s", 0.01, "");
+    let mut daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    gw.push_message(&chats[0], "bot stuck", false);
+    wait_for("the request in flight", Duration::from_secs(10), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    daemon.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = t.elapsed();
+    let log = daemon.output();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let deadline = cartat_rules::daemon::STOP_DEADLINE;
+    assert!(
+        took >= deadline - Duration::from_millis(500) && took < deadline + Duration::from_secs(5),
+        "it waited until the stop deadline ({deadline:?}), no longer: {took:?}\n{log}"
+    );
+    assert!(log.contains("stop deadline reached"), "{log}");
+    let rows = outbox(&ws);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, "pending", "left pending for the next start");
+
+    rx.set_default(None);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the re-sent delivery", Duration::from_secs(10), || {
+        rx.received().len() == 2
+    })
+    .await;
+    assert_eq!(daemon.stop(), 0);
+    let got = rx.received();
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    assert_eq!(outbox(&ws)[0].state, "delivered");
+    gw.shutdown().await;
+}
