@@ -226,3 +226,46 @@ async fn a_rule_edit_is_picked_up_and_a_broken_edit_keeps_the_last_good_set() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_rules_when_watching_is_off() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    let rule = |word: &str| {
+        format!(
+            "id: word\nmatch: {{ body: {{ any: [{word}] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n",
+            rx.url("/w")
+        )
+    };
+    ws.write("rules/word.yaml", &rule("alpha"));
+    let text = format!(
+        "api:\n  base_url: {}\n  token: mock-token\nchats: [\"966500000001\"]\npoll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\n\
+         rules:\n  paths: [./rules]\n  watch: false\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\n",
+        gw.base_url()
+    );
+    let cfg = ws.write("cartat.yaml", &text);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    ws.write("rules/word.yaml", &rule("beta"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !daemon.output().contains("rules reloaded"),
+        "watch: false does not reload by itself"
+    );
+    daemon.signal(libc::SIGHUP);
+    wait_for("the SIGHUP reload", Duration::from_secs(10), || {
+        daemon.output().contains("rules reloaded")
+    })
+    .await;
+    gw.push_message("966500000001", "beta 1", false);
+    wait_for("beta 1", Duration::from_secs(10), || {
+        rx.received().len() == 1
+    })
+    .await;
+    assert_eq!(daemon.stop(), 0);
+    gw.shutdown().await;
+}
