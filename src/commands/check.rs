@@ -21,7 +21,7 @@ pub fn check(config_path: &Path, paths: &[PathBuf]) -> u8 {
     if !rule_paths.is_empty() {
         match crate::rules::load(&rule_paths) {
             Ok((set, warnings)) => {
-                rule_count = set.rules.len() + set.chat_rules.len();
+                rule_count = set.rules.len() + set.chat_rules.len() + set.script_rules.len();
                 all.extend(warnings);
             }
             Err(d) => all.extend(d),

@@ -114,7 +114,7 @@ pub fn demo(config_path: &Path, scenario: Option<&Path>, duration: Duration, log
             }
         }
         println!("cartat-rules demo: mock gateway on http://{gateway_addr}, webhook receiver on {}", receiver_ports.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(", "));
-        println!("watching {} chats with {} rules for {}; every webhook the receiver gets is printed below\n", config.chats.len(), rules.rules.len() + rules.chat_rules.len(), crate::duration::format(duration));
+        println!("watching {} chats with {} rules for {}; every webhook the receiver gets is printed below\n", config.chats.len(), rules.rules.len() + rules.chat_rules.len() + rules.script_rules.len(), crate::duration::format(duration));
         let (poller, dispatcher, running) = match crate::daemon::prepare(config, rules) {
             Ok(p) => p,
             Err(e) => {

@@ -57,6 +57,8 @@ pub struct Memory {
     pub thresholds: HashMap<String, Vec<i64>>,
     /// chat rule id → its timer.
     pub chat_rules: HashMap<String, ChatRuleState>,
+    /// rule file id → its `state_set` values for this chat.
+    pub script_state: HashMap<String, serde_json::Map<String, Value>>,
 }
 
 /// Everything one poll of one chat decided.
@@ -73,6 +75,10 @@ pub struct Decision {
     pub thresholds: Vec<(String, Vec<i64>)>,
     /// (chat rule id, timer) to store for this chat.
     pub chat_rules: Vec<(String, ChatRuleState)>,
+    /// (rule file id, state) to store for this chat.
+    pub script_state: Vec<(String, serde_json::Map<String, Value>)>,
+    /// Rule files that asked for something: (rule id, message index or None for on_chat).
+    pub script_firings: Vec<(String, Option<usize>)>,
     /// (rule id, message index) that matched but were too old when first seen.
     pub stale: Vec<(String, usize)>,
     /// (rule id, message index) suppressed by a cooldown.
@@ -198,6 +204,14 @@ pub fn decide_with(
                 matched: matched_json,
             });
         }
+        for script in rules.script_rules.iter().filter(|r| r.on_message) {
+            let state = current_state(memory, &d, &script.id);
+            let out =
+                rules
+                    .host
+                    .on_message(script, message_json(msg), chat_json(chat_id, chat), &state);
+            apply_script_output(&script.id, chat_id, &msg.key, Some(index), out, &mut d);
+        }
     }
     for (rule, list) in hits {
         d.thresholds.push((rule.to_string(), list));
@@ -286,6 +300,70 @@ pub fn decide_chat(
         if state != prev {
             d.chat_rules.push((rule.id.clone(), state));
         }
+    }
+    for script in rules.script_rules.iter().filter(|r| r.on_chat) {
+        let state = current_state(memory, d, &script.id);
+        let mut chat_value = chat_json(chat_id, chat);
+        chat_value["newest"] = newest(messages).map(message_json).unwrap_or(Value::Null);
+        let out = rules.host.on_chat(script, chat_value, &state);
+        // One delivery id per poll: a rule file that should alert once keeps that in its state.
+        let key = MessageKey {
+            from_me: false,
+            id: format!("poll@{now}"),
+        };
+        apply_script_output(&script.id, chat_id, &key, None, out, d);
+    }
+}
+
+/// The rule file's state for this chat, as this poll has left it so far.
+fn current_state(memory: &Memory, d: &Decision, rule: &str) -> serde_json::Map<String, Value> {
+    d.script_state
+        .iter()
+        .rev()
+        .find(|(r, _)| r == rule)
+        .map(|(_, s)| s.clone())
+        .or_else(|| memory.script_state.get(rule).cloned())
+        .unwrap_or_default()
+}
+
+/// Turns what a rule file asked for into deliveries, log lines and state.
+fn apply_script_output(
+    rule: &str,
+    chat_id: &ChatId,
+    key: &MessageKey,
+    index: Option<usize>,
+    out: crate::rules::rhai_file::Output,
+    d: &mut Decision,
+) {
+    if let Some(e) = out.error {
+        d.errors.push((rule.to_string(), e));
+        return;
+    }
+    if !out.webhooks.is_empty() || !out.logs.is_empty() {
+        d.script_firings.push((rule.to_string(), index));
+    }
+    for (level, text) in out.logs {
+        d.logs.push(LogLine {
+            rule_id: rule.to_string(),
+            level,
+            text,
+        });
+    }
+    for (action_index, (url, body)) in out.webhooks.into_iter().enumerate() {
+        d.deliveries.push(Delivery {
+            delivery_id: delivery_id(rule, chat_id, key, action_index),
+            rule_id: rule.to_string(),
+            chat_id: chat_id.as_str().to_string(),
+            message_key: key.compact(),
+            action_index,
+            url,
+            headers: Vec::new(),
+            body: body.to_string(),
+        });
+    }
+    if let Some(state) = out.state {
+        d.script_state.retain(|(r, _)| r != rule);
+        d.script_state.push((rule.to_string(), state));
     }
 }
 

@@ -202,6 +202,7 @@ impl Poller {
             cooldowns: decision.cooldowns.clone(),
             thresholds: decision.thresholds.clone(),
             chat_rules: decision.chat_rules.clone(),
+            script_state: decision.script_state.clone(),
             now_ms,
         };
         let store = self.store.clone();
@@ -225,6 +226,9 @@ impl Poller {
             (decision.firings.len() + decision.chat_firings.len()) as u64,
             Ordering::Relaxed,
         );
+        for (rule, _) in &decision.script_firings {
+            events::rule_fired(rule, &chat_key, "(rule file)");
+        }
         for (rule, _) in &decision.chat_firings {
             events::chat_rule_fired(rule, &chat_key);
         }

@@ -6,6 +6,8 @@
 
 pub mod chat;
 pub mod raw;
+pub mod rhai_file;
+pub mod script;
 pub mod template;
 
 use crate::diag::{Diagnostic, Diagnostics};
@@ -141,6 +143,9 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// `on: chat` rules, evaluated on every poll of a chat.
     pub chat_rules: Vec<chat::ChatRule>,
+    /// `.rhai` rule files, and the sandbox they run in.
+    pub script_rules: Vec<rhai_file::ScriptRule>,
+    pub host: rhai_file::Host,
     matcher: Matcher,
     pub templates: Templates,
 }
@@ -389,17 +394,12 @@ pub fn load(paths: &[PathBuf]) -> Result<(RuleSet, Diagnostics), Diagnostics> {
     let files = discover(paths)?;
     let mut parsed = Vec::new();
     let mut d = Diagnostics::default();
+    let mut scripts = Vec::new();
     for f in files {
-        if f.extension().and_then(|e| e.to_str()) == Some("rhai") {
-            d.push(Diagnostic::error(
-                &f,
-                0,
-                0,
-                "rhai rule files are not supported by this build yet; write the rule in YAML",
-            ));
-            continue;
-        }
         match std::fs::read_to_string(&f) {
+            Ok(text) if f.extension().and_then(|e| e.to_str()) == Some("rhai") => {
+                scripts.push((f, text))
+            }
             Ok(text) => match parse_file(&f, &text) {
                 Ok(p) => parsed.push(p),
                 Err(e) => d.extend(e),
@@ -407,8 +407,36 @@ pub fn load(paths: &[PathBuf]) -> Result<(RuleSet, Diagnostics), Diagnostics> {
             Err(e) => d.push(Diagnostic::error(&f, 0, 0, format!("cannot read: {e}"))),
         }
     }
-    let (set, more) = compile_rules(parsed);
+    let (mut set, more) = compile_rules(parsed);
     d.extend(more);
+    for (path, text) in scripts {
+        match set.host.compile(&path, &text) {
+            Ok(rule) => {
+                let taken = set
+                    .rules
+                    .iter()
+                    .map(|r| (&r.id, &r.source))
+                    .chain(set.chat_rules.iter().map(|r| (&r.id, &r.source)))
+                    .chain(set.script_rules.iter().map(|r| (&r.id, &r.source)))
+                    .find(|(id, _)| **id == rule.id);
+                if let Some((_, other)) = taken {
+                    d.push(Diagnostic::error(
+                        &path,
+                        0,
+                        0,
+                        format!(
+                            "rule id `{}` (the file name) is already used in {}",
+                            rule.id,
+                            other.display()
+                        ),
+                    ));
+                } else {
+                    set.script_rules.push(rule);
+                }
+            }
+            Err(e) => d.push(e),
+        }
+    }
     if d.has_errors() {
         Err(d.sorted())
     } else {
@@ -556,6 +584,8 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
         RuleSet {
             rules,
             chat_rules,
+            script_rules: Vec::new(),
+            host: rhai_file::Host::default(),
             matcher,
             templates,
         },

@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS thresholds (
     hits    TEXT NOT NULL,
     PRIMARY KEY (rule_id, chat_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS script_state (
+    rule_id TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    PRIMARY KEY (rule_id, chat_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chat_rules (
     rule_id TEXT NOT NULL,
     chat_id TEXT NOT NULL,
@@ -141,6 +147,8 @@ pub struct PollCommit {
     pub thresholds: Vec<(String, Vec<i64>)>,
     /// Chat-rule timers (a default state deletes the row).
     pub chat_rules: Vec<(String, ChatRuleState)>,
+    /// Rule-file state (`state_set`) per rule.
+    pub script_state: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
     pub now_ms: i64,
 }
 
@@ -378,6 +386,15 @@ impl Store {
                 .insert(rule, serde_json::from_str(&hits).unwrap_or_default());
         }
         let mut stmt =
+            conn.prepare_cached("SELECT rule_id, state FROM script_state WHERE chat_id = ?1")?;
+        for row in stmt.query_map([chat_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (rule, state) = row?;
+            m.script_state
+                .insert(rule, serde_json::from_str(&state).unwrap_or_default());
+        }
+        let mut stmt =
             conn.prepare_cached("SELECT rule_id, since, fired FROM chat_rules WHERE chat_id = ?1")?;
         for row in stmt.query_map([chat_id], |r| {
             Ok((
@@ -435,6 +452,17 @@ impl Store {
                         serde_json::to_string(hits).unwrap_or_default()
                     ])?;
                 }
+            }
+            let mut ss = tx.prepare_cached(
+                "INSERT INTO script_state (rule_id, chat_id, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET state = excluded.state",
+            )?;
+            for (rule, state) in &c.script_state {
+                ss.execute(params![
+                    rule,
+                    c.chat_id,
+                    serde_json::to_string(state).unwrap_or_default()
+                ])?;
             }
             let mut cr_set = tx.prepare_cached(
                 "INSERT INTO chat_rules (rule_id, chat_id, since, fired) VALUES (?1, ?2, ?3, ?4)

@@ -42,6 +42,13 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
                 fired: true,
             },
         )],
+        script_state: vec![(
+            "esc".into(),
+            serde_json::json!({"pending": 2})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )],
         now_ms: 1_000,
     };
     assert_eq!(store.commit_poll(&commit).unwrap(), 1);
@@ -66,6 +73,7 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
             fired: true
         })
     );
+    assert_eq!(memory.script_state["esc"]["pending"], 2);
     // Clearing: an empty hit list and a default timer delete their rows.
     let clear = PollCommit {
         chat_id: "c@c.us".into(),

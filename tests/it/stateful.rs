@@ -269,3 +269,62 @@ async fn sighup_reloads_the_rules_when_watching_is_off() {
     assert_eq!(daemon.stop(), 0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", name: Customer, messages: [] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    let escalation = std::fs::read_to_string(root().join("rules/escalation.rhai"))
+        .unwrap()
+        .replace("http://127.0.0.1:47812", &rx.url(""));
+    ws.write("rules/escalation.rhai", &escalation);
+    ws.write("rules/spin.rhai", "fn on_message(msg, chat) { loop { } }\n");
+    ws.write("rules/flood.rhai", "fn on_message(msg, chat) { for i in 0..10000 { webhook(\"http://127.0.0.1:9/x\", #{i: i}); } }\n");
+    ws.write("rules/bot.yaml", &format!("id: bot\nmatch: {{ body: {{ any: [bot] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n", rx.url("/bot")));
+    let cfg = ws.config(&gw, &["966500000001"], "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    gw.push_message("966500000001", "urgent: my order", false);
+    gw.push_message("966500000001", "bot?", false);
+    wait_for("the bot webhook", Duration::from_secs(10), || {
+        rx.received().len() == 1
+    })
+    .await;
+    gw.push_message("966500000001", "URGENT again", false);
+    wait_for("the escalation", Duration::from_secs(10), || {
+        rx.received().len() == 2
+    })
+    .await;
+    gw.push_message("966500000001", "urgent a third time", false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0, "the daemon stayed up:\n{log}");
+    let got = rx.received();
+    assert_eq!(
+        got.len(),
+        2,
+        "{:?}",
+        got.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].path, "/bot");
+    assert_eq!(got[1].path, "/hooks/escalations");
+    let v = got[1].json();
+    assert_eq!(v["rule"], "escalation");
+    assert_eq!(v["name"], "Customer");
+    assert!(v["text"].as_str().unwrap().contains("URGENT again"));
+    assert!(got[1].header("webhook-id").is_some());
+    assert!(
+        log.contains("spin.rhai (rule `spin`, on_message): stopped"),
+        "{log}"
+    );
+    assert!(
+        log.contains("flood.rhai (rule `flood`, on_message): ")
+            && log.contains("more than 10 actions"),
+        "{log}"
+    );
+    gw.shutdown().await;
+}
