@@ -49,6 +49,15 @@ pub fn mask_always(text: &str) -> String {
     out
 }
 
+/// Free text (rule log lines) with every run of 7 or more digits masked, when masking is on.
+pub fn mask_text(text: &str) -> String {
+    if MASK.load(Ordering::Relaxed) {
+        mask_always(text)
+    } else {
+        text.to_string()
+    }
+}
+
 pub fn poll_failed(chat: &str, error: &dyn std::fmt::Display, retry_in: std::time::Duration) {
     tracing::warn!(chat = %mask(chat), retry_in = ?retry_in, "poll failed: {error}");
 }
@@ -81,6 +90,7 @@ pub fn chat_rule_fired(rule: &str, chat: &str) {
 
 pub fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
     use crate::rules::raw::Level;
+    let text = mask_text(text);
     match level {
         Level::Debug => tracing::debug!(rule, "{text}"),
         Level::Info => tracing::info!(rule, "{text}"),

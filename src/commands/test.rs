@@ -1,9 +1,8 @@
 use super::TestFormat;
-use crate::engine::decide::{Clock, decide};
+use crate::engine::decide::{Clock, Memory, decide_with};
 use crate::gateway::model::{ChatId, Message, Page, parse_reply_value};
 use crate::rules::{RuleSet, Verdict};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::path::Path;
 
 pub fn test(
@@ -94,27 +93,39 @@ pub fn evaluate_page(
             let _ = writeln!(out, "  skipped message #{}: {}", s.index, s.reason);
         }
     }
-    let mut cooldowns: HashMap<String, i64> = HashMap::new();
+    // What the rules remember carries from message to message, as it would across polls.
+    let mut memory = Memory::default();
     for msg in msgs {
-        let d = decide(
+        let d = decide_with(
             rules,
             &chat_id,
             &page.chat,
             &[msg],
-            &cooldowns,
+            &memory,
             Clock::MessageTime,
         );
-        for (rule, until) in &d.cooldowns {
-            cooldowns.insert(rule.clone(), *until);
-        }
+        memory.cooldowns.extend(d.cooldowns.iter().cloned());
+        memory.thresholds.extend(d.thresholds.iter().cloned());
+        memory.script_state.extend(d.script_state.iter().cloned());
+        // YAML rules with what matched; rule files (which say nothing of why) with null.
+        let fired: Vec<(String, Value)> = d
+            .firings
+            .iter()
+            .map(|f| (f.rule_id.clone(), f.matched.clone()))
+            .chain(
+                d.script_firings
+                    .iter()
+                    .map(|(r, _)| (r.clone(), Value::Null)),
+            )
+            .collect();
         match format {
             TestFormat::Json => {
-                for f in &d.firings {
+                for (rule_id, matched) in &fired {
                     let mut actions = Vec::new();
-                    for l in d.logs.iter().filter(|l| l.rule_id == f.rule_id) {
+                    for l in d.logs.iter().filter(|l| l.rule_id == *rule_id) {
                         actions.push(json!({"type": "log", "level": format!("{:?}", l.level).to_lowercase(), "message": l.text}));
                     }
-                    for w in d.deliveries.iter().filter(|w| w.rule_id == f.rule_id) {
+                    for w in d.deliveries.iter().filter(|w| w.rule_id == *rule_id) {
                         let headers: serde_json::Map<String, Value> = w
                             .headers
                             .iter()
@@ -124,7 +135,7 @@ pub fn evaluate_page(
                             serde_json::from_str(&w.body).unwrap_or(Value::String(w.body.clone()));
                         actions.push(json!({"type": "webhook", "url": w.url, "headers": headers, "body": body, "delivery_id": w.delivery_id}));
                     }
-                    let line = json!({"rule": f.rule_id, "chat": chat_id.as_str(), "message_id": msg.serialized_id, "matched": f.matched, "actions": actions});
+                    let line = json!({"rule": rule_id, "chat": chat_id.as_str(), "message_id": msg.serialized_id, "matched": matched, "actions": actions});
                     let _ = writeln!(out, "{line}");
                 }
             }
@@ -157,12 +168,12 @@ pub fn evaluate_page(
                         let _ = writeln!(out, "    ✗ {rule}: matched, but older than max_age");
                     }
                 }
-                for f in &d.firings {
-                    let _ = writeln!(out, "    ✓ {} fired, matched {}", f.rule_id, f.matched);
-                    for l in d.logs.iter().filter(|l| l.rule_id == f.rule_id) {
+                for (rule_id, matched) in &fired {
+                    let _ = writeln!(out, "    ✓ {rule_id} fired, matched {matched}");
+                    for l in d.logs.iter().filter(|l| l.rule_id == *rule_id) {
                         let _ = writeln!(out, "      log {:?}: {}", l.level, l.text);
                     }
-                    for w in d.deliveries.iter().filter(|w| w.rule_id == f.rule_id) {
+                    for w in d.deliveries.iter().filter(|w| w.rule_id == *rule_id) {
                         let _ = writeln!(
                             out,
                             "      webhook POST {} (delivery_id {})",
@@ -183,7 +194,7 @@ pub fn evaluate_page(
                 for (rule, e) in &d.errors {
                     let _ = writeln!(out, "    ! {rule}: {e}");
                 }
-                if d.firings.is_empty() && !explain {
+                if fired.is_empty() && !explain {
                     let _ = writeln!(out, "    (no rule fired)");
                 }
             }

@@ -204,7 +204,13 @@ pub fn decide_with(
                 matched: matched_json,
             });
         }
-        for script in rules.script_rules.iter().filter(|r| r.on_message) {
+        // Rule files see user content, as YAML rules do by default (not notifications).
+        let notification = crate::rules::NOTIFICATION_TYPES.contains(&msg.kind.as_str());
+        for script in rules
+            .script_rules
+            .iter()
+            .filter(|r| r.on_message && !notification)
+        {
             let state = current_state(memory, &d, &script.id);
             let out =
                 rules
@@ -234,6 +240,9 @@ pub fn decide_chat(
     for rule in &rules.chat_rules {
         let prev = memory.chat_rules.get(&rule.id).copied().unwrap_or_default();
         let matched = match rule.check(chat_id, chat, messages, now) {
+            // An empty page says nothing about the chat (a gateway hiccup): keep the timer
+            // rather than re-arm and fire again under a new id.
+            ChatCheck::DoesNotHold(_) if messages.is_empty() => continue,
             ChatCheck::DoesNotHold(_) => {
                 if prev != ChatRuleState::default() {
                     d.chat_rules
@@ -264,7 +273,8 @@ pub fn decide_chat(
             let ctx = json!({
                 "rule": { "id": rule.id, "description": rule.description },
                 "chat": chat_json(chat_id, chat),
-                "message": newest.map(message_json),
+                // Templates see a blank message when the chat has none (the envelope says null).
+                "message": newest.map(message_json).unwrap_or_else(blank_message),
                 "matched": matched,
                 "now": rfc3339(now),
             });
@@ -313,6 +323,11 @@ pub fn decide_chat(
         };
         apply_script_output(&script.id, chat_id, &key, None, out, d);
     }
+}
+
+/// What chat-rule templates see as `message` when the chat has no message.
+fn blank_message() -> Value {
+    json!({"id": "", "body": "", "type": "", "timestamp": 0, "from": null, "author": null, "from_me": false})
 }
 
 /// The rule file's state for this chat, as this poll has left it so far.

@@ -141,12 +141,10 @@ impl Poller {
             .await
             .map_err(|e| PollError::Store(e.to_string()))?
             .map_err(|e| PollError::Store(e.to_string()))?;
-            let d = diff(
-                &state,
-                &page.messages,
-                limit as usize,
-                self.config.on_first_sight,
-            );
+            // A page is full when the gateway sent `limit` messages, parsed or not: a skipped
+            // one still takes a place.
+            let full_at = (limit as usize).saturating_sub(page.skipped.len());
+            let d = diff(&state, &page.messages, full_at, self.config.on_first_sight);
             if d.may_hide_more && limit < api.max_message_limit {
                 limit = limit.saturating_mul(2).min(api.max_message_limit);
                 continue;

@@ -19,9 +19,16 @@ pub struct ChatState {
     pub watermark: i64,
     /// Ids older than this were pruned; an unknown id older than this is old history.
     pub low_water: i64,
+    /// When the chat was first polled (unix seconds, our clock): with `skip_history`, an
+    /// unknown message older than this (less [`FIRST_SIGHT_SLACK`]) existed before we looked.
+    pub first_seen: i64,
     /// The fingerprints of the page's ids that are already known (looked up by the caller).
     pub seen: HashMap<MessageKey, u64>,
 }
+
+/// How far a message's time may lag our clock at first sight and still be new (clock skew,
+/// messages in flight).
+pub const FIRST_SIGHT_SLACK: i64 = 60;
 
 /// The diff of one page against the chat state.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -75,6 +82,12 @@ pub fn diff(state: &ChatState, page: &[Message], limit: usize, first_sight: Firs
         return d;
     }
 
+    // Before the first sight, with skip_history: what already existed is history, even when
+    // the first page came back empty.
+    let history_before = match first_sight {
+        FirstSight::SkipHistory if state.first_seen > 0 => state.first_seen - FIRST_SIGHT_SLACK,
+        _ => i64::MIN,
+    };
     let mut reaches_known = false;
     for &i in &order {
         let m = &page[i];
@@ -86,10 +99,16 @@ pub fn diff(state: &ChatState, page: &[Message], limit: usize, first_sight: Firs
                 }
             }
             None if m.timestamp < state.low_water => reaches_known = true,
+            None if m.timestamp < history_before => {
+                reaches_known = true;
+                d.history.push(i);
+            }
             None => d.new.push(i),
         }
     }
-    if oldest.is_some_and(|t| t <= state.watermark) {
+    // Strictly older than the watermark second: unknown ids *at* that second may be the rest
+    // of a same-second burst, so they prove nothing.
+    if oldest.is_some_and(|t| t < state.watermark) {
         reaches_known = true;
     }
     d.may_hide_more = full && !reaches_known;
@@ -122,6 +141,7 @@ mod tests {
             known: true,
             watermark,
             low_water: 0,
+            first_seen: 0,
             seen: page
                 .iter()
                 .map(|m| (m.key.clone(), m.fingerprint()))
@@ -226,19 +246,62 @@ mod tests {
     }
 
     #[test]
-    fn a_full_page_reaching_the_watermark_time_hides_nothing() {
-        // An empty chat at first sight has no ids but a watermark of 0: any message older than
-        // or at the watermark second is known territory.
+    fn a_full_page_reaching_before_the_watermark_second_hides_nothing() {
         let state = ChatState {
             known: true,
             watermark: 150,
-            low_water: 0,
-            seen: HashMap::new(),
+            ..ChatState::default()
         };
-        let page = vec![msg("x", 150, ""), msg("y", 151, "")];
+        let page = vec![msg("w", 149, ""), msg("y", 151, "")];
         let d = diff(&state, &page, 2, FirstSight::SkipHistory);
         assert!(!d.may_hide_more);
-        assert_eq!(ids(&page, &d.new), ["x", "y"]);
+        assert_eq!(ids(&page, &d.new), ["w", "y"]);
+    }
+
+    #[test]
+    fn a_full_page_of_unknown_ids_at_the_watermark_second_may_hide_the_rest_of_the_burst() {
+        // `a` was seen at second 100; an album of many images then arrived in that same second.
+        let before = vec![msg("a", 100, "")];
+        let page = vec![
+            msg("img8", 100, ""),
+            msg("img9", 100, ""),
+            msg("next", 101, ""),
+        ];
+        let d = diff(&known(&before, 100), &page, 3, FirstSight::SkipHistory);
+        assert!(
+            d.may_hide_more,
+            "img0..img7 may be older in the same second"
+        );
+    }
+
+    #[test]
+    fn after_an_empty_first_page_what_existed_before_first_sight_stays_history() {
+        let state = ChatState {
+            known: true,
+            watermark: 0,
+            low_water: 0,
+            first_seen: 10_000,
+            seen: HashMap::new(),
+        };
+        let page = vec![
+            msg("old1", 5_000, "bot"),
+            msg("old2", 9_000, "bot"),
+            msg("edge", 9_950, ""),
+            msg("new", 10_100, "bot"),
+        ];
+        let d = diff(&state, &page, 4, FirstSight::SkipHistory);
+        assert_eq!(ids(&page, &d.history), ["old1", "old2"]);
+        assert_eq!(
+            ids(&page, &d.new),
+            ["edge", "new"],
+            "within the slack or after: new"
+        );
+        assert!(
+            !d.may_hide_more,
+            "reaching before first sight is known territory"
+        );
+        let d = diff(&state, &page, 4, FirstSight::ReplayHistory);
+        assert_eq!(d.new.len(), 4, "replay_history wants them all");
     }
 
     #[test]
@@ -247,7 +310,7 @@ mod tests {
             known: true,
             watermark: 300,
             low_water: 200,
-            seen: HashMap::new(),
+            ..ChatState::default()
         };
         let page = vec![msg("old", 150, ""), msg("new", 310, "")];
         let d = diff(&state, &page, 50, FirstSight::SkipHistory);

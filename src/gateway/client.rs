@@ -167,8 +167,8 @@ impl Gateway {
         if e.is_timeout() {
             FetchError::Timeout(self.timeout)
         } else {
-            // reqwest errors may carry the URL, never the token (it is in a header).
-            FetchError::Transport(error_chain(&e))
+            // Without the URL: it holds the chat's phone number (the token is in a header).
+            FetchError::Transport(error_chain(&e.without_url()))
         }
     }
 }

@@ -360,8 +360,10 @@ fn parse_message(v: &Value) -> Result<Message, String> {
         .and_then(|d| d.get("t"))
         .and_then(as_i64)
         .and_then(plausible_seconds);
-    let timestamp = top_ts
-        .or(data_ts)
+    // whatsapp-web.js copies `timestamp` from `_data.t`; when both are plausible but differ,
+    // one is a typo, and the raw `_data.t` is the source.
+    let timestamp = data_ts
+        .or(top_ts)
         .ok_or_else(|| "no plausible `timestamp` or `_data.t`".to_string())?;
     let kind = v
         .get("type")
@@ -481,6 +483,20 @@ mod tests {
         );
         assert_eq!(page.chat.name.as_deref(), Some("Jhone Due"));
         assert!(!page.chat.is_group);
+    }
+
+    #[test]
+    fn a_plausible_but_wrong_top_level_timestamp_loses_to_data_t() {
+        let body = br#"{"status":"success","messages":[{"id":{"fromMe":false,"id":"A"},"timestamp":4000000000,"_data":{"t":1700000000},"body":"x"}]}"#;
+        assert_eq!(
+            parse_reply(body, &watched()).unwrap().messages[0].timestamp,
+            1_700_000_000
+        );
+        let only_top = br#"{"status":"success","messages":[{"id":{"fromMe":false,"id":"A"},"timestamp":1700000001,"body":"x"}]}"#;
+        assert_eq!(
+            parse_reply(only_top, &watched()).unwrap().messages[0].timestamp,
+            1_700_000_001
+        );
     }
 
     #[test]

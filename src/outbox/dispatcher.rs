@@ -410,7 +410,8 @@ impl Dispatcher {
             }
             Err(e) if e.is_timeout() => AttemptResult::Timeout,
             Err(e) => {
-                let text = crate::gateway::client::error_chain(&e);
+                // Without the URL: webhook URLs often carry a secret in their path or query.
+                let text = crate::gateway::client::error_chain(&e.without_url());
                 if text.contains("refused by the SSRF guard") {
                     AttemptResult::Refused(text)
                 } else {

@@ -452,8 +452,9 @@ struct Compiler<'a> {
     sees: Vec<String>,
     /// Regex capture group names of the rule being compiled (named, else numbered).
     captures: Vec<String>,
-    /// Compiling a chat rule: its templates see the chat-rule `matched`.
-    chat_rule: bool,
+    /// Compiling a chat rule: the `matched` its templates will see (only the keys its
+    /// conditions produce).
+    chat_matched: Option<Value>,
 }
 
 /// Compiles parsed files into one set. Rules with errors are left out and reported.
@@ -507,10 +508,22 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
                 d: &mut d,
                 sees: Vec::new(),
                 captures: Vec::new(),
-                chat_rule: is_chat_rule,
+                chat_matched: None,
             };
             if is_chat_rule {
                 let compiled = c.chat_match(raw.match_.unwrap_or_default());
+                if let Some((unread, unanswered, _, _)) = &compiled {
+                    let mut m = serde_json::Map::new();
+                    m.insert("since".into(), json!("2026-01-01T00:00:00Z"));
+                    if unread.is_some() {
+                        m.insert("unread_count".into(), json!(5));
+                    }
+                    if unanswered.is_some() {
+                        m.insert("unanswered_for".into(), json!("15m"));
+                        m.insert("waiting_since".into(), json!("2026-01-01T00:00:00Z"));
+                    }
+                    c.chat_matched = Some(Value::Object(m));
+                }
                 let actions = c.actions(&id, raw.actions);
                 if raw.max_age.is_some() {
                     d.push(Diagnostic::warning(&file.path, raw.id.referenced.line(), raw.id.referenced.column(), format!("rule `{id}`: max_age applies to message rules; it has no effect on a chat rule")));
@@ -766,11 +779,8 @@ impl Compiler<'_> {
         for name in &self.captures {
             ctx["matched"]["captures"][name] = Value::String("sample".into());
         }
-        if self.chat_rule {
-            ctx["matched"] = serde_json::json!({
-                "unread_count": 5, "unanswered_for": "15m",
-                "waiting_since": "2026-01-01T00:00:00Z", "since": "2026-01-01T00:00:00Z"
-            });
+        if let Some(matched) = &self.chat_matched {
+            ctx["matched"] = matched.clone();
         }
         match self.templates.render(&id, &ctx) {
             Ok(out) => {

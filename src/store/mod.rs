@@ -327,17 +327,18 @@ impl Store {
     ) -> Result<(ChatState, HashMap<String, i64>), StoreError> {
         let conn = self.conn();
         let mut state = ChatState::default();
-        if let Some((w, l)) = conn
+        if let Some((w, l, f)) = conn
             .query_row(
-                "SELECT watermark, low_water FROM chats WHERE chat_id = ?1",
+                "SELECT watermark, low_water, first_seen FROM chats WHERE chat_id = ?1",
                 [chat_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?
         {
             state.known = true;
             state.watermark = w;
             state.low_water = l;
+            state.first_seen = f;
         }
         if state.known {
             let mut stmt = conn.prepare_cached(
@@ -510,8 +511,10 @@ impl Store {
             params![c.chat_id, c.low_water],
         )?;
         tx.execute(
+            // Message cooldowns count in message time, chat-rule ones in our time: a row is
+            // spent only once both clocks are past it.
             "DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2",
-            params![c.chat_id, now_s],
+            params![c.chat_id, now_s.min(c.watermark)],
         )?;
         crate::failpoint::hit("in_transaction");
         tx.commit()?;
