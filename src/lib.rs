@@ -17,9 +17,11 @@ pub mod duration;
 pub mod engine;
 pub mod events;
 pub mod gateway;
+pub mod metrics;
 pub mod outbox;
 pub mod receiver;
 pub mod rules;
+pub mod server;
 pub mod store;
 pub mod text;
 

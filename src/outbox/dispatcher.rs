@@ -26,6 +26,7 @@ pub struct Dispatcher {
     secret: Option<SigningKey>,
     net_policy: NetPolicy,
     pub wake: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dispatcher {
@@ -54,6 +55,7 @@ impl Dispatcher {
             secret,
             net_policy,
             wake,
+            metrics: Arc::default(),
         })
     }
 
@@ -117,6 +119,7 @@ impl Dispatcher {
         let record = match &verdict {
             Verdict::Delivered => {
                 events::delivered(&d.delivery_id, &d.rule_id, status.unwrap_or(0), attempt);
+                self.metrics.delivery("delivered");
                 AttemptRecord {
                     next: Next::Delivered,
                     status,
@@ -128,6 +131,7 @@ impl Dispatcher {
                 match next_delay(&self.policy, attempt, &verdict, &mut rng) {
                     Some(delay) => {
                         events::delivery_retry(&d.delivery_id, &d.rule_id, reason, attempt, delay);
+                        self.metrics.delivery("retry");
                         AttemptRecord {
                             next: Next::RetryAt(now + delay.as_millis() as i64),
                             status,
@@ -137,6 +141,7 @@ impl Dispatcher {
                     None => {
                         let why = format!("{reason} (after {attempt} attempts)");
                         events::dead_lettered(&d.delivery_id, &d.rule_id, &why, attempt);
+                        self.metrics.delivery("dead");
                         AttemptRecord {
                             next: Next::Dead,
                             status,
@@ -147,6 +152,7 @@ impl Dispatcher {
             }
             Verdict::Dead { reason } => {
                 events::dead_lettered(&d.delivery_id, &d.rule_id, reason, attempt);
+                self.metrics.delivery("dead");
                 AttemptRecord {
                     next: Next::Dead,
                     status,
@@ -157,6 +163,7 @@ impl Dispatcher {
                 let why =
                     "410 Gone: the receiver asked us to stop sending to this endpoint".to_string();
                 events::dead_lettered(&d.delivery_id, &d.rule_id, &why, attempt);
+                self.metrics.delivery("gone");
                 AttemptRecord {
                     next: Next::Dead,
                     status,
