@@ -64,7 +64,7 @@ pub fn poll_failed(
 }
 
 pub fn unauthorized(chat: &str) {
-    tracing::error!(chat = %mask(chat), "the gateway refused the API token (401/403): check api.token; every chat is paused and one probe retries slowly (30s, doubling up to 5m)");
+    tracing::error!(chat = %mask(chat), "the gateway refused the API token (401): check api.token; every chat is paused and one probe retries slowly (30s, doubling up to 5m)");
 }
 
 /// One message the gateway sent could not be used: logged once per message (the caller

@@ -529,6 +529,25 @@ server:
     }
 
     #[test]
+    fn scheduler_and_server_defaults_and_switches() {
+        let (c, _) = from_str(
+            Path::new("c.yaml"),
+            "api:\n  base_url: http://x\n",
+            EnvMode::Required,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.scheduler, SchedulerKind::Adaptive);
+        assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        let text = "api:\n  base_url: http://x\npoll:\n  scheduler: round_robin\nserver:\n  listen: \"off\"\n";
+        let (c, _) = from_str(Path::new("c.yaml"), text, EnvMode::Required, &env).unwrap();
+        assert_eq!(c.scheduler, SchedulerKind::RoundRobin);
+        assert_eq!(c.listen, None);
+        let e = errors_of("api:\n  base_url: http://x\npoll:\n  scheduler: fastest\n");
+        assert!(e[0].starts_with("c.yaml:4:"), "{e:?}");
+    }
+
+    #[test]
     fn private_network_allow_list() {
         let text =
             "api:\n  base_url: http://x\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\n";

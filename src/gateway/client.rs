@@ -240,7 +240,8 @@ impl Gateway {
                 self.budget.pause_for(wait);
                 return Err(FetchError::RateLimited(wait));
             }
-            401 | 403 => return Err(FetchError::Unauthorized),
+            // 401 is about the token (every chat); 403 may be about this chat only.
+            401 => return Err(FetchError::Unauthorized),
             404 => return Err(FetchError::NotFound),
             s => return Err(FetchError::Status(s)),
         }

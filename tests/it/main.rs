@@ -3,5 +3,8 @@
 
 mod cli;
 mod e2e;
+mod faults;
 mod fixtures;
+mod metrics;
+mod poller;
 mod support;
