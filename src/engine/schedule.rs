@@ -57,6 +57,10 @@ struct Slot {
     score: f64,
     score_at: Instant,
     soft_period: Option<Duration>,
+    /// Polls finished so far.
+    polls: u64,
+    /// A moment the chat's periodic (hard) polls are aligned to.
+    phase: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +115,8 @@ impl Schedule {
                     score: 0.0,
                     score_at: now,
                     soft_period: None,
+                    polls: 0,
+                    phase: None,
                 })
                 .collect(),
             hard: Heap::new(),
@@ -187,6 +193,7 @@ impl Schedule {
             return;
         };
         c.in_flight = false;
+        c.polls += 1;
         c.hard_gen += 1;
         c.soft_gen += 1;
         let start = c.last_start.unwrap_or(now);
@@ -195,7 +202,15 @@ impl Schedule {
                 c.failed = false;
                 c.score = decayed(c.score, c.score_at, now) + inbound as f64;
                 c.score_at = now;
-                start + c.interval - slack(c.interval)
+                let period = c.interval - slack(c.interval);
+                // Every chat is first polled at start, as fast as the budget allows. Each then
+                // keeps a fixed phase, spread over its interval: due times neither stay bunched
+                // from the start nor drift into bunches when a backlog is served (a bunch of
+                // hard due times would starve the soft polls while it lasts).
+                let anchor = *c
+                    .phase
+                    .get_or_insert_with(|| start + period.mul_f64(spread(index)));
+                next_phase(anchor, period, start)
             }
             Finished::Failed { retry_in } => {
                 c.failed = true;
@@ -288,6 +303,24 @@ impl Schedule {
     pub fn soft_period(&self, index: usize) -> Option<Duration> {
         self.chats.get(index).and_then(|c| c.soft_period)
     }
+}
+
+/// The first `anchor + k·period` (k ≥ 0) after `start`: at most one period after it.
+fn next_phase(anchor: Instant, period: Duration, start: Instant) -> Instant {
+    if anchor > start {
+        return anchor;
+    }
+    let p = period.as_secs_f64().max(0.001);
+    let k = ((start - anchor).as_secs_f64() / p).floor() + 1.0;
+    let next = anchor + period.mul_f64(k);
+    if next <= start { next + period } else { next }
+}
+
+/// A well-spread fraction in [0.05, 1) for chat `index` (golden-ratio sequence): the phases of
+/// the chats' periodic polls end up uniform over the interval, whatever the start-up order.
+fn spread(index: usize) -> f64 {
+    let x = (index as f64 + 1.0) * 0.618_033_988_749_895;
+    0.05 + 0.95 * x.fract()
 }
 
 fn decayed(score: f64, at: Instant, now: Instant) -> f64 {
@@ -413,5 +446,49 @@ mod tests {
         // 100 chats at 10s need 10 polls/s: a budget of 10 leaves nothing spare.
         let starts = simulate(SchedulerKind::Adaptive, 100, &[1, 2], 10 * S, 10, 60);
         assert!(starts[1].len() <= 8, "{}", starts[1].len());
+    }
+
+    #[test]
+    fn the_spare_budget_reaches_busy_chats_after_a_start_up_burst() {
+        // 1,000 chats at 30s need ~34 polls/s of a 50/s budget; 50 chats get a message every
+        // 10s. Due times bunched by the start-up burst used to starve the soft polls.
+        let t0 = Instant::now();
+        let n = 1000;
+        let mut s = Schedule::new(&vec![30 * S; n], SchedulerKind::Adaptive, 50, t0);
+        let step = S / 47;
+        let (mut now, mut last_recompute) = (t0, t0);
+        let mut last_poll = vec![t0; n];
+        let busy = |i: usize| i.is_multiple_of(20);
+        let (mut busy_polls, mut total) = (0, 0);
+        let mut gaps_ok = true;
+        while now < t0 + 200 * S {
+            if now - last_recompute >= S {
+                s.recompute(now);
+                last_recompute = now;
+            }
+            if let Some(i) = s.pop_due(now) {
+                let since = now - last_poll[i];
+                let inbound = if busy(i) {
+                    (since.as_secs_f64() / 10.0).round() as usize
+                } else {
+                    0
+                };
+                if now > t0 + 100 * S {
+                    total += 1;
+                    busy_polls += usize::from(busy(i));
+                    gaps_ok &= since <= 30 * S;
+                }
+                last_poll[i] = now;
+                s.finished(i, now, Finished::Ok { inbound });
+            }
+            now += step;
+        }
+        assert!(gaps_ok, "a chat waited longer than its interval");
+        assert!(total <= 100 * 47, "{total}");
+        // ~9 spare polls/s over 50 chats: each about every 5.5s, 18 times in 100s.
+        assert!(
+            busy_polls >= 800,
+            "busy chats polled {busy_polls} times in 100s"
+        );
     }
 }
