@@ -29,6 +29,9 @@ pub fn bot_rule(rx: &cartat_rules::receiver::Receiver) -> String {
     )
 }
 
+/// Requests sent before the client read a 429 may reach the gateway this long after it.
+pub const IN_FLIGHT_MS: u64 = 300;
+
 /// The most requests the gateway saw in any one-second window (starting at a request).
 pub fn max_per_second(log: &[RequestRecord]) -> (usize, u64) {
     let mut times: Vec<u64> = log.iter().map(|r| r.at_ms).collect();
@@ -102,11 +105,13 @@ async fn the_budget_is_never_exceeded_in_any_second_over_a_20_second_run() {
         "right after the pause: {}",
         after_pause.len()
     );
-    assert!(
-        !log.iter()
-            .any(|r| r.at_ms > limited.at_ms && r.at_ms < limited.at_ms + 2000),
-        "nobody polls during the pause"
-    );
+    // Requests already on the wire when the 429 was answered arrive just after it; after that,
+    // nobody polls during the pause.
+    let during: Vec<&RequestRecord> = log
+        .iter()
+        .filter(|r| r.at_ms > limited.at_ms + IN_FLIGHT_MS && r.at_ms < limited.at_ms + 2000)
+        .collect();
+    assert!(during.is_empty(), "polls during the pause: {during:?}");
     // Every chat's message still arrived, once.
     let mut bodies = bodies(&rx.received());
     bodies.sort();
@@ -151,7 +156,11 @@ async fn a_retry_after_http_date_pauses_every_chat_until_then() {
     assert_eq!(daemon.stop(), 0);
     let log = gw.requests();
     let t = log.iter().find(|r| r.status == 429).unwrap().at_ms;
-    let resumed = log.iter().find(|r| r.at_ms > t).unwrap().at_ms;
+    let resumed = log
+        .iter()
+        .find(|r| r.at_ms > t + IN_FLIGHT_MS)
+        .unwrap()
+        .at_ms;
     // The date has whole seconds: the pause lasts until between 2s and 4s after the 429.
     assert!(
         resumed >= t + 2000 && resumed <= t + 4500,
