@@ -159,3 +159,50 @@ async fn the_server_can_be_turned_off() {
     assert!(server_addr(&out).is_none(), "{out}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_mask_every_phone_number_the_poller_logs() {
+    let mut scenario = String::from(
+        "chats:\n  - id: \"966500000001\"\n    messages:\n      - { at: -1h, body: \"old\", id: H0 }\n",
+    );
+    for i in 0..60 {
+        scenario.push_str(&format!(
+            "      - {{ at: 2s, body: \"bot {i}\", id: B{i:02} }}\n"
+        ));
+    }
+    let gw = gateway(&scenario).await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule(&rx));
+    let text = config_text(
+        &gw,
+        &["966500000001", "966500000404"],
+        "  rate_limit: { per_second: 20, burst: 5 }\n  max_message_limit: 40\n",
+        "poll:\n  interval: 300ms\n",
+    )
+    .replace(
+        "log:\n  mask_phone_numbers: false",
+        "log:\n  format: json\n  mask_phone_numbers: true",
+    );
+    let cfg = ws.write("cartat.yaml", &text);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the gap and the webhooks", Duration::from_secs(20), || {
+        let out = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+        out.contains("gap_detected") && rx.received().len() >= 40
+    })
+    .await;
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    for line in out.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["fields"].is_object(), "{line}");
+    }
+    for event in ["gap_detected", "poll failed", "rule fired", "first sight"] {
+        assert!(out.contains(event), "no `{event}` in\n{out}");
+    }
+    assert!(!out.contains("966500000001"), "an unmasked number:\n{out}");
+    assert!(!out.contains("966500000404"), "an unmasked number:\n{out}");
+    assert!(out.contains("9665*****001@c.us"), "{out}");
+    assert!(out.contains("9665*****404@c.us"), "{out}");
+    gw.shutdown().await;
+}
