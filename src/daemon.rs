@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::engine::poller::{Poller, Stats};
 use crate::gateway::client::{Gateway, RateBudget};
+use crate::metrics::Metrics;
 use crate::outbox::dispatcher::Dispatcher;
 use crate::outbox::schedule::RetryPolicy;
 use crate::rules::RuleSet;
@@ -18,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// How long a graceful stop waits for in-flight polls and deliveries.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
-/// A running engine's handles, for the demo and tests.
+/// A running engine's handles, for the demo, tests and the health and metrics server.
 pub struct Running {
     pub stats: Arc<Stats>,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Opens the store (refusing a locked or broken one) and builds the parts.
@@ -47,7 +49,9 @@ pub fn prepare(
         ..RetryPolicy::default()
     }
     .scaled(config.webhooks.retry_scale);
-    let dispatcher = Dispatcher::new(
+    let metrics = Arc::new(Metrics::new(config.chats.len()));
+    metrics.set_rules_loaded(true);
+    let mut dispatcher = Dispatcher::new(
         store.clone(),
         config.webhooks.timeout,
         policy,
@@ -57,6 +61,7 @@ pub fn prepare(
     )
     .map_err(anyhow::Error::msg)?
     .with_config_fingerprint(&config);
+    dispatcher.metrics = metrics.clone();
     let stats = Arc::new(Stats::default());
     let poller = Poller {
         config: Arc::new(config),
@@ -65,11 +70,17 @@ pub fn prepare(
         rules: Arc::new(RwLock::new(Arc::new(rules))),
         wake_dispatcher: wake,
         stats: stats.clone(),
+        metrics: metrics.clone(),
+        skipped_seen: Default::default(),
     };
     Ok((
         Arc::new(poller),
         Arc::new(dispatcher),
-        Running { stats, store },
+        Running {
+            stats,
+            store,
+            metrics,
+        },
     ))
 }
 
@@ -100,6 +111,36 @@ pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: Can
         );
     }
     tracing::info!("stopped");
+}
+
+/// Binds the health and metrics server's address (`server.listen`); a failure is logged and
+/// the daemon runs without it (monitoring must not stop the work).
+pub async fn bind_server(addr: Option<std::net::SocketAddr>) -> Option<tokio::net::TcpListener> {
+    let addr = addr?;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(%addr, "cannot listen for /healthz and /metrics ({e}); running without them (set server.listen to a free address, or `off`)");
+            None
+        }
+    }
+}
+
+/// Serves `/healthz` and `/metrics` on `listener` until `shutdown`.
+pub fn spawn_server(
+    listener: tokio::net::TcpListener,
+    running: &Running,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let state = crate::server::ServerState {
+        metrics: running.metrics.clone(),
+        store: running.store.clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = crate::server::run(listener, state, shutdown).await {
+            tracing::error!("the health and metrics server stopped: {e}");
+        }
+    })
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

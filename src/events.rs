@@ -58,22 +58,49 @@ pub fn mask_text(text: &str) -> String {
     }
 }
 
-pub fn poll_failed(chat: &str, error: &dyn std::fmt::Display, retry_in: std::time::Duration) {
-    tracing::warn!(chat = %mask(chat), retry_in = ?retry_in, "poll failed: {error}");
-}
-
-pub fn unauthorized(chat: &str) {
-    tracing::error!(chat = %mask(chat), "the gateway refused the API token (401/403): check api.token; retrying slowly");
-}
-
-pub fn messages_skipped(chat: &str, skipped: &[crate::gateway::model::Skipped]) {
-    for s in skipped {
-        tracing::warn!(chat = %mask(chat), index = s.index, "skipped a message the gateway sent: {}", s.reason);
+/// A poll failed; `retry_in` is that chat's backoff (None: it follows the shared pause).
+pub fn poll_failed(
+    chat: &str,
+    error: &dyn std::fmt::Display,
+    retry_in: Option<std::time::Duration>,
+) {
+    // Error texts may quote the request URL, which names the chat: mask it too.
+    let error = mask(&error.to_string());
+    match retry_in {
+        Some(d) => tracing::warn!(chat = %mask(chat), retry_in = ?d, "poll failed: {error}"),
+        None => tracing::warn!(chat = %mask(chat), "poll failed: {error}"),
     }
 }
 
+pub fn unauthorized(chat: &str) {
+    tracing::error!(chat = %mask(chat), "the gateway refused the API token (401): check api.token; every chat is paused and one probe retries slowly (30s, doubling up to 5m)");
+}
+
+/// One message the gateway sent could not be used: logged once per message (the caller
+/// remembers which were logged).
+pub fn message_skipped(chat: &str, skipped: &crate::gateway::model::Skipped) {
+    tracing::warn!(chat = %mask(chat), index = skipped.index, "skipped a message the gateway sent (logged once): {}", mask(&skipped.reason));
+}
+
+/// Unix seconds as RFC 3339, or the number when it is out of range.
+fn rfc3339(ts: i64) -> String {
+    jiff::Timestamp::from_second(ts).map_or_else(|_| ts.to_string(), |t| t.to_string())
+}
+
+/// More messages arrived between two polls than the largest `limit` returns: those between
+/// `from_ts` (the last one known) and `to_ts` (the oldest one returned) may be missed.
 pub fn gap_detected(chat: &str, from_ts: i64, to_ts: i64, limit: u32) {
-    tracing::error!(chat = %mask(chat), from = from_ts, to = to_ts, limit, "gap_detected: more messages arrived than the largest limit returns; some in this time range may be missed");
+    tracing::error!(
+        chat = %mask(chat),
+        from = %rfc3339(from_ts),
+        to = %rfc3339(to_ts),
+        from_ts,
+        to_ts,
+        limit,
+        "gap_detected: more messages arrived than the largest limit ({limit}) returns; messages between {} and {} may be missed (raise api.max_message_limit or poll this chat more often)",
+        rfc3339(from_ts),
+        rfc3339(to_ts)
+    );
 }
 
 pub fn chat_first_seen(chat: &str, history: usize) {

@@ -18,10 +18,12 @@ pub mod engine;
 pub mod events;
 pub mod failpoint;
 pub mod gateway;
+pub mod metrics;
 pub mod outbox;
 pub mod receiver;
 pub mod reload;
 pub mod rules;
+pub mod server;
 pub mod store;
 pub mod text;
 

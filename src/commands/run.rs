@@ -31,7 +31,8 @@ pub fn run(path: &Path, log: &LogArgs) -> u8 {
         }
     };
     rt.block_on(async move {
-        let (poller, dispatcher, _running) = match crate::daemon::prepare(config, rules) {
+        let listen = config.listen;
+        let (poller, dispatcher, running) = match crate::daemon::prepare(config, rules) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("cartat-rules: {e:#}");
@@ -44,6 +45,9 @@ pub fn run(path: &Path, log: &LogArgs) -> u8 {
             crate::daemon::signal().await;
             s.cancel();
         });
+        if let Some(listener) = crate::daemon::bind_server(listen).await {
+            crate::daemon::spawn_server(listener, &running, shutdown.clone());
+        }
         crate::daemon::run(poller, dispatcher, shutdown).await;
         0
     })

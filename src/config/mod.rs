@@ -26,6 +26,21 @@ pub enum FirstSight {
     ReplayHistory,
 }
 
+/// How the poller orders polls within the rate budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerKind {
+    /// Every chat at least once per its interval; spare budget goes to chats with recent
+    /// inbound traffic (the default).
+    #[default]
+    Adaptive,
+    /// Every chat exactly on its interval, nothing sooner.
+    RoundRobin,
+}
+
+/// The default address of the health and metrics server.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -74,12 +89,14 @@ pub struct Config {
     pub chats: Vec<WatchedChat>,
     pub poll_interval: Duration,
     pub on_first_sight: FirstSight,
+    pub scheduler: SchedulerKind,
     pub state_path: PathBuf,
     pub rule_paths: Vec<PathBuf>,
     pub watch_rules: bool,
     pub webhooks: WebhookConfig,
     pub log_format: LogFormat,
     pub mask_phone_numbers: bool,
+    /// `GET /healthz` and `GET /metrics`; None: `server.listen: off`.
     pub listen: Option<std::net::SocketAddr>,
 }
 
@@ -338,7 +355,7 @@ fn compile(
     let log = raw.log.unwrap_or_default();
     let server = raw.server.unwrap_or_default();
     let listen = match server.listen {
-        None => None,
+        None => DEFAULT_LISTEN.parse().ok(),
         Some(s) if s.value.is_empty() || s.value == "off" => None,
         Some(s) => match s.value.parse() {
             Ok(a) => Some(a),
@@ -377,6 +394,7 @@ fn compile(
         chats,
         poll_interval,
         on_first_sight: poll.on_first_sight.unwrap_or_default(),
+        scheduler: poll.scheduler.unwrap_or_default(),
         state_path,
         rule_paths,
         watch_rules: rules.watch.unwrap_or(true),
@@ -508,6 +526,25 @@ server:
             w.to_string()
                 .contains("warning: environment variable `NOPE` is not set")
         );
+    }
+
+    #[test]
+    fn scheduler_and_server_defaults_and_switches() {
+        let (c, _) = from_str(
+            Path::new("c.yaml"),
+            "api:\n  base_url: http://x\n",
+            EnvMode::Required,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.scheduler, SchedulerKind::Adaptive);
+        assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        let text = "api:\n  base_url: http://x\npoll:\n  scheduler: round_robin\nserver:\n  listen: \"off\"\n";
+        let (c, _) = from_str(Path::new("c.yaml"), text, EnvMode::Required, &env).unwrap();
+        assert_eq!(c.scheduler, SchedulerKind::RoundRobin);
+        assert_eq!(c.listen, None);
+        let e = errors_of("api:\n  base_url: http://x\npoll:\n  scheduler: fastest\n");
+        assert!(e[0].starts_with("c.yaml:4:"), "{e:?}");
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub struct RawPoll {
     pub interval: Option<HumanDuration>,
     /// `skip_history` (default) or `replay_history`.
     pub on_first_sight: Option<super::FirstSight>,
+    /// `adaptive` (default: chats with recent inbound traffic are polled sooner, within the
+    /// rate limit; every chat still at least once per its interval) or `round_robin` (every
+    /// chat exactly on its interval).
+    pub scheduler: Option<super::SchedulerKind>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -174,6 +178,6 @@ pub struct RawLog {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    /// `GET /healthz` and `GET /metrics`; `off` disables.
+    /// `GET /healthz` and `GET /metrics` (default 127.0.0.1:9464); `off` disables.
     pub listen: Option<Spanned<String>>,
 }

@@ -3,4 +3,5 @@
 
 pub mod decide;
 pub mod poller;
+pub mod schedule;
 pub mod watermark;

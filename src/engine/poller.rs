@@ -2,32 +2,36 @@
 //! the page against the watermark, evaluates the rules, and commits the watermark and the
 //! queued deliveries in one store transaction.
 //!
-//! Owns: when each chat is polled, gap recovery (asking again with a larger limit), per-chat
-//! backoff. Must not: send webhooks (the dispatcher does) or hold state the store does not
-//! have (a crash at any point loses nothing).
+//! Owns: driving the schedule ([`super::schedule`] decides which chat is next; this loop takes
+//! an in-flight slot and a budget reservation, then polls), gap recovery (asking again with a
+//! larger limit), per-chat backoff. Must not: send webhooks (the dispatcher does) or hold
+//! state the store does not have (a crash at any point loses nothing).
 
 use crate::config::{Config, WatchedChat};
 use crate::engine::decide::{Clock, decide_chat, decide_with};
+use crate::engine::schedule::{Finished, Schedule};
 use crate::engine::watermark::diff;
 use crate::events;
 use crate::gateway::client::{FetchError, Gateway};
 use crate::gateway::model::{Message, MessageKey};
+use crate::metrics::{Metrics, PollOutcome};
 use crate::rules::RuleSet;
 use crate::store::{PollCommit, Store};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How many chats may be in flight at once (each still waits for the budget).
+/// How many chats may be in flight at once (a hung request holds its slot until the timeout).
 const MAX_IN_FLIGHT: usize = 64;
+/// How many skipped-message identities are remembered (so each is logged once).
+const SKIPPED_MEMORY: usize = 100_000;
 
-/// Counters the engine keeps (exposed by `/metrics` and the demo summary).
+/// Counters the engine keeps (the demo summary; `/metrics` has the full set).
 #[derive(Debug, Default)]
 pub struct Stats {
     pub polls_ok: AtomicU64,
@@ -47,88 +51,170 @@ pub struct Poller {
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub wake_dispatcher: Arc<Notify>,
     pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    /// Identities of skipped messages already logged and counted.
+    pub skipped_seen: Mutex<HashSet<u64>>,
 }
 
-/// The outcome of one chat's poll: when to poll it next.
+/// What one poll found, for the scheduler.
+#[derive(Clone, Copy, Debug, Default)]
+struct PollReport {
+    /// New messages from others (the chat's activity).
+    inbound: usize,
+}
+
+/// The outcome of one chat's poll.
 struct Done {
     index: usize,
-    next: Instant,
-    failures: u32,
+    how: Finished,
 }
 
 impl Poller {
     /// Polls until `shutdown`; in-flight polls finish (each bounded by the API timeout).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let chats = self.config.chats.clone();
+        let intervals: Vec<Duration> = chats.iter().map(|c| c.interval).collect();
+        let mut schedule = Schedule::new(
+            &intervals,
+            self.config.scheduler,
+            self.config.api.rate_per_second,
+            Instant::now(),
+        );
         let mut failures = vec![0u32; chats.len()];
-        let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
-        let start = Instant::now();
-        for i in 0..chats.len() {
-            heap.push(Reverse((start, i)));
-        }
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let tracker = TaskTracker::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let finish = |schedule: &mut Schedule, done: Done, failures: &mut [u32]| {
+            failures[done.index] = match done.how {
+                Finished::Failed { .. } => failures[done.index].saturating_add(1),
+                Finished::Ok { .. } => 0,
+                _ => failures[done.index],
+            };
+            schedule.finished(done.index, Instant::now(), done.how);
+        };
         loop {
-            let next_due = heap.peek().map(|Reverse((t, _))| *t);
+            let next_due = schedule.next_at();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = done_rx.recv() => {
-                    failures[done.index] = done.failures;
-                    heap.push(Reverse((done.next, done.index)));
+                    finish(&mut schedule, done, &mut failures);
+                    continue;
                 }
-                _ = sleep_until_opt(next_due) => {
-                    let Some(Reverse((_, index))) = heap.pop() else { continue };
-                    let permit = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    };
-                    let this = self.clone();
-                    let tx = done_tx.clone();
-                    let chat = chats[index].clone();
-                    let fails = failures[index];
-                    tracker.spawn(async move {
-                        let (next, failures) = this.poll_chat(&chat, fails).await;
-                        drop(permit);
-                        let _ = tx.send(Done { index, next, failures });
-                    });
+                _ = tick.tick() => {
+                    schedule.recompute(Instant::now());
+                    continue;
                 }
+                _ = sleep_until_opt(next_due) => {}
             }
+            // Something is due: take an in-flight slot and a budget reservation, then choose.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let waited = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                w = self.gateway.budget.acquire() => w,
+            };
+            self.metrics.budget_waited(waited);
+            while let Ok(done) = done_rx.try_recv() {
+                finish(&mut schedule, done, &mut failures);
+            }
+            let Some(index) = schedule.pop_due(Instant::now()) else {
+                continue;
+            };
+            let this = self.clone();
+            let tx = done_tx.clone();
+            let chat = chats[index].clone();
+            let fails = failures[index];
+            tracker.spawn(async move {
+                let how = this.poll_chat(index, &chat, fails).await;
+                drop(permit);
+                let _ = tx.send(Done { index, how });
+            });
         }
         tracker.close();
         tracker.wait().await;
     }
 
-    /// Polls one chat once (with gap recovery); returns when to poll it next and its failure count.
-    async fn poll_chat(&self, chat: &WatchedChat, failures: u32) -> (Instant, u32) {
-        match self.poll_once(chat).await {
-            Ok(()) => {
+    /// Polls one chat once (with gap recovery; the first request's budget is already taken);
+    /// returns how it ended, for the schedule.
+    async fn poll_chat(&self, index: usize, chat: &WatchedChat, failures: u32) -> Finished {
+        let started = Instant::now();
+        let result = self.poll_once(chat, true).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(report) => {
                 self.stats.polls_ok.fetch_add(1, Ordering::Relaxed);
-                (Instant::now() + chat.interval, 0)
+                self.metrics.poll(index, PollOutcome::Ok, seconds);
+                Finished::Ok {
+                    inbound: report.inbound,
+                }
             }
             Err(e) => {
                 self.stats.polls_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.poll(index, e.outcome(), seconds);
                 let failures = failures.saturating_add(1);
-                let delay = match &e {
-                    PollError::Fetch(FetchError::RateLimited(_)) => chat.interval,
+                let how = match &e {
+                    PollError::Fetch(FetchError::RateLimited(_)) => Finished::RateLimited,
                     PollError::Fetch(FetchError::Unauthorized) => {
                         events::unauthorized(chat.id.as_str());
-                        backoff(chat.interval, failures).max(Duration::from_secs(60))
+                        Finished::Unauthorized
                     }
-                    _ => backoff(chat.interval, failures),
+                    _ => Finished::Failed {
+                        retry_in: backoff(chat.interval, failures),
+                    },
                 };
-                events::poll_failed(chat.id.as_str(), &e, delay);
-                (Instant::now() + delay, failures)
+                let retry_in = match how {
+                    Finished::Failed { retry_in } => Some(retry_in),
+                    _ => None,
+                };
+                events::poll_failed(chat.id.as_str(), &e, retry_in);
+                how
             }
         }
     }
 
-    async fn poll_once(&self, chat: &WatchedChat) -> Result<(), PollError> {
+    /// Logs and counts the skipped messages of a page not seen before; returns how many.
+    fn note_skipped(&self, chat_key: &str, skipped: &[crate::gateway::model::Skipped]) -> usize {
+        if skipped.is_empty() {
+            return 0;
+        }
+        let chat_hash = crate::gateway::model::fnv1a(chat_key.as_bytes());
+        let fresh: Vec<&crate::gateway::model::Skipped> = {
+            let mut seen = self.skipped_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > SKIPPED_MEMORY {
+                seen.clear();
+            }
+            skipped
+                .iter()
+                .filter(|s| seen.insert(s.identity ^ chat_hash.rotate_left(17)))
+                .collect()
+        };
+        for s in &fresh {
+            events::message_skipped(chat_key, s);
+        }
+        fresh.len()
+    }
+
+    /// One poll of one chat: fetch (growing `limit` while the page may hide more), diff, decide,
+    /// commit, then tell the world. `prepaid`: the scheduler already took the budget for the
+    /// first request.
+    async fn poll_once(&self, chat: &WatchedChat, prepaid: bool) -> Result<PollReport, PollError> {
         let api = &self.config.api;
         let mut limit = api.message_limit;
+        let mut prepaid = prepaid;
         let chat_key = chat.id.as_str().to_string();
         let (page, state, memory, d) = loop {
-            let page = self.gateway.fetch(&chat.id, limit).await?;
+            let page = if prepaid {
+                prepaid = false;
+                self.gateway.fetch_prepaid(&chat.id, limit).await?
+            } else {
+                let (page, waited) = self.gateway.fetch_waited(&chat.id, limit).await;
+                self.metrics.budget_waited(waited);
+                page?
+            };
             crate::failpoint::hit("after_fetch");
             let store = self.store.clone();
             let keys: Vec<MessageKey> = page.messages.iter().map(|m| m.key.clone()).collect();
@@ -151,16 +237,17 @@ impl Poller {
             }
             if d.may_hide_more {
                 self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                self.metrics.gap_detected();
                 let oldest = page.messages.iter().map(|m| m.timestamp).min().unwrap_or(0);
                 events::gap_detected(&chat_key, state.watermark, oldest, limit);
             }
             break (page, state, memory, d);
         };
-        if !page.skipped.is_empty() {
+        let skipped = self.note_skipped(&chat_key, &page.skipped);
+        if skipped > 0 {
             self.stats
                 .messages_skipped
-                .fetch_add(page.skipped.len() as u64, Ordering::Relaxed);
-            events::messages_skipped(&chat_key, &page.skipped);
+                .fetch_add(skipped as u64, Ordering::Relaxed);
         }
         if !state.known {
             events::chat_first_seen(&chat_key, d.history.len());
@@ -203,14 +290,26 @@ impl Poller {
             script_state: decision.script_state.clone(),
             now_ms,
         };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit_poll(&commit))
-            .await
-            .map_err(|e| PollError::Store(e.to_string()))?
-            .map_err(|e| {
-                events::store_failed(&chat_key, &e);
-                PollError::Store(e.to_string())
-            })?;
+        // A poll that changes nothing needs no write (most polls of idle chats).
+        let changes_nothing = state.known
+            && commit.seen.is_empty()
+            && commit.deliveries.is_empty()
+            && commit.cooldowns.is_empty()
+            && commit.thresholds.is_empty()
+            && commit.chat_rules.is_empty()
+            && commit.script_state.is_empty()
+            && commit.watermark <= state.watermark
+            && commit.low_water <= state.low_water;
+        if !changes_nothing {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.commit_poll(&commit))
+                .await
+                .map_err(|e| PollError::Store(e.to_string()))?
+                .map_err(|e| {
+                    events::store_failed(&chat_key, &e);
+                    PollError::Store(e.to_string())
+                })?;
+        }
 
         crate::failpoint::hit("after_commit");
         // Committed: now it is safe to tell the world.
@@ -221,16 +320,21 @@ impl Poller {
             .messages_updated
             .fetch_add(d.updated.len() as u64, Ordering::Relaxed);
         self.stats.rules_fired.fetch_add(
-            (decision.firings.len() + decision.chat_firings.len()) as u64,
+            (decision.firings.len() + decision.chat_firings.len() + decision.script_firings.len())
+                as u64,
             Ordering::Relaxed,
         );
+        self.metrics.messages(d.new.len(), d.updated.len(), skipped);
         for (rule, _) in &decision.script_firings {
+            self.metrics.rule_matched(rule);
             events::rule_fired(rule, &chat_key, "(rule file)");
         }
         for (rule, _) in &decision.chat_firings {
+            self.metrics.rule_matched(rule);
             events::chat_rule_fired(rule, &chat_key);
         }
         for f in &decision.firings {
+            self.metrics.rule_matched(&f.rule_id);
             events::rule_fired(
                 &f.rule_id,
                 &chat_key,
@@ -249,7 +353,9 @@ impl Poller {
         if !decision.deliveries.is_empty() {
             self.wake_dispatcher.notify_one();
         }
-        Ok(())
+        Ok(PollReport {
+            inbound: new_msgs.iter().filter(|m| !m.key.from_me).count(),
+        })
     }
 }
 
@@ -259,6 +365,23 @@ enum PollError {
     Fetch(#[from] FetchError),
     #[error("state store: {0}")]
     Store(String),
+}
+
+impl PollError {
+    /// The bounded `outcome` label of this failure.
+    fn outcome(&self) -> PollOutcome {
+        match self {
+            PollError::Fetch(FetchError::RateLimited(_)) => PollOutcome::RateLimited,
+            PollError::Fetch(FetchError::Unauthorized) => PollOutcome::Unauthorized,
+            PollError::Fetch(FetchError::NotFound) => PollOutcome::NotFound,
+            PollError::Fetch(FetchError::Status(s)) if *s >= 500 => PollOutcome::ServerError,
+            PollError::Fetch(FetchError::Status(_)) => PollOutcome::HttpError,
+            PollError::Fetch(FetchError::Timeout(_)) => PollOutcome::Timeout,
+            PollError::Fetch(FetchError::Transport(_)) => PollOutcome::Transport,
+            PollError::Fetch(FetchError::Reply(_)) => PollOutcome::BadReply,
+            PollError::Store(_) => PollOutcome::StoreError,
+        }
+    }
 }
 
 /// Exponential backoff from the chat's interval, capped at 5 minutes, with ±20% jitter.

@@ -7,17 +7,20 @@
 
 use super::model::{ChatId, Page, ReplyError, parse_reply};
 use crate::outbox::schedule::parse_retry_after;
-use governor::{Quota, RateLimiter, clock::DefaultClock, state::InMemoryState, state::NotKeyed};
 use secrecy::{ExposeSecret, SecretString};
-use std::num::NonZeroU32;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The API-wide budget: a GCRA quota plus a pause that `Retry-After` pushes forward.
+/// The API-wide budget: a GCRA quota (sustained rate and burst), a sliding one-second window
+/// that never admits more than `per_second` requests in any second (bursts included, right
+/// after start or after a pause), and a pause that `Retry-After` pushes forward.
+///
+/// Callers reserve a send time in FIFO order and sleep until it, so waking after a pause
+/// spreads the queued requests over the window instead of releasing them at once.
 pub struct RateBudget {
-    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
-    paused_until: Mutex<Option<Instant>>,
+    state: Mutex<BudgetState>,
 }
 
 impl std::fmt::Debug for RateBudget {
@@ -26,39 +29,107 @@ impl std::fmt::Debug for RateBudget {
     }
 }
 
-impl RateBudget {
-    pub fn new(per_second: u32, burst: u32) -> RateBudget {
-        let per_second = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        RateBudget {
-            limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
-            paused_until: Mutex::new(None),
+/// Extra width of the sliding window: requests reserved one window apart may reach the
+/// gateway a little closer together (scheduling, connection set-up), so leave room.
+pub const WINDOW_MARGIN: Duration = Duration::from_millis(50);
+
+/// The pure part of [`RateBudget`]: when may the next request go. Time is an input.
+#[derive(Debug)]
+pub struct BudgetState {
+    per_second: usize,
+    window: Duration,
+    emission: Duration,
+    tolerance: Duration,
+    /// GCRA's theoretical arrival time.
+    tat: Option<Instant>,
+    /// The last `per_second` reserved send times, oldest first (non-decreasing).
+    recent: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+impl BudgetState {
+    pub fn new(per_second: u32, burst: u32) -> BudgetState {
+        let per_second = per_second.max(1);
+        let burst = burst.clamp(1, per_second);
+        let emission = Duration::from_secs(1) / per_second;
+        BudgetState {
+            per_second: per_second as usize,
+            window: Duration::from_secs(1) + WINDOW_MARGIN,
+            emission,
+            tolerance: emission * (burst - 1),
+            tat: None,
+            recent: VecDeque::with_capacity(per_second as usize + 1),
+            paused_until: None,
         }
     }
 
-    fn paused(&self) -> Option<Instant> {
-        let p = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        p.filter(|t| *t > Instant::now())
+    /// Reserves the earliest send time at or after `now` that keeps every rule; the caller
+    /// sends then (or, if a pause arrived meanwhile, reserves again).
+    pub fn reserve(&mut self, now: Instant) -> Instant {
+        let mut t = now;
+        if let Some(p) = self.paused_until {
+            t = t.max(p);
+        }
+        if let Some(&last) = self.recent.back() {
+            t = t.max(last);
+        }
+        if let Some(tat) = self.tat
+            && let Some(earliest) = tat.checked_sub(self.tolerance)
+        {
+            t = t.max(earliest);
+        }
+        if self.recent.len() >= self.per_second {
+            t = t.max(self.recent[self.recent.len() - self.per_second] + self.window);
+        }
+        self.tat = Some(self.tat.map_or(t, |tat| tat.max(t)) + self.emission);
+        self.recent.push_back(t);
+        while self.recent.len() > self.per_second {
+            self.recent.pop_front();
+        }
+        t
+    }
+
+    /// Pauses every caller until `until` (never shortens an existing pause).
+    pub fn pause_until(&mut self, until: Instant) {
+        if self.paused_until.is_none_or(|old| old < until) {
+            self.paused_until = Some(until);
+        }
+    }
+
+    /// The pause in force at `now`, if any.
+    pub fn paused_at(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|t| *t > now)
+    }
+}
+
+impl RateBudget {
+    pub fn new(per_second: u32, burst: u32) -> RateBudget {
+        RateBudget {
+            state: Mutex::new(BudgetState::new(per_second, burst)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pause in force now, if any.
+    pub fn paused(&self) -> Option<Instant> {
+        self.state().paused_at(Instant::now())
     }
 
     /// Pauses every caller for `d` (never shortens an existing pause).
     pub fn pause_for(&self, d: Duration) {
-        let until = Instant::now() + d;
-        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        if p.is_none_or(|old| old < until) {
-            *p = Some(until);
-        }
+        self.state().pause_until(Instant::now() + d);
     }
 
     /// Waits until a request may be sent; returns how long it waited.
     pub async fn acquire(&self) -> Duration {
         let start = Instant::now();
         loop {
-            if let Some(until) = self.paused() {
-                tokio::time::sleep_until(until).await;
-            }
-            self.limiter.until_ready().await;
-            // A 429 may have arrived while we waited for the quota: honour it too.
+            let at = self.state().reserve(Instant::now());
+            tokio::time::sleep_until(at).await;
+            // A 429 may have arrived while we waited for our turn: honour it too.
             if self.paused().is_none() {
                 return start.elapsed();
             }
@@ -129,7 +200,21 @@ impl Gateway {
 
     /// Fetches one chat with at most `limit` messages, waiting for the budget first.
     pub async fn fetch(&self, chat: &ChatId, limit: u32) -> Result<Page, FetchError> {
-        self.budget.acquire().await;
+        self.fetch_waited(chat, limit).await.0
+    }
+
+    /// As [`Gateway::fetch`], also saying how long it waited for the budget.
+    pub async fn fetch_waited(
+        &self,
+        chat: &ChatId,
+        limit: u32,
+    ) -> (Result<Page, FetchError>, Duration) {
+        let waited = self.budget.acquire().await;
+        (self.fetch_prepaid(chat, limit).await, waited)
+    }
+
+    /// Fetches without waiting: the caller has just taken the budget ([`RateBudget::acquire`]).
+    pub async fn fetch_prepaid(&self, chat: &ChatId, limit: u32) -> Result<Page, FetchError> {
         let url = format!("{}/chats/{}", self.base_url, chat.path_segment());
         let resp = self
             .http
@@ -155,7 +240,8 @@ impl Gateway {
                 self.budget.pause_for(wait);
                 return Err(FetchError::RateLimited(wait));
             }
-            401 | 403 => return Err(FetchError::Unauthorized),
+            // 401 is about the token (every chat); 403 may be about this chat only.
+            401 => return Err(FetchError::Unauthorized),
             404 => return Err(FetchError::NotFound),
             s => return Err(FetchError::Status(s)),
         }
@@ -186,4 +272,100 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The most reservations in any window of `width` starting at a reservation.
+    fn max_in_window(times: &[Instant], width: Duration) -> usize {
+        let mut best = 0;
+        for (i, &t) in times.iter().enumerate() {
+            let n = times[i..].iter().take_while(|&&u| u < t + width).count();
+            best = best.max(n);
+        }
+        best
+    }
+
+    #[test]
+    fn a_burst_goes_at_once_then_the_window_holds() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new(5, 5);
+        let times: Vec<Instant> = (0..50).map(|_| b.reserve(t0)).collect();
+        assert!(
+            times[..5].iter().all(|&t| t == t0),
+            "the burst is immediate"
+        );
+        assert!(
+            times[5] >= t0 + Duration::from_secs(1),
+            "then the window is full"
+        );
+        assert!(max_in_window(&times, Duration::from_secs(1)) <= 5);
+        // Sustained: 50 requests take about 10 windows.
+        let span = times[49] - t0;
+        assert!(span >= Duration::from_secs(9), "{span:?}");
+    }
+
+    #[test]
+    fn a_small_burst_spreads_requests_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new(10, 1);
+        let times: Vec<Instant> = (0..20).map(|_| b.reserve(t0)).collect();
+        for w in times.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_millis(99),
+                "{:?}",
+                w[1] - w[0]
+            );
+        }
+        assert!(max_in_window(&times, Duration::from_secs(1)) <= 10);
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_rate_is_clamped_to_the_window() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new(4, 100);
+        let times: Vec<Instant> = (0..40).map(|_| b.reserve(t0)).collect();
+        assert!(max_in_window(&times, Duration::from_secs(1)) <= 4);
+    }
+
+    #[test]
+    fn after_a_pause_nobody_goes_early_and_the_window_still_holds() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new(5, 5);
+        let before: Vec<Instant> = (0..5).map(|_| b.reserve(t0)).collect();
+        b.pause_until(t0 + Duration::from_secs(3));
+        // A shorter pause never shortens it.
+        b.pause_until(t0 + Duration::from_secs(1));
+        assert_eq!(
+            b.paused_at(t0 + Duration::from_secs(2)),
+            Some(t0 + Duration::from_secs(3))
+        );
+        let after: Vec<Instant> = (0..20)
+            .map(|_| b.reserve(t0 + Duration::from_millis(1500)))
+            .collect();
+        assert!(after.iter().all(|&t| t >= t0 + Duration::from_secs(3)));
+        let all: Vec<Instant> = before.into_iter().chain(after).collect();
+        assert!(max_in_window(&all, Duration::from_secs(1)) <= 5);
+    }
+
+    #[test]
+    fn interleaved_callers_at_random_times_never_exceed_the_window() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new(7, 3);
+        let mut now = t0;
+        let mut times = Vec::new();
+        let mut x: u64 = 42;
+        for _ in 0..500 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            now += Duration::from_millis((x >> 33) % 400);
+            let t = b.reserve(now);
+            assert!(t >= now);
+            times.push(t);
+        }
+        assert!(max_in_window(&times, Duration::from_secs(1)) <= 7);
+    }
 }

@@ -408,6 +408,9 @@ pub struct PlantedMessage {
     pub message_id: String,
     /// The message's `timestamp` (unix seconds).
     pub timestamp: i64,
+    /// When it became visible, in unix milliseconds (for detection latency).
+    #[serde(default)]
+    pub at_unix_ms: i64,
 }
 
 /// A message to append to a chat, visible at once (`POST /__mock/chats/{chat}/messages`).
@@ -1028,6 +1031,7 @@ impl World {
                     message_id: format!("false_{chat}_{}", m.id),
                     chat: chat.clone(),
                     timestamp: timestamp_of(start_unix_ms, m.at_ms),
+                    at_unix_ms: start_unix_ms + m.at_ms,
                 });
                 k += s.every;
             }
@@ -2779,7 +2783,14 @@ synthetic:
     fn planted_lists_exactly_the_served_keyword_messages() {
         let w = world(SYNTH);
         let now = 7_500;
-        let planted: HashSet<PlantedMessage> = w.planted(now, START_MS).into_iter().collect();
+        let planted: HashSet<PlantedMessage> = w
+            .planted(now, START_MS)
+            .into_iter()
+            .map(|p| {
+                assert!(p.at_unix_ms <= START_MS + now);
+                PlantedMessage { at_unix_ms: 0, ..p }
+            })
+            .collect();
         let mut served = HashSet::new();
         for c in 0..40 {
             let reply = reply_at(&w, &synthetic_chat_id(c), None, now);
@@ -2790,6 +2801,7 @@ synthetic:
                         chat: m["from"].as_str().unwrap().to_owned(),
                         message_id: m["id"]["_serialized"].as_str().unwrap().to_owned(),
                         timestamp: m["timestamp"].as_i64().unwrap(),
+                        at_unix_ms: 0,
                     });
                 }
             }

@@ -191,6 +191,9 @@ pub struct Chat {
 pub struct Skipped {
     pub index: usize,
     pub reason: String,
+    /// A stable identity of the raw message (a hash of its JSON), so it is logged and
+    /// counted once however often it is polled.
+    pub identity: u64,
 }
 
 /// One parsed reply.
@@ -217,8 +220,11 @@ pub enum ReplyError {
 
 /// Parses a `/chats/{id}` reply. `watched` fills in the chat id when the reply lacks one.
 pub fn parse_reply(bytes: &[u8], watched: &ChatId) -> Result<Page, ReplyError> {
+    // Invalid UTF-8 in one message's text must not fail the page: replace it (a no-op copy-free
+    // borrow when the bytes are valid).
+    let text = String::from_utf8_lossy(bytes);
     let root: Value =
-        serde_json::from_slice(bytes).map_err(|e| ReplyError::NotJson(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| ReplyError::NotJson(e.to_string()))?;
     parse_reply_value(&root, watched)
 }
 
@@ -251,10 +257,24 @@ pub fn parse_reply_value(root: &Value, watched: &ChatId) -> Result<Page, ReplyEr
     for (index, raw) in list.iter().enumerate() {
         match parse_message(raw) {
             Ok(m) => page.messages.push(m),
-            Err(reason) => page.skipped.push(Skipped { index, reason }),
+            Err(reason) => page.skipped.push(Skipped {
+                index,
+                reason,
+                identity: fnv1a(raw.to_string().as_bytes()),
+            }),
         }
     }
     Ok(page)
+}
+
+/// FNV-1a: stable across builds and platforms.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 fn parse_chat(v: Option<&Value>, watched: &ChatId) -> Chat {
@@ -532,6 +552,41 @@ mod tests {
             page.skipped.iter().map(|s| s.index).collect::<Vec<_>>(),
             vec![0, 1, 3]
         );
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_body_does_not_fail_the_page() {
+        let mut body = br#"{"status":"success","messages":[{"id":{"fromMe":false,"id":"U1"},"timestamp":1700000000,"body":"bad "#.to_vec();
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(br#" bytes","type":"chat"}]}"#);
+        let page = parse_reply(&body, &watched()).unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert!(page.messages[0].body.starts_with("bad "));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let body = format!(
+            r#"{{"status":"success","messages":[{}1{}]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(
+            parse_reply(body.as_bytes(), &watched()),
+            Err(ReplyError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn a_skipped_message_keeps_its_identity_across_pages() {
+        let a = br#"{"status":"success","messages":[{"id":"bad"},{"id":{"fromMe":false,"id":"OK1"},"timestamp":1700000000}]}"#;
+        let b = br#"{"status":"success","messages":[{"id":{"fromMe":false,"id":"OK0"},"timestamp":1700000000},{"id":"bad"}]}"#;
+        let (pa, pb) = (
+            parse_reply(a, &watched()).unwrap(),
+            parse_reply(b, &watched()).unwrap(),
+        );
+        assert_eq!(pa.skipped[0].identity, pb.skipped[0].identity);
+        assert_ne!(pa.skipped[0].index, pb.skipped[0].index);
     }
 
     #[test]

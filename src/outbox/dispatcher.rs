@@ -41,6 +41,7 @@ pub struct Dispatcher {
     secret: Option<SigningKey>,
     net_policy: NetPolicy,
     pub wake: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Fingerprint of the config and rules in force: a 410 disables its url under it.
     fingerprint: String,
     in_flight: Arc<Mutex<InFlight>>,
@@ -172,6 +173,7 @@ impl Dispatcher {
             secret,
             net_policy,
             wake,
+            metrics: Arc::default(),
             fingerprint: String::new(),
             in_flight: Arc::default(),
         })
@@ -316,6 +318,15 @@ impl Dispatcher {
             Lifecycle::InFlight { attempt } => attempt,
             _ => 0,
         };
+        self.metrics.delivery(match &outcome {
+            Lifecycle::Delivered { .. } => "delivered",
+            Lifecycle::Retry { .. } => "retry",
+            Lifecycle::Dead {
+                reason: DeadReason::EndpointGone,
+                ..
+            } => "gone",
+            _ => "dead",
+        });
         match &outcome {
             Lifecycle::Delivered { .. } => {
                 events::delivered(&d.delivery_id, &d.rule_id, status.unwrap_or(0), attempt)

@@ -194,16 +194,55 @@ fn test_remembers_thresholds_and_rule_file_state_across_messages() {
         "messages": [msg("U1", 1_700_000_000, "urgent please"), msg("U2", 1_700_000_060, "URGENT!!"), msg("U3", 1_700_000_120, "عاجل")]
     });
     let input = ws.write("reply.json", &reply.to_string());
-    let (code, out, err) = run_cli(&["test", "--rules", root().join("rules").to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "json"], ws.path());
+    let (code, out, err) = run_cli(
+        &[
+            "test",
+            "--rules",
+            root().join("rules").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        ws.path(),
+    );
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let fired: Vec<(String, String)> = lines
         .iter()
         .filter(|l| l["message_id"].is_string())
-        .map(|l| (l["rule"].as_str().unwrap().to_string(), l["message_id"].as_str().unwrap().rsplit('_').next().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["rule"].as_str().unwrap().to_string(),
+                l["message_id"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('_')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
         .collect();
-    assert!(fired.contains(&("escalation".into(), "U2".into())), "the rule file escalates on the second urgent message: {fired:?}");
-    assert!(fired.contains(&("urgent-threshold".into(), "U3".into())), "the threshold fires on the third: {fired:?}");
-    assert!(!fired.iter().any(|(r, m)| r == "urgent-threshold" && m != "U3"), "{fired:?}");
-    assert!(!fired.iter().any(|(r, m)| r == "escalation" && m != "U2"), "{fired:?}");
+    assert!(
+        fired.contains(&("escalation".into(), "U2".into())),
+        "the rule file escalates on the second urgent message: {fired:?}"
+    );
+    assert!(
+        fired.contains(&("urgent-threshold".into(), "U3".into())),
+        "the threshold fires on the third: {fired:?}"
+    );
+    assert!(
+        !fired
+            .iter()
+            .any(|(r, m)| r == "urgent-threshold" && m != "U3"),
+        "{fired:?}"
+    );
+    assert!(
+        !fired.iter().any(|(r, m)| r == "escalation" && m != "U2"),
+        "{fired:?}"
+    );
 }

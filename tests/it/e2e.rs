@@ -200,6 +200,8 @@ faults:
         || !rx.received().is_empty(),
     )
     .await;
+    // The budget spreads the chats after the pause (5/s, burst 1): give them time to resume.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let out = daemon.output();
     assert_eq!(daemon.stop(), 0);
 

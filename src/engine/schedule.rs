@@ -1,0 +1,494 @@
+//! When each chat is polled next: the pure part of the poller's scheduler. Time is an input.
+//!
+//! Every chat has a hard due time, `interval` after its last poll started (a little before,
+//! so waiting for the budget does not push it past its interval), or its backoff after a
+//! failure. With the adaptive scheduler, chats with recent inbound traffic also get a soft due
+//! time: the rate budget left over after every chat's interval is shared among active chats
+//! in proportion to the square root of their message rate (which minimises the mean detection
+//! latency over messages), never sooner than [`MIN_SOFT_PERIOD`]. Hard due times always go
+//! first, so the spare budget never delays a chat past its interval.
+//!
+//! A 401 closes a gate for every chat: after a pause one chat probes the token, the others
+//! wait for its answer, and each failed probe doubles the pause (a slow retry, not a loop).
+//!
+//! Owns: the order of polls. Must not: do I/O or wait (the driver in [`super::poller`] does).
+
+use crate::config::SchedulerKind;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The shortest period the adaptive scheduler polls a busy chat at.
+pub const MIN_SOFT_PERIOD: Duration = Duration::from_millis(500);
+/// How fast a chat's activity is forgotten (the time constant of its message-rate estimate).
+pub const ACTIVITY_TAU: Duration = Duration::from_secs(120);
+/// Below this decayed message count a chat counts as idle.
+const ACTIVE_MIN_SCORE: f64 = 0.05;
+/// The share of the rate budget the scheduler plans to use (the rest absorbs gap recovery,
+/// retries and timing jitter).
+const PLANNED_SHARE: f64 = 0.85;
+/// The first pause after a 401, and the longest.
+pub const AUTH_PAUSE_FIRST: Duration = Duration::from_secs(30);
+pub const AUTH_PAUSE_MAX: Duration = Duration::from_secs(300);
+
+/// How a poll ended, as far as scheduling cares.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Finished {
+    /// Polled; `inbound` new messages from others.
+    Ok { inbound: usize },
+    /// Failed; try this chat again after `retry_in`.
+    Failed { retry_in: Duration },
+    /// The gateway said 429 (the budget is paused for everyone): again as soon as it resumes.
+    RateLimited,
+    /// The gateway refused the token (401/403).
+    Unauthorized,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    interval: Duration,
+    last_start: Option<Instant>,
+    in_flight: bool,
+    failed: bool,
+    hard_gen: u64,
+    soft_gen: u64,
+    /// Decayed count of inbound messages, as of `score_at`.
+    score: f64,
+    score_at: Instant,
+    soft_period: Option<Duration>,
+    /// Polls finished so far.
+    polls: u64,
+    /// A moment the chat's periodic (hard) polls are aligned to.
+    phase: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+struct AuthGate {
+    until: Instant,
+    pause: Duration,
+    probing: bool,
+}
+
+type Heap = BinaryHeap<Reverse<(Instant, usize, u64)>>;
+
+/// The schedule of every watched chat.
+#[derive(Debug)]
+pub struct Schedule {
+    kind: SchedulerKind,
+    chats: Vec<Slot>,
+    hard: Heap,
+    soft: Heap,
+    /// Polls per second left for soft polls.
+    spare_per_second: f64,
+    auth: Option<AuthGate>,
+}
+
+/// How much earlier than its interval a chat is due, so budget waits do not make it late.
+fn slack(interval: Duration) -> Duration {
+    (interval / 20).min(Duration::from_millis(250))
+}
+
+impl Schedule {
+    /// Every chat due at `now`.
+    pub fn new(
+        intervals: &[Duration],
+        kind: SchedulerKind,
+        per_second: u32,
+        now: Instant,
+    ) -> Schedule {
+        let base: f64 = intervals
+            .iter()
+            .map(|i| 1.0 / i.as_secs_f64().max(0.001))
+            .sum();
+        let mut s = Schedule {
+            kind,
+            chats: intervals
+                .iter()
+                .map(|&interval| Slot {
+                    interval,
+                    last_start: None,
+                    in_flight: false,
+                    failed: false,
+                    hard_gen: 0,
+                    soft_gen: 0,
+                    score: 0.0,
+                    score_at: now,
+                    soft_period: None,
+                    polls: 0,
+                    phase: None,
+                })
+                .collect(),
+            hard: Heap::new(),
+            soft: Heap::new(),
+            spare_per_second: f64::from(per_second) * PLANNED_SHARE - base,
+            auth: None,
+        };
+        for i in 0..intervals.len() {
+            s.hard.push(Reverse((now, i, 0)));
+        }
+        s
+    }
+
+    fn live_top(heap: &mut Heap, chats: &[Slot], soft: bool) -> Option<(Instant, usize)> {
+        while let Some(&Reverse((at, i, g))) = heap.peek() {
+            let c = &chats[i];
+            let gen_ok = if soft {
+                g == c.soft_gen
+            } else {
+                g == c.hard_gen
+            };
+            if gen_ok && !c.in_flight {
+                return Some((at, i));
+            }
+            heap.pop();
+        }
+        None
+    }
+
+    /// The earliest moment a poll may be due (None: nothing until a poll finishes).
+    pub fn next_at(&mut self) -> Option<Instant> {
+        let hard = Self::live_top(&mut self.hard, &self.chats, false).map(|(t, _)| t);
+        let soft = Self::live_top(&mut self.soft, &self.chats, true).map(|(t, _)| t);
+        let t = match (hard, soft) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        match &self.auth {
+            Some(g) if g.probing => None,
+            Some(g) => Some(t.max(g.until)),
+            None => Some(t),
+        }
+    }
+
+    /// Takes the chat to poll at `now`, if one is due: hard due times first (earliest first),
+    /// then soft ones.
+    pub fn pop_due(&mut self, now: Instant) -> Option<usize> {
+        if let Some(g) = &self.auth
+            && (g.probing || now < g.until)
+        {
+            return None;
+        }
+        let pick = match Self::live_top(&mut self.hard, &self.chats, false) {
+            Some((at, i)) if at <= now => Some(i),
+            _ => match Self::live_top(&mut self.soft, &self.chats, true) {
+                Some((at, i)) if at <= now => Some(i),
+                _ => None,
+            },
+        }?;
+        let c = &mut self.chats[pick];
+        c.in_flight = true;
+        c.last_start = Some(now);
+        c.hard_gen += 1;
+        c.soft_gen += 1;
+        if let Some(g) = &mut self.auth {
+            g.probing = true;
+        }
+        Some(pick)
+    }
+
+    /// Records how chat `index`'s poll ended and schedules its next one.
+    pub fn finished(&mut self, index: usize, now: Instant, how: Finished) {
+        let Some(c) = self.chats.get_mut(index) else {
+            return;
+        };
+        c.in_flight = false;
+        c.polls += 1;
+        c.hard_gen += 1;
+        c.soft_gen += 1;
+        let start = c.last_start.unwrap_or(now);
+        let hard_at = match how {
+            Finished::Ok { inbound } => {
+                c.failed = false;
+                c.score = decayed(c.score, c.score_at, now) + inbound as f64;
+                c.score_at = now;
+                let period = c.interval - slack(c.interval);
+                // Every chat is first polled at start, as fast as the budget allows. Each then
+                // keeps a fixed phase, spread over its interval: due times neither stay bunched
+                // from the start nor drift into bunches when a backlog is served (a bunch of
+                // hard due times would starve the soft polls while it lasts).
+                let anchor = *c
+                    .phase
+                    .get_or_insert_with(|| start + period.mul_f64(spread(index)));
+                next_phase(anchor, period, start)
+            }
+            Finished::Failed { retry_in } => {
+                c.failed = true;
+                now + retry_in
+            }
+            Finished::RateLimited => now,
+            Finished::Unauthorized => now,
+        };
+        let soft_at = match (how, c.soft_period) {
+            (Finished::Ok { .. }, Some(p)) if self.kind == SchedulerKind::Adaptive => {
+                Some(start + p)
+            }
+            _ => None,
+        };
+        self.hard.push(Reverse((hard_at, index, c.hard_gen)));
+        if let Some(t) = soft_at {
+            self.soft.push(Reverse((t, index, c.soft_gen)));
+        }
+        match (how, &mut self.auth) {
+            (Finished::Unauthorized, Some(g)) if g.probing => {
+                g.pause = (g.pause * 2).min(AUTH_PAUSE_MAX);
+                g.until = now + g.pause;
+                g.probing = false;
+            }
+            (Finished::Unauthorized, Some(_)) => {}
+            (Finished::Unauthorized, None) => {
+                self.auth = Some(AuthGate {
+                    until: now + AUTH_PAUSE_FIRST,
+                    pause: AUTH_PAUSE_FIRST,
+                    probing: false,
+                });
+            }
+            // Anything but a 401 means the token was accepted (or never checked): open.
+            (Finished::RateLimited, Some(g)) if g.probing => g.probing = false,
+            (_, Some(_)) => self.auth = None,
+            (_, None) => {}
+        }
+    }
+
+    /// Whether every chat is paused by a 401 (and until when).
+    pub fn auth_paused_until(&self) -> Option<Instant> {
+        self.auth.as_ref().map(|g| g.until)
+    }
+
+    /// Shares the spare budget among the active chats (adaptive only); call about once a second.
+    pub fn recompute(&mut self, now: Instant) {
+        if self.kind != SchedulerKind::Adaptive {
+            return;
+        }
+        let rates: Vec<Option<f64>> = self
+            .chats
+            .iter()
+            .map(|c| {
+                let s = decayed(c.score, c.score_at, now);
+                (!c.failed && s >= ACTIVE_MIN_SCORE)
+                    .then(|| (s / ACTIVITY_TAU.as_secs_f64()).sqrt())
+            })
+            .collect();
+        let sum_w: f64 = rates.iter().flatten().sum();
+        for (i, w) in rates.into_iter().enumerate() {
+            let c = &mut self.chats[i];
+            let period = match w {
+                Some(w) if self.spare_per_second > 0.0 && w > 0.0 => {
+                    let p = Duration::from_secs_f64((sum_w / (w * self.spare_per_second)).min(1e6))
+                        .max(MIN_SOFT_PERIOD);
+                    (p < c.interval - slack(c.interval)).then_some(p)
+                }
+                _ => None,
+            };
+            let changed = match (c.soft_period, period) {
+                (Some(a), Some(b)) => {
+                    let (a, b) = (a.as_secs_f64(), b.as_secs_f64());
+                    (a - b).abs() > 0.1 * a
+                }
+                (a, b) => a.is_some() != b.is_some(),
+            };
+            if !changed {
+                continue;
+            }
+            c.soft_period = period;
+            c.soft_gen += 1;
+            if let (Some(p), false) = (period, c.in_flight) {
+                let at = c.last_start.map_or(now, |s| s + p);
+                self.soft.push(Reverse((at, i, c.soft_gen)));
+            }
+        }
+    }
+
+    /// The soft period of chat `index`, if it is polled sooner than its interval.
+    pub fn soft_period(&self, index: usize) -> Option<Duration> {
+        self.chats.get(index).and_then(|c| c.soft_period)
+    }
+}
+
+/// The first `anchor + k·period` (k ≥ 0) after `start`: at most one period after it.
+fn next_phase(anchor: Instant, period: Duration, start: Instant) -> Instant {
+    if anchor > start {
+        return anchor;
+    }
+    let p = period.as_secs_f64().max(0.001);
+    let k = ((start - anchor).as_secs_f64() / p).floor() + 1.0;
+    let next = anchor + period.mul_f64(k);
+    if next <= start { next + period } else { next }
+}
+
+/// A well-spread fraction in [0.05, 1) for chat `index` (golden-ratio sequence): the phases of
+/// the chats' periodic polls end up uniform over the interval, whatever the start-up order.
+fn spread(index: usize) -> f64 {
+    let x = (index as f64 + 1.0) * 0.618_033_988_749_895;
+    0.05 + 0.95 * x.fract()
+}
+
+fn decayed(score: f64, at: Instant, now: Instant) -> f64 {
+    let dt = now.saturating_duration_since(at).as_secs_f64();
+    score * (-dt / ACTIVITY_TAU.as_secs_f64()).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// Runs a schedule for `secs` seconds at `per_second` polls/s, with the chats in `busy`
+    /// receiving one inbound message per poll; returns the poll start times per chat.
+    fn simulate(
+        kind: SchedulerKind,
+        chats: usize,
+        busy: &[usize],
+        interval: Duration,
+        per_second: u32,
+        secs: u64,
+    ) -> Vec<Vec<Instant>> {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&vec![interval; chats], kind, per_second, t0);
+        let mut starts = vec![Vec::new(); chats];
+        let step = S / per_second;
+        let mut now = t0;
+        let mut last_recompute = t0;
+        let end = t0 + S * secs as u32;
+        while now < end {
+            if now - last_recompute >= S {
+                s.recompute(now);
+                last_recompute = now;
+            }
+            if let Some(i) = s.pop_due(now) {
+                starts[i].push(now);
+                // Polls take no time here: finished at once.
+                let inbound = usize::from(busy.contains(&i));
+                s.finished(i, now, Finished::Ok { inbound });
+            }
+            now += step;
+        }
+        starts
+    }
+
+    fn max_gap(starts: &[Instant]) -> Duration {
+        starts
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn round_robin_polls_every_chat_on_its_interval_and_no_sooner() {
+        let starts = simulate(SchedulerKind::RoundRobin, 20, &[3], 10 * S, 10, 60);
+        for (i, s) in starts.iter().enumerate() {
+            assert!((6..=7).contains(&s.len()), "chat {i}: {} polls", s.len());
+            assert!(max_gap(s) <= 10 * S, "chat {i}: {:?}", max_gap(s));
+        }
+    }
+
+    #[test]
+    fn adaptive_polls_busy_chats_sooner_and_every_chat_within_its_interval() {
+        let busy = [0, 7, 13];
+        let starts = simulate(SchedulerKind::Adaptive, 100, &busy, 20 * S, 10, 120);
+        for (i, s) in starts.iter().enumerate() {
+            assert!(max_gap(s) <= 20 * S, "chat {i} late: {:?}", max_gap(s));
+            if busy.contains(&i) {
+                assert!(s.len() > 60, "busy chat {i} polled only {} times", s.len());
+            } else {
+                assert!(s.len() <= 8, "idle chat {i} polled {} times", s.len());
+            }
+        }
+        let total: usize = starts.iter().map(Vec::len).sum();
+        assert!(total <= 120 * 10, "within the budget: {total}");
+    }
+
+    #[test]
+    fn a_failed_chat_waits_for_its_backoff_and_others_go_on() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&[10 * S, 10 * S], SchedulerKind::Adaptive, 5, t0);
+        let a = s.pop_due(t0).unwrap();
+        let b = s.pop_due(t0).unwrap();
+        assert_eq!(s.pop_due(t0), None, "both in flight");
+        s.finished(a, t0, Finished::Failed { retry_in: 60 * S });
+        s.finished(b, t0, Finished::Ok { inbound: 0 });
+        let next = s.next_at().unwrap();
+        assert!(next <= t0 + 10 * S);
+        assert_eq!(s.pop_due(t0 + 10 * S), Some(b));
+        assert_eq!(s.pop_due(t0 + 30 * S), None, "a is backing off");
+        assert_eq!(s.pop_due(t0 + 60 * S), Some(a));
+    }
+
+    #[test]
+    fn a_401_pauses_everyone_and_one_chat_probes_slowly() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&[S; 5], SchedulerKind::Adaptive, 100, t0);
+        let first = s.pop_due(t0).unwrap();
+        s.finished(first, t0, Finished::Unauthorized);
+        assert_eq!(s.pop_due(t0 + S), None, "paused");
+        assert_eq!(s.auth_paused_until(), Some(t0 + AUTH_PAUSE_FIRST));
+        let t1 = t0 + AUTH_PAUSE_FIRST;
+        let probe = s.pop_due(t1).unwrap();
+        assert_eq!(s.pop_due(t1), None, "one probe at a time");
+        assert_eq!(s.next_at(), None, "nothing until the probe answers");
+        s.finished(probe, t1, Finished::Unauthorized);
+        assert_eq!(
+            s.auth_paused_until(),
+            Some(t1 + 2 * AUTH_PAUSE_FIRST),
+            "doubled"
+        );
+        let t2 = t1 + 2 * AUTH_PAUSE_FIRST;
+        let probe = s.pop_due(t2).unwrap();
+        s.finished(probe, t2, Finished::Ok { inbound: 0 });
+        assert_eq!(s.auth_paused_until(), None, "the token works again");
+        assert!(s.pop_due(t2).is_some());
+    }
+
+    #[test]
+    fn with_no_spare_budget_adaptive_is_round_robin() {
+        // 100 chats at 10s need 10 polls/s: a budget of 10 leaves nothing spare.
+        let starts = simulate(SchedulerKind::Adaptive, 100, &[1, 2], 10 * S, 10, 60);
+        assert!(starts[1].len() <= 8, "{}", starts[1].len());
+    }
+
+    #[test]
+    fn the_spare_budget_reaches_busy_chats_after_a_start_up_burst() {
+        // 1,000 chats at 30s need ~34 polls/s of a 50/s budget; 50 chats get a message every
+        // 10s. Due times bunched by the start-up burst used to starve the soft polls.
+        let t0 = Instant::now();
+        let n = 1000;
+        let mut s = Schedule::new(&vec![30 * S; n], SchedulerKind::Adaptive, 50, t0);
+        let step = S / 47;
+        let (mut now, mut last_recompute) = (t0, t0);
+        let mut last_poll = vec![t0; n];
+        let busy = |i: usize| i.is_multiple_of(20);
+        let (mut busy_polls, mut total) = (0, 0);
+        let mut gaps_ok = true;
+        while now < t0 + 200 * S {
+            if now - last_recompute >= S {
+                s.recompute(now);
+                last_recompute = now;
+            }
+            if let Some(i) = s.pop_due(now) {
+                let since = now - last_poll[i];
+                let inbound = if busy(i) {
+                    (since.as_secs_f64() / 10.0).round() as usize
+                } else {
+                    0
+                };
+                if now > t0 + 100 * S {
+                    total += 1;
+                    busy_polls += usize::from(busy(i));
+                    gaps_ok &= since <= 30 * S;
+                }
+                last_poll[i] = now;
+                s.finished(i, now, Finished::Ok { inbound });
+            }
+            now += step;
+        }
+        assert!(gaps_ok, "a chat waited longer than its interval");
+        assert!(total <= 100 * 47, "{total}");
+        // ~9 spare polls/s over 50 chats: each about every 5.5s, 18 times in 100s.
+        assert!(
+            busy_polls >= 800,
+            "busy chats polled {busy_polls} times in 100s"
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! The daemon's metrics and health, in one handle owned by the daemon (no global registry).
+//!
+//! Owns: every metric family and its name, the health flags `/healthz` reads, and rendering
+//! the Prometheus text exposition. Labels are bounded: outcomes and kinds are fixed words and
+//! rule ids come from the config — never a phone number, a URL or an error string.
+//! Must not: do I/O (the server reads the store and hands the figures in).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+type Outcome = [(&'static str, &'static str); 1];
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// How a poll of one chat ended (the `outcome` label of `cartat_polls_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollOutcome {
+    Ok,
+    RateLimited,
+    Unauthorized,
+    NotFound,
+    ServerError,
+    HttpError,
+    Timeout,
+    Transport,
+    BadReply,
+    StoreError,
+}
+
+impl PollOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollOutcome::Ok => "ok",
+            PollOutcome::RateLimited => "rate_limited",
+            PollOutcome::Unauthorized => "unauthorized",
+            PollOutcome::NotFound => "not_found",
+            PollOutcome::ServerError => "server_error",
+            PollOutcome::HttpError => "http_error",
+            PollOutcome::Timeout => "timeout",
+            PollOutcome::Transport => "transport",
+            PollOutcome::BadReply => "bad_reply",
+            PollOutcome::StoreError => "store_error",
+        }
+    }
+}
+
+/// How many store errors in a row make `/healthz` fail.
+pub const UNHEALTHY_STORE_ERRORS: u32 = 3;
+
+/// The metrics and health of one daemon; share it behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    polls: Family<Outcome, Counter>,
+    poll_duration: Histogram,
+    messages: Family<Outcome, Counter>,
+    matches: Family<[(&'static str, String); 1], Counter>,
+    deliveries: Family<Outcome, Counter>,
+    gaps: Counter,
+    budget_wait: FloatCounter,
+    outbox_depth: Gauge,
+    dead_letters: Gauge,
+    max_lag: FloatGauge,
+    chats: Gauge,
+    /// Unix ms of each chat's last successful poll (index = position in `chats:`).
+    last_ok_ms: Vec<AtomicI64>,
+    started_ms: i64,
+    rules_loaded: AtomicBool,
+    store_errors_in_a_row: AtomicU32,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    /// A handle for no chats (components built before the daemon wires the real one).
+    fn default() -> Self {
+        Metrics::new(0)
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Metrics {
+    /// A handle for `chats` watched chats, every family registered.
+    pub fn new(chats: usize) -> Metrics {
+        let mut registry = Registry::with_prefix("cartat");
+        let polls = Family::<Outcome, Counter>::default();
+        registry.register(
+            "polls",
+            "Polls of a chat, by outcome (ok, rate_limited, unauthorized, not_found, server_error, http_error, timeout, transport, bad_reply, store_error)",
+            polls.clone(),
+        );
+        let poll_duration = Histogram::new(exponential_buckets(0.002, 2.0, 14));
+        registry.register(
+            "poll_duration_seconds",
+            "Time one poll of a chat took: fetch (with gap recovery), diff, rules and commit",
+            poll_duration.clone(),
+        );
+        let messages = Family::<Outcome, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages seen, by kind: new (evaluated), updated (edit, revoke), skipped (unparsable, counted once)",
+            messages.clone(),
+        );
+        let matches = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register("rule_matches", "Rules fired, by rule id", matches.clone());
+        let deliveries = Family::<Outcome, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Webhook delivery attempts, by outcome (delivered, retry, dead)",
+            deliveries.clone(),
+        );
+        let gaps = Counter::default();
+        registry.register(
+            "gaps_detected",
+            "Polls where more messages arrived than the largest limit returns (gap_detected)",
+            gaps.clone(),
+        );
+        let budget_wait = FloatCounter::default();
+        registry.register(
+            "budget_wait_seconds",
+            "Time spent waiting for the API rate budget (including Retry-After pauses)",
+            budget_wait.clone(),
+        );
+        let outbox_depth = Gauge::default();
+        registry.register(
+            "outbox_depth",
+            "Deliveries pending in the outbox",
+            outbox_depth.clone(),
+        );
+        let dead_letters = Gauge::default();
+        registry.register(
+            "dead_letters",
+            "Deliveries dead-lettered in the outbox (re-send with `cartat-rules outbox retry`)",
+            dead_letters.clone(),
+        );
+        let max_lag = FloatGauge::default();
+        registry.register(
+            "chat_lag_seconds_max",
+            "The largest time since a watched chat was last polled successfully",
+            max_lag.clone(),
+        );
+        let chats_gauge = Gauge::default();
+        chats_gauge.set(chats as i64);
+        registry.register("chats_watched", "Watched chats", chats_gauge.clone());
+        let started_ms = now_ms();
+        Metrics {
+            registry,
+            polls,
+            poll_duration,
+            messages,
+            matches,
+            deliveries,
+            gaps,
+            budget_wait,
+            outbox_depth,
+            dead_letters,
+            max_lag,
+            chats: chats_gauge,
+            last_ok_ms: (0..chats).map(|_| AtomicI64::new(started_ms)).collect(),
+            started_ms,
+            rules_loaded: AtomicBool::new(false),
+            store_errors_in_a_row: AtomicU32::new(0),
+        }
+    }
+
+    /// One poll of chat `index` ended.
+    pub fn poll(&self, index: usize, outcome: PollOutcome, seconds: f64) {
+        self.polls
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
+        self.poll_duration.observe(seconds);
+        match outcome {
+            PollOutcome::Ok => {
+                if let Some(t) = self.last_ok_ms.get(index) {
+                    t.store(now_ms(), Ordering::Relaxed);
+                }
+                self.store_errors_in_a_row.store(0, Ordering::Relaxed);
+            }
+            PollOutcome::StoreError => {
+                self.store_errors_in_a_row.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Messages seen by one poll.
+    pub fn messages(&self, new: usize, updated: usize, skipped: usize) {
+        for (kind, n) in [("new", new), ("updated", updated), ("skipped", skipped)] {
+            if n > 0 {
+                self.messages
+                    .get_or_create(&[("kind", kind)])
+                    .inc_by(n as u64);
+            }
+        }
+    }
+
+    /// A rule fired (rule ids are bounded by the config).
+    pub fn rule_matched(&self, rule: &str) {
+        self.matches
+            .get_or_create(&[("rule", rule.to_string())])
+            .inc();
+    }
+
+    /// One webhook attempt ended: `delivered`, `retry` or `dead`.
+    pub fn delivery(&self, outcome: &'static str) {
+        self.deliveries.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn gap_detected(&self) {
+        self.gaps.inc();
+    }
+
+    pub fn budget_waited(&self, d: std::time::Duration) {
+        self.budget_wait.inc_by(d.as_secs_f64());
+    }
+
+    pub fn set_rules_loaded(&self, loaded: bool) {
+        self.rules_loaded.store(loaded, Ordering::Relaxed);
+    }
+
+    /// The largest time since a chat's last successful poll (since start for one never polled).
+    pub fn max_lag_seconds(&self) -> f64 {
+        let now = now_ms();
+        let oldest = self
+            .last_ok_ms
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(now);
+        (now - oldest).max(0) as f64 / 1000.0
+    }
+
+    /// Whether the daemon is ready, or why not (`store_ok`: a store query just succeeded).
+    pub fn health(&self, store_ok: Result<(), String>) -> Result<String, String> {
+        if !self.rules_loaded.load(Ordering::Relaxed) {
+            return Err("rules not loaded".into());
+        }
+        store_ok.map_err(|e| format!("state store: {e}"))?;
+        let errors = self.store_errors_in_a_row.load(Ordering::Relaxed);
+        if errors >= UNHEALTHY_STORE_ERRORS {
+            return Err(format!(
+                "state store: the last {errors} poll commits failed"
+            ));
+        }
+        Ok(format!(
+            "ok: {} chats watched, up {}s",
+            self.chats.get(),
+            (now_ms() - self.started_ms) / 1000
+        ))
+    }
+
+    /// The Prometheus text exposition, with the gauges read from the store just before.
+    pub fn render(&self, outbox_pending: i64, outbox_dead: i64) -> String {
+        self.outbox_depth.set(outbox_pending);
+        self.dead_letters.set(outbox_dead);
+        self.max_lag.set(self.max_lag_seconds());
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_family_with_bounded_labels() {
+        let m = Metrics::new(2);
+        m.set_rules_loaded(true);
+        m.poll(0, PollOutcome::Ok, 0.01);
+        m.poll(1, PollOutcome::NotFound, 0.02);
+        m.messages(3, 1, 1);
+        m.rule_matched("bot-keyword");
+        m.delivery("delivered");
+        m.gap_detected();
+        m.budget_waited(std::time::Duration::from_millis(250));
+        let text = m.render(4, 1);
+        for want in [
+            "cartat_polls_total{outcome=\"ok\"} 1",
+            "cartat_polls_total{outcome=\"not_found\"} 1",
+            "cartat_poll_duration_seconds_count 2",
+            "cartat_messages_total{kind=\"new\"} 3",
+            "cartat_messages_total{kind=\"skipped\"} 1",
+            "cartat_rule_matches_total{rule=\"bot-keyword\"} 1",
+            "cartat_deliveries_total{outcome=\"delivered\"} 1",
+            "cartat_gaps_detected_total 1",
+            "cartat_budget_wait_seconds_total 0.25",
+            "cartat_outbox_depth 4",
+            "cartat_dead_letters 1",
+            "cartat_chat_lag_seconds_max ",
+            "cartat_chats_watched 2",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn health_needs_rules_and_a_working_store() {
+        let m = Metrics::new(1);
+        assert!(m.health(Ok(())).is_err(), "rules not loaded yet");
+        m.set_rules_loaded(true);
+        assert!(m.health(Ok(())).is_ok());
+        assert!(m.health(Err("disk I/O error".into())).is_err());
+        for _ in 0..UNHEALTHY_STORE_ERRORS {
+            m.poll(0, PollOutcome::StoreError, 0.0);
+        }
+        assert!(m.health(Ok(())).unwrap_err().contains("commits failed"));
+        m.poll(0, PollOutcome::Ok, 0.0);
+        assert!(m.health(Ok(())).is_ok(), "a successful commit heals");
+    }
+}

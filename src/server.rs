@@ -1,0 +1,83 @@
+//! The health and metrics server: `GET /healthz` and `GET /metrics` (Prometheus text).
+//!
+//! Bind outside, run inside: [`run`] takes an already bound listener and a shutdown token, so
+//! tests bind `127.0.0.1:0`. Owns: the two routes. Must not: expose anything secret (the
+//! token, webhook secrets, URLs, message content) or write to the store.
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What the routes read.
+#[derive(Clone, Debug)]
+pub struct ServerState {
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+}
+
+/// Serves until `shutdown`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: ServerState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "health and metrics server listening (GET /healthz, GET /metrics)");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// The routes, for tests that drive them without a socket.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// (pending, dead) outbox rows, read with one query.
+async fn outbox_counts(store: &Store) -> Result<(i64, i64), String> {
+    let store = store.clone();
+    let counts = tokio::task::spawn_blocking(move || store.counts())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((
+        counts.get("pending").copied().unwrap_or(0),
+        counts.get("dead").copied().unwrap_or(0),
+    ))
+}
+
+async fn healthz(State(s): State<ServerState>) -> Response {
+    let store_ok = outbox_counts(&s.store).await.map(drop);
+    match s.metrics.health(store_ok) {
+        Ok(text) => (StatusCode::OK, text + "\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<ServerState>) -> Response {
+    let (pending, dead) = outbox_counts(&s.store).await.unwrap_or((-1, -1));
+    let body = s.metrics.render(pending, dead);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,208 @@
+//! `/healthz` and `/metrics` of the real binary: the scrape is parsed and every family named
+//! in the issue is there, with bounded labels only.
+
+use crate::poller::{bot_rule, config_text};
+use crate::support::*;
+use std::time::Duration;
+
+/// The address the daemon's health and metrics server bound (from its log).
+pub fn server_addr(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("health and metrics server listening"))?;
+    let at = line.find("addr=")? + 5;
+    Some(
+        line[at..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+/// GET a path of the daemon's server: (status, body).
+pub async fn get(log: &str, path: &str) -> (u16, String) {
+    let addr = server_addr(log).unwrap_or_else(|| panic!("no server address in the log:\n{log}"));
+    cartat_rules::install_crypto();
+    let resp = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("GET the daemon's server");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// The text of `/metrics`.
+pub async fn scrape(log: &str) -> String {
+    let (status, text) = get(log, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// Parses the exposition: `name{labels} value` lines (comments skipped).
+pub fn parse(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (series.to_string(), value)
+        })
+        .collect()
+}
+
+/// The value of one series (exact name and labels as printed).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    parse(text)
+        .into_iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_a_parsed_metrics_scrape_name_every_family() {
+    let gw = gateway(
+        r#"
+chats:
+  - { id: "966500000001", messages: [ { at: 1s, body: "bot please", id: A1 } ] }
+  - { id: "966500000002", messages: [] }
+"#,
+    )
+    .await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule(&rx));
+    let cfg = ws.write(
+        "cartat.yaml",
+        &config_text(
+            &gw,
+            &["966500000001", "966500000002", "966500000404"],
+            "  rate_limit: { per_second: 20, burst: 5 }\n",
+            "poll:\n  interval: 300ms\n",
+        ),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the webhook", Duration::from_secs(15), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = daemon.output();
+    let (status, health) = get(&out, "/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    assert!(health.starts_with("ok"), "{health}");
+    let text = scrape(&out).await;
+    assert_eq!(daemon.stop(), 0);
+
+    let series = parse(&text);
+    let names: Vec<&str> = series
+        .iter()
+        .map(|(s, _)| s.split('{').next().unwrap())
+        .collect();
+    for family in [
+        "cartat_polls_total",
+        "cartat_poll_duration_seconds_bucket",
+        "cartat_poll_duration_seconds_count",
+        "cartat_messages_total",
+        "cartat_rule_matches_total",
+        "cartat_deliveries_total",
+        "cartat_outbox_depth",
+        "cartat_dead_letters",
+        "cartat_budget_wait_seconds_total",
+        "cartat_chat_lag_seconds_max",
+        "cartat_gaps_detected_total",
+        "cartat_chats_watched",
+    ] {
+        assert!(names.contains(&family), "no {family} in\n{text}");
+    }
+    assert!(metric(&text, "cartat_polls_total{outcome=\"ok\"}").unwrap() >= 2.0);
+    assert!(metric(&text, "cartat_polls_total{outcome=\"not_found\"}").unwrap() >= 1.0);
+    assert_eq!(
+        metric(&text, "cartat_rule_matches_total{rule=\"bot-keyword\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "cartat_deliveries_total{outcome=\"delivered\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "cartat_outbox_depth"), Some(0.0));
+    assert_eq!(metric(&text, "cartat_chats_watched"), Some(3.0));
+    // Bounded labels: no phone number, URL or error text anywhere in the exposition.
+    for (s, _) in &series {
+        assert!(!s.contains("9665"), "a phone number in a label: {s}");
+        assert!(!s.contains("http"), "a URL in a label: {s}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_can_be_turned_off() {
+    let gw = gateway("chats: [ { id: \"966500000001\", messages: [] } ]").await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/r.yaml",
+        "id: r\nactions: [ { log: { message: x } } ]\n",
+    );
+    let text = config_text(&gw, &["966500000001"], "", "")
+        .replace("listen: 127.0.0.1:0", "listen: \"off\"");
+    let cfg = ws.write("cartat.yaml", &text);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("a poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    assert!(server_addr(&out).is_none(), "{out}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_mask_every_phone_number_the_poller_logs() {
+    let mut scenario = String::from(
+        "chats:\n  - id: \"966500000001\"\n    messages:\n      - { at: -1h, body: \"old\", id: H0 }\n",
+    );
+    for i in 0..60 {
+        scenario.push_str(&format!(
+            "      - {{ at: 2s, body: \"bot {i}\", id: B{i:02} }}\n"
+        ));
+    }
+    let gw = gateway(&scenario).await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule(&rx));
+    let text = config_text(
+        &gw,
+        &["966500000001", "966500000404"],
+        "  rate_limit: { per_second: 20, burst: 5 }\n  max_message_limit: 40\n",
+        "poll:\n  interval: 300ms\n",
+    )
+    .replace(
+        "log:\n  mask_phone_numbers: false",
+        "log:\n  format: json\n  mask_phone_numbers: true",
+    );
+    let cfg = ws.write("cartat.yaml", &text);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the gap and the webhooks", Duration::from_secs(20), || {
+        let out = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+        out.contains("gap_detected") && rx.received().len() >= 40
+    })
+    .await;
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    for line in out.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["fields"].is_object(), "{line}");
+    }
+    for event in ["gap_detected", "poll failed", "rule fired", "first sight"] {
+        assert!(out.contains(event), "no `{event}` in\n{out}");
+    }
+    assert!(!out.contains("966500000001"), "an unmasked number:\n{out}");
+    assert!(!out.contains("966500000404"), "an unmasked number:\n{out}");
+    assert!(out.contains("9665*****001@c.us"), "{out}");
+    assert!(out.contains("9665*****404@c.us"), "{out}");
+    gw.shutdown().await;
+}
