@@ -1,0 +1,461 @@
+//! The rhai sandbox: compiles script expressions once and evaluates them with hard bounds
+//! (SPEC §4 `match.script`; reused later by `.rhai` rule files).
+//!
+//! Owns: the one way an untrusted script is run. The engine is built raw (`Engine::new_raw`)
+//! with only the core, logic, string, array and map packages; no modules, no `eval`, no
+//! file, network or clock access; every limit is set explicitly (rhai's defaults differ
+//! between debug and release builds); a wall-clock deadline is checked from `on_progress`;
+//! `print`/`debug` go to tracing, capped; a panic inside rhai is caught and reported as an
+//! error. Must not: know about rules, messages or files — callers pass the variables.
+
+use rhai::packages::{
+    BasicArrayPackage, BasicMapPackage, CorePackage, LogicPackage, MoreStringPackage, Package,
+};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Scope};
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+/// Every bound a script runs under. The defaults suit one-line conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest accepted source, in bytes (refused at compile time).
+    pub max_source_bytes: usize,
+    /// rhai operations per evaluation.
+    pub max_operations: u64,
+    /// Function call nesting.
+    pub max_call_levels: usize,
+    /// Expression nesting at the top level and inside functions (refused at compile time:
+    /// this is what stops parse bombs such as 10,000 nested parentheses).
+    pub max_expr_depth: usize,
+    pub max_function_expr_depth: usize,
+    /// Longest string a script may build, in bytes.
+    pub max_string_size: usize,
+    /// Largest array and map a script may build.
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// Variables in scope at once.
+    pub max_variables: usize,
+    /// Script-defined functions.
+    pub max_functions: usize,
+    /// Wall-clock time per evaluation.
+    pub deadline: Duration,
+    /// `print`/`debug` lines logged per evaluation, and their length in characters.
+    pub max_print_lines: u32,
+    pub max_print_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_source_bytes: 8 * 1024,
+            max_operations: 50_000,
+            max_call_levels: 16,
+            max_expr_depth: 32,
+            max_function_expr_depth: 16,
+            // A body is at most 64 KiB; its normalized form may be a little longer.
+            max_string_size: 256 * 1024,
+            max_array_size: 10_000,
+            max_map_size: 1_000,
+            max_variables: 64,
+            max_functions: 32,
+            deadline: Duration::from_millis(50),
+            max_print_lines: 8,
+            max_print_chars: 200,
+        }
+    }
+}
+
+/// Why an evaluation did not give a bool.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptError {
+    /// The script ran into a bound (operations, sizes, depth, variables) and was stopped.
+    #[error("stopped: {0}")]
+    Limit(String),
+    /// The wall-clock deadline passed.
+    #[error("stopped: ran longer than {0:?}")]
+    Deadline(Duration),
+    /// The script failed (unknown property, type mismatch, …).
+    #[error("{0}")]
+    Runtime(String),
+    /// It ran, but did not return a bool.
+    #[error("must return a bool, returned {0}")]
+    NotBool(String),
+    /// rhai panicked; caught here so the engine goes on.
+    #[error("the script engine panicked")]
+    Panicked,
+}
+
+thread_local! {
+    /// The deadline of the evaluation running on this thread (one at a time per thread).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// `print`/`debug` lines left for the evaluation running on this thread.
+    static PRINTS_LEFT: Cell<u32> = const { Cell::new(0) };
+    /// Operations of the evaluation running on this thread, counted by us: rhai counts on a
+    /// copy of its state inside closures called from native functions (`map`, `filter`, …),
+    /// so its own `max_operations` alone does not stop `a.map(|x| a.map(…))`.
+    static OPS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A configured rhai engine. `Send + Sync`: build one per rule set and share it.
+pub struct Sandbox {
+    engine: Engine,
+    limits: Limits,
+    /// Variables every script may use (checked at compile time: strict variables).
+    variables: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("limits", &self.limits)
+            .field("variables", &self.variables)
+            .finish()
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox::new(Limits::default())
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with these limits and no variables (see [`Sandbox::with_variables`]).
+    pub fn new(limits: Limits) -> Sandbox {
+        let mut engine = Engine::new_raw();
+        for lib in [
+            CorePackage::new().as_shared_module(),
+            LogicPackage::new().as_shared_module(),
+            MoreStringPackage::new().as_shared_module(),
+            BasicArrayPackage::new().as_shared_module(),
+            BasicMapPackage::new().as_shared_module(),
+        ] {
+            engine.register_global_module(lib);
+        }
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(limits.max_call_levels)
+            .set_max_expr_depths(limits.max_expr_depth, limits.max_function_expr_depth)
+            .set_max_string_size(limits.max_string_size)
+            .set_max_array_size(limits.max_array_size)
+            .set_max_map_size(limits.max_map_size)
+            .set_max_variables(limits.max_variables)
+            .set_max_functions(limits.max_functions)
+            .set_max_strings_interned(256)
+            .set_strict_variables(true)
+            .set_fail_on_invalid_map_property(true)
+            .disable_symbol("eval");
+        let max_chars = limits.max_print_chars;
+        engine.on_print(move |s| {
+            if take_print() {
+                tracing::info!(target: "cartat_rules::script", text = %cap(s, max_chars), "script print");
+            }
+        });
+        engine.on_debug(move |s, src, pos| {
+            if take_print() {
+                tracing::debug!(target: "cartat_rules::script", text = %cap(s, max_chars), source = src.unwrap_or(""), position = %pos, "script debug");
+            }
+        });
+        let max_ops = limits.max_operations;
+        engine.on_progress(move |_| {
+            let ops = OPS.get() + 1;
+            OPS.set(ops);
+            if max_ops > 0 && ops > max_ops {
+                return Some(Dynamic::from(OPERATIONS));
+            }
+            // Reading the clock every operation would cost more than the operation.
+            if ops % 128 != 0 {
+                return None;
+            }
+            match DEADLINE.get() {
+                Some(at) if Instant::now() >= at => Some(Dynamic::from(DEADLINE_TOKEN)),
+                _ => None,
+            }
+        });
+        Sandbox {
+            engine,
+            limits,
+            variables: Vec::new(),
+        }
+    }
+
+    /// Declares the variables scripts may read (`msg`, `chat`, …); any other name is a
+    /// compile error.
+    pub fn with_variables(mut self, names: &[&'static str]) -> Sandbox {
+        self.variables = names.to_vec();
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Compiles one expression. The error says what is wrong and where in the expression
+    /// (`line:col` of the script text itself), without the file position (the caller adds it).
+    pub fn compile_expression(&self, src: &str) -> Result<AST, String> {
+        if src.len() > self.limits.max_source_bytes {
+            return Err(format!(
+                "the expression is {} bytes long; at most {} are allowed",
+                src.len(),
+                self.limits.max_source_bytes
+            ));
+        }
+        if src.trim().is_empty() {
+            return Err("the expression is empty".into());
+        }
+        let mut scope = Scope::new();
+        for name in &self.variables {
+            scope.push_constant(*name, ());
+        }
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.engine.compile_expression_with_scope(&scope, src)
+        })) {
+            Ok(Ok(ast)) => Ok(ast),
+            Ok(Err(e)) => {
+                let pos = e.position();
+                let kind = e.err_type().to_string();
+                Err(match (pos.line(), pos.position()) {
+                    (Some(l), Some(c)) => format!("{kind} (at {l}:{c} of the expression)"),
+                    (Some(l), None) => format!("{kind} (at line {l} of the expression)"),
+                    _ => kind,
+                })
+            }
+            Err(_) => Err("the script engine panicked while compiling".into()),
+        }
+    }
+
+    /// Evaluates a compiled expression with these variables (constants in its scope) and
+    /// requires a bool.
+    pub fn eval_bool<I>(&self, ast: &AST, vars: I) -> Result<bool, ScriptError>
+    where
+        I: IntoIterator<Item = (&'static str, Dynamic)>,
+    {
+        let mut scope = Scope::new();
+        for (name, value) in vars {
+            scope.push_constant_dynamic(name, value);
+        }
+        let deadline = self.limits.deadline;
+        let previous = DEADLINE.replace(Some(Instant::now() + deadline));
+        let prints = PRINTS_LEFT.replace(self.limits.max_print_lines);
+        let ops = OPS.replace(0);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+        }));
+        DEADLINE.set(previous);
+        PRINTS_LEFT.set(prints);
+        OPS.set(ops);
+        match result {
+            Err(_) => Err(ScriptError::Panicked),
+            Ok(Err(e)) => Err(classify(*e, deadline)),
+            Ok(Ok(v)) => v.as_bool().map_err(|t| ScriptError::NotBool(t.to_string())),
+        }
+    }
+}
+
+/// Tokens `on_progress` stops a script with.
+const OPERATIONS: &str = "operations";
+const DEADLINE_TOKEN: &str = "deadline";
+
+fn take_print() -> bool {
+    let left = PRINTS_LEFT.get();
+    if left == 0 {
+        return false;
+    }
+    PRINTS_LEFT.set(left - 1);
+    true
+}
+
+fn cap(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+fn classify(e: EvalAltResult, deadline: Duration) -> ScriptError {
+    use EvalAltResult as E;
+    match e {
+        E::ErrorTerminated(token, _)
+            if token.clone().into_string().ok().as_deref() == Some(OPERATIONS) =>
+        {
+            ScriptError::Limit("too many operations".into())
+        }
+        E::ErrorTerminated(..) => ScriptError::Deadline(deadline),
+        E::ErrorTooManyOperations(_) => ScriptError::Limit("too many operations".into()),
+        E::ErrorTooManyVariables(_) => ScriptError::Limit("too many variables".into()),
+        E::ErrorStackOverflow(_) => ScriptError::Limit("calls nested too deeply".into()),
+        E::ErrorDataTooLarge(what, _) => ScriptError::Limit(format!("{what} too large")),
+        E::ErrorInFunctionCall(_, _, inner, _) if is_limit(&inner) => classify(*inner, deadline),
+        other => ScriptError::Runtime(other.to_string()),
+    }
+}
+
+fn is_limit(e: &EvalAltResult) -> bool {
+    use EvalAltResult as E;
+    match e {
+        E::ErrorTerminated(..)
+        | E::ErrorTooManyOperations(_)
+        | E::ErrorTooManyVariables(_)
+        | E::ErrorStackOverflow(_)
+        | E::ErrorDataTooLarge(..) => true,
+        E::ErrorInFunctionCall(_, _, inner, _) => is_limit(inner),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rhai::Map;
+
+    fn sandbox() -> Sandbox {
+        Sandbox::default().with_variables(&["msg"])
+    }
+
+    fn msg(body: &str) -> Vec<(&'static str, Dynamic)> {
+        let mut m = Map::new();
+        m.insert("body".into(), body.into());
+        m.insert("from_me".into(), false.into());
+        vec![("msg", m.into())]
+    }
+
+    fn run(src: &str, body: &str) -> Result<bool, ScriptError> {
+        let s = sandbox();
+        let ast = s.compile_expression(src).expect("compiles");
+        s.eval_bool(&ast, msg(body))
+    }
+
+    #[test]
+    fn expressions_see_their_variables_and_the_string_and_array_basics() {
+        assert_eq!(run("msg.body.len() < 5", "abc"), Ok(true));
+        assert_eq!(run("msg.body.len() < 5", "abcdef"), Ok(false));
+        assert_eq!(
+            run(r#"msg.body.contains("bot") && !msg.from_me"#, "a bot"),
+            Ok(true)
+        );
+        assert_eq!(run(r#"msg.body.to_upper() == "ABC""#, "abc"), Ok(true));
+        assert_eq!(run(r#"["a", "b"].contains(msg.body)"#, "b"), Ok(true));
+        assert_eq!(run(r#"#{x: 1}.x + 1 == 2"#, ""), Ok(true));
+    }
+
+    #[test]
+    fn compile_errors_say_where_in_the_expression() {
+        let e = sandbox()
+            .compile_expression("msg.body.len( < 5")
+            .unwrap_err();
+        assert!(e.contains("(at 1:"), "{e}");
+        let e = sandbox()
+            .compile_expression("mgs.body == \"\"")
+            .unwrap_err();
+        assert!(
+            e.contains("mgs"),
+            "an unknown variable is a compile error: {e}"
+        );
+        assert!(sandbox().compile_expression("  ").is_err());
+    }
+
+    #[test]
+    fn eval_and_modules_are_unavailable() {
+        assert!(sandbox().compile_expression(r#"eval("1 == 1")"#).is_err());
+        assert!(sandbox().compile_expression(r#"import "x" as y"#).is_err());
+    }
+
+    #[test]
+    fn parse_bombs_are_refused_at_compile_time() {
+        let deep = format!("{}true{}", "(".repeat(10_000), ")".repeat(10_000));
+        let e = sandbox().compile_expression(&deep).unwrap_err();
+        assert!(!e.is_empty());
+        let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(sandbox().compile_expression(&nested).is_err());
+        let long = format!("msg.body == \"{}\"", "x".repeat(20_000));
+        assert!(
+            sandbox()
+                .compile_expression(&long)
+                .unwrap_err()
+                .contains("bytes long")
+        );
+    }
+
+    /// An array literal of `n` zeros (expressions cannot loop, but closures over arrays can).
+    fn zeros(n: usize) -> String {
+        format!("[{}]", vec!["0"; n].join(","))
+    }
+
+    #[test]
+    fn bounds_stop_a_runaway_script() {
+        let a = zeros(1000);
+        // Operations: a million closure calls inside one expression.
+        let e = run(
+            &format!("{a}.map(|x| {a}.map(|y| y + 1).len()).len() > 0"),
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e, ScriptError::Limit("too many operations".into()));
+        let small = Sandbox::new(Limits {
+            max_string_size: 1000,
+            max_array_size: 100,
+            ..Limits::default()
+        })
+        .with_variables(&["msg"]);
+        let a = zeros(90);
+        // String size.
+        let ast = small
+            .compile_expression(&format!(
+                r#"{a}.reduce(|s, x| s + "yyyyyyyyyyyy", "").len() > 0"#
+            ))
+            .unwrap();
+        let e = small.eval_bool(&ast, msg("")).unwrap_err();
+        assert!(matches!(e, ScriptError::Limit(_)), "{e:?}");
+        // Array size.
+        let ast = small
+            .compile_expression(&format!("({a} + {a}).len() > 0"))
+            .unwrap();
+        let e = small.eval_bool(&ast, msg("")).unwrap_err();
+        assert!(matches!(e, ScriptError::Limit(_)), "{e:?}");
+    }
+
+    #[test]
+    fn the_deadline_stops_a_slow_script() {
+        let s = Sandbox::new(Limits {
+            max_operations: 0, // unlimited: only the clock stops it
+            deadline: Duration::from_millis(20),
+            ..Limits::default()
+        })
+        .with_variables(&["msg"]);
+        let a = zeros(1000);
+        let ast = s
+            .compile_expression(&format!(
+                "{a}.map(|x| {a}.map(|y| {a}.map(|z| z).len()).len()).len() > 0"
+            ))
+            .unwrap();
+        let started = Instant::now();
+        let e = s.eval_bool(&ast, msg("")).unwrap_err();
+        assert_eq!(e, ScriptError::Deadline(Duration::from_millis(20)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn runtime_errors_and_non_bools_are_errors() {
+        assert!(matches!(
+            run("msg.bdy == \"\"", ""),
+            Err(ScriptError::Runtime(_))
+        ));
+        assert_eq!(
+            run("msg.body.len()", "ab"),
+            Err(ScriptError::NotBool("i64".into()))
+        );
+        // Printing is allowed (to the log, capped) and does not change the result.
+        assert_eq!(
+            run(r#"print("hi") == () && debug("x") == ()"#, ""),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn the_sandbox_is_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Sandbox>();
+        assert_send_sync::<AST>();
+    }
+}
