@@ -693,3 +693,64 @@ fn the_fast_path_agrees_with_eval_message() {
         }
     }
 }
+
+/// One case per kind of `check` error, each with its exact `path:line:col`.
+#[test]
+fn every_check_error_kind_has_an_exact_position() {
+    let ok_actions = "actions: [ { log: { message: x } } ]\n";
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "yaml syntax",
+            format!("id: a\nmatch:\n  from_me: \"false\n{ok_actions}"),
+            "r.yaml:3:12: ",
+        ),
+        (
+            "unknown key",
+            format!("id: a\nmatch:\n  bdy: {{ any: [x] }}\n{ok_actions}"),
+            "r.yaml:3:3: unknown field `bdy`, did you mean `body`?",
+        ),
+        (
+            "wrong type",
+            format!("id: a\nmatch:\n  from_me: maybe\n{ok_actions}"),
+            "r.yaml:3:12: ",
+        ),
+        (
+            "duplicate key",
+            format!("id: a\nid: b\n{ok_actions}"),
+            "r.yaml:2:1: ",
+        ),
+        (
+            "bad regex",
+            format!("id: a\nmatch:\n  body:\n    regex: '(unclosed'\n{ok_actions}"),
+            "r.yaml:4:12: body.regex: ",
+        ),
+        (
+            "template",
+            "id: a\nactions:\n  - log: { message: \"{{ mesage.body }}\" }\n".to_string(),
+            "r.yaml:3:21: log.message: ",
+        ),
+        (
+            "bad duration",
+            format!("id: a\ncooldown: 10 minutes\n{ok_actions}"),
+            "r.yaml:2:11: ",
+        ),
+        (
+            "bad chat id",
+            format!("id: a\nmatch:\n  chats: [\"+966500000000\"]\n{ok_actions}"),
+            "r.yaml:3:11: ",
+        ),
+        (
+            "bad rhai expression",
+            format!("id: a\nmatch:\n  script: 'msg.body ==== 1'\n{ok_actions}"),
+            "r.yaml:3:11: script: ",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (kind, yaml, want) in cases {
+        let e = errors("r.yaml", yaml);
+        if e.len() != 1 || !e[0].starts_with(want) {
+            wrong.push(format!("{kind}: want {want:?}, got {e:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -146,3 +146,44 @@ fn the_demo_runs_offline_and_shows_the_arabic_matches() {
     );
     assert!(out.contains("demo finished"), "{out}");
 }
+
+#[test]
+fn check_reports_script_errors_duplicate_keys_and_suggestions_and_warns_with_exit_0() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/bad.yaml",
+        "- id: s\n  match:\n    script: 'msg.body.len( < 5'\n  actions: [ { log: { message: x } } ]\n- id: d\n  match:\n    from_me: false\n    from_me: true\n  actions: [ { log: { message: x } } ]\n",
+    );
+    ws.write(
+        "rules/typo.yaml",
+        "id: t\nmatch:\n  body: { any: [x], wrods: true }\nactions: [ { log: { message: x } } ]\n",
+    );
+    let (code, out, err) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("rules/bad.yaml:8:5: "), "duplicate key: {out}");
+    assert!(
+        out.contains("rules/typo.yaml:3:21: unknown field `wrods`, did you mean `words`?"),
+        "{out}"
+    );
+
+    let ws = Workspace::new();
+    ws.write(
+        "rules/warn.yaml",
+        "id: w\nmatch:\n  script: 'msg.body.len() < 500'\n  body: { any: [\"بوت\", \"بُوت\"] }\nactions:\n  - webhook: { url: \"https://hooks.example.com/x\" }\n",
+    );
+    let (code, out, err) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 0, "warnings only: {out}{err}");
+    assert!(
+        out.contains(
+            "rules/warn.yaml:4:24: warning: body.any: `بُوت` normalizes to the same text as `بوت`"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "rules/warn.yaml:6:21: warning: rule `w` sends a webhook and has no `match.from_me`"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("ok: 1 rule(s) valid, 2 warning(s)"), "{out}");
+}
