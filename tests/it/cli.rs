@@ -187,3 +187,17 @@ fn check_reports_script_errors_duplicate_keys_and_suggestions_and_warns_with_exi
     );
     assert!(out.contains("ok: 1 rule(s) valid, 2 warning(s)"), "{out}");
 }
+
+#[test]
+fn schema_prints_the_rule_file_json_schema() {
+    let (code, out, err) = run_cli(&["schema"], &root());
+    assert_eq!(code, 0, "{err}");
+    let schema: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    let rule = &schema["definitions"]["RawRule"];
+    assert_eq!(rule["additionalProperties"], false, "unknown keys are refused");
+    assert_eq!(
+        rule["properties"]["cooldown"]["description"],
+        "After firing for a chat, stay silent for that chat this long."
+    );
+}
