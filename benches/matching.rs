@@ -13,17 +13,88 @@ use std::hint::black_box;
 use std::path::Path;
 
 const ARABIC: &[&str] = &[
-    "بوت", "طلب", "الغاء", "استرجاع", "فاتوره", "توصيل", "شحنه", "مشكله", "سعر", "خصم",
-    "موظف", "عاجل", "ضروري", "حساب", "دفع", "بطاقه", "تحويل", "رصيد", "اشتراك", "تجديد",
-    "موعد", "حجز", "فرع", "عنوان", "رقم", "منتج", "مقاس", "لون", "ضمان", "صيانه",
-    "شكوى", "اقتراح", "تقييم", "متاخر", "وصل", "تالف", "ناقص", "بديل", "عرض", "كوبون",
+    "بوت",
+    "طلب",
+    "الغاء",
+    "استرجاع",
+    "فاتوره",
+    "توصيل",
+    "شحنه",
+    "مشكله",
+    "سعر",
+    "خصم",
+    "موظف",
+    "عاجل",
+    "ضروري",
+    "حساب",
+    "دفع",
+    "بطاقه",
+    "تحويل",
+    "رصيد",
+    "اشتراك",
+    "تجديد",
+    "موعد",
+    "حجز",
+    "فرع",
+    "عنوان",
+    "رقم",
+    "منتج",
+    "مقاس",
+    "لون",
+    "ضمان",
+    "صيانه",
+    "شكوى",
+    "اقتراح",
+    "تقييم",
+    "متاخر",
+    "وصل",
+    "تالف",
+    "ناقص",
+    "بديل",
+    "عرض",
+    "كوبون",
 ];
 const ENGLISH: &[&str] = &[
-    "bot", "order", "cancel", "refund", "invoice", "delivery", "shipping", "problem", "price",
-    "discount", "agent", "urgent", "account", "payment", "card", "transfer", "balance",
-    "subscription", "renewal", "appointment", "booking", "branch", "address", "number",
-    "product", "size", "color", "warranty", "repair", "complaint", "feedback", "late", "arrived",
-    "damaged", "missing", "replacement", "offer", "coupon", "tracking", "status",
+    "bot",
+    "order",
+    "cancel",
+    "refund",
+    "invoice",
+    "delivery",
+    "shipping",
+    "problem",
+    "price",
+    "discount",
+    "agent",
+    "urgent",
+    "account",
+    "payment",
+    "card",
+    "transfer",
+    "balance",
+    "subscription",
+    "renewal",
+    "appointment",
+    "booking",
+    "branch",
+    "address",
+    "number",
+    "product",
+    "size",
+    "color",
+    "warranty",
+    "repair",
+    "complaint",
+    "feedback",
+    "late",
+    "arrived",
+    "damaged",
+    "missing",
+    "replacement",
+    "offer",
+    "coupon",
+    "tracking",
+    "status",
 ];
 
 /// A tiny deterministic generator (xorshift), so every run benchmarks the same data.
@@ -41,12 +112,33 @@ impl Rng {
     }
 }
 
-/// A keyword: a word, or (mostly) a two-word phrase, Arabic or English.
+const ARABIC_LETTERS: &[&str] = &[
+    "ب", "ت", "ث", "ج", "ح", "خ", "د", "ذ", "ر", "ز", "س", "ش", "ص", "ض", "ط", "ظ", "ع", "غ", "ف",
+    "ق", "ك", "ل", "م", "ن", "ه", "و", "ي", "ا",
+];
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ne", "ro", "ta", "vi", "zu", "ber", "con", "dal", "fen", "gor", "hul",
+    "jax", "kir", "mon", "pel", "quo", "sar", "tin", "vor", "wex", "yal",
+];
+
+/// A product, branch or brand name: what distinguishes one rule from another.
+fn name(rng: &mut Rng, arabic: bool) -> String {
+    if arabic {
+        (0..4).map(|_| rng.pick(ARABIC_LETTERS)).collect()
+    } else {
+        (0..3).map(|_| rng.pick(SYLLABLES)).collect()
+    }
+}
+
+/// A keyword as a business writes one: a name, a name with a common word ("order kamiro",
+/// "طلب سبحق"), or now and then a common word alone.
 fn keyword(rng: &mut Rng) -> String {
-    let words = if rng.next() % 2 == 0 { ARABIC } else { ENGLISH };
-    match rng.next() % 4 {
+    let arabic = rng.next().is_multiple_of(2);
+    let words = if arabic { ARABIC } else { ENGLISH };
+    match rng.next() % 10 {
         0 => rng.pick(words).to_string(),
-        _ => format!("{} {}", rng.pick(words), rng.pick(words)),
+        1..=4 => name(rng, arabic),
+        _ => format!("{} {}", rng.pick(words), name(rng, arabic)),
     }
 }
 
@@ -86,7 +178,7 @@ fn regex_rules(rng: &mut Rng, n: usize) -> String {
 
 /// Message bodies of 20–200 characters: Arabic, English and mixed, some with order numbers,
 /// tashkeel, tatweel and Arabic-Indic digits.
-fn bodies(rng: &mut Rng, n: usize) -> Vec<String> {
+fn bodies(rng: &mut Rng, n: usize, keywords: &[Vec<String>]) -> Vec<String> {
     let fixed = [
         "السلام عليكم، ابغى اكلم البـوت لو سمحت",
         "Hi, is this a BOT? I need help with my order #4521",
@@ -104,23 +196,40 @@ fn bodies(rng: &mut Rng, n: usize) -> Vec<String> {
             let words = match mixed {
                 0 => ARABIC,
                 1 => ENGLISH,
-                _ if rng.next() % 2 == 0 => ARABIC,
+                _ if rng.next().is_multiple_of(2) => ARABIC,
                 _ => ENGLISH,
             };
             let filler = [
-                "please", "hello", "thanks", "today", "ممكن", "لو", "سمحت", "اليوم", "شكرا",
-                "عندي", "my", "the", "is", "في", "من",
+                "please",
+                "hello",
+                "thanks",
+                "today",
+                "ممكن",
+                "لو",
+                "سمحت",
+                "اليوم",
+                "شكرا",
+                "عندي",
+                "my",
+                "the",
+                "is",
+                "في",
+                "من",
             ];
-            let w = if rng.next() % 3 == 0 {
-                rng.pick(words)
-            } else {
-                rng.pick(&filler)
+            let w = match rng.next() % 40 {
+                // Now and then a message names what some rule is about.
+                0 => {
+                    let rule = &keywords[(rng.next() % keywords.len() as u64) as usize];
+                    rule[(rng.next() % rule.len() as u64) as usize].clone()
+                }
+                1..=13 => rng.pick(words).to_string(),
+                _ => rng.pick(&filler).to_string(),
             };
             if !s.is_empty() {
                 s.push(' ');
             }
-            s.push_str(w);
-            if rng.next() % 10 == 0 {
+            s.push_str(&w);
+            if rng.next().is_multiple_of(10) {
                 s.push_str(&format!(" {}", rng.next() % 100_000));
             }
         }
@@ -159,7 +268,10 @@ fn bench(c: &mut Criterion) {
     let re_yaml = regex_rules(&mut rng, 50);
     let keywords_only = compile(&kw_yaml);
     let with_regex = compile(&format!("{kw_yaml}{re_yaml}"));
-    let messages: Vec<Message> = bodies(&mut rng, 200).iter().map(|b| message(b)).collect();
+    let messages: Vec<Message> = bodies(&mut rng, 200, &kw_lists)
+        .iter()
+        .map(|b| message(b))
+        .collect();
     let chat = Chat {
         id: "966500000000@c.us".into(),
         name: Some("Bench".into()),
@@ -176,9 +288,11 @@ fn bench(c: &mut Criterion) {
         n
     };
     // What the benchmark does: how many (rule, message) firings there are.
+    let chars: usize = messages.iter().map(|m| m.body.chars().count()).sum();
     eprintln!(
-        "{} messages; keyword rules fired {} times, with regex rules {} times",
+        "{} messages, {} characters on average; keyword rules fired {} times, with regex rules {} times",
         messages.len(),
+        chars / messages.len(),
         fired(&keywords_only),
         fired(&with_regex)
     );
@@ -201,6 +315,15 @@ fn bench(c: &mut Criterion) {
                         n += 1;
                     }
                 }
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("1000_keyword_rules_prepare_only", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for m in &messages {
+                n += keywords_only.prepare(black_box(&m.body)).normalized.len();
             }
             black_box(n)
         })

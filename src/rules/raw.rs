@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 #[schemars(title = "cartat-rules rule file")]
 pub enum RuleFile {
     /// One rule.
-    One(RawRule),
+    One(Box<RawRule>),
     /// A list of rules.
     Many(Vec<RawRule>),
 }
@@ -307,7 +307,13 @@ actions:
       body: null
 "#,
         );
-        assert!(v.is_valid(&spec), "{:?}", v.iter_errors(&spec).map(|e| e.to_string()).collect::<Vec<_>>());
+        assert!(
+            v.is_valid(&spec),
+            "{:?}",
+            v.iter_errors(&spec)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        );
         let list = json!([{"id": "a", "actions": [{"log": {"message": "x"}}]}]);
         assert!(v.is_valid(&list));
         // A misspelled key, a bad duration, an unknown action, a missing id.

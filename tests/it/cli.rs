@@ -195,7 +195,10 @@ fn schema_prints_the_rule_file_json_schema() {
     let schema: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
     let rule = &schema["definitions"]["RawRule"];
-    assert_eq!(rule["additionalProperties"], false, "unknown keys are refused");
+    assert_eq!(
+        rule["additionalProperties"], false,
+        "unknown keys are refused"
+    );
     assert_eq!(
         rule["properties"]["cooldown"]["description"],
         "After firing for a chat, stay silent for that chat this long."
