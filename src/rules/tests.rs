@@ -656,6 +656,15 @@ fn the_fast_path_agrees_with_eval_message() {
 - id: rev
   match: { type: [revoked, chat] }
   actions: [ { log: { message: x } } ]
+- id: regex-raw
+  match: { body: { regex: 'BOT', normalize: false } }
+  actions: [ { log: { message: x } } ]
+- id: regex-none
+  match: { from_me: false, body: { regex: 'order|طلب', none: [thanks] } }
+  actions: [ { log: { message: x } } ]
+- id: regex-nested
+  match: { any_of: [ { body: { regex: '\d{3}' } }, { is_group: true } ] }
+  actions: [ { log: { message: x } } ]
 "#;
     let set = compile_one("r.yaml", yaml).unwrap();
     let chat = private_chat();
@@ -672,6 +681,7 @@ fn the_fast_path_agrees_with_eval_message() {
         "الطلب رقم ٤٥٦",
         "URGENT عاجل",
         "thanks bot",
+        "thanks for the order",
     ];
     for body in bodies {
         for (from_me, kind) in [(false, "chat"), (true, "chat"), (false, "revoked")] {
