@@ -160,10 +160,6 @@ pub struct RuleSet {
     gate_of: Vec<u32>,
     /// Bitset of the rules that are not gated (evaluated on every message).
     ungated: Vec<u64>,
-    /// Rules gated by their top-level regex instead (no keyword gate): every such regex in
-    /// one set, run once per message; pattern i gates rule `regex_rules[i]`.
-    regex_set: Option<regex::RegexSet>,
-    regex_rules: Vec<u32>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -289,13 +285,6 @@ impl RuleSet {
                 && rule != u32::MAX
             {
                 set_bit(&mut scratch.candidates, rule as usize);
-            }
-        }
-        if let Some(set) = &self.regex_set {
-            for i in set.matches(&normalized).iter() {
-                if let Some(&rule) = self.regex_rules.get(i) {
-                    set_bit(&mut scratch.candidates, rule as usize);
-                }
             }
         }
         Prepared {
@@ -774,18 +763,10 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
     };
     let mut gate_of = vec![u32::MAX; matcher.len()];
     let mut ungated = vec![0u64; rules.len().div_ceil(64)];
-    let mut regex_patterns = Vec::new();
-    let mut regex_rules = Vec::new();
     for (index, rule) in rules.iter().enumerate() {
         let gate = gate_keywords(&rule.cond);
         if gate.is_empty() {
-            match gate_regex(&rule.cond) {
-                Some(re) => {
-                    regex_patterns.push(re.as_str());
-                    regex_rules.push(u32::try_from(index).unwrap_or(u32::MAX));
-                }
-                None => set_bit(&mut ungated, index),
-            }
+            set_bit(&mut ungated, index);
         }
         for (id, _) in gate {
             if let Some(slot) = gate_of.get_mut(*id as usize) {
@@ -793,26 +774,6 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
             }
         }
     }
-    let regex_set = if regex_patterns.is_empty() {
-        None
-    } else {
-        // Every pattern already compiled alone within these limits; should the set still be
-        // too big, its rules are simply evaluated on every message.
-        match regex::RegexSetBuilder::new(&regex_patterns)
-            .size_limit(16 << 20)
-            .dfa_size_limit(16 << 20)
-            .build()
-        {
-            Ok(set) => Some(set),
-            Err(_) => {
-                for &index in &regex_rules {
-                    set_bit(&mut ungated, index as usize);
-                }
-                regex_rules.clear();
-                None
-            }
-        }
-    };
     (
         RuleSet {
             rules,
@@ -821,21 +782,9 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
             sandbox,
             gate_of,
             ungated,
-            regex_set,
-            regex_rules,
         },
         d,
     )
-}
-
-/// The top-level regex of a rule, when it runs on the normalized text: the rule can only fire
-/// where it matches.
-fn gate_regex(c: &Cond) -> Option<&regex::Regex> {
-    let Cond::All(list) = c else { return None };
-    list.iter().find_map(|c| match c {
-        Cond::Body(b) if b.normalized => b.regex.as_ref(),
-        _ => None,
-    })
 }
 
 /// The keywords one of which must occur for the rule to fire: its top-level `body.any`,
