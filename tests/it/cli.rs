@@ -204,3 +204,31 @@ fn schema_prints_the_rule_file_json_schema() {
         "After firing for a chat, stay silent for that chat this long."
     );
 }
+
+#[test]
+fn test_explains_a_failing_script_and_the_other_rules_still_fire() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/s.yaml",
+        "- id: broken-script\n  match:\n    from_me: false\n    script: 'msg.bodyy.len() > 0'\n  actions: [ { log: { message: x } } ]\n- id: short\n  match:\n    from_me: false\n    script: 'msg.body.len() < 30 && chat.is_group == false'\n  actions: [ { log: { message: \"short: {{ message.body }}\" } } ]\n",
+    );
+    let input =
+        root().join("tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json");
+    let (code, out, err) = run_cli(
+        &[
+            "test",
+            "--rules",
+            "rules",
+            "--input",
+            input.to_str().unwrap(),
+            "--explain",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("✗ broken-script: script: rule `broken-script`: "),
+        "{out}"
+    );
+    assert!(out.contains("✓ short fired"), "{out}");
+}
