@@ -70,10 +70,26 @@ pub fn yaml_message(err: &serde_saphyr::Error) -> String {
         Some(i) => &first[..i],
         None => first,
     };
-    trimmed
-        .strip_prefix("error: ")
-        .unwrap_or(trimmed)
-        .to_string()
+    let message = trimmed.strip_prefix("error: ").unwrap_or(trimmed);
+    suggest_field(message).unwrap_or_else(|| message.to_string())
+}
+
+/// serde's "unknown field `bdy`, expected one of `a`, `b`" → "unknown field `bdy`, did you
+/// mean `body`? (expected one of …)"; `None` when the message is not that or nothing is close.
+fn suggest_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest.strip_prefix(", expected ")?;
+    let candidates: Vec<&str> = expected
+        .trim_start_matches("one of ")
+        .split(['`', ','])
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && *c != "or")
+        .collect();
+    let best = did_you_mean(field, &candidates)?;
+    Some(format!(
+        "unknown field `{field}`, did you mean `{best}`? (expected {expected})"
+    ))
 }
 
 impl fmt::Display for Diagnostic {
@@ -174,6 +190,26 @@ mod tests {
         assert_eq!(w.to_string(), "a.yaml:1:1: warning: hm");
         let whole = Diagnostic::error(Path::new("a.yaml"), 0, 0, "unreadable");
         assert_eq!(whole.to_string(), "a.yaml: unreadable");
+    }
+
+    #[test]
+    fn unknown_field_messages_get_a_suggestion() {
+        assert_eq!(
+            suggest_field("unknown field `bdy`, expected one of `from_me`, `body`, `script`")
+                .as_deref(),
+            Some(
+                "unknown field `bdy`, did you mean `body`? (expected one of `from_me`, `body`, `script`)"
+            )
+        );
+        assert_eq!(
+            suggest_field("unknown field `x`, expected `level` or `message`"),
+            None
+        );
+        assert_eq!(
+            suggest_field("unknown field `levl`, expected `level` or `message`").as_deref(),
+            Some("unknown field `levl`, did you mean `level`? (expected `level` or `message`)")
+        );
+        assert_eq!(suggest_field("invalid type: string, expected u32"), None);
     }
 
     #[test]

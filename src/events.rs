@@ -130,6 +130,16 @@ pub fn rule_error(rule: &str, chat: &str, error: &str) {
     tracing::error!(rule, chat = %mask(chat), "rule action failed: {error}");
 }
 
+/// A rule's `script` failed or hit a bound: logged as a warning the first time for that rule
+/// (`first`), then at debug level, so a broken script cannot flood the log.
+pub fn script_failed(rule: &str, source: &std::path::Path, chat: &str, error: &str, first: bool) {
+    if first {
+        tracing::warn!(rule, file = %source.display(), chat = %mask(chat), "script condition failed (the rule does not fire; further failures of this rule are logged at debug level): {error}");
+    } else {
+        tracing::debug!(rule, file = %source.display(), chat = %mask(chat), "script condition failed: {error}");
+    }
+}
+
 pub fn stale(rule: &str, chat: &str, message: &str) {
     tracing::info!(rule, chat = %mask(chat), message = %mask(message), "stale: matched but older than max_age when first seen; not fired");
 }

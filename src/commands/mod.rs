@@ -6,6 +6,7 @@ mod demo;
 mod mock_gateway;
 mod outbox;
 mod run;
+mod schema;
 mod test;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -114,6 +115,9 @@ pub enum Command {
         #[arg(long)]
         scenario: Option<PathBuf>,
     },
+    /// Print the JSON Schema of a rule file (one rule or a list), for editors' YAML language
+    /// servers: `cartat-rules schema > rule.schema.json`.
+    Schema,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -205,6 +209,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::MockGateway { listen, scenario } => {
             mock_gateway::mock_gateway(listen, scenario.as_deref(), &cli.log)
         }
+        Command::Schema => schema::schema(),
     };
     ExitCode::from(code)
 }

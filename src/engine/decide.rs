@@ -6,7 +6,7 @@ use crate::gateway::model::{Chat, ChatId, Message, MessageKey};
 use crate::outbox::envelope::{chat_json, delivery_id, message_envelope, message_json, rfc3339};
 use crate::rules::chat::{ChatCheck, newest};
 use crate::rules::raw::Level;
-use crate::rules::{Action, BodyTemplate, RuleSet, Verdict};
+use crate::rules::{Action, BodyTemplate, RuleSet};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -136,12 +136,7 @@ pub fn decide_with(
             Clock::Now(n) => n,
             Clock::MessageTime => msg.timestamp,
         };
-        for rule in &rules.rules {
-            let Verdict::Fired(mut matched) =
-                rules.eval_message(rule, chat_id, chat, msg, &prepared)
-            else {
-                continue;
-            };
+        for (rule, mut matched) in rules.fired(chat_id, chat, msg, &prepared) {
             if let Some(max_age) = rule.max_age
                 && now - msg.timestamp > max_age.as_secs() as i64
             {

@@ -15,10 +15,12 @@ use crate::gateway::model::{Chat, ChatId, Message};
 use crate::text::matcher::{Hits, KeywordId, MatchMode, Matcher, MatcherBuilder};
 use crate::text::normalize::normalize;
 use raw::{Level, On, RawAction, RawMatch, RawRule};
+use script::Sandbox;
 use serde_json::{Value, json};
 use serde_saphyr::{Location, Spanned};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use template::{Kind, TemplateId, Templates};
 
@@ -49,6 +51,7 @@ enum Cond {
     Types(Vec<String>),
     Chats(Vec<ChatId>),
     Body(Box<BodyCond>),
+    Script(Box<ScriptCond>),
 }
 
 #[derive(Debug)]
@@ -57,7 +60,18 @@ struct BodyCond {
     all: Vec<(KeywordId, String)>,
     none: Vec<(KeywordId, String)>,
     regex: Option<regex::Regex>,
+    /// The key each capture group is reported under: its name, else its number (`0` is the
+    /// whole match).
+    capture_keys: Vec<String>,
     normalized: bool,
+}
+
+/// A compiled `script` condition: the rhai AST, compiled once at load.
+#[derive(Debug)]
+struct ScriptCond {
+    ast: rhai::AST,
+    /// Set once the first failure has been logged (later ones go to debug level).
+    reported: AtomicBool,
 }
 
 /// A compiled action.
@@ -148,6 +162,13 @@ pub struct RuleSet {
     pub host: rhai_file::Host,
     matcher: Matcher,
     pub templates: Templates,
+    sandbox: Sandbox,
+    /// Keyword id → the index of the rule it gates (`u32::MAX`: it gates none). A rule is
+    /// gated when its top-level `body` needs a keyword (`any` or `all` not empty): it can only
+    /// fire on a message where one of its gate keywords was found.
+    gate_of: Vec<u32>,
+    /// Bitset of the rules that are not gated (evaluated on every message).
+    ungated: Vec<u64>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -158,12 +179,97 @@ impl std::fmt::Debug for RuleSet {
     }
 }
 
-/// A message prepared once for every rule: the body cut to 64 KiB, normalized once, and the
-/// keyword hits.
+/// Per-message buffers, pooled per thread so preparing a message does not allocate them.
+#[derive(Default)]
+struct Scratch {
+    hits: Hits,
+    /// Bitset of the rules that may fire on this message (ungated ∪ gated with a hit).
+    candidates: Vec<u64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Scratch>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A message prepared once for every rule: the body cut to 64 KiB, normalized once, the
+/// keyword hits and the rules they make candidates.
 pub struct Prepared<'a> {
     pub raw: &'a str,
     pub normalized: std::borrow::Cow<'a, str>,
-    hits: Hits,
+    scratch: Scratch,
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        let scratch = std::mem::take(&mut self.scratch);
+        SCRATCH.with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut()
+                && pool.len() < 8
+            {
+                pool.push(scratch);
+            }
+        });
+    }
+}
+
+impl Prepared<'_> {
+    fn hits(&self) -> &Hits {
+        &self.scratch.hits
+    }
+}
+
+/// Evaluation inputs for one message, shared by every condition of one rule.
+struct Ctx<'m> {
+    rule: &'m Rule,
+    chat_id: &'m ChatId,
+    chat: &'m Chat,
+    msg: &'m Message,
+    p: &'m Prepared<'m>,
+    sandbox: &'m Sandbox,
+    /// Build the reasons of failures (`test --explain`); off on the hot path.
+    explain: bool,
+}
+
+/// Why a condition failed: built only when explaining.
+struct Why(Option<String>);
+
+impl Ctx<'_> {
+    fn why(&self, f: impl FnOnce() -> String) -> Why {
+        Why(self.explain.then(f))
+    }
+}
+
+/// What matched so far, borrowed: keywords and captures are copied only when a rule fires.
+#[derive(Default)]
+struct Acc<'r, 't> {
+    keywords: Vec<&'r str>,
+    captures: Vec<(&'r str, &'t str)>,
+}
+
+impl Acc<'_, '_> {
+    fn mark(&self) -> (usize, usize) {
+        (self.keywords.len(), self.captures.len())
+    }
+    fn reset(&mut self, (k, c): (usize, usize)) {
+        self.keywords.truncate(k);
+        self.captures.truncate(c);
+    }
+    fn into_matched(self) -> Matched {
+        Matched {
+            keywords: self.keywords.into_iter().map(str::to_string).collect(),
+            captures: self
+                .captures
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+fn set_bit(set: &mut [u64], i: usize) {
+    if let Some(w) = set.get_mut(i / 64) {
+        *w |= 1 << (i % 64);
+    }
 }
 
 impl RuleSet {
@@ -172,20 +278,33 @@ impl RuleSet {
         compile_rules(Vec::new()).0
     }
 
-    /// Normalizes the body and runs the keyword automaton once.
+    /// Normalizes the body, runs the keyword automaton once and finds the candidate rules.
     pub fn prepare<'a>(&self, body: &'a str) -> Prepared<'a> {
         let raw = cut(body, MAX_BODY_BYTES);
         let normalized = normalize(raw);
-        let mut hits = Hits::new(&self.matcher);
-        self.matcher.find(raw, &normalized, &mut hits);
+        let mut scratch = SCRATCH
+            .with(|pool| pool.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+            .unwrap_or_default();
+        scratch.hits.clear();
+        self.matcher.find(raw, &normalized, &mut scratch.hits);
+        scratch.candidates.clear();
+        scratch.candidates.extend_from_slice(&self.ungated);
+        for id in scratch.hits.iter() {
+            if let Some(&rule) = self.gate_of.get(id as usize)
+                && rule != u32::MAX
+            {
+                set_bit(&mut scratch.candidates, rule as usize);
+            }
+        }
         Prepared {
             raw,
             normalized,
-            hits,
+            scratch,
         }
     }
 
-    /// Evaluates one rule on one message.
+    /// Evaluates one rule on one message, saying which condition failed first (for
+    /// `test --explain`). The daemon uses [`RuleSet::fired`], which gives the same verdicts.
     pub fn eval_message(
         &self,
         rule: &Rule,
@@ -194,18 +313,77 @@ impl RuleSet {
         msg: &Message,
         p: &Prepared,
     ) -> Verdict {
-        if NOTIFICATION_TYPES.contains(&msg.kind.as_str()) && !rule.sees.contains(&msg.kind) {
+        if is_notification(&msg.kind) && !rule.sees.contains(&msg.kind) {
             return Verdict::Failed(format!(
                 "type: `{}` is a notification and the rule does not name it",
                 msg.kind
             ));
         }
-        let mut matched = Matched::default();
-        match eval(&rule.cond, chat_id, chat, msg, p, &mut matched) {
-            Ok(()) => Verdict::Fired(matched),
-            Err(why) => Verdict::Failed(why),
+        let ctx = Ctx {
+            rule,
+            chat_id,
+            chat,
+            msg,
+            p,
+            sandbox: &self.sandbox,
+            explain: true,
+        };
+        let mut acc = Acc::default();
+        match eval(&rule.cond, &ctx, &mut acc) {
+            Ok(()) => Verdict::Fired(acc.into_matched()),
+            Err(Why(why)) => Verdict::Failed(why.unwrap_or_default()),
         }
     }
+
+    /// The rules that fire on one message, in rule order, with what they matched. Only the
+    /// candidate rules are evaluated (ungated ones, and gated ones whose keyword was found),
+    /// and no failure reason is built: this is the hot path.
+    pub fn fired<'s: 'm, 'm>(
+        &'s self,
+        chat_id: &'m ChatId,
+        chat: &'m Chat,
+        msg: &'m Message,
+        p: &'m Prepared<'_>,
+    ) -> impl Iterator<Item = (&'s Rule, Matched)> + 'm {
+        let notification = is_notification(&msg.kind);
+        p.scratch
+            .candidates
+            .iter()
+            .enumerate()
+            .flat_map(|(at, &word)| {
+                let mut rest = word;
+                std::iter::from_fn(move || {
+                    if rest == 0 {
+                        return None;
+                    }
+                    let b = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    Some(at * 64 + b)
+                })
+            })
+            .filter_map(move |i| {
+                let rule = self.rules.get(i)?;
+                if notification && !rule.sees.contains(&msg.kind) {
+                    return None;
+                }
+                let ctx = Ctx {
+                    rule,
+                    chat_id,
+                    chat,
+                    msg,
+                    p,
+                    sandbox: &self.sandbox,
+                    explain: false,
+                };
+                let mut acc = Acc::default();
+                eval(&rule.cond, &ctx, &mut acc).ok()?;
+                Some((rule, acc.into_matched()))
+            })
+    }
+}
+
+fn is_notification(kind: &str) -> bool {
+    NOTIFICATION_TYPES.contains(&kind)
 }
 
 fn cut(s: &str, max: usize) -> &str {
@@ -219,91 +397,137 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn eval(
-    c: &Cond,
-    chat_id: &ChatId,
-    chat: &Chat,
-    msg: &Message,
-    p: &Prepared,
-    m: &mut Matched,
-) -> Result<(), String> {
+fn eval<'r, 't>(c: &'r Cond, ctx: &Ctx<'t>, m: &mut Acc<'r, 't>) -> Result<(), Why>
+where
+    'r: 't,
+{
     match c {
-        Cond::All(list) => list
-            .iter()
-            .try_for_each(|c| eval(c, chat_id, chat, msg, p, m)),
+        Cond::All(list) => list.iter().try_for_each(|c| eval(c, ctx, m)),
         Cond::Any(list) => {
             let mut whys = Vec::new();
             for c in list {
-                let mut sub = Matched::default();
-                match eval(c, chat_id, chat, msg, p, &mut sub) {
-                    Ok(()) => {
-                        m.keywords.extend(sub.keywords);
-                        m.captures.extend(sub.captures);
-                        return Ok(());
+                let mark = m.mark();
+                match eval(c, ctx, m) {
+                    Ok(()) => return Ok(()),
+                    Err(Why(w)) => {
+                        m.reset(mark);
+                        whys.extend(w);
                     }
-                    Err(w) => whys.push(w),
                 }
             }
-            Err(format!("any_of: none held ({})", whys.join("; ")))
+            Err(ctx.why(|| format!("any_of: none held ({})", whys.join("; "))))
         }
-        Cond::Not(inner) => match eval(inner, chat_id, chat, msg, p, &mut Matched::default()) {
-            Ok(()) => Err("not: the inner conditions held".into()),
-            Err(_) => Ok(()),
-        },
-        Cond::FromMe(want) if msg.key.from_me != *want => Err(format!(
-            "from_me: the message has from_me={}",
-            msg.key.from_me
-        )),
-        Cond::IsGroup(want) if chat.is_group != *want => {
-            Err(format!("is_group: the chat has is_group={}", chat.is_group))
+        Cond::Not(inner) => {
+            let mark = m.mark();
+            let r = eval(inner, ctx, m);
+            m.reset(mark);
+            match r {
+                Ok(()) => Err(ctx.why(|| "not: the inner conditions held".into())),
+                Err(_) => Ok(()),
+            }
         }
-        Cond::Types(types) if !types.contains(&msg.kind) => {
-            Err(format!("type: `{}` is not one of {:?}", msg.kind, types))
+        Cond::FromMe(want) if ctx.msg.key.from_me != *want => {
+            Err(ctx.why(|| format!("from_me: the message has from_me={}", ctx.msg.key.from_me)))
         }
-        Cond::Chats(ids) if !ids.contains(chat_id) => {
-            Err(format!("chats: `{chat_id}` is not listed"))
+        Cond::IsGroup(want) if ctx.chat.is_group != *want => {
+            Err(ctx.why(|| format!("is_group: the chat has is_group={}", ctx.chat.is_group)))
         }
-        Cond::Body(b) => eval_body(b, p, m),
+        Cond::Types(types) if !types.contains(&ctx.msg.kind) => {
+            Err(ctx.why(|| format!("type: `{}` is not one of {:?}", ctx.msg.kind, types)))
+        }
+        Cond::Chats(ids) if !ids.contains(ctx.chat_id) => {
+            Err(ctx.why(|| format!("chats: `{}` is not listed", ctx.chat_id)))
+        }
+        Cond::Body(b) => eval_body(b, ctx, m),
+        Cond::Script(s) => eval_script(s, ctx),
         _ => Ok(()),
     }
 }
 
-fn eval_body(b: &BodyCond, p: &Prepared, m: &mut Matched) -> Result<(), String> {
+fn eval_body<'r, 't>(b: &'r BodyCond, ctx: &Ctx<'t>, m: &mut Acc<'r, 't>) -> Result<(), Why>
+where
+    'r: 't,
+{
+    let hits = ctx.p.hits();
     if !b.any.is_empty() {
-        let hit: Vec<&String> = b
-            .any
-            .iter()
-            .filter(|(id, _)| p.hits.contains(*id))
-            .map(|(_, k)| k)
-            .collect();
-        if hit.is_empty() {
-            return Err("body.any: no keyword occurs".into());
-        }
-        m.keywords.extend(hit.into_iter().cloned());
-    }
-    for (id, k) in &b.all {
-        if !p.hits.contains(*id) {
-            return Err(format!("body.all: `{k}` does not occur"));
+        let before = m.keywords.len();
+        m.keywords.extend(
+            b.any
+                .iter()
+                .filter(|(id, _)| hits.contains(*id))
+                .map(|(_, k)| k.as_str()),
+        );
+        if m.keywords.len() == before {
+            return Err(ctx.why(|| "body.any: no keyword occurs".into()));
         }
     }
-    m.keywords.extend(b.all.iter().map(|(_, k)| k.clone()));
-    if let Some((_, k)) = b.none.iter().find(|(id, _)| p.hits.contains(*id)) {
-        return Err(format!("body.none: `{k}` occurs"));
+    if let Some((_, k)) = b.all.iter().find(|(id, _)| !hits.contains(*id)) {
+        return Err(ctx.why(|| format!("body.all: `{k}` does not occur")));
+    }
+    m.keywords.extend(b.all.iter().map(|(_, k)| k.as_str()));
+    if let Some((_, k)) = b.none.iter().find(|(id, _)| hits.contains(*id)) {
+        return Err(ctx.why(|| format!("body.none: `{k}` occurs")));
     }
     if let Some(re) = &b.regex {
-        let text: &str = if b.normalized { &p.normalized } else { p.raw };
-        let Some(caps) = re.captures(text) else {
-            return Err("body.regex: no match".into());
+        let text: &'t str = if b.normalized {
+            &ctx.p.normalized
+        } else {
+            ctx.p.raw
         };
-        for (i, name) in re.capture_names().enumerate() {
+        let Some(caps) = re.captures(text) else {
+            return Err(ctx.why(|| "body.regex: no match".into()));
+        };
+        for (i, key) in b.capture_keys.iter().enumerate() {
             if let Some(g) = caps.get(i) {
-                let key = name.map(str::to_string).unwrap_or_else(|| i.to_string());
-                m.captures.insert(key, g.as_str().to_string());
+                m.captures.push((key.as_str(), g.as_str()));
             }
         }
     }
     Ok(())
 }
+
+fn eval_script(s: &ScriptCond, ctx: &Ctx) -> Result<(), Why> {
+    let vars = script_vars(ctx);
+    match ctx.sandbox.eval_bool(&s.ast, vars) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ctx.why(|| "script: returned false".into())),
+        Err(e) => {
+            let first = !s.reported.swap(true, Ordering::Relaxed);
+            crate::events::script_failed(
+                &ctx.rule.id,
+                &ctx.rule.source,
+                ctx.chat_id.as_str(),
+                &e.to_string(),
+                first,
+            );
+            Err(ctx.why(|| format!("script: rule `{}`: {e}", ctx.rule.id)))
+        }
+    }
+}
+
+/// The variables a `script` condition sees: `msg` and `chat`.
+fn script_vars(ctx: &Ctx) -> [(&'static str, rhai::Dynamic); 2] {
+    use rhai::{Dynamic, Map};
+    let opt = |s: &Option<String>| s.clone().map_or(Dynamic::UNIT, Dynamic::from);
+    let mut msg = Map::new();
+    msg.insert("body".into(), ctx.p.raw.into());
+    msg.insert("normalized".into(), ctx.p.normalized.as_ref().into());
+    msg.insert("type".into(), ctx.msg.kind.as_str().into());
+    msg.insert("from_me".into(), ctx.msg.key.from_me.into());
+    msg.insert("timestamp".into(), ctx.msg.timestamp.into());
+    msg.insert("from".into(), opt(&ctx.msg.from));
+    msg.insert("author".into(), opt(&ctx.msg.author));
+    msg.insert("id".into(), ctx.msg.serialized_id.as_str().into());
+    let mut chat = Map::new();
+    chat.insert("id".into(), ctx.chat_id.as_str().into());
+    chat.insert("name".into(), opt(&ctx.chat.name));
+    chat.insert("is_group".into(), ctx.chat.is_group.into());
+    chat.insert("unread_count".into(), ctx.chat.unread_count.into());
+    [("msg", msg.into()), ("chat", chat.into())]
+}
+
+/// The variable names a `script` condition may use.
+pub const SCRIPT_VARIABLES: &[&str] = &["msg", "chat"];
 
 // ---------------------------------------------------------------------------------------
 // Loading and compiling
@@ -373,12 +597,16 @@ pub fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, Diagnostics> {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#') && *l != "---")
         .unwrap_or("");
+    // A key written twice in one mapping is an error, never silently "last one wins".
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+    };
     let result = if first.starts_with("- ") || first == "-" {
-        serde_saphyr::from_str::<Vec<RawRule>>(text)
+        serde_saphyr::from_str_with_options::<Vec<RawRule>>(text, options)
     } else if first.is_empty() {
         Ok(Vec::new())
     } else {
-        serde_saphyr::from_str::<RawRule>(text).map(|r| vec![r])
+        serde_saphyr::from_str_with_options::<RawRule>(text, options).map(|r| vec![r])
     };
     match result {
         Ok(rules) => Ok(ParsedFile {
@@ -455,6 +683,12 @@ struct Compiler<'a> {
     /// Compiling a chat rule: the `matched` its templates will see (only the keys its
     /// conditions produce).
     chat_matched: Option<Value>,
+    sandbox: &'a Sandbox,
+    /// Keywords of the rule being compiled, as searched: text and normalize flag → the
+    /// keyword as written and where, for the "same after normalization" warning.
+    keywords: HashMap<(String, bool), (String, Location)>,
+    /// Where the rule's first webhook action is (for the `from_me` warning).
+    first_webhook: Option<Location>,
 }
 
 /// Compiles parsed files into one set. Rules with errors are left out and reported.
@@ -462,6 +696,7 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
     let mut d = Diagnostics::default();
     let mut builder = MatcherBuilder::new();
     let mut templates = Templates::new();
+    let sandbox = Sandbox::default().with_variables(SCRIPT_VARIABLES);
     let mut rules = Vec::new();
     let mut chat_rules = Vec::new();
     let mut ids: HashMap<String, (PathBuf, Location)> = HashMap::new();
@@ -509,6 +744,9 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
                 sees: Vec::new(),
                 captures: Vec::new(),
                 chat_matched: None,
+                sandbox: &sandbox,
+                keywords: HashMap::new(),
+                first_webhook: None,
             };
             if is_chat_rule {
                 let compiled = c.chat_match(raw.match_.unwrap_or_default());
@@ -547,6 +785,7 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
                 continue;
             }
             let mut m = raw.match_.unwrap_or_default();
+            let from_me_set = m.from_me.is_some();
             let threshold = m.threshold.take().and_then(|t| {
                 if t.value.count == 0 || t.value.within.0.is_zero() {
                     c.d.push(Diagnostic::at(
@@ -561,6 +800,16 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
             let cond = c.cond(m);
             let sees = std::mem::take(&mut c.sees);
             let actions = c.actions(&id, raw.actions);
+            if !from_me_set && let Some(loc) = c.first_webhook.take() {
+                c.d.push(Diagnostic::warning(
+                    c.path,
+                    loc.line(),
+                    loc.column(),
+                    format!(
+                        "rule `{id}` sends a webhook and has no `match.from_me`, so it also fires on messages we send; add `from_me: false` to react to the customer only"
+                    ),
+                ));
+            }
             let capture_names = std::mem::take(&mut c.captures);
             if raw.enabled == Some(false) || d.errors().count() > before {
                 continue;
@@ -593,6 +842,19 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
                 .expect("an empty matcher always builds")
         }
     };
+    let mut gate_of = vec![u32::MAX; matcher.len()];
+    let mut ungated = vec![0u64; rules.len().div_ceil(64)];
+    for (index, rule) in rules.iter().enumerate() {
+        let gate = gate_keywords(&rule.cond);
+        if gate.is_empty() {
+            set_bit(&mut ungated, index);
+        }
+        for (id, _) in gate {
+            if let Some(slot) = gate_of.get_mut(*id as usize) {
+                *slot = u32::try_from(index).unwrap_or(u32::MAX);
+            }
+        }
+    }
     (
         RuleSet {
             rules,
@@ -601,9 +863,29 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
             host: rhai_file::Host::default(),
             matcher,
             templates,
+            sandbox,
+            gate_of,
+            ungated,
         },
         d,
     )
+}
+
+/// The keywords one of which must occur for the rule to fire: its top-level `body.any`,
+/// else its `body.all` (empty: the rule is evaluated on every message).
+fn gate_keywords(c: &Cond) -> &[(KeywordId, String)] {
+    let Cond::All(list) = c else { return &[] };
+    for c in list {
+        if let Cond::Body(b) = c {
+            if !b.any.is_empty() {
+                return &b.any;
+            }
+            if !b.all.is_empty() {
+                return &b.all;
+            }
+        }
+    }
+    &[]
 }
 
 impl Compiler<'_> {
@@ -641,11 +923,17 @@ impl Compiler<'_> {
             all.push(self.body(b));
         }
         if let Some(s) = m.script {
-            self.d.push(Diagnostic::at(
-                self.path,
-                s.referenced,
-                "`script` conditions are not supported by this build yet",
-            ));
+            match self.sandbox.compile_expression(&s.value) {
+                Ok(ast) => all.push(Cond::Script(Box::new(ScriptCond {
+                    ast,
+                    reported: AtomicBool::new(false),
+                }))),
+                Err(e) => self.d.push(Diagnostic::at(
+                    self.path,
+                    s.referenced,
+                    format!("script: {e}"),
+                )),
+            }
         }
         if let Some(t) = m.threshold {
             self.d.push(Diagnostic::at(
@@ -688,6 +976,9 @@ impl Compiler<'_> {
     }
 
     fn body(&mut self, b: raw::RawBody) -> Cond {
+        // Duplicates are looked for within one `body` (any, all and none together): the same
+        // keyword in two branches of an `any_of` is legitimate.
+        self.keywords.clear();
         let normalized = b.normalize.unwrap_or(true);
         let mode = MatchMode {
             words: b.words.unwrap_or(false),
@@ -705,6 +996,38 @@ impl Compiler<'_> {
                     continue;
                 }
                 let id = self.builder.add(&k.value, mode);
+                let searched = self.builder.searched_text(id).to_string();
+                if !searched.is_empty() {
+                    match self.keywords.get(&(searched.clone(), mode.normalized)) {
+                        Some((first, at)) => {
+                            let loc = k.referenced;
+                            let same = if *first == k.value {
+                                "is listed twice".to_string()
+                            } else if mode.normalized {
+                                format!("normalizes to the same text as `{first}`")
+                            } else {
+                                format!("is the same as `{first}`")
+                            };
+                            self.d.push(Diagnostic::warning(
+                                self.path,
+                                loc.line(),
+                                loc.column(),
+                                format!(
+                                    "body.{what}: `{}` {same} (line {}:{}); one of them is redundant",
+                                    k.value,
+                                    at.line(),
+                                    at.column()
+                                ),
+                            ));
+                        }
+                        None => {
+                            self.keywords.insert(
+                                (searched, mode.normalized),
+                                (k.value.clone(), k.referenced),
+                            );
+                        }
+                    }
+                }
                 if self.builder.searched_text(id).is_empty() {
                     let loc = k.referenced;
                     self.d.push(Diagnostic::warning(
@@ -754,11 +1077,21 @@ impl Compiler<'_> {
                 }
             }
         });
+        let capture_keys = regex
+            .as_ref()
+            .map(|re| {
+                re.capture_names()
+                    .enumerate()
+                    .map(|(i, name)| name.map(str::to_string).unwrap_or_else(|| i.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
         Cond::Body(Box::new(BodyCond {
             any,
             all,
             none,
             regex,
+            capture_keys,
             normalized,
         }))
     }
@@ -827,6 +1160,7 @@ impl Compiler<'_> {
                     }
                 }
                 RawAction::Webhook(w) => {
+                    self.first_webhook.get_or_insert(w.url.referenced);
                     if let Err(e) = crate::outbox::ssrf::vet_url(
                         &w.url.value,
                         &crate::outbox::ssrf::NetPolicy::AllowAll,

@@ -412,3 +412,355 @@ fn cooldown_and_max_age() {
     assert_eq!(d.stale.len(), 1);
     assert!(d.firings.is_empty());
 }
+
+fn warnings(path: &str, yaml: &str) -> Vec<String> {
+    let parsed = parse_file(Path::new(path), yaml).expect("parses");
+    let (_, d) = compile_rules(vec![parsed]);
+    assert!(!d.has_errors(), "{d}");
+    d.0.iter().map(ToString::to_string).collect()
+}
+
+const SCRIPTS: &str = r#"
+- id: short-from-customer
+  match:
+    from_me: false
+    script: 'msg.body.len() < 10 && msg.normalized == "bot" && !chat.is_group && chat.name == "Jhone Due" && msg.type == "chat"'
+  actions: [ { log: { message: x } } ]
+- id: broken
+  match:
+    from_me: false
+    script: 'msg.bodyy.len() > 0'
+  actions: [ { log: { message: x } } ]
+- id: plain
+  match: { from_me: false, body: { any: [bot] } }
+  actions: [ { log: { message: x } } ]
+"#;
+
+#[test]
+fn script_conditions_see_msg_and_chat() {
+    let set = compile_one("r.yaml", SCRIPTS).unwrap();
+    let chat = private_chat();
+    assert_eq!(
+        fires(&set, &chat, &msg("BOT", false, "chat")),
+        ["short-from-customer", "plain"],
+        "the broken script does not stop the others"
+    );
+    assert_eq!(
+        fires(&set, &chat, &msg("bot bot bot bot", false, "chat")),
+        ["plain"]
+    );
+    let m = msg("BOT", false, "chat");
+    let id = ChatId::from_gateway(&chat.id);
+    let p = set.prepare(&m.body);
+    let Verdict::Failed(why) = set.eval_message(&set.rules[1], &id, &chat, &m, &p) else {
+        panic!()
+    };
+    assert!(
+        why.starts_with("script: rule `broken`: ") && why.contains("bodyy"),
+        "{why}"
+    );
+    let m = msg("bot bot bot bot", false, "chat");
+    let p = set.prepare(&m.body);
+    assert_eq!(
+        set.eval_message(&set.rules[0], &id, &chat, &m, &p),
+        Verdict::Failed("script: returned false".into())
+    );
+}
+
+#[test]
+fn a_runaway_script_is_stopped_and_the_other_rules_still_fire() {
+    let zeros = format!("[{}]", vec!["0"; 90].join(","));
+    let yaml = format!(
+        "- id: runaway\n  match:\n    script: '{zeros}.map(|x| {zeros}.map(|y| {zeros}.map(|z| z).len()).len()).len() > 0'\n  actions: [ {{ log: {{ message: x }} }} ]\n- id: after\n  actions: [ {{ log: {{ message: x }} }} ]\n"
+    );
+    let set = compile_one("r.yaml", &yaml).unwrap();
+    let chat = private_chat();
+    let started = std::time::Instant::now();
+    assert_eq!(fires(&set, &chat, &msg("x", false, "chat")), ["after"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let id = ChatId::from_gateway(&chat.id);
+    let m = msg("x", false, "chat");
+    let p = set.prepare(&m.body);
+    let Verdict::Failed(why) = set.eval_message(&set.rules[0], &id, &chat, &m, &p) else {
+        panic!()
+    };
+    assert!(why.starts_with("script: rule `runaway`: stopped"), "{why}");
+}
+
+#[test]
+fn check_reports_a_bad_script_at_its_line_and_column() {
+    let e = errors(
+        "r.yaml",
+        "id: a\nmatch:\n  script: 'msg.body.len( < 5'\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("r.yaml:3:11: script: "), "{e:?}");
+    assert!(e[0].contains("of the expression)"), "{e:?}");
+    // An unknown variable is caught at load, not on the first message.
+    let e = errors(
+        "r.yaml",
+        "id: a\nmatch:\n  script: 'mesage.body == \"\"'\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert!(
+        e[0].starts_with("r.yaml:3:11: script: ") && e[0].contains("mesage"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn check_refuses_a_script_parse_bomb() {
+    let bomb = format!("{}true{}", "(".repeat(5_000), ")".repeat(5_000));
+    let e = errors(
+        "r.yaml",
+        &format!("id: a\nmatch:\n  script: '{bomb}'\nactions: [ {{ log: {{ message: x }} }} ]\n"),
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("r.yaml:3:11: script: "), "{e:?}");
+    let deep = format!("{}true{}", "!(".repeat(200), ")".repeat(200));
+    let e = errors(
+        "r.yaml",
+        &format!("id: a\nmatch:\n  script: '{deep}'\nactions: [ {{ log: {{ message: x }} }} ]\n"),
+    );
+    assert!(e[0].starts_with("r.yaml:3:11: script: "), "{e:?}");
+}
+
+#[test]
+fn check_suggests_the_key_that_was_meant() {
+    let e = errors(
+        "r.yaml",
+        "id: a\nmatch:\n  body:\n    any: [x]\n    wrods: true\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("r.yaml:5:5: unknown field `wrods`, did you mean `words`?"),
+        "{e:?}"
+    );
+    let e = errors(
+        "r.yaml",
+        "id: a\ncoldown: 10m\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert!(
+        e[0].starts_with("r.yaml:2:1: unknown field `coldown`, did you mean `cooldown`?"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn check_refuses_duplicate_keys() {
+    let e = errors(
+        "r.yaml",
+        "id: a\nmatch:\n  from_me: false\n  from_me: true\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("r.yaml:4:3: ") && e[0].contains("from_me"),
+        "{e:?}"
+    );
+    let e = errors(
+        "r.yaml",
+        "id: a\nactions:\n  - webhook:\n      url: https://x.example/\n      headers: { X-A: a, X-A: b }\n",
+    );
+    assert!(
+        e[0].starts_with("r.yaml:5:26: ") && e[0].contains("X-A"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn check_warns_about_keywords_that_normalize_to_the_same_text() {
+    let w = warnings(
+        "r.yaml",
+        "id: a\nmatch:\n  from_me: false\n  body:\n    any: [\"بوت\", \"بُوت\", BOT]\n    none: [bot]\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            "r.yaml:5:18: warning: body.any: `بُوت` normalizes to the same text as `بوت`"
+        ),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with(
+            "r.yaml:6:12: warning: body.none: `bot` normalizes to the same text as `BOT`"
+        ),
+        "{w:?}"
+    );
+    // The same keyword in two branches of an any_of is fine.
+    let w = warnings(
+        "r.yaml",
+        "id: a\nmatch:\n  from_me: false\n  any_of:\n    - body: { any: [x] }\n    - { is_group: true, body: { any: [x] } }\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert!(w.is_empty(), "{w:?}");
+}
+
+#[test]
+fn check_warns_about_a_webhook_rule_that_would_fire_on_our_own_messages() {
+    let w = warnings(
+        "r.yaml",
+        "id: a\nmatch:\n  body: { any: [x] }\nactions:\n  - log: { message: x }\n  - webhook: { url: \"https://x.example/\" }\n",
+    );
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            "r.yaml:6:21: warning: rule `a` sends a webhook and has no `match.from_me`"
+        ),
+        "{w:?}"
+    );
+    // `from_me` set at the top level (either way), or no webhook: no warning.
+    for yaml in [
+        "id: a\nmatch: { from_me: true }\nactions:\n  - webhook: { url: \"https://x.example/\" }\n",
+        "id: a\nmatch: { from_me: false }\nactions:\n  - webhook: { url: \"https://x.example/\" }\n",
+        "id: a\nactions:\n  - log: { message: x }\n",
+    ] {
+        assert!(warnings("r.yaml", yaml).is_empty(), "{yaml}");
+    }
+}
+
+#[test]
+fn check_warns_about_a_keyword_that_can_never_match() {
+    let w = warnings(
+        "r.yaml",
+        "id: a\nmatch:\n  body:\n    any: [x, \"\u{64e}\u{640}\"]\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("r.yaml:4:14: warning: body.any: ") && w[0].contains("can never match"),
+        "{w:?}"
+    );
+}
+
+/// The hot path (`fired`, with keyword gating) and the explaining path (`eval_message`)
+/// must agree on every rule and message.
+#[test]
+fn the_fast_path_agrees_with_eval_message() {
+    let yaml = r#"
+- id: any-words
+  match: { body: { any: ["بوت", bot], words: true } }
+  actions: [ { log: { message: x } } ]
+- id: all
+  match: { body: { all: [refund, order] } }
+  actions: [ { log: { message: x } } ]
+- id: none-only
+  match: { body: { none: [thanks] } }
+  actions: [ { log: { message: x } } ]
+- id: regex
+  match: { body: { regex: '(?:order|طلب)\s*#?(\d+)' } }
+  actions: [ { log: { message: x } } ]
+- id: any-of
+  match:
+    any_of: [ { body: { any: [urgent] } }, { body: { any: ["عاجل"] } } ]
+  actions: [ { log: { message: x } } ]
+- id: raw
+  match: { from_me: false, body: { any: [BOT], normalize: false } }
+  actions: [ { log: { message: x } } ]
+- id: rev
+  match: { type: [revoked, chat] }
+  actions: [ { log: { message: x } } ]
+- id: regex-raw
+  match: { body: { regex: 'BOT', normalize: false } }
+  actions: [ { log: { message: x } } ]
+- id: regex-none
+  match: { from_me: false, body: { regex: 'order|طلب', none: [thanks] } }
+  actions: [ { log: { message: x } } ]
+- id: regex-nested
+  match: { any_of: [ { body: { regex: '\d{3}' } }, { is_group: true } ] }
+  actions: [ { log: { message: x } } ]
+"#;
+    let set = compile_one("r.yaml", yaml).unwrap();
+    let chat = private_chat();
+    let id = ChatId::from_gateway(&chat.id);
+    let bodies = [
+        "",
+        "bot",
+        "BOT",
+        "روبوت",
+        "والبوت",
+        "refund my order",
+        "refund, thanks",
+        "order #123",
+        "الطلب رقم ٤٥٦",
+        "URGENT عاجل",
+        "thanks bot",
+        "thanks for the order",
+    ];
+    for body in bodies {
+        for (from_me, kind) in [(false, "chat"), (true, "chat"), (false, "revoked")] {
+            let m = msg(body, from_me, kind);
+            let p = set.prepare(&m.body);
+            let slow: Vec<(String, Matched)> = set
+                .rules
+                .iter()
+                .filter_map(|r| match set.eval_message(r, &id, &chat, &m, &p) {
+                    Verdict::Fired(matched) => Some((r.id.clone(), matched)),
+                    Verdict::Failed(_) => None,
+                })
+                .collect();
+            let fast: Vec<(String, Matched)> = set
+                .fired(&id, &chat, &m, &p)
+                .map(|(r, matched)| (r.id.clone(), matched))
+                .collect();
+            assert_eq!(fast, slow, "{body:?} from_me={from_me} {kind}");
+        }
+    }
+}
+
+/// One case per kind of `check` error, each with its exact `path:line:col`.
+#[test]
+fn every_check_error_kind_has_an_exact_position() {
+    let ok_actions = "actions: [ { log: { message: x } } ]\n";
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "yaml syntax",
+            format!("id: a\nmatch:\n  from_me: \"false\n{ok_actions}"),
+            "r.yaml:3:12: ",
+        ),
+        (
+            "unknown key",
+            format!("id: a\nmatch:\n  bdy: {{ any: [x] }}\n{ok_actions}"),
+            "r.yaml:3:3: unknown field `bdy`, did you mean `body`?",
+        ),
+        (
+            "wrong type",
+            format!("id: a\nmatch:\n  from_me: maybe\n{ok_actions}"),
+            "r.yaml:3:12: ",
+        ),
+        (
+            "duplicate key",
+            format!("id: a\nid: b\n{ok_actions}"),
+            "r.yaml:2:1: ",
+        ),
+        (
+            "bad regex",
+            format!("id: a\nmatch:\n  body:\n    regex: '(unclosed'\n{ok_actions}"),
+            "r.yaml:4:12: body.regex: ",
+        ),
+        (
+            "template",
+            "id: a\nactions:\n  - log: { message: \"{{ mesage.body }}\" }\n".to_string(),
+            "r.yaml:3:21: log.message: ",
+        ),
+        (
+            "bad duration",
+            format!("id: a\ncooldown: 10 minutes\n{ok_actions}"),
+            "r.yaml:2:11: ",
+        ),
+        (
+            "bad chat id",
+            format!("id: a\nmatch:\n  chats: [\"+966500000000\"]\n{ok_actions}"),
+            "r.yaml:3:11: ",
+        ),
+        (
+            "bad rhai expression",
+            format!("id: a\nmatch:\n  script: 'msg.body ==== 1'\n{ok_actions}"),
+            "r.yaml:3:11: script: ",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (kind, yaml, want) in cases {
+        let e = errors("r.yaml", yaml);
+        if e.len() != 1 || !e[0].starts_with(want) {
+            wrong.push(format!("{kind}: want {want:?}, got {e:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -246,3 +246,89 @@ fn test_remembers_thresholds_and_rule_file_state_across_messages() {
         "{fired:?}"
     );
 }
+
+#[test]
+fn check_reports_script_errors_duplicate_keys_and_suggestions_and_warns_with_exit_0() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/bad.yaml",
+        "- id: s\n  match:\n    script: 'msg.body.len( < 5'\n  actions: [ { log: { message: x } } ]\n- id: d\n  match:\n    from_me: false\n    from_me: true\n  actions: [ { log: { message: x } } ]\n",
+    );
+    ws.write(
+        "rules/typo.yaml",
+        "id: t\nmatch:\n  body: { any: [x], wrods: true }\nactions: [ { log: { message: x } } ]\n",
+    );
+    let (code, out, err) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("rules/bad.yaml:8:5: "), "duplicate key: {out}");
+    assert!(
+        out.contains("rules/typo.yaml:3:21: unknown field `wrods`, did you mean `words`?"),
+        "{out}"
+    );
+
+    let ws = Workspace::new();
+    ws.write(
+        "rules/warn.yaml",
+        "id: w\nmatch:\n  script: 'msg.body.len() < 500'\n  body: { any: [\"بوت\", \"بُوت\"] }\nactions:\n  - webhook: { url: \"https://hooks.example.com/x\" }\n",
+    );
+    let (code, out, err) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 0, "warnings only: {out}{err}");
+    assert!(
+        out.contains(
+            "rules/warn.yaml:4:24: warning: body.any: `بُوت` normalizes to the same text as `بوت`"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "rules/warn.yaml:6:21: warning: rule `w` sends a webhook and has no `match.from_me`"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("ok: 1 rule(s) valid, 2 warning(s)"), "{out}");
+}
+
+#[test]
+fn schema_prints_the_rule_file_json_schema() {
+    let (code, out, err) = run_cli(&["schema"], &root());
+    assert_eq!(code, 0, "{err}");
+    let schema: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    let rule = &schema["definitions"]["RawRule"];
+    assert_eq!(
+        rule["additionalProperties"], false,
+        "unknown keys are refused"
+    );
+    assert_eq!(
+        rule["properties"]["cooldown"]["description"],
+        "After firing for a chat, stay silent for that chat this long."
+    );
+}
+
+#[test]
+fn test_explains_a_failing_script_and_the_other_rules_still_fire() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/s.yaml",
+        "- id: broken-script\n  match:\n    from_me: false\n    script: 'msg.bodyy.len() > 0'\n  actions: [ { log: { message: x } } ]\n- id: short\n  match:\n    from_me: false\n    script: 'msg.body.len() < 30 && chat.is_group == false'\n  actions: [ { log: { message: \"short: {{ message.body }}\" } } ]\n",
+    );
+    let input =
+        root().join("tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json");
+    let (code, out, err) = run_cli(
+        &[
+            "test",
+            "--rules",
+            "rules",
+            "--input",
+            input.to_str().unwrap(),
+            "--explain",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("✗ broken-script: script: rule `broken-script`: "),
+        "{out}"
+    );
+    assert!(out.contains("✓ short fired"), "{out}");
+}
