@@ -332,3 +332,41 @@ fn test_explains_a_failing_script_and_the_other_rules_still_fire() {
     );
     assert!(out.contains("✓ short fired"), "{out}");
 }
+
+#[test]
+fn check_refuses_rule_files_that_import_eval_or_bomb_the_parser() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/imports.rhai",
+        "import \"fs\" as fs;\nfn on_chat(chat) {}\n",
+    );
+    ws.write(
+        "rules/evals.rhai",
+        "fn on_chat(chat) {\n    eval(\"1 + 1\")\n}\n",
+    );
+    let bomb = format!(
+        "fn on_chat(chat) {{ let x = {}1{}; }}\n",
+        "(".repeat(3000),
+        ")".repeat(3000)
+    );
+    ws.write("rules/bomb.rhai", &bomb);
+    ws.write(
+        "rules/good.rhai",
+        "fn on_chat(chat) { if chat.unread_count > 10 { log(\"warn\", \"busy\"); } }\n",
+    );
+    let (code, out, err) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("rules/imports.rhai:1:")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("rules/evals.rhai:2:")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("rules/bomb.rhai:1:")),
+        "{out}"
+    );
+    assert!(!out.contains("good.rhai"), "{out}");
+}

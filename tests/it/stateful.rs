@@ -279,8 +279,38 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
         .unwrap()
         .replace("http://127.0.0.1:47812", &rx.url(""));
     ws.write("rules/escalation.rhai", &escalation);
-    ws.write("rules/spin.rhai", "fn on_message(msg, chat) { loop { } }\n");
-    ws.write("rules/flood.rhai", "fn on_message(msg, chat) { for i in 0..10000 { webhook(\"http://127.0.0.1:9/x\", #{i: i}); } }\n");
+    // Every hostile script that compiles, side by side with the good rules.
+    let hostile = [
+        ("spin", "fn on_message(msg, chat) { loop { } }", "stopped"),
+        (
+            "doubling",
+            "fn on_message(msg, chat) { let s = \"x\"; loop { s += s; } }",
+            "stopped",
+        ),
+        (
+            "recursion",
+            "fn f(n) { f(n + 1) }\nfn on_message(msg, chat) { f(0) }",
+            "stopped",
+        ),
+        (
+            "closures",
+            "fn on_message(msg, chat) { let a = []; loop { a.push(|x| x + 1); } }",
+            "stopped",
+        ),
+        (
+            "flood",
+            "fn on_message(msg, chat) { for i in 0..10000 { webhook(\"http://127.0.0.1:9/x\", #{i: i}); } }",
+            "more than 10 actions",
+        ),
+        (
+            "hoard",
+            "fn on_message(msg, chat) { for i in 0..100000 { state_set(`k${i}`, i); } }",
+            "state_set",
+        ),
+    ];
+    for (name, src, _) in hostile {
+        ws.write(&format!("rules/{name}.rhai"), &format!("{src}\n"));
+    }
     ws.write("rules/bot.yaml", &format!("id: bot\nmatch: {{ body: {{ any: [bot] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n", rx.url("/bot")));
     let cfg = ws.config(&gw, &["966500000001"], "");
     let daemon = Daemon::spawn(&cfg);
@@ -302,7 +332,23 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
     gw.push_message("966500000001", "urgent a third time", false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let log = daemon.output();
+    let peak_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    assert!(peak_kb < 200_000, "memory stays bounded: peak {peak_kb} kB");
     assert_eq!(daemon.stop(), 0, "the daemon stayed up:\n{log}");
+    for (name, _, why) in hostile {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("{name}.rhai (rule `{name}`, on_message)")))
+            .unwrap_or_else(|| panic!("{name} not reported:\n{log}"));
+        assert!(line.contains(why), "{name}: {line}");
+    }
     let got = rx.received();
     assert_eq!(
         got.len(),
@@ -317,10 +363,7 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
     assert_eq!(v["name"], "Customer");
     assert!(v["text"].as_str().unwrap().contains("URGENT again"));
     assert!(got[1].header("webhook-id").is_some());
-    assert!(
-        log.contains("spin.rhai (rule `spin`, on_message): stopped"),
-        "{log}"
-    );
+
     assert!(
         log.contains("flood.rhai (rule `flood`, on_message): ")
             && log.contains("more than 10 actions"),
