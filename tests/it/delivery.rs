@@ -25,7 +25,7 @@ pub fn write_config(
         "api:\n  base_url: {}\n  token: mock-token\n  timeout: 3s\n  rate_limit: {{ per_second: 50, burst: 10 }}\n  message_limit: 20\n\
          chats:\n{chats}poll:\n  interval: 200ms\n{poll_extra}state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n  watch: false\n\
          webhooks:\n  timeout: {webhook_timeout}\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: {retry_scale}\n\
-         log:\n  mask_phone_numbers: false\n",
+         log:\n  mask_phone_numbers: false\nserver:\n  listen: \"off\"\n",
         gw.base_url()
     );
     ws.write("cartat.yaml", &text)

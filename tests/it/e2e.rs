@@ -189,7 +189,7 @@ faults:
     let text = format!(
         "api:\n  base_url: {}\n  token: mock-token\n  rate_limit: {{ per_second: 5, burst: 1 }}\n\
          chats: [\"966500000001\", \"966500000002\", \"966500000003\"]\npoll:\n  interval: 200ms\n\
-         state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\n",
+         state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\nserver:\n  listen: \"off\"\n",
         gw.base_url()
     );
     let cfg = ws.write("cartat.yaml", &text);

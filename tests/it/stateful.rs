@@ -241,7 +241,7 @@ async fn sighup_reloads_the_rules_when_watching_is_off() {
     ws.write("rules/word.yaml", &rule("alpha"));
     let text = format!(
         "api:\n  base_url: {}\n  token: mock-token\nchats: [\"966500000001\"]\npoll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\n\
-         rules:\n  paths: [./rules]\n  watch: false\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\n",
+         rules:\n  paths: [./rules]\n  watch: false\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\nserver:\n  listen: \"off\"\n",
         gw.base_url()
     );
     let cfg = ws.write("cartat.yaml", &text);

@@ -55,10 +55,17 @@ impl Workspace {
     /// A config for `gateway`, watching `chats`, delivering to loopback.
     pub fn config(&self, gateway: &MockGateway, chats: &[&str], extra: &str) -> PathBuf {
         let chats: String = chats.iter().map(|c| format!("  - \"{c}\"\n")).collect();
+        // No metrics server unless the test asks for one: parallel daemons would fight over
+        // the default port.
+        let server = if extra.contains("server:") {
+            ""
+        } else {
+            "server:\n  listen: \"off\"\n"
+        };
         let text = format!(
             "api:\n  base_url: {}\n  token: mock-token\n  timeout: 3s\n  rate_limit: {{ per_second: 20, burst: 5 }}\n  message_limit: 20\n\
              chats:\n{chats}poll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n\
-             webhooks:\n  timeout: 2s\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: 0.01\nlog:\n  mask_phone_numbers: false\n{extra}",
+             webhooks:\n  timeout: 2s\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: 0.01\nlog:\n  mask_phone_numbers: false\n{server}{extra}",
             gateway.base_url()
         );
         self.write("cartat.yaml", &text)
