@@ -353,61 +353,49 @@ impl Store {
                 }
             }
         }
-        let mut cooldowns = HashMap::new();
-        let mut stmt =
-            conn.prepare_cached("SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1")?;
-        for row in stmt.query_map([chat_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })? {
-            let (rule, until) = row?;
-            cooldowns.insert(rule, until);
-        }
+        let cooldowns = per_rule(
+            &conn,
+            "SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1",
+            chat_id,
+            |r| r.get(1),
+        )?;
         Ok((state, cooldowns))
     }
 
     /// What the rules remember about a chat: cooldowns, threshold hits, chat-rule timers.
     pub fn rule_memory(&self, chat_id: &str) -> Result<Memory, StoreError> {
         let conn = self.conn();
-        let mut m = Memory::default();
-        let mut stmt =
-            conn.prepare_cached("SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1")?;
-        for row in stmt.query_map([chat_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })? {
-            let (rule, until) = row?;
-            m.cooldowns.insert(rule, until);
-        }
-        let mut stmt =
-            conn.prepare_cached("SELECT rule_id, hits FROM thresholds WHERE chat_id = ?1")?;
-        for row in stmt.query_map([chat_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })? {
-            let (rule, hits) = row?;
-            m.thresholds
-                .insert(rule, serde_json::from_str(&hits).unwrap_or_default());
-        }
-        let mut stmt =
-            conn.prepare_cached("SELECT rule_id, state FROM script_state WHERE chat_id = ?1")?;
-        for row in stmt.query_map([chat_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })? {
-            let (rule, state) = row?;
-            m.script_state
-                .insert(rule, serde_json::from_str(&state).unwrap_or_default());
-        }
-        let mut stmt =
-            conn.prepare_cached("SELECT rule_id, since, fired FROM chat_rules WHERE chat_id = ?1")?;
-        for row in stmt.query_map([chat_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, bool>(2)?,
-            ))
-        })? {
-            let (rule, since, fired) = row?;
-            m.chat_rules.insert(rule, ChatRuleState { since, fired });
-        }
-        Ok(m)
+        Ok(Memory {
+            cooldowns: per_rule(
+                &conn,
+                "SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1",
+                chat_id,
+                |r| r.get(1),
+            )?,
+            thresholds: per_rule(
+                &conn,
+                "SELECT rule_id, hits FROM thresholds WHERE chat_id = ?1",
+                chat_id,
+                |r| r.get(1).map(from_json_or_default),
+            )?,
+            script_state: per_rule(
+                &conn,
+                "SELECT rule_id, state FROM script_state WHERE chat_id = ?1",
+                chat_id,
+                |r| r.get(1).map(from_json_or_default),
+            )?,
+            chat_rules: per_rule(
+                &conn,
+                "SELECT rule_id, since, fired FROM chat_rules WHERE chat_id = ?1",
+                chat_id,
+                |r| {
+                    Ok(ChatRuleState {
+                        since: r.get(1)?,
+                        fired: r.get(2)?,
+                    })
+                },
+            )?,
+        })
     }
 
     /// Moves the watermark, records seen ids and cooldowns, and queues the deliveries — all or
@@ -750,6 +738,24 @@ pub struct AttemptRecord {
     pub status: Option<u16>,
     /// What went wrong on the wire (kept as `last_error` unless the outcome says why it died).
     pub error: Option<String>,
+}
+
+/// Stored JSON, or the empty value if a row was somehow mangled (it is rewritten next poll).
+fn from_json_or_default<T: serde::de::DeserializeOwned + Default>(text: String) -> T {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+/// One chat's rows of a per-(rule, chat) table, keyed by rule id: `sql` selects `rule_id` first
+/// and takes the chat id as `?1`; `value` reads the rest of a row.
+fn per_rule<T>(
+    conn: &Connection,
+    sql: &str,
+    chat_id: &str,
+    value: impl Fn(&rusqlite::Row) -> rusqlite::Result<T>,
+) -> Result<HashMap<String, T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([chat_id], |r| Ok((r.get::<_, String>(0)?, value(r)?)))?;
+    Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
 }
 
 #[cfg(test)]
