@@ -152,7 +152,7 @@ pub fn evaluate_page(
                 );
                 if explain {
                     let p = rules.prepare(&msg.body);
-                    let _ = writeln!(out, "    normalized: {:?}", p.normalized);
+                    let _ = writeln!(out, "    normalized: {:?}", p.normalized());
                     for rule in &rules.rules {
                         if let Verdict::Failed(why) =
                             rules.eval_message(rule, &chat_id, &page.chat, msg, &p)

@@ -191,12 +191,21 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<Scratch>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A message prepared once for every rule: the body cut to 64 KiB, normalized once, the
-/// keyword hits and the rules they make candidates.
+/// A message prepared once for every rule: the body cut to 64 KiB, the keyword hits and the
+/// rules they make candidates, and the normalized text, built once on first use (the keyword
+/// automaton reads a normalized encoding made straight from the body, so a message that only
+/// keyword rules see never needs the text itself).
 pub struct Prepared<'a> {
     pub raw: &'a str,
-    pub normalized: std::borrow::Cow<'a, str>,
+    normalized: std::cell::OnceCell<std::borrow::Cow<'a, str>>,
     scratch: Scratch,
+}
+
+impl Prepared<'_> {
+    /// The body as regexes, scripts and `test --explain` see it: `normalize(raw)`.
+    pub fn normalized(&self) -> &str {
+        self.normalized.get_or_init(|| normalize(self.raw))
+    }
 }
 
 impl Drop for Prepared<'_> {
@@ -219,12 +228,13 @@ impl Prepared<'_> {
 }
 
 /// Evaluation inputs for one message, shared by every condition of one rule.
-struct Ctx<'m> {
+struct Ctx<'m, 'b> {
     rule: &'m Rule,
     chat_id: &'m ChatId,
     chat: &'m Chat,
     msg: &'m Message,
-    p: &'m Prepared<'m>,
+    /// `'b`, the body's lifetime, is its own: `Prepared` is invariant in it.
+    p: &'m Prepared<'b>,
     sandbox: &'m Sandbox,
     /// Build the reasons of failures (`test --explain`); off on the hot path.
     explain: bool,
@@ -233,7 +243,7 @@ struct Ctx<'m> {
 /// Why a condition failed: built only when explaining.
 struct Why(Option<String>);
 
-impl Ctx<'_> {
+impl Ctx<'_, '_> {
     fn why(&self, f: impl FnOnce() -> String) -> Why {
         Why(self.explain.then(f))
     }
@@ -281,15 +291,17 @@ impl RuleSet {
     /// Normalizes the body, runs the keyword automaton once and finds the candidate rules.
     pub fn prepare<'a>(&self, body: &'a str) -> Prepared<'a> {
         let raw = cut(body, MAX_BODY_BYTES);
-        let normalized = normalize(raw);
         let mut scratch = SCRATCH
             .with(|pool| pool.try_borrow_mut().ok().and_then(|mut p| p.pop()))
             .unwrap_or_default();
         scratch.hits.clear();
-        self.matcher.find(raw, &normalized, &mut scratch.hits);
+        let normalized = std::cell::OnceCell::new();
+        if let Some(text) = self.matcher.find(raw, &mut scratch.hits) {
+            let _ = normalized.set(text);
+        }
         scratch.candidates.clear();
         scratch.candidates.extend_from_slice(&self.ungated);
-        for id in scratch.hits.iter() {
+        for &id in scratch.hits.found() {
             if let Some(&rule) = self.gate_of.get(id as usize)
                 && rule != u32::MAX
             {
@@ -397,7 +409,7 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn eval<'r, 't>(c: &'r Cond, ctx: &Ctx<'t>, m: &mut Acc<'r, 't>) -> Result<(), Why>
+fn eval<'r, 't>(c: &'r Cond, ctx: &Ctx<'t, '_>, m: &mut Acc<'r, 't>) -> Result<(), Why>
 where
     'r: 't,
 {
@@ -444,7 +456,7 @@ where
     }
 }
 
-fn eval_body<'r, 't>(b: &'r BodyCond, ctx: &Ctx<'t>, m: &mut Acc<'r, 't>) -> Result<(), Why>
+fn eval_body<'r, 't>(b: &'r BodyCond, ctx: &Ctx<'t, '_>, m: &mut Acc<'r, 't>) -> Result<(), Why>
 where
     'r: 't,
 {
@@ -470,7 +482,7 @@ where
     }
     if let Some(re) = &b.regex {
         let text: &'t str = if b.normalized {
-            &ctx.p.normalized
+            ctx.p.normalized()
         } else {
             ctx.p.raw
         };
@@ -511,7 +523,7 @@ fn script_vars(ctx: &Ctx) -> [(&'static str, rhai::Dynamic); 2] {
     let opt = |s: &Option<String>| s.clone().map_or(Dynamic::UNIT, Dynamic::from);
     let mut msg = Map::new();
     msg.insert("body".into(), ctx.p.raw.into());
-    msg.insert("normalized".into(), ctx.p.normalized.as_ref().into());
+    msg.insert("normalized".into(), ctx.p.normalized().into());
     msg.insert("type".into(), ctx.msg.kind.as_str().into());
     msg.insert("from_me".into(), ctx.msg.key.from_me.into());
     msg.insert("timestamp".into(), ctx.msg.timestamp.into());

@@ -4,10 +4,15 @@
 //! the keywords of `normalize: false` rules), the mapping from a found pattern back to the
 //! keyword ids that share it, and the whole-word rule with its Arabic proclitics.
 //!
+//! The automaton over normalized keywords runs on their [`compact`] encoding (one byte per
+//! Arabic letter instead of two), which halves its size and the bytes it walks; the message
+//! is encoded the same way into a buffer that [`Hits`] keeps from message to message.
+//!
 //! Must not: normalize message text (the caller does that once per message and passes both
 //! forms), know about rules, conditions or regexes, do I/O, or log. Everything here is pure;
 //! a built [`Matcher`] is immutable, `Send + Sync`, and meant to be shared through an `Arc`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -16,6 +21,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 /// Above this many pattern bytes the automaton is the crate's choice instead of a full DFA.
 const DFA_MAX_PATTERN_BYTES: usize = 512 * 1024;
 
+use super::compact;
 use super::normalize::{is_removed, normalize};
 
 /// Dense id of one keyword of one rule: `0..n` in [`MatcherBuilder::add`] call order.
@@ -160,8 +166,8 @@ impl MatcherBuilder {
             };
             side.add(&entry.searched, id, entry.mode.words);
         }
-        let normalized = normalized.build()?;
-        let raw = raw.build()?;
+        let normalized = normalized.build(Encoding::Compact)?;
+        let raw = raw.build(Encoding::Utf8)?;
         Ok(Matcher {
             normalized,
             raw,
@@ -210,22 +216,35 @@ impl<'a> SideBuilder<'a> {
         }
     }
 
-    fn build(self) -> Result<Option<Side>, MatcherError> {
+    fn build(self, encoding: Encoding) -> Result<Option<Side>, MatcherError> {
         if self.patterns.is_empty() {
             return Ok(None);
         }
+        let patterns: Vec<Vec<u8>> = self
+            .patterns
+            .iter()
+            .map(|p| match encoding {
+                Encoding::Utf8 => p.as_bytes().to_vec(),
+                Encoding::Compact => {
+                    let mut out = Vec::new();
+                    compact::encode(p, &mut out);
+                    out
+                }
+            })
+            .collect();
         // A full DFA costs memory (states × byte classes) but is several times faster per
         // byte than the default NFA on thousands of patterns; take it while the patterns are
         // small enough (10,000 keywords of ~15 bytes → a few MB), else let the crate choose.
-        let bytes: usize = self.patterns.iter().map(|p| p.len()).sum();
+        let bytes: usize = patterns.iter().map(Vec::len).sum();
         let kind = (bytes <= DFA_MAX_PATTERN_BYTES).then_some(AhoCorasickKind::DFA);
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .kind(kind)
-            .build(&self.patterns)
+            .build(&patterns)
             .map_err(MatcherError::Automaton)?;
         Ok(Some(Side {
             automaton,
+            encoding,
             targets: self.targets.into_iter().map(Targets::shrink).collect(),
         }))
     }
@@ -239,15 +258,24 @@ impl Targets {
     }
 }
 
+/// How a side's patterns and texts are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Utf8,
+    Compact,
+}
+
 /// One automaton and, per pattern index, who wants it.
 #[derive(Debug)]
 struct Side {
     automaton: AhoCorasick,
+    encoding: Encoding,
     targets: Box<[Targets]>,
 }
 
 impl Side {
-    fn find(&self, text: &str, hits: &mut Hits) {
+    /// `text` is written in `self.encoding`.
+    fn find(&self, text: &[u8], hits: &mut Hits) {
         // Standard semantics always support overlapping search, so this cannot fail.
         let Ok(found) = self.automaton.try_find_overlapping_iter(text) else {
             debug_assert!(false, "overlapping search unsupported");
@@ -266,9 +294,33 @@ impl Side {
             }
             if let Some(&first) = targets.words.first()
                 && !hits.contains(first)
-                && is_whole_word(text, m.start(), m.end())
+                && self.is_whole_word(text, m.start(), m.end())
             {
                 targets.words.iter().for_each(|&id| hits.insert(id));
+            }
+        }
+    }
+}
+
+impl Side {
+    fn is_whole_word(&self, text: &[u8], start: usize, end: usize) -> bool {
+        match self.encoding {
+            // A UTF-8 side searches a `&str`, and matches of whole patterns end on boundaries.
+            Encoding::Utf8 => std::str::from_utf8(text).is_ok_and(|t| is_whole_word(t, start, end)),
+            Encoding::Compact => {
+                let mut back = start;
+                let before = std::iter::from_fn(|| {
+                    let (c, len) = compact::char_before(text, back)?;
+                    back -= len;
+                    Some(c)
+                });
+                let mut ahead = end;
+                let after = std::iter::from_fn(|| {
+                    let (c, len) = compact::char_at(text, ahead)?;
+                    ahead += len;
+                    Some(c)
+                });
+                whole_word(before, after)
             }
         }
     }
@@ -304,26 +356,40 @@ impl Matcher {
         self.entries.get(id as usize).map(|&(_, mode)| mode)
     }
 
-    /// Finds every keyword id with at least one valid occurrence. `normalized` is `normalize(raw)` computed once by the caller.
+    /// Finds every keyword id with at least one valid occurrence in the message `raw`.
+    ///
+    /// Returns `normalize(raw)` when it had to build it (see [`compact::encode_normalized`]),
+    /// so the caller can keep it instead of building it again.
     ///
     /// Adds to `hits` and never clears it: call [`Hits::clear`] between messages. A `hits`
     /// sized for a smaller matcher is grown (the only allocation this may make).
-    pub fn find(&self, raw: &str, normalized: &str, hits: &mut Hits) {
+    pub fn find<'r>(&self, raw: &'r str, hits: &mut Hits) -> Option<Cow<'r, str>> {
         hits.grow_to(self.len());
+        let mut normalized = None;
         if let Some(side) = &self.normalized {
-            side.find(normalized, hits);
+            let mut text = std::mem::take(&mut hits.compact);
+            text.clear();
+            normalized = compact::encode_normalized(raw, &mut text);
+            side.find(&text, hits);
+            hits.compact = text;
         }
         if let Some(side) = &self.raw {
-            side.find(raw, hits);
+            side.find(raw.as_bytes(), hits);
         }
+        normalized
     }
 }
 
 /// A reusable set of keyword ids (a bitset sized to the matcher); `clear()` between messages without reallocating.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Hits {
     words: Vec<u64>,
     len: usize,
+    /// The ids in the set, in the order they were found: clearing and listing cost what was
+    /// found, not the number of keywords.
+    found: Vec<KeywordId>,
+    /// The message's normalized text in the [`compact`] encoding, kept for its capacity.
+    compact: Vec<u8>,
 }
 
 impl Hits {
@@ -336,6 +402,8 @@ impl Hits {
         Self {
             words: vec![0; n.div_ceil(64)],
             len: n,
+            found: Vec::new(),
+            compact: Vec::new(),
         }
     }
 
@@ -348,8 +416,11 @@ impl Hits {
 
     fn insert(&mut self, id: KeywordId) {
         let i = id as usize;
-        if let Some(word) = self.words.get_mut(i / 64) {
+        if let Some(word) = self.words.get_mut(i / 64)
+            && *word & (1 << (i % 64)) == 0
+        {
             *word |= 1 << (i % 64);
+            self.found.push(id);
         }
     }
 
@@ -361,19 +432,26 @@ impl Hits {
     }
 
     pub fn clear(&mut self) {
-        self.words.fill(0);
+        for &id in &self.found {
+            if let Some(word) = self.words.get_mut(id as usize / 64) {
+                *word = 0;
+            }
+        }
+        self.found.clear();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.words.iter().all(|&word| word == 0)
+        self.found.is_empty()
     }
 
     /// Number of ids in the set.
     pub fn count(&self) -> usize {
-        self.words
-            .iter()
-            .map(|word| word.count_ones() as usize)
-            .sum()
+        self.found.len()
+    }
+
+    /// The ids in the set, in the order they were found.
+    pub fn found(&self) -> &[KeywordId] {
+        &self.found
     }
 
     /// The ids in the set, ascending.
@@ -418,8 +496,12 @@ pub fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
     let (Some(before), Some(after)) = (text.get(..start), text.get(end..)) else {
         return false;
     };
+    whole_word(before.chars().rev(), after.chars())
+}
+
+/// [`is_whole_word`] given the characters before the match (nearest first) and after it.
+fn whole_word(before: impl Iterator<Item = char>, mut after: impl Iterator<Item = char>) -> bool {
     if after
-        .chars()
         .find(|&c| !is_removed(c))
         .is_some_and(char::is_alphanumeric)
     {
@@ -428,7 +510,7 @@ pub fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
     // Longest proclitic sequence: conjunction + preposition + article = 4 letters (فبال).
     let mut run = ['\0'; 4];
     let mut n = 0;
-    for c in before.chars().rev() {
+    for c in before {
         if is_removed(c) {
             continue;
         }
@@ -490,7 +572,7 @@ mod tests {
 
     fn hits_in(m: &Matcher, raw: &str) -> Vec<KeywordId> {
         let mut hits = Hits::new(m);
-        m.find(raw, &normalize(raw), &mut hits);
+        m.find(raw, &mut hits);
         hits.iter().collect()
     }
 
@@ -696,7 +778,7 @@ mod tests {
         let m = MatcherBuilder::new().build().expect("empty is fine");
         assert!(m.is_empty());
         let mut hits = Hits::new(&m);
-        m.find("bot", "bot", &mut hits);
+        m.find("bot", &mut hits);
         assert!(hits.is_empty());
     }
 
@@ -704,7 +786,7 @@ mod tests {
     fn hits_reuse_and_grow() {
         let m = matcher(&[("a", SUBSTRING); 130]);
         let mut hits = Hits::with_capacity(3);
-        m.find("a", "a", &mut hits);
+        m.find("a", &mut hits);
         assert_eq!(hits.count(), 130);
         assert!(hits.contains(129));
         assert!(!hits.contains(130));
@@ -712,9 +794,9 @@ mod tests {
         let capacity = hits.words.capacity();
         hits.clear();
         assert!(hits.is_empty());
-        m.find("b", "b", &mut hits);
+        m.find("b", &mut hits);
         assert!(hits.is_empty());
-        m.find("xa", "xa", &mut hits);
+        m.find("xa", &mut hits);
         assert_eq!(
             hits.iter().collect::<Vec<_>>(),
             (0..130).collect::<Vec<_>>()
@@ -834,8 +916,11 @@ mod tests {
         let mut hits = Hits::new(&m);
         for raw in messages {
             hits.clear();
-            m.find(raw, &normalize(raw), &mut hits);
+            m.find(raw, &mut hits);
             let found: Vec<KeywordId> = hits.iter().collect();
+            let mut in_found_order = hits.found().to_vec();
+            in_found_order.sort_unstable();
+            prop_assert_eq!(&in_found_order, &found, "found() and iter() differ");
             prop_assert_eq!(found, naive(keywords, raw), "message {:?}", raw);
         }
         Ok(())

@@ -1,4 +1,6 @@
-//! Text: Unicode and Arabic-aware normalization and the keyword automaton. Pure.
+//! Text: Unicode and Arabic-aware normalization, the compact encoding the keyword automaton
+//! reads, and the automaton itself. Pure.
 
+pub mod compact;
 pub mod matcher;
 pub mod normalize;

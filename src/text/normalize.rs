@@ -12,6 +12,10 @@ use std::fmt;
 
 use icu_normalizer::ComposingNormalizerBorrowed;
 
+mod fast;
+
+pub(in crate::text) use fast::normalize_compact;
+
 /// NFKC with compiled data: building it is a `const` operation, no allocation, no I/O.
 const NFKC: ComposingNormalizerBorrowed<'static> = ComposingNormalizerBorrowed::new_nfkc();
 
@@ -56,7 +60,14 @@ pub fn normalize(s: &str) -> Cow<'_, str> {
             Cow::Borrowed(s)
         };
     }
+    match fast::normalize(s) {
+        Some(out) => out,
+        None => general(s),
+    }
+}
 
+/// [`normalize`] for any text: NFKC streamed into the fold, then step 10 when needed.
+fn general(s: &str) -> Cow<'_, str> {
     // `head + NFKC(tail) == NFKC(s)`, and `head` is already NFKC.
     let (head, tail) = NFKC.split_normalized(s);
     let first_change = head
@@ -103,7 +114,7 @@ pub fn normalize(s: &str) -> Cow<'_, str> {
 /// True for every code point that [`normalize`] deletes: Arabic tashkeel and Quranic marks,
 /// tatweel, and the invisible controls listed there. [`normalize`]'s output never contains one.
 /// Whole-word checks treat these as transparent (see `matcher::is_whole_word`).
-pub fn is_removed(c: char) -> bool {
+pub const fn is_removed(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
@@ -148,14 +159,10 @@ fn classify(c: char) -> Fold {
     if is_removed(c) {
         return Fold::Drop;
     }
+    if let Some(folded) = fold_arabic(c) {
+        return Fold::Replace(folded);
+    }
     match c {
-        '\u{0622}' | '\u{0623}' | '\u{0625}' | '\u{0671}' => Fold::Replace('\u{0627}'),
-        '\u{0649}' | '\u{06CC}' => Fold::Replace('\u{064A}'),
-        '\u{0629}' => Fold::Replace('\u{0647}'),
-        '\u{06A9}' => Fold::Replace('\u{0643}'),
-        // The ranges guarantee an offset of 0..=9.
-        '\u{0660}'..='\u{0669}' => Fold::Replace(char::from(b'0' + (c as u32 - 0x0660) as u8)),
-        '\u{06F0}'..='\u{06F9}' => Fold::Replace(char::from(b'0' + (c as u32 - 0x06F0) as u8)),
         // The rest of the Arabic block has no case: skip the case-table lookup.
         '\u{0600}'..='\u{06FF}' => Fold::Keep,
         _ => {
@@ -167,6 +174,20 @@ fn classify(c: char) -> Fold {
             }
         }
     }
+}
+
+/// Steps 5–8: the one-to-one replacements of Arabic-block letters and digits.
+const fn fold_arabic(c: char) -> Option<char> {
+    Some(match c {
+        '\u{0622}' | '\u{0623}' | '\u{0625}' | '\u{0671}' => '\u{0627}',
+        '\u{0649}' | '\u{06CC}' => '\u{064A}',
+        '\u{0629}' => '\u{0647}',
+        '\u{06A9}' => '\u{0643}',
+        // The ranges guarantee an offset of 0..=9.
+        '\u{0660}'..='\u{0669}' => (b'0' + (c as u32 - 0x0660) as u8) as char,
+        '\u{06F0}'..='\u{06F9}' => (b'0' + (c as u32 - 0x06F0) as u8) as char,
+        _ => return None,
+    })
 }
 
 /// Applies steps 2–9 to everything written into it (the NFKC normalizer streams into it).
