@@ -764,3 +764,33 @@ fn every_check_error_kind_has_an_exact_position() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The keyword automaton normalizes the body straight into its own encoding; the normalized
+/// text that regexes and scripts read is built on first use. Both must agree with
+/// `normalize`, whether the body takes the fast path (Gulf chat text) or the general one.
+#[test]
+fn keywords_and_regexes_see_the_same_normalized_text_on_both_paths() {
+    let yaml = r#"
+- id: kw
+  match: { body: { any: ["طلب كبير"] } }
+  actions: [ { log: { message: x } } ]
+- id: re
+  match: { body: { regex: 'طلب كبير (\d+)' } }
+  actions: [ { log: { message: x } } ]
+"#;
+    let set = compile_one("r.yaml", yaml).unwrap();
+    let chat = private_chat();
+    for body in [
+        "طلـبٌ كبيرٌ ٤٥",            // fast path: tatweel, tashkeel, Arabic-Indic digits
+        "ﻃﻠﺐ كبير ٤٥ café",        // general path: presentation forms, é
+        "CAFÉ\u{00A0}طلب كبير 45", // general path: NBSP
+    ] {
+        assert_eq!(
+            fires(&set, &chat, &msg(body, false, "chat")),
+            ["kw", "re"],
+            "{body:?}"
+        );
+        let p = set.prepare(body);
+        assert_eq!(p.normalized(), normalize(body), "{body:?}");
+    }
+}
