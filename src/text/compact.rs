@@ -54,13 +54,25 @@ pub fn encode_normalized<'a>(raw: &'a str, out: &mut Vec<u8>) -> Option<Cow<'a, 
     Some(normalized)
 }
 
+/// Grows `out` by the most that encoding `len` bytes of UTF-8 can take (a 2-byte character
+/// becomes 5 bytes) and returns where the encoding starts. Writing into that slice and
+/// truncating after keeps the length in a register: pushing byte by byte is twice as slow.
+pub(crate) fn grow_for(out: &mut Vec<u8>, len: usize) -> usize {
+    let start = out.len();
+    out.resize(start + len / 2 * 5 + 5, 0);
+    start
+}
+
+/// The code point of `bytes[i..i + 2]` read as a 2-byte UTF-8 sequence, whatever the bytes.
+#[inline(always)]
+pub(crate) fn two_byte_code_point(bytes: &[u8], i: usize) -> u32 {
+    u32::from(bytes[i] & 0x1F) << 6 | u32::from(bytes.get(i + 1).copied().unwrap_or(0) & 0x3F)
+}
+
 /// Appends the encoding of `text` to `out`.
 pub fn encode(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
-    let start = out.len();
-    // Writing into a slice sized for the worst case (a 2-byte character becomes 5 bytes)
-    // keeps the length in a register: pushing byte by byte is twice as slow.
-    out.resize(start + bytes.len() / 2 * 5 + 5, 0);
+    let start = grow_for(out, bytes.len());
     let buf = &mut out[start..];
     let mut w = 0;
     let mut i = 0;
@@ -69,9 +81,7 @@ pub fn encode(text: &str, out: &mut Vec<u8>) {
         // The code point if `b` leads two bytes. Computed without asking which lead byte it
         // is: D8 and D9 alternate at random in Arabic text, and a branch on them would be
         // mispredicted at every other letter. Other lead bytes give values outside the range.
-        let two =
-            u32::from(b & 0x1F) << 6 | u32::from(bytes.get(i + 1).copied().unwrap_or(0) & 0x3F);
-        let offset = two.wrapping_sub(ARABIC_FIRST);
+        let offset = two_byte_code_point(bytes, i).wrapping_sub(ARABIC_FIRST);
         if b < 0x80 {
             buf[w] = b;
             i += 1;

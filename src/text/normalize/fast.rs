@@ -176,9 +176,7 @@ const fn arabic_compact_table() -> [u16; 256] {
 /// character this path does not take.
 pub(in crate::text) fn normalize_compact(s: &str, out: &mut Vec<u8>) -> bool {
     let bytes = s.as_bytes();
-    let start = out.len();
-    // The output is never longer than the input, except for escapes (see `compact::encode`).
-    out.resize(start + bytes.len() / 2 * 5 + 5, 0);
+    let start = compact::grow_for(out, bytes.len());
     let buf = &mut out[start..];
     let mut w = 0;
     let mut i = 0;
@@ -191,8 +189,7 @@ pub(in crate::text) fn normalize_compact(s: &str, out: &mut Vec<u8>) -> bool {
             continue;
         }
         if let 0xD8..=0xDB = b {
-            let cp =
-                u32::from(b & 0x1F) << 6 | u32::from(bytes.get(i + 1).copied().unwrap_or(0) & 0x3F);
+            let cp = compact::two_byte_code_point(bytes, i);
             let code = ARABIC_COMPACT[(cp - 0x0600) as usize & 0xFF];
             if code < 0x100 {
                 buf[w] = code as u8;
