@@ -95,6 +95,11 @@ pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: Can
         poller.config.watch_rules,
         Duration::from_secs(1),
         shutdown.clone(),
+        {
+            // New rules are a new fingerprint: urls a 410 disabled get another chance.
+            let dispatcher = dispatcher.clone();
+            move || dispatcher.refresh_fingerprint()
+        },
     ));
     let p = tokio::spawn(poller.run(shutdown.clone()));
     let d = tokio::spawn(dispatcher.run(shutdown.clone()));

@@ -178,7 +178,7 @@ pub fn endpoint_gone(url: &str, delivery_id: &str, rule: &str, parked: usize) {
         delivery_id,
         rule,
         parked,
-        "ENDPOINT DISABLED: the receiver answered 410 Gone; this and every later delivery to it are kept as `gone` and not sent until the config or the rules change (then restart), or `cartat-rules outbox retry --dead` re-sends them"
+        "ENDPOINT DISABLED: the receiver answered 410 Gone; this and every later delivery to it are kept as `gone` and not sent until the config or the rules change (seen at a restart or a rules reload), or `cartat-rules outbox retry --dead` re-sends them"
     );
 }
 

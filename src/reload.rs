@@ -52,13 +52,15 @@ pub fn reload(paths: &[PathBuf], target: &RwLock<Arc<RuleSet>>) -> bool {
     }
 }
 
-/// Watches until `shutdown`: every `every`, and on SIGHUP.
+/// Watches until `shutdown`: every `every`, and on SIGHUP. `reloaded` runs (blocking, off the
+/// runtime) after each reload that put a new set in force.
 pub async fn watch(
     paths: Vec<PathBuf>,
     target: Arc<RwLock<Arc<RuleSet>>>,
     poll_files: bool,
     every: Duration,
     shutdown: CancellationToken,
+    reloaded: impl Fn() + Clone + Send + 'static,
 ) {
     let mut last = snapshot(&paths);
     #[cfg(unix)]
@@ -90,7 +92,13 @@ pub async fn watch(
             }
             let p = paths.clone();
             let t = target.clone();
-            let _ = tokio::task::spawn_blocking(move || reload(&p, &t)).await;
+            let then = reloaded.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if reload(&p, &t) {
+                    then();
+                }
+            })
+            .await;
             last = now;
         }
     }

@@ -43,7 +43,9 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Fingerprint of the config and rules in force: a 410 disables its url under it.
-    fingerprint: String,
+    fingerprint: std::sync::RwLock<String>,
+    /// What the fingerprint is taken of: the config file and the rule paths.
+    sources: Option<(std::path::PathBuf, Vec<std::path::PathBuf>)>,
     in_flight: Arc<Mutex<InFlight>>,
 }
 
@@ -174,30 +176,50 @@ impl Dispatcher {
             net_policy,
             wake,
             metrics: Arc::default(),
-            fingerprint: String::new(),
+            fingerprint: std::sync::RwLock::default(),
+            sources: None,
             in_flight: Arc::default(),
         })
     }
 
     /// Ties 410s to this config: they disable their url until the config or rules change.
     pub fn with_config_fingerprint(mut self, config: &Config) -> Dispatcher {
-        self.fingerprint = config_fingerprint(&config.path, &config.rule_paths);
+        self.sources = Some((config.path.clone(), config.rule_paths.clone()));
         self
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes the fingerprint of the config and rules as they are on disk now, and enables
+    /// again every url a 410 disabled under another one (logged one by one). Called at start
+    /// and after every hot reload of the rules. Blocking (file reads and SQLite).
+    pub fn refresh_fingerprint(&self) {
+        let Some((config, rules)) = &self.sources else {
+            return;
+        };
+        let fp = config_fingerprint(config, rules);
+        *self.fingerprint.write().unwrap_or_else(|e| e.into_inner()) = fp.clone();
+        match self.store.reenable_endpoints(&fp) {
+            Ok(urls) => {
+                for url in urls {
+                    events::endpoint_reenabled(&redact_url(&url));
+                }
+            }
+            Err(e) => tracing::error!("cannot read the disabled endpoints: {e}"),
+        }
     }
 
     /// Sends until `shutdown`; deliveries in flight then finish (each bounded by the webhook
     /// timeout), the rest stay pending in the outbox.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let store = self.store.clone();
-        let fp = self.fingerprint.clone();
-        match tokio::task::spawn_blocking(move || store.reenable_endpoints(&fp)).await {
-            Ok(Ok(urls)) => {
-                for url in urls {
-                    events::endpoint_reenabled(&redact_url(&url));
-                }
-            }
-            Ok(Err(e)) => tracing::error!("cannot read the disabled endpoints: {e}"),
-            Err(e) => tracing::error!("reading the disabled endpoints panicked: {e}"),
+        let me = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || me.refresh_fingerprint()).await {
+            tracing::error!("reading the disabled endpoints panicked: {e}");
         }
         let tracker = TaskTracker::new();
         let done = Arc::new(Notify::new());
@@ -362,7 +384,7 @@ impl Dispatcher {
         let store = self.store.clone();
         let id = row.id;
         let url = d.url.clone();
-        let fp = self.fingerprint.clone();
+        let fp = self.fingerprint();
         let res = tokio::task::spawn_blocking(move || {
             if gone {
                 store

@@ -222,6 +222,59 @@ async fn a_410_disables_the_endpoint_until_the_config_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_edit_picked_up_by_hot_reload_enables_a_410_endpoint_again() {
+    let chats = chat_ids("9665000043", 1);
+    let gw = gateway(&scenario(&chats)).await;
+    let rx = receiver().await;
+    rx.set_default(Some(Reply::status(410)));
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/gone")]));
+    let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
+
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    gw.push_message(&chats[0], "bot one", false);
+    wait_for("the 410", Duration::from_secs(10), || {
+        !rx.received().is_empty()
+    })
+    .await;
+    gw.push_message(&chats[0], "bot two", false);
+    wait_for("bot two parked", Duration::from_secs(10), || {
+        outbox(&ws).iter().filter(|r| r.state == "gone").count() == 2
+    })
+    .await;
+
+    // The operator fixes the rule while the daemon runs and asks for a reload: no restart.
+    rx.set_default(None);
+    ws.write(
+        "rules/bot.yaml",
+        &bot_rule("bot", &[rx.url("/gone")])
+            .replace("webhook: {", "webhook: { headers: { X-Fixed: \"yes\" }, "),
+    );
+    daemon.signal(libc::SIGHUP);
+    wait_for("the reload", Duration::from_secs(10), || {
+        daemon.output().contains("endpoint enabled again")
+    })
+    .await;
+    gw.push_message(&chats[0], "bot three", false);
+    wait_for("bot three delivered", Duration::from_secs(10), || {
+        rx.received().len() >= 2
+    })
+    .await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    let got = rx.received();
+    assert_eq!(bodies(&got), ["bot one", "bot three"], "{log}");
+    assert_eq!(got[1].header("x-fixed"), Some("yes"));
+    assert_eq!(
+        outbox(&ws).iter().filter(|r| r.state == "gone").count(),
+        2,
+        "what was parked stays parked (`outbox retry` sends it)"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_is_a_failure_and_is_never_followed() {
     let chats = chat_ids("9665000042", 1);
     let gw = gateway(&scenario(&chats)).await;
