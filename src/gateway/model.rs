@@ -5,6 +5,7 @@
 //! failing the page. Must not: do I/O, log, or decide anything about rules.
 
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt;
 
 /// The earliest plausible message time (2010-01-01) and the latest (2100-01-01), in unix seconds.
@@ -223,9 +224,75 @@ pub fn parse_reply(bytes: &[u8], watched: &ChatId) -> Result<Page, ReplyError> {
     // Invalid UTF-8 in one message's text must not fail the page: replace it (a no-op copy-free
     // borrow when the bytes are valid).
     let text = String::from_utf8_lossy(bytes);
-    let root: Value =
-        serde_json::from_str(&text).map_err(|e| ReplyError::NotJson(e.to_string()))?;
+    let root: Value = match serde_json::from_str(&text) {
+        Ok(root) => root,
+        // Half an emoji (a lone UTF-16 surrogate escape) must not fail the page either. The
+        // repair runs only after a failure, so a good reply pays nothing for it.
+        Err(e) => match repair_lone_surrogates(&text) {
+            Cow::Owned(repaired) => {
+                serde_json::from_str(&repaired).map_err(|e| ReplyError::NotJson(e.to_string()))?
+            }
+            Cow::Borrowed(_) => return Err(ReplyError::NotJson(e.to_string())),
+        },
+    };
     parse_reply_value(&root, watched)
+}
+
+/// Rewrites every lone UTF-16 surrogate escape inside a JSON string (`\ud800` not followed
+/// by a `\udc00`–`\udfff`, or a `\udc00` without a leading one) to `\ufffd`, the
+/// replacement character, as JavaScript shows such a string. Valid pairs, escaped backslashes
+/// and everything outside strings are left alone; borrows when nothing is lone.
+pub fn repair_lone_surrogates(json: &str) -> Cow<'_, str> {
+    let b = json.as_bytes();
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = b.get(at..at + 4)?;
+        digits
+            .iter()
+            .try_fold(0u32, |v, &d| Some(v * 16 + char::from(d).to_digit(16)?))
+    };
+    // The code unit of a `\uXXXX` escape at `at`, if there is one.
+    let escape_at = |at: usize| -> Option<u32> {
+        (b.get(at) == Some(&b'\\') && b.get(at + 1) == Some(&b'u'))
+            .then(|| hex4(at + 2))
+            .flatten()
+    };
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut in_string = false;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if !in_string {
+            in_string = c == b'"';
+            i += 1;
+            continue;
+        }
+        match c {
+            b'"' => {
+                in_string = false;
+                i += 1;
+            }
+            b'\\' => match escape_at(i) {
+                Some(0xD800..=0xDBFF) if matches!(escape_at(i + 6), Some(0xDC00..=0xDFFF)) => {
+                    i += 12;
+                }
+                Some(0xD800..=0xDFFF) => {
+                    out.push_str(json.get(copied..i).unwrap_or_default());
+                    out.push_str("\\ufffd");
+                    i += 6;
+                    copied = i;
+                }
+                Some(_) => i += 6,
+                // Any other escape is two bytes (`\"`, `\\`, `\n`, …).
+                None => i += 2,
+            },
+            _ => i += 1,
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(json);
+    }
+    out.push_str(json.get(copied..).unwrap_or_default());
+    Cow::Owned(out)
 }
 
 /// As [`parse_reply`], from an already parsed JSON value.
@@ -607,5 +674,70 @@ mod tests {
         assert_ne!(m.fingerprint(), revoked.fingerprint());
         assert_ne!(m.fingerprint(), edited.fingerprint());
         assert_eq!(m.fingerprint(), m.clone().fingerprint());
+    }
+
+    #[test]
+    fn lone_surrogates_become_the_replacement_character() {
+        let cases: &[(&str, &str)] = &[
+            (r#""\ud800""#, r#""\ufffd""#),                   // lone leading
+            (r#""\udc00""#, r#""\ufffd""#),                   // lone trailing
+            (r#""ab\uD83D""#, r#""ab\ufffd""#),               // leading at the end, upper case
+            (r#""\ud800\u0041""#, r#""\ufffd\u0041""#),       // leading, then no trailing
+            (r#""\ud83d\ude00""#, r#""\ud83d\ude00""#),       // a valid pair: 😀
+            (r#""\ude00\ud83d""#, r#""\ufffd\ufffd""#),       // a reversed pair
+            (r#""\\ud800""#, r#""\\ud800""#),                 // an escaped backslash: text
+            (r#""\\\ud800""#, r#""\\\ufffd""#),               // backslash, then a lone one
+            (r#"{"\ud800":1}"#, r#"{"\ufffd":1}"#),           // in a key
+            (r#""\ud800 x \udbff""#, r#""\ufffd x \ufffd""#), // two in one string
+            (r#""\"\ud800""#, r#""\"\ufffd""#),               // after an escaped quote
+            (r#"[1, "ok", true]"#, r#"[1, "ok", true]"#),     // nothing to do
+            (r#"\ud800 "x""#, r#"\ud800 "x""#),               // outside strings: untouched
+            (r#""\ud8""#, r#""\ud8""#),                       // a short escape: left to serde
+        ];
+        for &(input, expected) in cases {
+            let got = repair_lone_surrogates(input);
+            assert_eq!(got, expected, "{input}");
+            assert_eq!(
+                matches!(got, Cow::Borrowed(_)),
+                input == expected,
+                "borrows exactly when nothing changes: {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_surrogate_costs_one_character_not_the_page() {
+        let body = br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":2},"messages":[
+            {"id":{"fromMe":false,"id":"A","_serialized":"false_966500000000@c.us_A"},"timestamp":1700000000,"body":"bot \ud83d","type":"chat"},
+            {"id":{"fromMe":false,"id":"B","_serialized":"false_966500000000@c.us_B"},"timestamp":1700000001,"body":"bot \ud83d\ude00","type":"chat"}]}"#;
+        let page = parse_reply(body, &watched()).unwrap();
+        let bodies: Vec<&str> = page.messages.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["bot \u{FFFD}", "bot 😀"]);
+        assert!(page.skipped.is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn well_formed_json_is_borrowed_untouched(s in ".*") {
+            let json = serde_json::to_string(&s).unwrap();
+            let repaired = repair_lone_surrogates(&json);
+            proptest::prop_assert!(matches!(repaired, Cow::Borrowed(_)));
+        }
+
+        #[test]
+        fn injected_lone_surrogates_always_parse(
+            parts in proptest::collection::vec((".{0,6}", 0xD800u32..0xE000), 0..6)
+        ) {
+            let mut json = String::from("\"");
+            for (text, unit) in &parts {
+                let quoted = serde_json::to_string(text).unwrap();
+                json.push_str(&quoted[1..quoted.len() - 1]);
+                json.push_str(&format!("\\u{unit:04x}"));
+            }
+            json.push('"');
+            let repaired = repair_lone_surrogates(&json);
+            let parsed: Result<String, _> = serde_json::from_str(&repaired);
+            proptest::prop_assert!(parsed.is_ok(), "{} → {}", json, repaired);
+        }
     }
 }
