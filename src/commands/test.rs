@@ -294,7 +294,7 @@ pub fn evaluate_chat_rules(
             }
             (TestFormat::Text, None) => {
                 if explain
-                    && let ChatCheck::DoesNotHold(why) | ChatCheck::Unknown(why) =
+                    && let ChatCheck::DoesNotHold(why) =
                         rule.check(&chat_id, &page.chat, &page.messages, now)
                 {
                     let _ = writeln!(out, "    ✗ {}: {why}", rule.id);

@@ -238,9 +238,6 @@ pub fn decide_chat(
             // An empty page says nothing about the chat (a gateway hiccup): keep the timer
             // rather than re-arm and fire again under a new id.
             ChatCheck::DoesNotHold(_) if messages.is_empty() => continue,
-            // Neither does a reply without the unread count: 0 would re-arm a pile-up alert
-            // that the next reply fires again.
-            ChatCheck::Unknown(_) => continue,
             ChatCheck::DoesNotHold(_) => {
                 if prev != ChatRuleState::default() {
                     d.chat_rules

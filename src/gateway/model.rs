@@ -179,9 +179,8 @@ pub struct Chat {
     pub id: String,
     pub name: Option<String>,
     pub is_group: bool,
-    /// −1 means "marked unread"; `None` when the reply does not say (no `chat` or no
-    /// `unreadCount`): unknown, which is not 0.
-    pub unread_count: Option<i64>,
+    /// −1 means "marked unread".
+    pub unread_count: i64,
     pub timestamp: Option<i64>,
     pub archived: bool,
     pub pinned: bool,
@@ -360,7 +359,7 @@ fn parse_chat(v: Option<&Value>, watched: &ChatId) -> Chat {
             .unwrap_or(id.ends_with("@g.us")),
         id,
         name: v.get("name").and_then(Value::as_str).map(str::to_string),
-        unread_count: v.get("unreadCount").and_then(as_i64),
+        unread_count: v.get("unreadCount").and_then(as_i64).unwrap_or(0),
         timestamp: v
             .get("timestamp")
             .and_then(as_i64)
@@ -660,22 +659,7 @@ mod tests {
     #[test]
     fn unread_minus_one_is_kept() {
         let body = br#"{"status":"success","chat":{"id":{"_serialized":"966500000000@c.us"},"unreadCount":-1},"messages":[]}"#;
-        assert_eq!(
-            parse_reply(body, &watched()).unwrap().chat.unread_count,
-            Some(-1)
-        );
-        let body = br#"{"status":"success","chat":{"id":{"_serialized":"966500000000@c.us"}},"messages":[]}"#;
-        assert_eq!(
-            parse_reply(body, &watched()).unwrap().chat.unread_count,
-            None,
-            "unknown, not 0"
-        );
-        let body = br#"{"status":"success","messages":[]}"#;
-        assert_eq!(
-            parse_reply(body, &watched()).unwrap().chat.unread_count,
-            None,
-            "no chat at all"
-        );
+        assert_eq!(parse_reply(body, &watched()).unwrap().chat.unread_count, -1);
     }
 
     #[test]

@@ -86,9 +86,6 @@ pub enum ChatCheck {
         matched: Value,
     },
     DoesNotHold(String),
-    /// The page cannot tell (the reply has no `unreadCount`): the rule's state is left as it
-    /// was, neither started, nor re-armed, nor fired.
-    Unknown(String),
 }
 
 /// The time of the first inbound user message after our last outbound one, if the newest
@@ -141,13 +138,12 @@ impl ChatRule {
         }
         let mut matched = serde_json::Map::new();
         if let Some(cmp) = &self.unread_count {
-            let Some(count) = chat.unread_count else {
-                return ChatCheck::Unknown(
-                    "unread_count: unknown (the gateway's reply has no unreadCount)".into(),
-                );
-            };
             // −1 means "marked unread": at least one.
-            let unread = if count < 0 { 1 } else { count };
+            let unread = if chat.unread_count < 0 {
+                1
+            } else {
+                chat.unread_count
+            };
             if !cmp.holds(unread) {
                 return ChatCheck::DoesNotHold(format!("unread_count: {unread} is not {cmp}"));
             }

@@ -534,11 +534,7 @@ fn script_vars(ctx: &Ctx) -> [(&'static str, rhai::Dynamic); 2] {
     chat.insert("id".into(), ctx.chat_id.as_str().into());
     chat.insert("name".into(), opt(&ctx.chat.name));
     chat.insert("is_group".into(), ctx.chat.is_group.into());
-    // `()` when the gateway's reply did not say.
-    chat.insert(
-        "unread_count".into(),
-        ctx.chat.unread_count.map_or(Dynamic::UNIT, Dynamic::from),
-    );
+    chat.insert("unread_count".into(), ctx.chat.unread_count.into());
     [("msg", msg.into()), ("chat", chat.into())]
 }
 

@@ -45,7 +45,6 @@ fn private_chat() -> Chat {
     Chat {
         id: "966500000000@c.us".into(),
         name: Some("Jhone Due".into()),
-        unread_count: Some(0),
         ..Chat::default()
     }
 }
