@@ -293,15 +293,74 @@ pub fn evaluate_chat_rules(
                 }
             }
             (TestFormat::Text, None) => {
-                if explain
-                    && let ChatCheck::DoesNotHold(why) =
-                        rule.check(&chat_id, &page.chat, &page.messages, now)
-                {
-                    let _ = writeln!(out, "    ✗ {}: {why}", rule.id);
-                } else if !explain {
-                    let _ = writeln!(out, "    ({} does not hold)", rule.id);
+                match rule.check(&chat_id, &page.chat, &page.messages, now) {
+                    ChatCheck::DoesNotHold(why) if explain => {
+                        let _ = writeln!(out, "    ✗ {}: {why}", rule.id);
+                    }
+                    // Neither holds nor does not: a running timer would be left as it is.
+                    ChatCheck::Unknown(why) if explain => {
+                        let _ = writeln!(out, "    ? {}: {why}", rule.id);
+                    }
+                    ChatCheck::Unknown(_) => {
+                        let _ = writeln!(out, "    ({} unknown: no unreadCount)", rule.id);
+                    }
+                    _ if !explain => {
+                        let _ = writeln!(out, "    ({} does not hold)", rule.id);
+                    }
+                    _ => {}
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::model::{ChatId, parse_reply};
+    use crate::rules::{compile_rules, parse_file};
+
+    #[test]
+    fn explain_says_when_the_reply_has_no_unread_count() {
+        let file = parse_file(
+            std::path::Path::new("r.yaml"),
+            "id: pileup\non: chat\nmatch: { unread_count: { gte: 5 }, for: 10m }\nactions: [ { log: { message: x } } ]\n",
+        )
+        .unwrap();
+        let (rules, d) = compile_rules(vec![file]);
+        assert!(!d.has_errors(), "{d}");
+        let watched = ChatId::parse("966500000000").unwrap();
+        let run = |reply: &[u8], explain: bool| {
+            let page = parse_reply(reply, &watched).unwrap();
+            let mut out = String::new();
+            evaluate_chat_rules(
+                &rules,
+                &page,
+                TestFormat::Text,
+                explain,
+                1_700_000_000,
+                &mut out,
+            );
+            out
+        };
+        let missing = br#"{"status":"success","chat":{"id":"966500000000@c.us"},"messages":[]}"#;
+        let out = run(missing, true);
+        assert!(
+            out.contains(
+                "? pileup: unread_count: unknown (the gateway's reply has no unreadCount)"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("fires"), "{out}");
+        let out = run(missing, false);
+        assert!(out.contains("(pileup unknown: no unreadCount)"), "{out}");
+        let three = br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":3},"messages":[]}"#;
+        let out = run(three, true);
+        assert!(
+            out.contains("✗ pileup: unread_count: 3 is not >= 5"),
+            "{out}"
+        );
+        let seven = br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":7},"messages":[]}"#;
+        assert!(run(seven, true).contains("✓ pileup fires"));
     }
 }

@@ -238,6 +238,9 @@ pub fn decide_chat(
             // An empty page says nothing about the chat (a gateway hiccup): keep the timer
             // rather than re-arm and fire again under a new id.
             ChatCheck::DoesNotHold(_) if messages.is_empty() => continue,
+            // The reply did not say how many messages are unread: the timer, the fired flag and
+            // the cooldown stay exactly as they were — neither start, reset, re-arm nor fire.
+            ChatCheck::Unknown(_) => continue,
             ChatCheck::DoesNotHold(_) => {
                 if prev != ChatRuleState::default() {
                     d.chat_rules

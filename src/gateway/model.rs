@@ -179,8 +179,9 @@ pub struct Chat {
     pub id: String,
     pub name: Option<String>,
     pub is_group: bool,
-    /// −1 means "marked unread".
-    pub unread_count: i64,
+    /// `unreadCount`: −1 means "marked unread"; `None` means the reply did not say (no `chat`
+    /// object, no `unreadCount`, or not a number) — unknown, never 0.
+    pub unread_count: Option<i64>,
     pub timestamp: Option<i64>,
     pub archived: bool,
     pub pinned: bool,
@@ -359,7 +360,7 @@ fn parse_chat(v: Option<&Value>, watched: &ChatId) -> Chat {
             .unwrap_or(id.ends_with("@g.us")),
         id,
         name: v.get("name").and_then(Value::as_str).map(str::to_string),
-        unread_count: v.get("unreadCount").and_then(as_i64).unwrap_or(0),
+        unread_count: v.get("unreadCount").and_then(as_i64),
         timestamp: v
             .get("timestamp")
             .and_then(as_i64)
@@ -657,9 +658,38 @@ mod tests {
     }
 
     #[test]
-    fn unread_minus_one_is_kept() {
-        let body = br#"{"status":"success","chat":{"id":{"_serialized":"966500000000@c.us"},"unreadCount":-1},"messages":[]}"#;
-        assert_eq!(parse_reply(body, &watched()).unwrap().chat.unread_count, -1);
+    fn unread_count_is_kept_and_unknown_when_the_reply_does_not_say() {
+        let cases: [(&[u8], Option<i64>); 7] = [
+            (
+                br#"{"status":"success","chat":{"id":{"_serialized":"966500000000@c.us"},"unreadCount":-1},"messages":[]}"#,
+                Some(-1),
+            ),
+            (
+                br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":7},"messages":[]}"#,
+                Some(7),
+            ),
+            (
+                br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":0},"messages":[]}"#,
+                Some(0),
+            ),
+            (
+                br#"{"status":"success","chat":{"id":"966500000000@c.us"},"messages":[]}"#,
+                None,
+            ),
+            (
+                br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":null},"messages":[]}"#,
+                None,
+            ),
+            (
+                br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":"many"},"messages":[]}"#,
+                None,
+            ),
+            (br#"{"status":"success","messages":[]}"#, None),
+        ];
+        for (body, want) in cases {
+            let got = parse_reply(body, &watched()).unwrap().chat.unread_count;
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

@@ -44,7 +44,8 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
     (&s[..end], true)
 }
 
-/// The chat as templates and the envelope show it.
+/// The chat as templates and the envelope show it. `unread_count` is null when the gateway's
+/// reply did not say (never a made-up 0, never an older reply's value).
 pub fn chat_json(chat_id: &ChatId, chat: &Chat) -> Value {
     json!({
         "id": chat_id.as_str(),

@@ -86,7 +86,14 @@ pub enum ChatCheck {
         matched: Value,
     },
     DoesNotHold(String),
+    /// Whether it holds cannot be told from this reply (the gateway did not say how many
+    /// messages are unread) and no other condition settles it: the rule's state for the chat
+    /// must stay exactly as it was — no timer start or reset, no re-arm, no firing.
+    Unknown(String),
 }
+
+/// The reason given when an `unread_count` rule meets a reply without `unreadCount`.
+pub const UNREAD_UNKNOWN: &str = "unread_count: unknown (the gateway's reply has no unreadCount)";
 
 /// The time of the first inbound user message after our last outbound one, if the newest
 /// user message is inbound. Notifications are ignored.
@@ -137,17 +144,24 @@ impl ChatRule {
             }
         }
         let mut matched = serde_json::Map::new();
+        // An unknown count settles nothing by itself: a condition that is definitely false
+        // still makes the whole rule not hold (the conditions are all required), otherwise
+        // the answer is unknown rather than holds.
+        let mut unknown = None;
         if let Some(cmp) = &self.unread_count {
-            // −1 means "marked unread": at least one.
-            let unread = if chat.unread_count < 0 {
-                1
-            } else {
-                chat.unread_count
-            };
-            if !cmp.holds(unread) {
-                return ChatCheck::DoesNotHold(format!("unread_count: {unread} is not {cmp}"));
+            match chat.unread_count {
+                None => unknown = Some(UNREAD_UNKNOWN),
+                Some(count) => {
+                    // −1 means "marked unread": at least one.
+                    let unread = if count < 0 { 1 } else { count };
+                    if !cmp.holds(unread) {
+                        return ChatCheck::DoesNotHold(format!(
+                            "unread_count: {unread} is not {cmp}"
+                        ));
+                    }
+                    matched.insert("unread_count".into(), json!(unread));
+                }
             }
-            matched.insert("unread_count".into(), json!(unread));
         }
         if let Some(d) = self.unanswered_for {
             let Some(since) = waiting_since(messages) else {
@@ -167,6 +181,9 @@ impl ChatRule {
                 "waiting_since".into(),
                 json!(crate::outbox::envelope::rfc3339(since)),
             );
+        }
+        if let Some(why) = unknown {
+            return ChatCheck::Unknown(why.into());
         }
         ChatCheck::Holds {
             matched: Value::Object(matched),
@@ -307,6 +324,117 @@ mod tests {
         for (i, (msgs, want)) in cases.into_iter().enumerate() {
             assert_eq!(waiting_since(&msgs), want, "case {i}");
         }
+    }
+
+    fn rule(yaml: &str) -> ChatRule {
+        let file = crate::rules::parse_file(std::path::Path::new("r.yaml"), yaml).unwrap();
+        let (mut set, d) = crate::rules::compile_rules(vec![file]);
+        assert!(!d.has_errors(), "{d}");
+        set.chat_rules.remove(0)
+    }
+
+    fn chat(unread: Option<i64>, is_group: bool) -> Chat {
+        Chat {
+            id: "966500000000@c.us".into(),
+            is_group,
+            unread_count: unread,
+            ..Chat::default()
+        }
+    }
+
+    #[test]
+    fn an_unknown_unread_count_is_unknown_unless_another_condition_settles_it() {
+        let unread = rule(
+            "id: u\non: chat\nmatch: { unread_count: { gte: 5 } }\nactions: [ { log: { message: x } } ]\n",
+        );
+        let both = rule(
+            "id: b\non: chat\nmatch: { unread_count: { gte: 5 }, unanswered_for: 15m }\nactions: [ { log: { message: x } } ]\n",
+        );
+        let people = rule(
+            "id: p\non: chat\nmatch: { unread_count: { gte: 5 }, is_group: false }\nactions: [ { log: { message: x } } ]\n",
+        );
+        let sla = rule(
+            "id: s\non: chat\nmatch: { unanswered_for: 15m }\nactions: [ { log: { message: x } } ]\n",
+        );
+        let id = ChatId::from_gateway("966500000000@c.us");
+        let waiting = vec![m("q", 1000, false, "chat")];
+        let answered = vec![m("q", 1000, false, "chat"), m("r", 1100, true, "chat")];
+        let unknown = ChatCheck::Unknown(UNREAD_UNKNOWN.into());
+        let holds = |v: Value| ChatCheck::Holds { matched: v };
+        let no = |s: &str| ChatCheck::DoesNotHold(s.into());
+        let now = 1000 + 900;
+        let cases: Vec<(&str, &ChatRule, Chat, &[Message], ChatCheck)> = vec![
+            (
+                "unknown",
+                &unread,
+                chat(None, false),
+                &waiting,
+                unknown.clone(),
+            ),
+            (
+                "unknown, no messages",
+                &unread,
+                chat(None, false),
+                &[],
+                unknown.clone(),
+            ),
+            (
+                "7",
+                &unread,
+                chat(Some(7), false),
+                &waiting,
+                holds(json!({"unread_count": 7})),
+            ),
+            (
+                "0",
+                &unread,
+                chat(Some(0), false),
+                &waiting,
+                no("unread_count: 0 is not >= 5"),
+            ),
+            (
+                "-1 is one",
+                &unread,
+                chat(Some(-1), false),
+                &waiting,
+                no("unread_count: 1 is not >= 5"),
+            ),
+            (
+                "unknown and still waiting",
+                &both,
+                chat(None, false),
+                &waiting,
+                unknown.clone(),
+            ),
+            (
+                "unknown but answered: does not hold",
+                &both,
+                chat(None, false),
+                &answered,
+                no("unanswered_for: the newest message is ours (or there is none)"),
+            ),
+            (
+                "unknown in a group: the filter settles it",
+                &people,
+                chat(None, true),
+                &waiting,
+                no("is_group: the chat has is_group=true"),
+            ),
+            (
+                "no unread_count condition: unaffected",
+                &sla,
+                chat(None, false),
+                &waiting,
+                holds(json!({"unanswered_for": "15m", "waiting_since": "1970-01-01T00:16:40Z"})),
+            ),
+        ];
+        for (name, r, c, msgs, want) in cases {
+            assert_eq!(r.check(&id, &c, msgs, now), want, "{name}");
+        }
+        assert_eq!(
+            UNREAD_UNKNOWN,
+            "unread_count: unknown (the gateway's reply has no unreadCount)"
+        );
     }
 
     #[test]

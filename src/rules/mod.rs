@@ -534,7 +534,11 @@ fn script_vars(ctx: &Ctx) -> [(&'static str, rhai::Dynamic); 2] {
     chat.insert("id".into(), ctx.chat_id.as_str().into());
     chat.insert("name".into(), opt(&ctx.chat.name));
     chat.insert("is_group".into(), ctx.chat.is_group.into());
-    chat.insert("unread_count".into(), ctx.chat.unread_count.into());
+    // `()` when the reply did not say, as `on_chat` sees the JSON null.
+    chat.insert(
+        "unread_count".into(),
+        ctx.chat.unread_count.map_or(Dynamic::UNIT, Dynamic::from),
+    );
     [("msg", msg.into()), ("chat", chat.into())]
 }
 

@@ -45,6 +45,7 @@ fn private_chat() -> Chat {
     Chat {
         id: "966500000000@c.us".into(),
         name: Some("Jhone Due".into()),
+        unread_count: Some(0),
         ..Chat::default()
     }
 }
@@ -368,6 +369,21 @@ fn the_envelope_matches_the_spec() {
     });
     assert_eq!(body, want);
     assert_eq!(d.deliveries[0].action_index, 1);
+    // A reply without unreadCount: the envelope says null, not 0.
+    let unknown = Chat {
+        unread_count: None,
+        ..chat
+    };
+    let d = crate::engine::decide::decide(
+        &set,
+        &id,
+        &unknown,
+        &[&m],
+        &HashMap::new(),
+        crate::engine::decide::Clock::Now(1_764_312_052),
+    );
+    let body: Value = serde_json::from_str(&d.deliveries[0].body).unwrap();
+    assert_eq!(body["chat"]["unread_count"], Value::Null);
 }
 
 #[test]
@@ -435,6 +451,26 @@ const SCRIPTS: &str = r#"
   match: { from_me: false, body: { any: [bot] } }
   actions: [ { log: { message: x } } ]
 "#;
+
+#[test]
+fn script_conditions_see_an_unknown_unread_count_as_unit() {
+    let set = compile_one(
+        "r.yaml",
+        "- id: unknown\n  match: { script: 'chat.unread_count == ()' }\n  actions: [ { log: { message: x } } ]\n- id: seven\n  match: { script: 'chat.unread_count == 7' }\n  actions: [ { log: { message: x } } ]\n",
+    )
+    .unwrap();
+    let m = msg("hi", false, "chat");
+    let unknown = Chat {
+        unread_count: None,
+        ..private_chat()
+    };
+    assert_eq!(fires(&set, &unknown, &m), ["unknown"]);
+    let seven = Chat {
+        unread_count: Some(7),
+        ..private_chat()
+    };
+    assert_eq!(fires(&set, &seven, &m), ["seven"]);
+}
 
 #[test]
 fn script_conditions_see_msg_and_chat() {

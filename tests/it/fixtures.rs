@@ -50,7 +50,7 @@ fn fixture_quirks_are_handled() {
     assert_eq!(p.messages[1].body, "بُوت؟ ابـي اكلـم موظف");
     assert_eq!(p.messages[2].kind, "revoked");
     assert_eq!(p.messages[2].body, "");
-    assert_eq!(p.chat.unread_count, 3);
+    assert_eq!(p.chat.unread_count, Some(3));
 
     let img = parse("06_image_no_caption_thumbnail_body.json");
     assert_eq!(img.messages[0].kind, "image");

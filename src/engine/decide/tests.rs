@@ -26,6 +26,11 @@ fn msg(id: &str, ts: i64, from_me: bool, body: &str) -> Message {
 }
 
 fn chat(unread: i64) -> Chat {
+    chat_with(Some(unread))
+}
+
+/// `None`: the reply had no `unreadCount`.
+fn chat_with(unread: Option<i64>) -> Chat {
     Chat {
         id: "966500000000@c.us".into(),
         name: Some("C".into()),
@@ -151,6 +156,201 @@ fn a_chat_rule_fires_once_after_holding_for_its_duration_then_rearms() {
     assert_ne!(
         d.deliveries[0].delivery_id, first_id,
         "a new holding spell is a new delivery"
+    );
+}
+
+/// Runs polls of one chat through `decide_chat`, storing what each decided as the daemon
+/// does; returns the poll times at which the rule fired and the timer after each poll.
+fn run_polls(
+    rules: &RuleSet,
+    msgs: &[Message],
+    polls: &[(Option<i64>, i64)],
+) -> (Vec<i64>, Vec<Option<ChatRuleState>>) {
+    let mut memory = Memory::default();
+    let mut fired = Vec::new();
+    let mut timers = Vec::new();
+    for &(unread, now) in polls {
+        let mut d = Decision::default();
+        decide_chat(
+            rules,
+            &cid(),
+            &chat_with(unread),
+            msgs,
+            &memory,
+            now,
+            &mut d,
+        );
+        for (r, st) in &d.chat_rules {
+            memory.chat_rules.insert(r.clone(), *st);
+        }
+        for (r, until) in &d.cooldowns {
+            memory.cooldowns.insert(r.clone(), *until);
+        }
+        fired.extend(d.chat_firings.iter().map(|_| now));
+        timers.push(memory.chat_rules.get("pileup").copied());
+    }
+    (fired, timers)
+}
+
+#[test]
+fn an_unknown_unread_count_neither_starts_resets_rearms_nor_fires() {
+    // No cooldown, so only the timer and the fired flag stand between a spell and a second alert.
+    let rules = set(
+        "id: pileup\non: chat\nmatch:\n  unread_count: { gte: 5 }\n  for: 10m\nactions:\n  - webhook: { url: \"https://x.example/\" }\n",
+    );
+    let msgs = vec![msg("a", 900, false, "hi")];
+    const T0: i64 = 1000;
+    let held = |since: i64, fired: bool| {
+        Some(ChatRuleState {
+            since: Some(since),
+            fired,
+        })
+    };
+    type Case = (
+        &'static str,
+        Vec<(Option<i64>, i64)>,
+        Vec<i64>,
+        Vec<Option<ChatRuleState>>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "7, missing, 7: the missing reply does not reset the timer; fires once at t0+10m",
+            vec![(Some(7), T0), (None, T0 + 300), (Some(7), T0 + 600)],
+            vec![T0 + 600],
+            vec![held(T0, false), held(T0, false), held(T0, true)],
+        ),
+        (
+            "missing while the timer is due: no firing on an unknown count",
+            vec![(Some(7), T0), (None, T0 + 600), (Some(7), T0 + 700)],
+            vec![T0 + 700],
+            vec![held(T0, false), held(T0, false), held(T0, true)],
+        ),
+        (
+            "fired with 7, then missing, then 7: no re-arm, no second alert",
+            vec![
+                (Some(7), T0),
+                (Some(7), T0 + 600),
+                (None, T0 + 700),
+                (Some(7), T0 + 800),
+                (Some(7), T0 + 1400),
+                (Some(7), T0 + 2000),
+            ],
+            vec![T0 + 600],
+            vec![
+                held(T0, false),
+                held(T0, true),
+                held(T0, true),
+                held(T0, true),
+                held(T0, true),
+                held(T0, true),
+            ],
+        ),
+        (
+            "7 then 0 re-arms as before; the next spell fires again",
+            vec![
+                (Some(7), T0),
+                (Some(7), T0 + 600),
+                (Some(0), T0 + 700),
+                (Some(7), T0 + 800),
+                (Some(7), T0 + 1400),
+            ],
+            vec![T0 + 600, T0 + 1400],
+            vec![
+                held(T0, false),
+                held(T0, true),
+                Some(ChatRuleState::default()),
+                held(T0 + 800, false),
+                held(T0 + 800, true),
+            ],
+        ),
+        (
+            "missing first: nothing starts",
+            vec![(None, T0), (None, T0 + 600), (Some(7), T0 + 700)],
+            vec![],
+            vec![None, None, held(T0 + 700, false)],
+        ),
+        (
+            "missing after 0: still armed, the next 7 starts the timer then",
+            vec![(Some(0), T0), (None, T0 + 300), (Some(7), T0 + 600)],
+            vec![],
+            vec![None, None, held(T0 + 600, false)],
+        ),
+    ];
+    for (name, polls, want_fired, want_timers) in cases {
+        let (fired, timers) = run_polls(&rules, &msgs, &polls);
+        assert_eq!(fired, want_fired, "{name}: firings");
+        assert_eq!(timers, want_timers, "{name}: timers");
+    }
+}
+
+#[test]
+fn other_chat_conditions_still_decide_when_the_unread_count_is_unknown() {
+    let msgs = vec![msg("q", 1000, false, "hello?")];
+    let answered = vec![msg("q", 1000, false, "hello?"), msg("r", 1100, true, "hi!")];
+    // A rule without unread_count is unaffected: it fires, and the envelope says null.
+    let sla = set(
+        "id: sla\non: chat\nmatch: { unanswered_for: 15m }\nactions:\n  - webhook: { url: \"https://x.example/\" }\n  - log: { message: \"{{ chat.unread_count }} unread\" }\n  - log: { message: \"{{ chat.unread_count if chat.unread_count is not none else 'unknown' }}\" }\n",
+    );
+    let mut d = Decision::default();
+    decide_chat(
+        &sla,
+        &cid(),
+        &chat_with(None),
+        &msgs,
+        &Memory::default(),
+        1000 + 900,
+        &mut d,
+    );
+    assert_eq!(d.chat_firings.len(), 1);
+    let body: Value = serde_json::from_str(&d.deliveries[0].body).unwrap();
+    assert_eq!(body["chat"]["unread_count"], Value::Null);
+    assert_eq!(body["matched"]["unanswered_for"], "15m");
+    // Text templates show minijinja's none; a template can test for it.
+    assert_eq!(d.logs[0].text, "None unread");
+    assert_eq!(d.logs[1].text, "unknown");
+
+    // Both conditions: the unknown count leaves a running timer alone while the customer
+    // still waits, but our reply (a condition that definitely fails) re-arms it.
+    let both = set(
+        "id: both\non: chat\nmatch:\n  unread_count: { gte: 1 }\n  unanswered_for: 15m\nactions: [ { log: { message: x } } ]\n",
+    );
+    let running = ChatRuleState {
+        since: Some(1900),
+        fired: true,
+    };
+    let memory = Memory {
+        chat_rules: [("both".to_string(), running)].into(),
+        ..Memory::default()
+    };
+    let mut d = Decision::default();
+    decide_chat(
+        &both,
+        &cid(),
+        &chat_with(None),
+        &msgs,
+        &memory,
+        3000,
+        &mut d,
+    );
+    assert!(d.chat_firings.is_empty());
+    assert!(
+        d.chat_rules.is_empty(),
+        "unknown: the timer stays as it was"
+    );
+    let mut d = Decision::default();
+    decide_chat(
+        &both,
+        &cid(),
+        &chat_with(None),
+        &answered,
+        &memory,
+        3000,
+        &mut d,
+    );
+    assert_eq!(
+        d.chat_rules,
+        [("both".to_string(), ChatRuleState::default())],
+        "answered: re-armed though the count is unknown"
     );
 }
 
