@@ -1,6 +1,6 @@
 use super::TestFormat;
 use crate::engine::decide::{Clock, Memory, decide_with};
-use crate::gateway::model::{ChatId, Message, Page, parse_reply_value};
+use crate::gateway::model::{ChatId, Message, Page, parse_reply_value, repair_lone_surrogates};
 use crate::rules::{RuleSet, Verdict};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -30,7 +30,12 @@ pub fn test(
             return 1;
         }
     };
-    let root: Value = match serde_json::from_str(&text) {
+    // A saved reply with half an emoji in it reads as the daemon reads it (U+FFFD).
+    let parsed = serde_json::from_str(&text).or_else(|e| match repair_lone_surrogates(&text) {
+        std::borrow::Cow::Owned(repaired) => serde_json::from_str(&repaired),
+        std::borrow::Cow::Borrowed(_) => Err(e),
+    });
+    let root: Value = match parsed {
         Ok(v) => v,
         Err(e) => {
             eprintln!(

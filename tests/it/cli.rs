@@ -76,6 +76,32 @@ fn test_explains_why_a_rule_did_not_fire() {
 }
 
 #[test]
+fn test_reads_a_saved_reply_with_half_an_emoji_as_the_daemon_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("reply.json");
+    std::fs::write(
+        &input,
+        r#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":1},"messages":[
+{"id":{"fromMe":false,"id":"A","_serialized":"false_966500000000@c.us_A"},"timestamp":1700000000,"body":"بوت \ud83d","type":"chat"}]}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &[
+            "test",
+            "--rules",
+            "rules",
+            "--input",
+            input.to_str().unwrap(),
+            "--explain",
+        ],
+        &root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("✓ bot-keyword fired"), "{out}");
+    assert!(out.contains("normalized: \"بوت \u{fffd}\""), "{out}");
+}
+
+#[test]
 fn test_json_lines_carry_the_exact_webhook_bodies() {
     let input = "tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json";
     let (code, out, err) = run_cli(
