@@ -75,6 +75,15 @@ fn test_explains_why_a_rule_did_not_fire() {
     );
 }
 
+/// `cartat-rules test --rules rules --input INPUT --explain`, run in `dir`.
+fn explain(input: &std::path::Path, dir: &std::path::Path) -> (i32, String, String) {
+    let input = input.to_str().unwrap();
+    run_cli(
+        &["test", "--rules", "rules", "--input", input, "--explain"],
+        dir,
+    )
+}
+
 #[test]
 fn test_reads_a_saved_reply_with_half_an_emoji_as_the_daemon_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,17 +94,7 @@ fn test_reads_a_saved_reply_with_half_an_emoji_as_the_daemon_does() {
 {"id":{"fromMe":false,"id":"A","_serialized":"false_966500000000@c.us_A"},"timestamp":1700000000,"body":"بوت \ud83d","type":"chat"}]}"#,
     )
     .unwrap();
-    let (code, out, err) = run_cli(
-        &[
-            "test",
-            "--rules",
-            "rules",
-            "--input",
-            input.to_str().unwrap(),
-            "--explain",
-        ],
-        &root(),
-    );
+    let (code, out, err) = explain(&input, &root());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("✓ bot-keyword fired"), "{out}");
     assert!(out.contains("normalized: \"بوت \u{fffd}\""), "{out}");
@@ -340,17 +339,7 @@ fn test_explains_a_failing_script_and_the_other_rules_still_fire() {
     );
     let input =
         root().join("tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json");
-    let (code, out, err) = run_cli(
-        &[
-            "test",
-            "--rules",
-            "rules",
-            "--input",
-            input.to_str().unwrap(),
-            "--explain",
-        ],
-        ws.path(),
-    );
+    let (code, out, err) = explain(&input, ws.path());
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("✗ broken-script: script: rule `broken-script`: "),

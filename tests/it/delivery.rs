@@ -138,16 +138,24 @@ fn cli(ws: &Workspace, cfg: &Path, args: &[&str]) -> (i32, String, String) {
     run_cli(&all, ws.path())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_410_disables_the_endpoint_until_the_config_changes() {
-    let chats = chat_ids("9665000041", 2);
+/// A daemon whose one webhook url answers 410, after its first delivery ("bot one") got it.
+struct Gone {
+    chats: Vec<String>,
+    gw: MockGateway,
+    rx: Receiver,
+    ws: Workspace,
+    cfg: PathBuf,
+    daemon: Daemon,
+}
+
+async fn endpoint_gone(prefix: &str, chats: usize) -> Gone {
+    let chats = chat_ids(prefix, chats);
     let gw = gateway(&scenario(&chats)).await;
     let rx = receiver().await;
     rx.set_default(Some(Reply::status(410)));
     let ws = Workspace::new();
     ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/gone")]));
     let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
-
     let daemon = Daemon::spawn(&cfg);
     wait_first_sight(&gw, &chats).await;
     gw.push_message(&chats[0], "bot one", false);
@@ -155,6 +163,32 @@ async fn a_410_disables_the_endpoint_until_the_config_changes() {
         !rx.received().is_empty()
     })
     .await;
+    Gone {
+        chats,
+        gw,
+        rx,
+        ws,
+        cfg,
+        daemon,
+    }
+}
+
+/// The rule with a header added: a rules change, which enables a 410 url again.
+fn bot_rule_with_header(rx: &Receiver) -> String {
+    bot_rule("bot", &[rx.url("/gone")])
+        .replace("webhook: {", "webhook: { headers: { X-Fixed: \"yes\" }, ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_endpoint_until_the_config_changes() {
+    let Gone {
+        chats,
+        gw,
+        rx,
+        ws,
+        cfg,
+        daemon,
+    } = endpoint_gone("9665000041", 2).await;
     gw.push_message(&chats[0], "bot two", false);
     gw.push_message(&chats[1], "bot three", false);
     wait_for(
@@ -199,11 +233,7 @@ async fn a_410_disables_the_endpoint_until_the_config_changes() {
     );
 
     // The rules change (a header added): the endpoint is enabled again; what was parked stays.
-    ws.write(
-        "rules/bot.yaml",
-        &bot_rule("bot", &[rx.url("/gone")])
-            .replace("webhook: {", "webhook: { headers: { X-Fixed: \"yes\" }, "),
-    );
+    ws.write("rules/bot.yaml", &bot_rule_with_header(&rx));
     let daemon = Daemon::spawn(&cfg);
     wait_more_polls(&gw, 4).await;
     gw.push_message(&chats[0], "bot five", false);
@@ -223,21 +253,14 @@ async fn a_410_disables_the_endpoint_until_the_config_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_edit_picked_up_by_hot_reload_enables_a_410_endpoint_again() {
-    let chats = chat_ids("9665000043", 1);
-    let gw = gateway(&scenario(&chats)).await;
-    let rx = receiver().await;
-    rx.set_default(Some(Reply::status(410)));
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/gone")]));
-    let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
-
-    let daemon = Daemon::spawn(&cfg);
-    wait_first_sight(&gw, &chats).await;
-    gw.push_message(&chats[0], "bot one", false);
-    wait_for("the 410", Duration::from_secs(10), || {
-        !rx.received().is_empty()
-    })
-    .await;
+    let Gone {
+        chats,
+        gw,
+        rx,
+        ws,
+        daemon,
+        ..
+    } = endpoint_gone("9665000043", 1).await;
     gw.push_message(&chats[0], "bot two", false);
     wait_for("bot two parked", Duration::from_secs(10), || {
         outbox(&ws).iter().filter(|r| r.state == "gone").count() == 2
@@ -246,11 +269,7 @@ async fn a_rule_edit_picked_up_by_hot_reload_enables_a_410_endpoint_again() {
 
     // The operator fixes the rule while the daemon runs and asks for a reload: no restart.
     rx.set_default(None);
-    ws.write(
-        "rules/bot.yaml",
-        &bot_rule("bot", &[rx.url("/gone")])
-            .replace("webhook: {", "webhook: { headers: { X-Fixed: \"yes\" }, "),
-    );
+    ws.write("rules/bot.yaml", &bot_rule_with_header(&rx));
     daemon.signal(libc::SIGHUP);
     wait_for("the reload", Duration::from_secs(10), || {
         daemon.output().contains("endpoint enabled again")

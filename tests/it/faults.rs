@@ -260,14 +260,14 @@ chats:
     gw.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_an_emoji_costs_one_character_not_the_page() {
-    // From 1s on, the faulty chat serves a page whose first message ends in a lone UTF-16
-    // surrogate escape (an emoji cut in half): strict JSON parsers refuse the whole page.
+/// From 1s on, the faulty chat serves, on every poll, a page with `first(now)` (a message's
+/// JSON) and then the good message "bot faulty".
+async fn page_from_1s(first: impl Fn(i64) -> String) -> Outcome {
     let ts = jiff::Timestamp::now().as_second();
+    let first = first(ts);
     let page = format!(
         r#"{{"status":"success","chat":{{"id":"{FAULTY}@c.us","name":"F"}},"messages":[
-{{"id":{{"fromMe":false,"id":"HALF","_serialized":"false_{FAULTY}@c.us_HALF"}},"timestamp":{ts},"body":"bot \ud83d","type":"chat"}},
+{first},
 {{"id":{{"fromMe":false,"id":"GOOD1","_serialized":"false_{FAULTY}@c.us_GOOD1"}},"timestamp":{ts},"body":"bot faulty","type":"chat"}}]}}"#
     );
     let body = serde_json::to_string(&page).unwrap();
@@ -275,7 +275,19 @@ async fn half_an_emoji_costs_one_character_not_the_page() {
         "after: 1s, respond: {{ status: 200, body: {body} }}"
     ))
     .replace("{ at: 2s, body: \"bot faulty\", id: F1 }", "");
-    let o = run(&scenario, true, Duration::from_secs(2)).await;
+    run(&scenario, true, Duration::from_secs(2)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_an_emoji_costs_one_character_not_the_page() {
+    // The first message ends in a lone UTF-16 surrogate escape (an emoji cut in half): strict
+    // JSON parsers refuse the whole page.
+    let o = page_from_1s(|ts| {
+        format!(
+            r#"{{"id":{{"fromMe":false,"id":"HALF","_serialized":"false_{FAULTY}@c.us_HALF"}},"timestamp":{ts},"body":"bot \ud83d","type":"chat"}}"#
+        )
+    })
+    .await;
     o.check_others_unharmed();
     assert!(!o.out.contains("poll failed"), "{}", o.out);
     for want in ["bot \u{FFFD}", "bot faulty"] {
@@ -290,20 +302,12 @@ async fn half_an_emoji_costs_one_character_not_the_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_message_in_a_good_page_is_skipped_counted_and_logged_once() {
-    // From 1s on, the faulty chat serves a page with a good message and a bad one (no id),
-    // on every poll.
-    let ts = jiff::Timestamp::now().as_second();
-    let page = format!(
-        r#"{{"status":"success","chat":{{"id":"{FAULTY}@c.us","name":"F"}},"messages":[
-{{"id":{{"fromMe":false,"id":"NOID-BUT-BROKEN"}},"timestamp":"not a time","body":"bot broken"}},
-{{"id":{{"fromMe":false,"id":"GOOD1","_serialized":"false_{FAULTY}@c.us_GOOD1"}},"timestamp":{ts},"body":"bot faulty","type":"chat"}}]}}"#
-    );
-    let body = serde_json::to_string(&page).unwrap();
-    let scenario = scenario(&format!(
-        "after: 1s, respond: {{ status: 200, body: {body} }}"
-    ))
-    .replace("{ at: 2s, body: \"bot faulty\", id: F1 }", "");
-    let o = run(&scenario, true, Duration::from_secs(2)).await;
+    // A bad message (no usable id, no time) next to the good one.
+    let o = page_from_1s(|_| {
+        r#"{"id":{"fromMe":false,"id":"NOID-BUT-BROKEN"},"timestamp":"not a time","body":"bot broken"}"#
+            .to_string()
+    })
+    .await;
     o.check_others_unharmed();
     let polls = o
         .faulty_requests()
