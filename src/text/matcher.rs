@@ -8,8 +8,7 @@
 //! Arabic letter instead of two), which halves its size and the bytes it walks; the message
 //! is encoded the same way into a buffer that [`Hits`] keeps from message to message.
 //!
-//! Must not: normalize message text (the caller does that once per message and passes both
-//! forms), know about rules, conditions or regexes, do I/O, or log. Everything here is pure;
+//! Must not: know about rules, conditions or regexes, do I/O, or log. Everything here is pure;
 //! a built [`Matcher`] is immutable, `Send + Sync`, and meant to be shared through an `Arc`.
 
 use std::borrow::Cow;
@@ -244,7 +243,6 @@ impl<'a> SideBuilder<'a> {
             .map_err(MatcherError::Automaton)?;
         Ok(Some(Side {
             automaton,
-            encoding,
             targets: self.targets.into_iter().map(Targets::shrink).collect(),
         }))
     }
@@ -258,26 +256,63 @@ impl Targets {
     }
 }
 
-/// How a side's patterns and texts are written.
+/// How a side's patterns are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Encoding {
     Utf8,
     Compact,
 }
 
+/// A message as one side reads it: in the encoding of that side's patterns.
+#[derive(Clone, Copy)]
+enum Text<'t> {
+    Utf8(&'t str),
+    Compact(&'t [u8]),
+}
+
+impl Text<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Text::Utf8(text) => text.as_bytes(),
+            Text::Compact(bytes) => bytes,
+        }
+    }
+
+    /// [`is_whole_word`] for a match at `start..end` of this text.
+    fn is_whole_word(&self, start: usize, end: usize) -> bool {
+        match *self {
+            Text::Utf8(text) => is_whole_word(text, start, end),
+            Text::Compact(text) => {
+                let mut back = start;
+                let before = std::iter::from_fn(|| {
+                    let (c, len) = compact::char_before(text, back)?;
+                    back -= len;
+                    Some(c)
+                });
+                let mut ahead = end;
+                let after = std::iter::from_fn(|| {
+                    let (c, len) = compact::char_at(text, ahead)?;
+                    ahead += len;
+                    Some(c)
+                });
+                whole_word(before, after)
+            }
+        }
+    }
+}
+
 /// One automaton and, per pattern index, who wants it.
 #[derive(Debug)]
 struct Side {
     automaton: AhoCorasick,
-    encoding: Encoding,
     targets: Box<[Targets]>,
 }
 
 impl Side {
-    /// `text` is written in `self.encoding`.
-    fn find(&self, text: &[u8], hits: &mut Hits) {
+    /// `text` must be in the encoding the side was built with.
+    fn find(&self, text: Text<'_>, hits: &mut Hits) {
         // Standard semantics always support overlapping search, so this cannot fail.
-        let Ok(found) = self.automaton.try_find_overlapping_iter(text) else {
+        let Ok(found) = self.automaton.try_find_overlapping_iter(text.bytes()) else {
             debug_assert!(false, "overlapping search unsupported");
             return;
         };
@@ -294,33 +329,9 @@ impl Side {
             }
             if let Some(&first) = targets.words.first()
                 && !hits.contains(first)
-                && self.is_whole_word(text, m.start(), m.end())
+                && text.is_whole_word(m.start(), m.end())
             {
                 targets.words.iter().for_each(|&id| hits.insert(id));
-            }
-        }
-    }
-}
-
-impl Side {
-    fn is_whole_word(&self, text: &[u8], start: usize, end: usize) -> bool {
-        match self.encoding {
-            // A UTF-8 side searches a `&str`, and matches of whole patterns end on boundaries.
-            Encoding::Utf8 => std::str::from_utf8(text).is_ok_and(|t| is_whole_word(t, start, end)),
-            Encoding::Compact => {
-                let mut back = start;
-                let before = std::iter::from_fn(|| {
-                    let (c, len) = compact::char_before(text, back)?;
-                    back -= len;
-                    Some(c)
-                });
-                let mut ahead = end;
-                let after = std::iter::from_fn(|| {
-                    let (c, len) = compact::char_at(text, ahead)?;
-                    ahead += len;
-                    Some(c)
-                });
-                whole_word(before, after)
             }
         }
     }
@@ -370,11 +381,11 @@ impl Matcher {
             let mut text = std::mem::take(&mut hits.compact);
             text.clear();
             normalized = compact::encode_normalized(raw, &mut text);
-            side.find(&text, hits);
+            side.find(Text::Compact(&text), hits);
             hits.compact = text;
         }
         if let Some(side) = &self.raw {
-            side.find(raw.as_bytes(), hits);
+            side.find(Text::Utf8(raw), hits);
         }
         normalized
     }
