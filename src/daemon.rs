@@ -72,6 +72,7 @@ pub fn prepare(
         stats: stats.clone(),
         metrics: metrics.clone(),
         skipped_seen: Default::default(),
+        snapshots: Default::default(),
     };
     Ok((
         Arc::new(poller),

@@ -1,6 +1,6 @@
 use super::TestFormat;
 use crate::engine::decide::{Clock, Memory, decide_with};
-use crate::gateway::model::{ChatId, Message, Page, parse_reply_value, repair_lone_surrogates};
+use crate::gateway::model::{ChatId, Message, Page, parse_reply, repair_lone_surrogates};
 use crate::rules::{RuleSet, Verdict};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -54,7 +54,8 @@ pub fn test(
     let mut out = String::new();
     for (i, reply) in replies.iter().enumerate() {
         let fallback = ChatId::from_gateway("unknown");
-        let page = match parse_reply_value(reply, &fallback) {
+        // The daemon's own parser, on this reply's JSON (a saved file may hold several).
+        let page = match parse_reply(reply.to_string().as_bytes(), &fallback) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("{}: reply #{}: {e}", input.display(), i + 1);

@@ -13,11 +13,12 @@ use crate::engine::schedule::{Finished, Schedule};
 use crate::engine::watermark::diff;
 use crate::events;
 use crate::gateway::client::{FetchError, Gateway};
-use crate::gateway::model::{Message, MessageKey};
+use crate::gateway::model::Message;
 use crate::metrics::{Metrics, PollOutcome};
 use crate::rules::RuleSet;
 use crate::store::{PollCommit, Store};
-use std::collections::HashSet;
+use crate::engine::snapshot::ChatSnapshot;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -54,6 +55,9 @@ pub struct Poller {
     pub metrics: Arc<Metrics>,
     /// Identities of skipped messages already logged and counted.
     pub skipped_seen: Mutex<HashSet<u64>>,
+    /// Each chat's stored state as of its last successful poll (absent until its first one, or
+    /// after a poll that failed past its fetch: then read again from the store).
+    pub snapshots: Mutex<HashMap<String, ChatSnapshot>>,
 }
 
 /// What one poll found, for the scheduler.
@@ -176,6 +180,17 @@ impl Poller {
         }
     }
 
+    /// Reads a chat's stored state (its first poll, or the first after a failed one).
+    async fn load_snapshot(&self, chat_key: &str) -> Result<ChatSnapshot, PollError> {
+        let store = self.store.clone();
+        let ck = chat_key.to_string();
+        let (state, memory) = tokio::task::spawn_blocking(move || store.load_chat(&ck))
+            .await
+            .map_err(|e| PollError::Store(e.to_string()))?
+            .map_err(|e| PollError::Store(e.to_string()))?;
+        Ok(ChatSnapshot { state, memory })
+    }
+
     /// Logs and counts the skipped messages of a page not seen before; returns how many.
     fn note_skipped(&self, chat_key: &str, skipped: &[crate::gateway::model::Skipped]) -> usize {
         if skipped.is_empty() {
@@ -206,7 +221,13 @@ impl Poller {
         let mut limit = api.message_limit;
         let mut prepaid = prepaid;
         let chat_key = chat.id.as_str().to_string();
-        let (page, state, memory, d) = loop {
+        // Taken out while this poll runs (a chat has one poll at a time), put back once committed.
+        let mut snapshot: Option<ChatSnapshot> = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&chat_key);
+        let (page, mut snapshot, d) = loop {
             let page = if prepaid {
                 prepaid = false;
                 self.gateway.fetch_prepaid(&chat.id, limit).await?
@@ -216,32 +237,31 @@ impl Poller {
                 page?
             };
             crate::failpoint::hit("after_fetch");
-            let store = self.store.clone();
-            let keys: Vec<MessageKey> = page.messages.iter().map(|m| m.key.clone()).collect();
-            let ck = chat_key.clone();
-            let (state, memory) = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&MessageKey> = keys.iter().collect();
-                let (state, _) = store.chat_state(&ck, &refs)?;
-                Ok::<_, crate::store::StoreError>((state, store.rule_memory(&ck)?))
-            })
-            .await
-            .map_err(|e| PollError::Store(e.to_string()))?
-            .map_err(|e| PollError::Store(e.to_string()))?;
+            let snap = match snapshot.take() {
+                Some(s) => s,
+                None => self.load_snapshot(&chat_key).await?,
+            };
             // A page is full when the gateway sent `limit` messages, parsed or not: a skipped
             // one still takes a place.
             let full_at = (limit as usize).saturating_sub(page.skipped.len());
-            let d = diff(&state, &page.messages, full_at, self.config.on_first_sight);
+            let d = diff(
+                &snap.state,
+                &page.messages,
+                full_at,
+                self.config.on_first_sight,
+            );
             if d.may_hide_more && limit < api.max_message_limit {
                 limit = limit.saturating_mul(2).min(api.max_message_limit);
+                snapshot = Some(snap);
                 continue;
             }
             if d.may_hide_more {
                 self.stats.gaps.fetch_add(1, Ordering::Relaxed);
                 self.metrics.gap_detected();
                 let oldest = page.messages.iter().map(|m| m.timestamp).min().unwrap_or(0);
-                events::gap_detected(&chat_key, state.watermark, oldest, limit);
+                events::gap_detected(&chat_key, snap.state.watermark, oldest, limit);
             }
-            break (page, state, memory, d);
+            break (page, snap, d);
         };
         let skipped = self.note_skipped(&chat_key, &page.skipped);
         if skipped > 0 {
@@ -249,7 +269,7 @@ impl Poller {
                 .messages_skipped
                 .fetch_add(skipped as u64, Ordering::Relaxed);
         }
-        if !state.known {
+        if !snapshot.state.known {
             events::chat_first_seen(&chat_key, d.history.len());
         }
         let now_ms = jiff::Timestamp::now().as_millisecond();
@@ -260,7 +280,7 @@ impl Poller {
             &chat.id,
             &page.chat,
             &new_msgs,
-            &memory,
+            &snapshot.memory,
             Clock::Now(now_ms / 1000),
         );
         decide_chat(
@@ -268,7 +288,7 @@ impl Poller {
             &chat.id,
             &page.chat,
             &page.messages,
-            &memory,
+            &snapshot.memory,
             now_ms / 1000,
             &mut decision,
         );
@@ -291,6 +311,7 @@ impl Poller {
             now_ms,
         };
         // A poll that changes nothing needs no write (most polls of idle chats).
+        let state = &snapshot.state;
         let changes_nothing = state.known
             && commit.seen.is_empty()
             && commit.deliveries.is_empty()
@@ -302,14 +323,19 @@ impl Poller {
             && commit.low_water <= state.low_water;
         if !changes_nothing {
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.commit_poll(&commit))
+            let commit = tokio::task::spawn_blocking(move || store.commit_poll(&commit).map(|_| commit))
                 .await
                 .map_err(|e| PollError::Store(e.to_string()))?
                 .map_err(|e| {
                     events::store_failed(&chat_key, &e);
                     PollError::Store(e.to_string())
                 })?;
+            snapshot.apply(&commit);
         }
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(chat_key.clone(), snapshot);
 
         crate::failpoint::hit("after_commit");
         // Committed: now it is safe to tell the world.

@@ -22,8 +22,17 @@ pub struct ChatState {
     /// When the chat was first polled (unix seconds, our clock): with `skip_history`, an
     /// unknown message older than this (less [`FIRST_SIGHT_SLACK`]) existed before we looked.
     pub first_seen: i64,
-    /// The fingerprints of the page's ids that are already known (looked up by the caller).
-    pub seen: HashMap<MessageKey, u64>,
+    /// The known ids (at least those of the page) with their time and fingerprint.
+    pub seen: HashMap<MessageKey, SeenId>,
+}
+
+/// What is stored about a message id already seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeenId {
+    /// Its time when first seen (unix seconds); pruned once below the low-water mark.
+    pub ts: i64,
+    /// [`Message::fingerprint`] when last seen: a change makes it an update.
+    pub fingerprint: u64,
 }
 
 /// How far a message's time may lag our clock at first sight and still be new (clock skew,
@@ -92,9 +101,9 @@ pub fn diff(state: &ChatState, page: &[Message], limit: usize, first_sight: Firs
     for &i in &order {
         let m = &page[i];
         match state.seen.get(&m.key) {
-            Some(fp) => {
+            Some(seen) => {
                 reaches_known = true;
-                if *fp != m.fingerprint() {
+                if seen.fingerprint != m.fingerprint() {
                     d.updated.push(i);
                 }
             }
@@ -144,7 +153,13 @@ mod tests {
             first_seen: 0,
             seen: page
                 .iter()
-                .map(|m| (m.key.clone(), m.fingerprint()))
+                .map(|m| {
+                    let seen = SeenId {
+                        ts: m.timestamp,
+                        fingerprint: m.fingerprint(),
+                    };
+                    (m.key.clone(), seen)
+                })
                 .collect(),
         }
     }

@@ -161,7 +161,8 @@ pub enum FetchError {
 pub struct Gateway {
     http: reqwest::Client,
     base_url: String,
-    token: Arc<SecretString>,
+    /// `Bearer <token>`, built once and marked sensitive (never shown by `Debug`).
+    authorization: reqwest::header::HeaderValue,
     timeout: Duration,
     pub budget: Arc<RateBudget>,
 }
@@ -189,10 +190,14 @@ impl Gateway {
             .user_agent(concat!("cartat-rules/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut authorization =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
+                .map_err(|_| "api.token holds a character that cannot go in an HTTP header".to_string())?;
+        authorization.set_sensitive(true);
         Ok(Gateway {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
-            token: Arc::new(token),
+            authorization,
             timeout,
             budget,
         })
@@ -215,14 +220,19 @@ impl Gateway {
 
     /// Fetches without waiting: the caller has just taken the budget ([`RateBudget::acquire`]).
     pub async fn fetch_prepaid(&self, chat: &ChatId, limit: u32) -> Result<Page, FetchError> {
-        let url = format!("{}/chats/{}", self.base_url, chat.path_segment());
+        // `limit` both as the documented JSON body and as a query parameter.
+        let url = format!(
+            "{}/chats/{}?limit={limit}",
+            self.base_url,
+            chat.path_segment()
+        );
         let resp = self
             .http
-            .get(&url)
-            .header("Accept", "application/json")
-            .bearer_auth(self.token.expose_secret())
-            .query(&[("limit", limit)])
-            .json(&serde_json::json!({ "limit": limit }))
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
+            .body(format!("{{\"limit\":{limit}}}"))
             .send()
             .await
             .map_err(|e| self.transport(e))?;

@@ -4,3 +4,4 @@
 pub mod client;
 pub mod mock;
 pub mod model;
+mod wire;

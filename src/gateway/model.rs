@@ -4,7 +4,7 @@
 //! Owns: turning bytes from the gateway into [`Page`]s, one bad message at a time never
 //! failing the page. Must not: do I/O, log, or decide anything about rules.
 
-use serde_json::Value;
+use super::wire::{Jid, WireChat, WireMessage, WireReply};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -221,22 +221,26 @@ pub enum ReplyError {
 }
 
 /// Parses a `/chats/{id}` reply. `watched` fills in the chat id when the reply lacks one.
+///
+/// One streaming pass ([`super::wire`]): no JSON tree is built, and only the fields a rule can
+/// read are copied out of the reply.
 pub fn parse_reply(bytes: &[u8], watched: &ChatId) -> Result<Page, ReplyError> {
     // Invalid UTF-8 in one message's text must not fail the page: replace it (a no-op copy-free
     // borrow when the bytes are valid).
     let text = String::from_utf8_lossy(bytes);
-    let root: Value = match serde_json::from_str(&text) {
-        Ok(root) => root,
+    match serde_json::from_str::<WireReply>(&text) {
+        Ok(reply) => page_of(reply, &text, watched),
         // Half an emoji (a lone UTF-16 surrogate escape) must not fail the page either. The
         // repair runs only after a failure, so a good reply pays nothing for it.
         Err(e) => match repair_lone_surrogates(&text) {
             Cow::Owned(repaired) => {
-                serde_json::from_str(&repaired).map_err(|e| ReplyError::NotJson(e.to_string()))?
+                let reply = serde_json::from_str::<WireReply>(&repaired)
+                    .map_err(|e| ReplyError::NotJson(e.to_string()))?;
+                page_of(reply, &repaired, watched)
             }
-            Cow::Borrowed(_) => return Err(ReplyError::NotJson(e.to_string())),
+            Cow::Borrowed(_) => Err(ReplyError::NotJson(e.to_string())),
         },
-    };
-    parse_reply_value(&root, watched)
+    }
 }
 
 /// Rewrites every lone UTF-16 surrogate escape inside a JSON string (`\ud800` not followed
@@ -296,9 +300,10 @@ pub fn repair_lone_surrogates(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// As [`parse_reply`], from an already parsed JSON value.
-pub fn parse_reply_value(root: &Value, watched: &ChatId) -> Result<Page, ReplyError> {
-    let status = root.get("status").and_then(Value::as_str).unwrap_or("");
+/// A parsed reply as a page; `text` is the reply's JSON (read again only when a message must
+/// be skipped, for its identity).
+fn page_of(reply: WireReply<'_>, text: &str, watched: &ChatId) -> Result<Page, ReplyError> {
+    let status = reply.status.as_str().unwrap_or("");
     if status != "success" {
         return Err(ReplyError::NotSuccess {
             status: if status.is_empty() {
@@ -306,33 +311,45 @@ pub fn parse_reply_value(root: &Value, watched: &ChatId) -> Result<Page, ReplyEr
             } else {
                 status.to_string()
             },
-            message: root
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            message: reply.message.as_str().map(str::to_string),
         });
     }
-    let chat = parse_chat(root.get("chat"), watched);
-    let list = root
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or(ReplyError::NoMessages)?;
+    let chat = chat_of(&reply.chat, watched);
+    let list = reply.messages.0.ok_or(ReplyError::NoMessages)?;
     let mut page = Page {
         chat,
         messages: Vec::with_capacity(list.len()),
         skipped: Vec::new(),
     };
     for (index, raw) in list.iter().enumerate() {
-        match parse_message(raw) {
+        match message_of(raw) {
             Ok(m) => page.messages.push(m),
             Err(reason) => page.skipped.push(Skipped {
                 index,
                 reason,
-                identity: fnv1a(raw.to_string().as_bytes()),
+                identity: 0,
             }),
         }
     }
+    if !page.skipped.is_empty() {
+        let raw = raw_messages(text);
+        for s in &mut page.skipped {
+            s.identity = fnv1a(raw.get(s.index).map_or("", |r| r.get()).as_bytes());
+        }
+    }
     Ok(page)
+}
+
+/// The reply's messages as raw JSON texts (the rare path: a page with a message to skip).
+fn raw_messages(text: &str) -> Vec<&serde_json::value::RawValue> {
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        messages: Vec<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_str::<Raw<'_>>(text)
+        .map(|r| r.messages)
+        .unwrap_or_default()
 }
 
 /// FNV-1a: stable across builds and platforms.
@@ -345,57 +362,26 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn parse_chat(v: Option<&Value>, watched: &ChatId) -> Chat {
-    let Some(v) = v.filter(|v| v.is_object()) else {
+fn chat_of(v: &WireChat<'_>, watched: &ChatId) -> Chat {
+    if !v.is_object {
         return Chat {
             id: watched.as_str().to_string(),
             ..Chat::default()
         };
-    };
-    let id = jid(v.get("id")).unwrap_or_else(|| watched.as_str().to_string());
+    }
+    let id = v
+        .id
+        .to_owned_string()
+        .unwrap_or_else(|| watched.as_str().to_string());
     Chat {
-        is_group: v
-            .get("isGroup")
-            .and_then(Value::as_bool)
-            .unwrap_or(id.ends_with("@g.us")),
+        is_group: v.is_group.as_bool().unwrap_or(id.ends_with("@g.us")),
         id,
-        name: v.get("name").and_then(Value::as_str).map(str::to_string),
-        unread_count: v.get("unreadCount").and_then(as_i64),
-        timestamp: v
-            .get("timestamp")
-            .and_then(as_i64)
-            .and_then(plausible_seconds),
-        archived: flag(v, "archived"),
-        pinned: flag(v, "pinned"),
-        is_muted: flag(v, "isMuted"),
-    }
-}
-
-fn flag(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// A JID field: a string, or an object with `_serialized` (or `user` + `server`).
-fn jid(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Object(o) => match o.get("_serialized").and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => Some(s.to_string()),
-            _ => {
-                let user = o.get("user")?.as_str()?;
-                let server = o.get("server")?.as_str()?;
-                Some(format!("{user}@{server}"))
-            }
-        },
-        _ => None,
-    }
-}
-
-fn as_i64(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+        name: v.name.as_str().map(str::to_string),
+        unread_count: v.unread_count.as_i64(),
+        timestamp: v.timestamp.as_i64().and_then(plausible_seconds),
+        archived: v.archived.as_bool().unwrap_or(false),
+        pinned: v.pinned.as_bool().unwrap_or(false),
+        is_muted: v.is_muted.as_bool().unwrap_or(false),
     }
 }
 
@@ -410,60 +396,49 @@ pub fn plausible_seconds(v: i64) -> Option<i64> {
     }
 }
 
-fn parse_message(v: &Value) -> Result<Message, String> {
-    if !v.is_object() {
+fn message_of(v: &WireMessage<'_>) -> Result<Message, String> {
+    if !v.is_object {
         return Err("not a JSON object".into());
     }
-    let data = v.get("_data").filter(|d| d.is_object());
-    let id = v
-        .get("id")
-        .filter(|i| i.is_object())
-        .or_else(|| data.and_then(|d| d.get("id")).filter(|i| i.is_object()))
-        .ok_or_else(|| "no `id` object (not a whatsapp-web.js message)".to_string())?;
+    let data = &v.data;
+    let id = if v.id.is_object {
+        &v.id
+    } else if data.id.is_object {
+        &data.id
+    } else {
+        return Err("no `id` object (not a whatsapp-web.js message)".to_string());
+    };
     let from_me = id
-        .get("fromMe")
-        .and_then(Value::as_bool)
+        .from_me
+        .as_bool()
         .ok_or_else(|| "`id.fromMe` missing".to_string())?;
     let msg_id = id
-        .get("id")
-        .and_then(Value::as_str)
+        .id
+        .as_str()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| "`id.id` missing".to_string())?
         .to_string();
-    let serialized_id = id
-        .get("_serialized")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            format!(
-                "{from_me}_{}_{msg_id}",
-                jid(id.get("remote")).unwrap_or_default()
-            )
-        });
-    let top_ts = v
-        .get("timestamp")
-        .and_then(as_i64)
-        .and_then(plausible_seconds);
-    let data_ts = data
-        .and_then(|d| d.get("t"))
-        .and_then(as_i64)
-        .and_then(plausible_seconds);
+    let serialized_id = id.serialized.as_str().map(str::to_string).unwrap_or_else(|| {
+        format!(
+            "{from_me}_{}_{msg_id}",
+            id.remote.0.as_deref().unwrap_or_default()
+        )
+    });
+    let top_ts = v.timestamp.as_i64().and_then(plausible_seconds);
+    let data_ts = data.t.as_i64().and_then(plausible_seconds);
     // whatsapp-web.js copies `timestamp` from `_data.t`; when both are plausible but differ,
     // one is a typo, and the raw `_data.t` is the source.
     let timestamp = data_ts
         .or(top_ts)
         .ok_or_else(|| "no plausible `timestamp` or `_data.t`".to_string())?;
     let kind = v
-        .get("type")
-        .and_then(Value::as_str)
-        .or_else(|| data.and_then(|d| d.get("type")).and_then(Value::as_str))
+        .kind
+        .as_str()
+        .or_else(|| data.kind.as_str())
         .unwrap_or("chat")
         .to_string();
-    let body = v
-        .get("body")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let body = v.body.as_str().unwrap_or("").to_string();
+    let jid = |top: &Jid<'_>, data: &Jid<'_>| top.to_owned_string().or_else(|| data.to_owned_string());
     Ok(Message {
         key: MessageKey {
             from_me,
@@ -473,16 +448,187 @@ fn parse_message(v: &Value) -> Result<Message, String> {
         body,
         kind,
         timestamp,
-        from: jid(v.get("from")).or_else(|| jid(data.and_then(|d| d.get("from")))),
-        to: jid(v.get("to")).or_else(|| jid(data.and_then(|d| d.get("to")))),
-        author: jid(v.get("author")).or_else(|| jid(data.and_then(|d| d.get("author")))),
-        has_media: v.get("hasMedia").and_then(Value::as_bool).unwrap_or(false),
+        from: jid(&v.from, &data.from),
+        to: jid(&v.to, &data.to),
+        author: jid(&v.author, &data.author),
+        has_media: v.has_media.as_bool().unwrap_or(false),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parser as it was before the streaming one: through a `serde_json::Value` tree. Kept
+    /// as the oracle the streaming parser must agree with.
+    mod dom {
+        use super::super::{Chat, ChatId, Message, MessageKey, Page, ReplyError, Skipped, fnv1a, plausible_seconds};
+        use serde_json::Value;
+
+    pub(super) fn parse_reply_value(root: &Value, watched: &ChatId) -> Result<Page, ReplyError> {
+        let status = root.get("status").and_then(Value::as_str).unwrap_or("");
+        if status != "success" {
+            return Err(ReplyError::NotSuccess {
+                status: if status.is_empty() {
+                    "(missing)".into()
+                } else {
+                    status.to_string()
+                },
+                message: root
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
+        }
+        let chat = parse_chat(root.get("chat"), watched);
+        let list = root
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or(ReplyError::NoMessages)?;
+        let mut page = Page {
+            chat,
+            messages: Vec::with_capacity(list.len()),
+            skipped: Vec::new(),
+        };
+        for (index, raw) in list.iter().enumerate() {
+            match parse_message(raw) {
+                Ok(m) => page.messages.push(m),
+                Err(reason) => page.skipped.push(Skipped {
+                    index,
+                    reason,
+                    identity: fnv1a(raw.to_string().as_bytes()),
+                }),
+            }
+        }
+        Ok(page)
+    }
+
+
+    fn parse_chat(v: Option<&Value>, watched: &ChatId) -> Chat {
+        let Some(v) = v.filter(|v| v.is_object()) else {
+            return Chat {
+                id: watched.as_str().to_string(),
+                ..Chat::default()
+            };
+        };
+        let id = jid(v.get("id")).unwrap_or_else(|| watched.as_str().to_string());
+        Chat {
+            is_group: v
+                .get("isGroup")
+                .and_then(Value::as_bool)
+                .unwrap_or(id.ends_with("@g.us")),
+            id,
+            name: v.get("name").and_then(Value::as_str).map(str::to_string),
+            unread_count: v.get("unreadCount").and_then(as_i64),
+            timestamp: v
+                .get("timestamp")
+                .and_then(as_i64)
+                .and_then(plausible_seconds),
+            archived: flag(v, "archived"),
+            pinned: flag(v, "pinned"),
+            is_muted: flag(v, "isMuted"),
+        }
+    }
+
+    fn flag(v: &Value, key: &str) -> bool {
+        v.get(key).and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// A JID field: a string, or an object with `_serialized` (or `user` + `server`).
+    fn jid(v: Option<&Value>) -> Option<String> {
+        match v? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Object(o) => match o.get("_serialized").and_then(Value::as_str) {
+                Some(s) if !s.is_empty() => Some(s.to_string()),
+                _ => {
+                    let user = o.get("user")?.as_str()?;
+                    let server = o.get("server")?.as_str()?;
+                    Some(format!("{user}@{server}"))
+                }
+            },
+            _ => None,
+        }
+    }
+
+    fn as_i64(v: &Value) -> Option<i64> {
+        match v {
+            Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+
+    fn parse_message(v: &Value) -> Result<Message, String> {
+        if !v.is_object() {
+            return Err("not a JSON object".into());
+        }
+        let data = v.get("_data").filter(|d| d.is_object());
+        let id = v
+            .get("id")
+            .filter(|i| i.is_object())
+            .or_else(|| data.and_then(|d| d.get("id")).filter(|i| i.is_object()))
+            .ok_or_else(|| "no `id` object (not a whatsapp-web.js message)".to_string())?;
+        let from_me = id
+            .get("fromMe")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| "`id.fromMe` missing".to_string())?;
+        let msg_id = id
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| "`id.id` missing".to_string())?
+            .to_string();
+        let serialized_id = id
+            .get("_serialized")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!(
+                    "{from_me}_{}_{msg_id}",
+                    jid(id.get("remote")).unwrap_or_default()
+                )
+            });
+        let top_ts = v
+            .get("timestamp")
+            .and_then(as_i64)
+            .and_then(plausible_seconds);
+        let data_ts = data
+            .and_then(|d| d.get("t"))
+            .and_then(as_i64)
+            .and_then(plausible_seconds);
+        // whatsapp-web.js copies `timestamp` from `_data.t`; when both are plausible but differ,
+        // one is a typo, and the raw `_data.t` is the source.
+        let timestamp = data_ts
+            .or(top_ts)
+            .ok_or_else(|| "no plausible `timestamp` or `_data.t`".to_string())?;
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .or_else(|| data.and_then(|d| d.get("type")).and_then(Value::as_str))
+            .unwrap_or("chat")
+            .to_string();
+        let body = v
+            .get("body")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        Ok(Message {
+            key: MessageKey {
+                from_me,
+                id: msg_id,
+            },
+            serialized_id,
+            body,
+            kind,
+            timestamp,
+            from: jid(v.get("from")).or_else(|| jid(data.and_then(|d| d.get("from")))),
+            to: jid(v.get("to")).or_else(|| jid(data.and_then(|d| d.get("to")))),
+            author: jid(v.get("author")).or_else(|| jid(data.and_then(|d| d.get("author")))),
+            has_media: v.get("hasMedia").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+    }
 
     #[test]
     fn chat_ids_in_every_accepted_form() {
@@ -633,16 +779,27 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_an_error_not_a_crash() {
+    fn deep_nesting_costs_the_message_not_the_page() {
+        // Skipped values are skipped without recursion, so no depth overflows the stack.
         let body = format!(
-            r#"{{"status":"success","messages":[{}1{}]}}"#,
+            r#"{{"status":"success","messages":[{}1{},{{"id":{{"fromMe":false,"id":"D"}},"timestamp":1700000000,"_data":{{"x":{}2{}}}}}]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000),
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert!(matches!(
-            parse_reply(body.as_bytes(), &watched()),
-            Err(ReplyError::NotJson(_))
-        ));
+        let page = parse_reply(body.as_bytes(), &watched()).unwrap();
+        assert_eq!(page.skipped.len(), 1);
+        assert_eq!(page.skipped[0].reason, "not a JSON object");
+        assert_eq!(page.messages.len(), 1, "a deep field it does not read is skipped");
+        // Deep under a field that is read: the field reads as absent.
+        let deep_chat = format!(
+            r#"{{"status":"success","chat":{{"id":{}1{}}},"messages":[]}}"#,
+            "{\"a\":".repeat(100_000),
+            "}".repeat(100_000)
+        );
+        let page = parse_reply(deep_chat.as_bytes(), &watched()).unwrap();
+        assert_eq!(page.chat.id, watched().as_str());
     }
 
     #[test]
@@ -746,8 +903,128 @@ mod tests {
         assert!(page.skipped.is_empty());
     }
 
+    /// Both parsers on one reply text; skipped messages compare by place and reason (the
+    /// identity hashes differ in what they hash: the raw text, or a tree re-serialized).
+    fn agree(text: &str) -> Result<(), String> {
+        let w = ChatId::from_gateway("966500000000");
+        let fast = parse_reply(text.as_bytes(), &w);
+        let root: Result<serde_json::Value, _> = serde_json::from_str(text);
+        let slow = match root {
+            Ok(v) => dom::parse_reply_value(&v, &w),
+            Err(e) => Err(ReplyError::NotJson(e.to_string())),
+        };
+        let strip = |r: Result<Page, ReplyError>| {
+            r.map(|mut p| {
+                p.skipped.iter_mut().for_each(|s| s.identity = 0);
+                p
+            })
+            .map_err(|e| std::mem::discriminant(&e))
+        };
+        let (fast, slow) = (strip(fast), strip(slow));
+        if fast == slow {
+            Ok(())
+        } else {
+            Err(format!("streaming {fast:?}\n tree {slow:?}"))
+        }
+    }
+
+    #[test]
+    fn the_streaming_parser_agrees_with_the_tree_on_every_fixture() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut files = vec![dir.join("upstream_sample.json")];
+        files.extend(
+            std::fs::read_dir(dir.join("fixtures"))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        );
+        assert!(files.len() > 10);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            agree(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+
+    /// Any JSON value a field might hold, the odd ones included.
+    fn any_field() -> impl proptest::strategy::Strategy<Value = serde_json::Value> + Clone {
+        use proptest::prelude::*;
+        use serde_json::json;
+        let leaf = prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+            Just(json!(false)),
+            (1_600_000_000i64..1_800_000_000).prop_map(|n| json!(n)),
+            (1_600_000_000_000i64..1_800_000_000_000).prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            Just(json!(u64::MAX)),
+            (1.6e9f64..1.8e9).prop_map(|f| json!(f)),
+            (1_600_000_000i64..1_800_000_000).prop_map(|n| json!(format!(" {n} "))),
+            "[a-zA-Z0-9@._ \\\"\n\u{0621}-\u{064A}]{0,12}".prop_map(|s| json!(s)),
+            Just(json!("")),
+            Just(json!("966500000000@c.us")),
+            Just(json!({"_serialized": "966500000001@c.us"})),
+            Just(json!({"_serialized": "", "user": "9665", "server": "c.us"})),
+            Just(json!({"user": "9665"})),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z_]{1,3}", inner, 0..3)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object of some of `keys`, each with `value`'s values (a key may also hold `fixed`).
+    fn object_of(
+        keys: &'static [&'static str],
+        value: impl proptest::strategy::Strategy<Value = serde_json::Value> + Clone,
+    ) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        proptest::collection::vec((proptest::sample::select(keys), value), 0..keys.len() + 2)
+            .prop_map(|pairs| {
+                serde_json::Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            })
+    }
+
     proptest::proptest! {
         #[test]
+        #[test]
+        fn the_streaming_parser_agrees_with_the_tree_on_odd_messages(
+            ids in proptest::collection::vec(object_of(&["fromMe", "id", "_serialized", "remote"], any_field()), 1..4),
+            fields in proptest::collection::vec(object_of(
+                &["timestamp", "type", "body", "from", "to", "author", "hasMedia", "x"], any_field()), 1..4),
+            data in proptest::collection::vec(object_of(&["t", "type", "from", "to", "author", "y"], any_field()), 1..4),
+            chat in object_of(&["id", "name", "isGroup", "unreadCount", "timestamp", "archived", "pinned", "isMuted"], any_field()),
+            shape in 0u8..8,
+        ) {
+            use serde_json::json;
+            let messages: Vec<serde_json::Value> = fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let mut m = f.clone();
+                    let id = ids[i % ids.len()].clone();
+                    let mut d = data[i % data.len()].clone();
+                    match (shape + i as u8) % 4 {
+                        0 => { m["id"] = id; }
+                        1 => { d["id"] = id; }
+                        2 => { m["id"] = json!({"fromMe": i % 2 == 0, "id": format!("M{i}")}); d["t"] = json!(1_700_000_000 + i as i64); }
+                        _ => { m["id"] = json!("false_x@c.us_ABC"); }
+                    }
+                    m["_data"] = d;
+                    m
+                })
+                .collect();
+            let mut reply = json!({"status": "success", "chat": chat, "messages": messages});
+            if shape == 7 {
+                reply["chat"] = json!("not an object");
+            }
+            let text = reply.to_string();
+            if let Err(e) = agree(&text) {
+                proptest::prop_assert!(false, "{}\n{}", text, e);
+            }
+        }
+
         fn well_formed_json_is_borrowed_untouched(s in ".*") {
             let json = serde_json::to_string(&s).unwrap();
             let repaired = repair_lone_surrogates(&json);

@@ -6,7 +6,7 @@
 //! the file with a second daemon or to replace a broken one. Must not: decide anything.
 
 use crate::engine::decide::{ChatRuleState, Delivery, Memory};
-use crate::engine::watermark::ChatState;
+use crate::engine::watermark::{ChatState, SeenId};
 use crate::gateway::model::MessageKey;
 use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -326,30 +326,17 @@ impl Store {
         keys: &[&MessageKey],
     ) -> Result<(ChatState, HashMap<String, i64>), StoreError> {
         let conn = self.conn();
-        let mut state = ChatState::default();
-        if let Some((w, l, f)) = conn
-            .query_row(
-                "SELECT watermark, low_water, first_seen FROM chats WHERE chat_id = ?1",
-                [chat_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?
-        {
-            state.known = true;
-            state.watermark = w;
-            state.low_water = l;
-            state.first_seen = f;
-        }
+        let mut state = Self::chat_row(&conn, chat_id)?;
         if state.known {
             let mut stmt = conn.prepare_cached(
-                "SELECT fingerprint FROM seen WHERE chat_id = ?1 AND from_me = ?2 AND msg_id = ?3",
+                "SELECT ts, fingerprint FROM seen WHERE chat_id = ?1 AND from_me = ?2 AND msg_id = ?3",
             )?;
             for k in keys {
-                if let Some(fp) = stmt
-                    .query_row(params![chat_id, k.from_me, k.id], |r| r.get::<_, i64>(0))
+                if let Some(seen) = stmt
+                    .query_row(params![chat_id, k.from_me, k.id], seen_id)
                     .optional()?
                 {
-                    state.seen.insert((*k).clone(), fp as u64);
+                    state.seen.insert((*k).clone(), seen);
                 }
             }
         }
@@ -360,6 +347,49 @@ impl Store {
             |r| r.get(1),
         )?;
         Ok((state, cooldowns))
+    }
+
+    /// Everything stored about one chat: its watermark, every seen id, and what the rules
+    /// remember — what the poller keeps in memory from then on ([`PollCommit`]s keep it equal).
+    pub fn load_chat(&self, chat_id: &str) -> Result<(ChatState, Memory), StoreError> {
+        let mut state = {
+            let conn = self.conn();
+            let mut state = Self::chat_row(&conn, chat_id)?;
+            if state.known {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT from_me, msg_id, ts, fingerprint FROM seen WHERE chat_id = ?1",
+                )?;
+                let rows = stmt.query_map([chat_id], |r| {
+                    let key = MessageKey {
+                        from_me: r.get(0)?,
+                        id: r.get(1)?,
+                    };
+                    Ok((key, seen_id_at(r, 2)?))
+                })?;
+                for row in rows {
+                    let (key, seen) = row?;
+                    state.seen.insert(key, seen);
+                }
+            }
+            state
+        };
+        state.seen.shrink_to_fit();
+        Ok((state, self.rule_memory(chat_id)?))
+    }
+
+    fn chat_row(conn: &Connection, chat_id: &str) -> Result<ChatState, StoreError> {
+        let mut state = ChatState::default();
+        if let Some((w, l, f)) = conn
+            .prepare_cached("SELECT watermark, low_water, first_seen FROM chats WHERE chat_id = ?1")?
+            .query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+        {
+            state.known = true;
+            state.watermark = w;
+            state.low_water = l;
+            state.first_seen = f;
+        }
+        Ok(state)
     }
 
     /// What the rules remember about a chat: cooldowns, threshold hits, chat-rule timers.
@@ -738,6 +768,18 @@ pub struct AttemptRecord {
     pub status: Option<u16>,
     /// What went wrong on the wire (kept as `last_error` unless the outcome says why it died).
     pub error: Option<String>,
+}
+
+fn seen_id(r: &rusqlite::Row) -> rusqlite::Result<SeenId> {
+    seen_id_at(r, 0)
+}
+
+/// A seen id's (ts, fingerprint) from columns `at` and `at + 1`.
+fn seen_id_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<SeenId> {
+    Ok(SeenId {
+        ts: r.get(at)?,
+        fingerprint: r.get::<_, i64>(at + 1)? as u64,
+    })
 }
 
 /// Stored JSON, or the empty value if a row was somehow mangled (it is rewritten next poll).

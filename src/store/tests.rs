@@ -60,7 +60,7 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
     let (state, cooldowns) = store.chat_state("c@c.us", &[&key("a"), &key("b")]).unwrap();
     assert!(state.known);
     assert_eq!(state.watermark, 100);
-    assert_eq!(state.seen.get(&key("a")), Some(&7));
+    assert_eq!(state.seen.get(&key("a")).map(|s| s.fingerprint), Some(7));
     assert!(!state.seen.contains_key(&key("b")));
     assert_eq!(cooldowns.get("r"), Some(&5_000_000_000));
     let memory = store.rule_memory("c@c.us").unwrap();

@@ -177,16 +177,10 @@ async fn garbage_instead_of_json_is_an_error_for_that_poll_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_types_and_deep_nesting_are_errors_for_that_poll_only() {
-    let deep = format!(
-        "{{\"status\":\"success\",\"messages\":[{}1{}]}}",
-        "[".repeat(5000),
-        "]".repeat(5000)
-    );
+async fn wrong_types_are_errors_for_that_poll_only() {
     for body in [
         r#"{"status":"success","chat":[],"messages":{"a":1}}"#.to_string(),
         r#"{"status":true,"messages":"none"}"#.to_string(),
-        deep,
     ] {
         let yaml_body = serde_json::to_string(&body).unwrap();
         unreadable_reply(&format!("{{ status: 200, body: {yaml_body} }}")).await;
@@ -303,11 +297,27 @@ async fn half_an_emoji_costs_one_character_not_the_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_message_in_a_good_page_is_skipped_counted_and_logged_once() {
     // A bad message (no usable id, no time) next to the good one.
-    let o = page_from_1s(|_| {
+    bad_message_skipped_once(
         r#"{"id":{"fromMe":false,"id":"NOID-BUT-BROKEN"},"timestamp":"not a time","body":"bot broken"}"#
-            .to_string()
-    })
+            .to_string(),
+    )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nested_5000_deep_is_skipped_not_a_crash_and_not_the_page() {
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    bad_message_skipped_once(deep.clone()).await;
+    // Deep inside a message's `_data`, too.
+    bad_message_skipped_once(format!(
+        r#"{{"id":{{"fromMe":false,"id":"DEEP"}},"_data":{{"x":{deep}}},"body":"bot deep"}}"#
+    ))
+    .await;
+}
+
+/// `message` (JSON) next to a good one: skipped, counted and logged once; the page advances.
+async fn bad_message_skipped_once(message: String) {
+    let o = page_from_1s(move |_| message.clone()).await;
     o.check_others_unharmed();
     let polls = o
         .faulty_requests()
