@@ -13,7 +13,6 @@ use crate::rules::RuleSet;
 use crate::store::Store;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How long a graceful stop waits for in-flight polls and deliveries.
@@ -43,7 +42,7 @@ pub fn prepare(
         budget,
     )
     .map_err(anyhow::Error::msg)?;
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(crate::outbox::dispatcher::Wake::default());
     let policy = RetryPolicy {
         max_attempts: config.webhooks.max_attempts,
         ..RetryPolicy::default()

@@ -10,6 +10,7 @@
 use crate::config::{Config, WatchedChat};
 use crate::engine::decide::{Clock, decide_chat, decide_with};
 use crate::engine::schedule::{Finished, Schedule};
+use crate::engine::snapshot::ChatSnapshot;
 use crate::engine::watermark::diff;
 use crate::events;
 use crate::gateway::client::{FetchError, Gateway};
@@ -17,12 +18,11 @@ use crate::gateway::model::Message;
 use crate::metrics::{Metrics, PollOutcome};
 use crate::rules::RuleSet;
 use crate::store::{PollCommit, Store};
-use crate::engine::snapshot::ChatSnapshot;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,7 +50,7 @@ pub struct Poller {
     pub gateway: Gateway,
     pub store: Store,
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
-    pub wake_dispatcher: Arc<Notify>,
+    pub wake_dispatcher: Arc<crate::outbox::dispatcher::Wake>,
     pub stats: Arc<Stats>,
     pub metrics: Arc<Metrics>,
     /// Identities of skipped messages already logged and counted.
@@ -323,13 +323,14 @@ impl Poller {
             && commit.low_water <= state.low_water;
         if !changes_nothing {
             let store = self.store.clone();
-            let commit = tokio::task::spawn_blocking(move || store.commit_poll(&commit).map(|_| commit))
-                .await
-                .map_err(|e| PollError::Store(e.to_string()))?
-                .map_err(|e| {
-                    events::store_failed(&chat_key, &e);
-                    PollError::Store(e.to_string())
-                })?;
+            let commit =
+                tokio::task::spawn_blocking(move || store.commit_poll(&commit).map(|_| commit))
+                    .await
+                    .map_err(|e| PollError::Store(e.to_string()))?
+                    .map_err(|e| {
+                        events::store_failed(&chat_key, &e);
+                        PollError::Store(e.to_string())
+                    })?;
             snapshot.apply(&commit);
         }
         self.snapshots
@@ -376,8 +377,8 @@ impl Poller {
         for (rule, e) in &decision.errors {
             events::rule_error(rule, &chat_key, e);
         }
-        if !decision.deliveries.is_empty() {
-            self.wake_dispatcher.notify_one();
+        for d in &decision.deliveries {
+            self.wake_dispatcher.group(d.chat_id.clone(), d.url.clone());
         }
         Ok(PollReport {
             inbound: new_msgs.iter().filter(|m| !m.key.from_me).count(),

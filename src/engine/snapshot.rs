@@ -99,7 +99,11 @@ mod tests {
                 0..3,
             ),
             proptest::collection::vec(
-                (rules.clone(), proptest::option::of(90i64..130), any::<bool>()),
+                (
+                    rules.clone(),
+                    proptest::option::of(90i64..130),
+                    any::<bool>(),
+                ),
                 0..3,
             ),
             proptest::collection::vec((rules, 0i64..3), 0..2),
@@ -126,7 +130,9 @@ mod tests {
                             .collect(),
                         chat_rules: chat_rules
                             .into_iter()
-                            .map(|(r, since, fired)| (r.to_string(), ChatRuleState { since, fired }))
+                            .map(|(r, since, fired)| {
+                                (r.to_string(), ChatRuleState { since, fired })
+                            })
                             .collect(),
                         script_state: script
                             .into_iter()

@@ -192,7 +192,9 @@ impl Gateway {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let mut authorization =
             reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
-                .map_err(|_| "api.token holds a character that cannot go in an HTTP header".to_string())?;
+                .map_err(|_| {
+                    "api.token holds a character that cannot go in an HTTP header".to_string()
+                })?;
         authorization.set_sensitive(true);
         Ok(Gateway {
             http,

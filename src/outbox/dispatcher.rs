@@ -40,13 +40,48 @@ pub struct Dispatcher {
     pub policy: RetryPolicy,
     secret: Option<SigningKey>,
     net_policy: NetPolicy,
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wake>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Fingerprint of the config and rules in force: a 410 disables its url under it.
     fingerprint: std::sync::RwLock<String>,
     /// What the fingerprint is taken of: the config file and the rule paths.
     sources: Option<(std::path::PathBuf, Vec<std::path::PathBuf>)>,
     in_flight: Arc<Mutex<InFlight>>,
+}
+
+/// How the poller (and finished deliveries) tell the dispatcher what changed: the (chat, url)
+/// groups with new rows, or "scan everything".
+#[derive(Debug, Default)]
+pub struct Wake {
+    groups: Mutex<HashSet<(String, String)>>,
+    full: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Wake {
+    /// Rows of `(chat, url)` changed (queued after a commit, or its head was just sent).
+    pub fn group(&self, chat: String, url: String) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((chat, url));
+        self.notify.notify_one();
+    }
+
+    /// Anything may have changed: read every group's head.
+    pub fn full(&self) {
+        self.full.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    fn take_groups(&self) -> Vec<(String, String)> {
+        let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        g.drain().collect()
+    }
+
+    fn take_full(&self) -> bool {
+        self.full.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
 }
 
 /// What is on the wire now.
@@ -60,6 +95,9 @@ struct InFlight {
     /// head before its outcome was recorded, so its rows for them are stale (sending them would
     /// send one row twice).
     released: HashSet<(String, String)>,
+    /// A due row found no free slot (all in use, or its url's): the next release asks for a
+    /// full scan.
+    starved: bool,
 }
 
 /// A claimed slot; released on drop (a panicking delivery releases it too).
@@ -87,11 +125,11 @@ impl Slot {
         let mut f = lock(in_flight);
         let url = &row.delivery.url;
         let group = (row.delivery.chat_id.clone(), url.clone());
-        if f.total >= CONCURRENCY
-            || f.per_url.get(url).copied().unwrap_or(0) >= PER_ENDPOINT
-            || f.groups.contains(&group)
-            || f.released.contains(&group)
-        {
+        if f.total >= CONCURRENCY || f.per_url.get(url).copied().unwrap_or(0) >= PER_ENDPOINT {
+            f.starved = true;
+            return None;
+        }
+        if f.groups.contains(&group) || f.released.contains(&group) {
             return None;
         }
         f.total += 1;
@@ -101,6 +139,15 @@ impl Slot {
             in_flight: in_flight.clone(),
             group,
         })
+    }
+}
+
+impl Slot {
+    /// Frees the slot; says whether a due row waited for one meanwhile.
+    fn release(self) -> bool {
+        let in_flight = self.in_flight.clone();
+        drop(self);
+        std::mem::take(&mut lock(&in_flight).starved)
     }
 }
 
@@ -156,7 +203,7 @@ impl Dispatcher {
         policy: RetryPolicy,
         secret: Option<SigningKey>,
         net_policy: NetPolicy,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
     ) -> Result<Dispatcher, String> {
         crate::install_crypto();
         let http = reqwest::Client::builder()
@@ -222,13 +269,26 @@ impl Dispatcher {
             tracing::error!("reading the disabled endpoints panicked: {e}");
         }
         let tracker = TaskTracker::new();
-        let done = Arc::new(Notify::new());
+        // The full scan reads every (chat, url)'s head; it runs at start, once a second (rows
+        // re-queued by `outbox retry` from another process, retries coming due), when a retry
+        // is due, and when a slot frees while rows waited for one. Between scans, only the
+        // groups that changed are read: a poll's new rows, a finished delivery's next row.
+        let mut scan_at = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let store = self.store.clone();
             let now = now_ms();
+            let full = tokio::time::Instant::now() >= scan_at || self.wake.take_full();
+            let groups = self.wake.take_groups();
+            if !full && groups.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wake.notify.notified() => {}
+                    _ = tokio::time::sleep_until(scan_at) => {}
+                }
+                continue;
+            }
             let saturated = {
                 // A slot is released only after its outcome is recorded: what was released
                 // before this query is read fresh by it.
@@ -239,22 +299,47 @@ impl Dispatcher {
             // Saturated urls are left out by the query; what remains is blocked by at most
             // CONCURRENCY in-flight heads, so this many rows always reach a free one.
             let scan = 2 * CONCURRENCY;
-            let due = match tokio::task::spawn_blocking(move || {
-                store.due_excluding(now, scan, &saturated)
+            let store = self.store.clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                if full {
+                    let due = store.due_excluding(now, scan, &saturated)?;
+                    let next = if due.is_empty() {
+                        store.next_due_ms()?
+                    } else {
+                        None
+                    };
+                    Ok((due, next))
+                } else {
+                    let heads = store.heads(&groups)?;
+                    let next = heads
+                        .iter()
+                        .map(|r| r.next_attempt_at_ms)
+                        .filter(|&t| t > now)
+                        .min();
+                    let due = heads.into_iter().filter(|r| r.next_attempt_at_ms <= now);
+                    Ok::<_, crate::store::StoreError>((due.collect(), next))
+                }
             })
-            .await
-            {
+            .await;
+            let (due, next_ms) = match rows {
                 Ok(Ok(rows)) => rows,
                 Ok(Err(e)) => {
                     tracing::error!("outbox query failed: {e}");
-                    Vec::new()
+                    (Vec::new(), None)
                 }
                 Err(e) => {
                     tracing::error!("outbox query panicked: {e}");
-                    Vec::new()
+                    (Vec::new(), None)
                 }
             };
-            let mut launched = 0;
+            if full {
+                scan_at = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+            if let Some(t) = next_ms {
+                let soon = tokio::time::Instant::now()
+                    + Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64);
+                scan_at = scan_at.min(soon);
+            }
             for row in &due {
                 let Some(slot) = Slot::claim(&self.in_flight, row) else {
                     continue;
@@ -266,37 +351,22 @@ impl Dispatcher {
                         continue;
                     }
                 };
-                launched += 1;
                 let this = self.clone();
-                let done = done.clone();
                 let row = row.clone();
                 tracker.spawn(async move {
+                    let group = (row.delivery.chat_id.clone(), row.delivery.url.clone());
                     this.deliver(row, state).await;
-                    drop(slot);
-                    done.notify_one();
+                    // Released after the outcome is recorded: the group's next row is read fresh.
+                    let starved = slot.release();
+                    this.wake.group(group.0, group.1);
+                    if starved {
+                        this.wake.full();
+                    }
                 });
             }
-            if launched > 0 {
-                continue;
-            }
-            let wait = if due.is_empty() {
-                let store = self.store.clone();
-                let next = tokio::task::spawn_blocking(move || store.next_due_ms())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten();
-                next.map(|t| Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64))
-                    .unwrap_or(Duration::from_secs(1))
-            } else {
-                // Everything due waits for a slot: a finished delivery wakes us.
-                Duration::from_secs(1)
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = done.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+            // A full scan may have left due rows unread: read on.
+            if full && due.len() >= scan {
+                scan_at = tokio::time::Instant::now();
             }
         }
         let in_flight = lock(&self.in_flight).total;

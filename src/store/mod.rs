@@ -225,6 +225,9 @@ impl Store {
             reason,
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of a poll, of the dispatcher and of a chat's first load stays
+        // prepared (rusqlite's default of 16 is fewer than they are: they evicted each other).
+        conn.set_prepared_statement_cache_capacity(64);
         if existed {
             let check: String = conn
                 .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -380,7 +383,9 @@ impl Store {
     fn chat_row(conn: &Connection, chat_id: &str) -> Result<ChatState, StoreError> {
         let mut state = ChatState::default();
         if let Some((w, l, f)) = conn
-            .prepare_cached("SELECT watermark, low_water, first_seen FROM chats WHERE chat_id = ?1")?
+            .prepare_cached(
+                "SELECT watermark, low_water, first_seen FROM chats WHERE chat_id = ?1",
+            )?
             .query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?
         {
@@ -434,12 +439,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now_s = c.now_ms / 1000;
-        tx.execute(
-            "INSERT INTO chats (chat_id, watermark, low_water, first_seen, last_polled) VALUES (?1, ?2, ?3, ?4, ?4)
+        tx.prepare_cached("INSERT INTO chats (chat_id, watermark, low_water, first_seen, last_polled) VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (chat_id) DO UPDATE SET watermark = max(watermark, excluded.watermark),
-                 low_water = max(low_water, excluded.low_water), last_polled = excluded.last_polled",
-            params![c.chat_id, c.watermark, c.low_water, now_s],
-        )?;
+                 low_water = max(low_water, excluded.low_water), last_polled = excluded.last_polled")?
+            .execute(params![c.chat_id, c.watermark, c.low_water, now_s])?;
         {
             let mut seen = tx.prepare_cached(
                 "INSERT INTO seen (chat_id, from_me, msg_id, ts, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -524,16 +527,12 @@ impl Store {
         }
         // Ids below the low-water mark can only come back with a larger limit, where the diff
         // treats them as history; keep the table small.
-        tx.execute(
-            "DELETE FROM seen WHERE chat_id = ?1 AND ts < ?2",
-            params![c.chat_id, c.low_water],
-        )?;
-        tx.execute(
-            // Message cooldowns count in message time, chat-rule ones in our time: a row is
-            // spent only once both clocks are past it.
-            "DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2",
-            params![c.chat_id, now_s.min(c.watermark)],
-        )?;
+        tx.prepare_cached("DELETE FROM seen WHERE chat_id = ?1 AND ts < ?2")?
+            .execute(params![c.chat_id, c.low_water])?;
+        // Message cooldowns count in message time, chat-rule ones in our time: a row is
+        // spent only once both clocks are past it.
+        tx.prepare_cached("DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2")?
+            .execute(params![c.chat_id, now_s.min(c.watermark)])?;
         crate::failpoint::hit("in_transaction");
         tx.commit()?;
         Ok(queued)
@@ -588,16 +587,32 @@ impl Store {
         Ok(rows)
     }
 
+    /// The oldest pending row of each of `groups` (chat, url), due or not.
+    pub fn heads(&self, groups: &[(String, String)]) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = ?1 AND url = ?2 ORDER BY id LIMIT 1",
+        )?;
+        let mut rows = Vec::with_capacity(groups.len());
+        for (chat, url) in groups {
+            if let Some(row) = stmt.query_row(params![chat, url], Self::row).optional()? {
+                rows.push(row);
+            }
+        }
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
     /// When the next pending delivery is due, if any (only the head of each (chat, url) counts:
     /// the rows behind it wait for it whatever their own time).
     pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT MIN(o.next_attempt_at) FROM outbox o
-             JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(conn
+            .prepare_cached(
+                "SELECT MIN(o.next_attempt_at) FROM outbox o
+                 JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id",
+            )?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Records the outcome of an attempt: the row moves to `record.outcome` (never InFlight).
@@ -623,10 +638,9 @@ impl Store {
                 "an in-flight delivery is never stored".into(),
             )));
         };
-        conn.execute(
-            "UPDATE outbox SET state = ?2, attempts = ?3, next_attempt_at = coalesce(?4, next_attempt_at),
-                               last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
-            params![
+        conn.prepare_cached("UPDATE outbox SET state = ?2, attempts = ?3, next_attempt_at = coalesce(?4, next_attempt_at),
+                               last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1")?
+            .execute(params![
                 id,
                 st.state,
                 st.attempts,
@@ -634,8 +648,7 @@ impl Store {
                 record.status.map(i64::from),
                 st.error.or_else(|| record.error.clone()),
                 now_ms
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
