@@ -72,6 +72,7 @@ pub fn prepare(
         metrics: metrics.clone(),
         skipped_seen: Default::default(),
         snapshots: Default::default(),
+        started_s: jiff::Timestamp::now().as_second(),
     };
     Ok((
         Arc::new(poller),

@@ -58,6 +58,9 @@ pub struct Poller {
     /// Each chat's stored state as of its last successful poll (absent until its first one, or
     /// after a poll that failed past its fetch: then read again from the store).
     pub snapshots: Mutex<HashMap<String, ChatSnapshot>>,
+    /// When this daemon started (unix seconds): with `skip_history`, a chat first polled
+    /// later still gets what arrived since then.
+    pub started_s: i64,
 }
 
 /// What one poll found, for the scheduler.
@@ -237,10 +240,14 @@ impl Poller {
                 page?
             };
             crate::failpoint::hit("after_fetch");
-            let snap = match snapshot.take() {
+            let mut snap = match snapshot.take() {
                 Some(s) => s,
                 None => self.load_snapshot(&chat_key).await?,
             };
+            if !snap.state.known {
+                // Watched since this daemon started, whenever its first poll succeeds.
+                snap.state.first_seen = self.started_s;
+            }
             // A page is full when the gateway sent `limit` messages, parsed or not: a skipped
             // one still takes a place.
             let full_at = (limit as usize).saturating_sub(page.skipped.len());
@@ -308,6 +315,7 @@ impl Poller {
             thresholds: decision.thresholds.clone(),
             chat_rules: decision.chat_rules.clone(),
             script_state: decision.script_state.clone(),
+            first_seen: snapshot.state.first_seen,
             now_ms,
         };
         // A poll that changes nothing needs no write (most polls of idle chats).

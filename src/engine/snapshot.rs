@@ -29,7 +29,11 @@ impl ChatSnapshot {
             st.known = true;
             st.watermark = c.watermark;
             st.low_water = c.low_water;
-            st.first_seen = now_s;
+            st.first_seen = if c.first_seen > 0 {
+                c.first_seen
+            } else {
+                now_s
+            };
         }
         for (key, ts, fingerprint) in &c.seen {
             // An id seen again keeps its first time; only its fingerprint moves.
@@ -142,6 +146,7 @@ mod tests {
                                 (r.to_string(), m)
                             })
                             .collect(),
+                        first_seen: if now % 2 == 0 { now - 30 } else { 0 },
                         now_ms: now * 1000,
                     }
                 },

@@ -19,8 +19,10 @@ pub struct ChatState {
     pub watermark: i64,
     /// Ids older than this were pruned; an unknown id older than this is old history.
     pub low_water: i64,
-    /// When the chat was first polled (unix seconds, our clock): with `skip_history`, an
-    /// unknown message older than this (less [`FIRST_SIGHT_SLACK`]) existed before we looked.
+    /// Since when the chat is watched (unix seconds, our clock: the start of the daemon that
+    /// first polled it): with `skip_history`, an unknown message older than this (less
+    /// [`FIRST_SIGHT_SLACK`]) existed before we looked. Before the chat's first successful
+    /// poll, the caller sets it to its own start (0: unknown, the whole first page is history).
     pub first_seen: i64,
     /// The known ids (at least those of the page) with their time and fingerprint.
     pub seen: HashMap<MessageKey, SeenId>,
@@ -85,6 +87,20 @@ pub fn diff(state: &ChatState, page: &[Message], limit: usize, first_sight: Firs
 
     if !state.known {
         match first_sight {
+            // Since when we watch the chat (`first_seen`: this daemon's start, set by the
+            // caller), what arrives is new even when the first poll that succeeds comes much
+            // later (a 429 storm, a gateway down at start); what is older is history. Without
+            // that time, everything on the first page is history.
+            FirstSight::SkipHistory if state.first_seen > 0 => {
+                let history_before = state.first_seen - FIRST_SIGHT_SLACK;
+                let (history, new): (Vec<usize>, Vec<usize>) = order
+                    .iter()
+                    .partition(|&&i| page[i].timestamp < history_before);
+                // A full page of new messages may hide more of them: ask for more.
+                d.may_hide_more = full && history.is_empty() && !new.is_empty();
+                d.history = history;
+                d.new = new;
+            }
             FirstSight::SkipHistory => d.history = order,
             FirstSight::ReplayHistory => d.new = order,
         }
@@ -177,6 +193,61 @@ mod tests {
         assert_eq!(d.watermark, 101);
         let d = diff(&ChatState::default(), &page, 50, FirstSight::ReplayHistory);
         assert_eq!(ids(&page, &d.new), ["a", "b"]);
+    }
+
+    #[test]
+    fn first_sight_after_a_late_first_poll_keeps_what_arrived_since_the_start() {
+        // Watched since 1000 (the daemon's start); the first poll that succeeds comes later.
+        let unknown = ChatState {
+            first_seen: 1000,
+            ..ChatState::default()
+        };
+        let page = vec![
+            msg("old", 900, "before the start"),
+            msg("slack", 1000 - FIRST_SIGHT_SLACK, "within the clock slack"),
+            msg("late", 1010, "arrived during a 429 storm"),
+        ];
+        let cases: [(FirstSight, usize, &[&str], &[&str], bool); 4] = [
+            (
+                FirstSight::SkipHistory,
+                50,
+                &["old"],
+                &["slack", "late"],
+                false,
+            ),
+            // Full, and it reaches a message from before the start: nothing is hidden.
+            (
+                FirstSight::SkipHistory,
+                3,
+                &["old"],
+                &["slack", "late"],
+                false,
+            ),
+            (
+                FirstSight::ReplayHistory,
+                50,
+                &[],
+                &["old", "slack", "late"],
+                false,
+            ),
+            (
+                FirstSight::ReplayHistory,
+                3,
+                &[],
+                &["old", "slack", "late"],
+                false,
+            ),
+        ];
+        for (sight, limit, history, new, hides) in cases {
+            let d = diff(&unknown, &page, limit, sight);
+            assert_eq!(ids(&page, &d.history), history, "{sight:?} {limit}");
+            assert_eq!(ids(&page, &d.new), new, "{sight:?} {limit}");
+            assert_eq!(d.may_hide_more, hides, "{sight:?} {limit}");
+        }
+        // A full page of nothing but new messages may hide more new ones.
+        let d = diff(&unknown, &page[1..], 2, FirstSight::SkipHistory);
+        assert_eq!(ids(&page[1..], &d.new), ["slack", "late"]);
+        assert!(d.may_hide_more);
     }
 
     #[test]

@@ -212,6 +212,10 @@ pub struct FaultSpec {
     /// Used at most this many times. Default: unlimited.
     #[serde(default)]
     pub times: Option<u64>,
+    /// Answers only every `every`-th request it matches (5: one in five, 20 %); the others go
+    /// on to the next fault or the normal reply. Default 1: every one.
+    #[serde(default)]
+    pub every: Option<u64>,
     /// What to answer.
     pub respond: FaultResponse,
 }
@@ -1065,6 +1069,9 @@ struct Fault {
     until_ms: Option<i64>,
     chat: Option<String>,
     remaining: Option<u64>,
+    every: u64,
+    /// Requests it matched so far (for `every`).
+    matched: u64,
     action: FaultAction,
     delay: Option<Duration>,
 }
@@ -1122,11 +1129,16 @@ impl Fault {
         if spec.times == Some(0) {
             return Err("times must be at least 1 (remove the fault to disable it)".to_owned());
         }
+        if spec.every == Some(0) {
+            return Err("every must be at least 1 (1: every request)".to_owned());
+        }
         Ok(Fault {
             after_ms,
             until_ms,
             chat: spec.chat.as_deref().map(served_id),
             remaining: spec.times,
+            every: spec.every.unwrap_or(1),
+            matched: 0,
             action,
             delay: r.delay.map(|d| d.0),
         })
@@ -1147,10 +1159,13 @@ fn pick_fault(
     now_ms: i64,
 ) -> Option<(usize, FaultAction, Option<Duration>)> {
     let served = served_id(requested);
-    let (i, f) = faults
-        .iter_mut()
-        .enumerate()
-        .find(|(_, f)| f.matches(&served, now_ms))?;
+    let (i, f) = faults.iter_mut().enumerate().find_map(|(i, f)| {
+        if !f.matches(&served, now_ms) {
+            return None;
+        }
+        f.matched += 1;
+        (f.matched % f.every == 0).then_some((i, f))
+    })?;
     if let Some(n) = &mut f.remaining {
         *n -= 1;
     }

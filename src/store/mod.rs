@@ -149,6 +149,8 @@ pub struct PollCommit {
     pub chat_rules: Vec<(String, ChatRuleState)>,
     /// Rule-file state (`state_set`) per rule.
     pub script_state: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
+    /// Since when the chat is watched (unix seconds), stored on its first commit; 0: now.
+    pub first_seen: i64,
     pub now_ms: i64,
 }
 
@@ -439,10 +441,16 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now_s = c.now_ms / 1000;
-        tx.prepare_cached("INSERT INTO chats (chat_id, watermark, low_water, first_seen, last_polled) VALUES (?1, ?2, ?3, ?4, ?4)
+        tx.prepare_cached("INSERT INTO chats (chat_id, watermark, low_water, first_seen, last_polled) VALUES (?1, ?2, ?3, ?5, ?4)
              ON CONFLICT (chat_id) DO UPDATE SET watermark = max(watermark, excluded.watermark),
                  low_water = max(low_water, excluded.low_water), last_polled = excluded.last_polled")?
-            .execute(params![c.chat_id, c.watermark, c.low_water, now_s])?;
+            .execute(params![
+                c.chat_id,
+                c.watermark,
+                c.low_water,
+                now_s,
+                if c.first_seen > 0 { c.first_seen } else { now_s }
+            ])?;
         {
             let mut seen = tx.prepare_cached(
                 "INSERT INTO seen (chat_id, from_me, msg_id, ts, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)

@@ -49,6 +49,7 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
                 .unwrap()
                 .clone(),
         )],
+        first_seen: 0,
         now_ms: 1_000,
     };
     assert_eq!(store.commit_poll(&commit).unwrap(), 1);

@@ -345,3 +345,69 @@ async fn busy_chats_are_polled_sooner_and_every_chat_within_its_interval() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_from_the_start_misses_nothing_and_repeats_nothing() {
+    // 20 chats, 3 messages each from 1s to 9s after start; the budget is 10 requests/s and the
+    // gateway answers one request in five with 429 and `Retry-After: 1`, from the first one on:
+    // many chats' first successful poll comes after their first message. With `skip_history`
+    // (the default), what arrived since the daemon started is still new.
+    let chats: Vec<String> = (0..20).map(|i| format!("9665000002{i:02}")).collect();
+    let mut scenario = String::from("chats:\n");
+    for (i, c) in chats.iter().enumerate() {
+        scenario.push_str(&format!("  - id: \"{c}\"\n    messages:\n"));
+        scenario.push_str(&format!(
+            "      - {{ at: -1h, body: \"bot history {i}\", id: H{i} }}\n"
+        ));
+        for k in 0..3 {
+            let ms = 1000 + (i as u64 * 137 + k * 2900) % 8000;
+            scenario.push_str(&format!(
+                "      - {{ at: {ms}ms, body: \"bot {i}-{k}\", id: M{i}x{k} }}\n"
+            ));
+        }
+    }
+    scenario.push_str("faults:\n  - { every: 5, respond: { status: 429, retry_after: \"1\" } }\n");
+    let gw = gateway(&scenario).await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule(&rx));
+    let ids: Vec<&str> = chats.iter().map(String::as_str).collect();
+    let cfg = ws.write(
+        "cartat.yaml",
+        &config_text(
+            &gw,
+            &ids,
+            "  rate_limit: { per_second: 10, burst: 10 }\n",
+            "poll:\n  interval: 2s\n",
+        ),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    let want: Vec<String> = (0..20)
+        .flat_map(|i| (0..3).map(move |k| format!("bot {i}-{k}")))
+        .collect();
+    wait_for(
+        "every message of the storm",
+        Duration::from_secs(60),
+        || {
+            let got: HashSet<String> = bodies(&rx.received()).into_iter().collect();
+            want.iter().all(|w| got.contains(w))
+        },
+    )
+    .await;
+    // Let the retries of anything in flight land, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    let log = gw.requests();
+    let limited = log.iter().filter(|r| r.status == 429).count();
+    assert!(limited >= 10, "the storm happened: {limited} 429s");
+    let mut got = bodies(&rx.received());
+    got.sort();
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(got, unique, "nothing delivered twice");
+    let mut want = want;
+    want.sort();
+    assert_eq!(unique, want, "every message once, no history\n{out}");
+    gw.shutdown().await;
+}
