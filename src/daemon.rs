@@ -35,13 +35,7 @@ pub fn prepare(
         config.api.rate_per_second,
         config.api.burst,
     ));
-    let gateway = Gateway::new(
-        &config.api.base_url,
-        config.api.token.clone(),
-        config.api.timeout,
-        budget,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let gateway = Gateway::new(&config.api, budget).map_err(anyhow::Error::msg)?;
     let wake = Arc::new(crate::outbox::dispatcher::Wake::default());
     let policy = RetryPolicy {
         max_attempts: config.webhooks.max_attempts,

@@ -61,6 +61,10 @@ pub struct ApiConfig {
     pub message_limit: u32,
     /// The largest `limit` the gap recovery may ask for.
     pub max_message_limit: u32,
+    /// The largest reply read for one page (`None`: 4 MiB + 16 KiB per message asked).
+    pub max_reply_bytes: Option<u64>,
+    /// The proxy for the gateway's requests, if one is configured (never from the environment).
+    pub proxy: Option<String>,
 }
 
 /// One watched chat.
@@ -193,6 +197,14 @@ fn interpolate(
     Some(out)
 }
 
+/// Whether `text` names a `${VAR}` that is not set.
+fn references_unset(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> bool {
+    text.split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}'))
+        .any(|(name, _)| lookup(name).is_none())
+}
+
 fn compile(
     path: &Path,
     raw: raw::RawConfig,
@@ -217,6 +229,28 @@ fn compile(
         .as_ref()
         .and_then(|t| interpolate(path, t, env, lookup, &mut d))
         .unwrap_or_default();
+    let proxy = raw
+        .api
+        .proxy
+        .as_ref()
+        .and_then(|p| interpolate(path, p, env, lookup, &mut d))
+        .filter(|p| !p.is_empty());
+    if let (Some(p), Some(spec)) = (&proxy, &raw.api.proxy)
+        && reqwest::Proxy::all(p.as_str()).is_err()
+    {
+        d.push(Diagnostic::at(
+            path,
+            spec.referenced,
+            "api.proxy: not a proxy url (write http://host:port)",
+        ));
+    }
+    if raw.api.max_reply_bytes.is_some_and(|b| b < 1024) {
+        d.push(Diagnostic::at(
+            path,
+            raw.api.base_url.referenced,
+            "api.max_reply_bytes must be at least 1024",
+        ));
+    }
     let rate = raw.api.rate_limit.unwrap_or_default();
     if rate.per_second.value == 0 {
         d.push(Diagnostic::at(
@@ -290,7 +324,28 @@ fn compile(
         .as_ref()
         .and_then(|s| interpolate(path, s, env, lookup, &mut d))
     {
-        Some(s) if !s.is_empty() => match SigningKey::parse(&s) {
+        // An operator who wrote a secret means to sign: an empty one (`${VAR}` set to "") is an
+        // error, not unsigned webhooks. (A variable `check` cannot see was warned about above.)
+        Some(s) if s.is_empty() => {
+            let spec = wh.secret.as_ref().expect("interpolated from it");
+            let unseen = env == EnvMode::Optional && references_unset(&spec.value, lookup);
+            if !unseen {
+                d.push(Diagnostic::at(
+                    path,
+                    spec.referenced,
+                    format!(
+                        "webhooks.secret is empty{}: webhooks would go out unsigned. Set the secret                          (`whsec_` + base64, at least 24 bytes), or remove `webhooks.secret` to send                          unsigned webhooks on purpose",
+                        if spec.value.contains("${") {
+                            format!(" (`{}` is set to \"\")", spec.value)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ));
+            }
+            None
+        }
+        Some(s) => match SigningKey::parse(&s) {
             Ok(k) => Some(k),
             Err(e) => {
                 let loc = wh
@@ -390,6 +445,8 @@ fn compile(
                 .api
                 .max_message_limit
                 .unwrap_or(limit.value.saturating_mul(32).max(1000)),
+            max_reply_bytes: raw.api.max_reply_bytes,
+            proxy,
         },
         chats,
         poll_interval,

@@ -43,6 +43,12 @@ pub struct RawApi {
     pub message_limit: Option<Spanned<u32>>,
     /// The largest `limit` gap recovery may ask for (default 32 × message_limit, at least 1000).
     pub max_message_limit: Option<u32>,
+    /// The largest reply read for one page, in bytes (default 4 MiB + 16 KiB per message asked).
+    pub max_reply_bytes: Option<u64>,
+    /// A proxy for the gateway's requests (`http://host:port`). Default: none; the
+    /// `HTTP(S)_PROXY` variables are ignored, so the token never goes through a proxy nobody
+    /// configured here.
+    pub proxy: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

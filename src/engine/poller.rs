@@ -413,7 +413,9 @@ impl PollError {
             PollError::Fetch(FetchError::Status(_)) => PollOutcome::HttpError,
             PollError::Fetch(FetchError::Timeout(_)) => PollOutcome::Timeout,
             PollError::Fetch(FetchError::Transport(_)) => PollOutcome::Transport,
-            PollError::Fetch(FetchError::Reply(_)) => PollOutcome::BadReply,
+            PollError::Fetch(FetchError::Reply(_) | FetchError::TooLarge(_)) => {
+                PollOutcome::BadReply
+            }
             PollError::Store(_) => PollOutcome::StoreError,
         }
     }

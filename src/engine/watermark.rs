@@ -207,7 +207,15 @@ mod tests {
             msg("slack", 1000 - FIRST_SIGHT_SLACK, "within the clock slack"),
             msg("late", 1010, "arrived during a 429 storm"),
         ];
-        let cases: [(FirstSight, usize, &[&str], &[&str], bool); 4] = [
+        /// (first sight, limit, history, new, may hide more)
+        type Case = (
+            FirstSight,
+            usize,
+            &'static [&'static str],
+            &'static [&'static str],
+            bool,
+        );
+        let cases: [Case; 4] = [
             (
                 FirstSight::SkipHistory,
                 50,

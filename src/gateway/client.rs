@@ -7,7 +7,7 @@
 
 use super::model::{ChatId, Page, ReplyError, parse_reply};
 use crate::outbox::schedule::parse_retry_after;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -154,6 +154,10 @@ pub enum FetchError {
     Transport(String),
     #[error("{0}")]
     Reply(#[from] ReplyError),
+    #[error(
+        "the reply is larger than {0} bytes (api.max_reply_bytes); the rest was not read — raise it if this chat's pages are really that large"
+    )]
+    TooLarge(u64),
 }
 
 /// A Cartat client; cheap to clone.
@@ -163,6 +167,7 @@ pub struct Gateway {
     base_url: String,
     /// `Bearer <token>`, built once and marked sensitive (never shown by `Debug`).
     authorization: reqwest::header::HeaderValue,
+    max_reply_bytes: Option<u64>,
     timeout: Duration,
     pub budget: Arc<RateBudget>,
 }
@@ -177,32 +182,44 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(
-        base_url: &str,
-        token: SecretString,
-        timeout: Duration,
-        budget: Arc<RateBudget>,
-    ) -> Result<Gateway, String> {
+    /// A client for `api` (its base url, token, timeout, reply cap and proxy) sharing `budget`.
+    pub fn new(api: &crate::config::ApiConfig, budget: Arc<RateBudget>) -> Result<Gateway, String> {
         crate::install_crypto();
-        let http = reqwest::Client::builder()
+        let timeout = api.timeout;
+        let builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("cartat-rules/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("cartat-rules/", env!("CARGO_PKG_VERSION")));
+        // The bearer token goes through a proxy only when `api.proxy` says so: the
+        // `HTTP(S)_PROXY` variables of whatever environment the daemon runs in are ignored.
+        let builder = match &api.proxy {
+            Some(p) => builder
+                .proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| format!("api.proxy: {e}"))?),
+            None => builder.no_proxy(),
+        };
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let mut authorization =
-            reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", api.token.expose_secret()))
                 .map_err(|_| {
                     "api.token holds a character that cannot go in an HTTP header".to_string()
                 })?;
         authorization.set_sensitive(true);
         Ok(Gateway {
             http,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url: api.base_url.trim_end_matches('/').to_string(),
             authorization,
+            max_reply_bytes: api.max_reply_bytes,
             timeout,
             budget,
         })
+    }
+
+    /// The most bytes a reply to `limit` may have.
+    pub fn reply_cap(&self, limit: u32) -> u64 {
+        self.max_reply_bytes
+            .unwrap_or(4 * 1024 * 1024 + 16 * 1024 * u64::from(limit))
     }
 
     /// Fetches one chat with at most `limit` messages, waiting for the budget first.
@@ -257,7 +274,21 @@ impl Gateway {
             404 => return Err(FetchError::NotFound),
             s => return Err(FetchError::Status(s)),
         }
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        // Read as a stream, never past the cap: a reply that never ends costs this chat's poll,
+        // not the daemon's memory.
+        let cap = self.reply_cap(limit);
+        if resp.content_length().is_some_and(|n| n > cap) {
+            return Err(FetchError::TooLarge(cap));
+        }
+        let mut resp = resp;
+        let mut bytes: Vec<u8> =
+            Vec::with_capacity(resp.content_length().unwrap_or(64 * 1024).min(cap) as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            if bytes.len() as u64 + chunk.len() as u64 > cap {
+                return Err(FetchError::TooLarge(cap));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         Ok(parse_reply(&bytes, chat)?)
     }
 

@@ -246,6 +246,10 @@ pub struct FaultResponse {
     /// Accept the request and never answer (until the mock shuts down).
     #[serde(default)]
     pub hang: bool,
+    /// Answer 200 and stream a JSON reply that never ends, as fast as the client reads (for
+    /// at most a minute, or until the mock shuts down or the client hangs up).
+    #[serde(default)]
+    pub endless: bool,
 }
 
 /// Generated traffic: many chats, messages derived from `(seed, chat, k)`, never stored.
@@ -1053,6 +1057,8 @@ impl World {
 enum FaultAction {
     /// The normal reply (possibly delayed).
     Normal,
+    /// A 200 whose body never ends.
+    Endless,
     Status {
         code: StatusCode,
         retry_after: Option<String>,
@@ -1079,7 +1085,13 @@ struct Fault {
 impl Fault {
     fn compile(spec: &FaultSpec) -> Result<Fault, String> {
         let r = &spec.respond;
-        let kinds = [r.status.is_some(), r.malformed, r.truncated, r.hang];
+        let kinds = [
+            r.status.is_some(),
+            r.malformed,
+            r.truncated,
+            r.hang,
+            r.endless,
+        ];
         let count = kinds.iter().filter(|k| **k).count();
         if count > 1 {
             return Err("respond: choose one of status, malformed, truncated, hang".to_owned());
@@ -1115,6 +1127,8 @@ impl Fault {
             FaultAction::Truncated
         } else if r.hang {
             FaultAction::Hang
+        } else if r.endless {
+            FaultAction::Endless
         } else {
             FaultAction::Normal
         };
@@ -1609,6 +1623,37 @@ impl App {
     }
 }
 
+/// A 200 `application/json` reply that opens a `messages` array and never closes it: the same
+/// message over and over, written as fast as the client reads, for at most a minute.
+fn endless_response(stop: CancellationToken) -> Response {
+    use tokio::io::AsyncWriteExt;
+    let (mut w, r) = tokio::io::duplex(64 * 1024);
+    let one = r#"{"id":{"fromMe":false,"id":"ENDLESS","_serialized":"false_0@c.us_ENDLESS"},"timestamp":1700000000,"body":"bot endless","type":"chat"},"#;
+    let chunk = one.repeat(64 * 1024 / one.len());
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        if w.write_all(br#"{"status":"success","messages":["#)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while Instant::now() < deadline && !stop.is_cancelled() {
+            // Fails once the client hangs up.
+            if w.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(r));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 fn json_response(status: StatusCode, body: String) -> Response {
     let mut r = (status, body).into_response();
     r.headers_mut().insert(
@@ -1739,6 +1784,7 @@ async fn chats_handler(
             r
         }
         FaultAction::Malformed => json_response(StatusCode::OK, MALFORMED_BODY.to_owned()),
+        FaultAction::Endless => endless_response(app.shutdown.clone()),
         FaultAction::Normal | FaultAction::Truncated => match reply() {
             None => error_response(StatusCode::NOT_FOUND, "chat not found"),
             Some(text) if action == FaultAction::Truncated => {

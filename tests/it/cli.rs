@@ -385,3 +385,54 @@ fn check_refuses_rule_files_that_import_eval_or_bomb_the_parser() {
     );
     assert!(!out.contains("good.rhai"), "{out}");
 }
+
+#[test]
+fn an_empty_webhook_secret_is_refused_by_check_and_run() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/ok.yaml",
+        "id: fine\nactions: [ { log: { message: ok } } ]\n",
+    );
+    ws.write(
+        "cartat.yaml",
+        "api:\n  base_url: http://127.0.0.1:9\n  token: t\nchats: [\"966500000000\"]\n\
+         webhooks:\n  secret: ${CARTAT_TEST_EMPTY_SECRET}\nserver: { listen: off }\n",
+    );
+    let run = |args: &[&str], secret: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cartat-rules"));
+        cmd.args(args).current_dir(ws.path());
+        match secret {
+            Some(s) => cmd.env("CARTAT_TEST_EMPTY_SECRET", s),
+            None => cmd.env_remove("CARTAT_TEST_EMPTY_SECRET"),
+        };
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let want = "cartat.yaml:6:11: webhooks.secret is empty (`${CARTAT_TEST_EMPTY_SECRET}` is set to \"\"): webhooks would go out unsigned";
+    for args in [
+        &["check", "-c", "cartat.yaml"][..],
+        &["run", "-c", "cartat.yaml"],
+    ] {
+        let (code, out) = run(args, Some(""));
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(want), "{args:?}: {out}");
+    }
+    // `check` without the variable warns (it may be set where the daemon runs) and passes.
+    let (code, out) = run(&["check", "-c", "cartat.yaml"], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("`CARTAT_TEST_EMPTY_SECRET` is not set"),
+        "{out}"
+    );
+    // A real secret passes.
+    let (code, out) = run(
+        &["check", "-c", "cartat.yaml"],
+        Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    );
+    assert_eq!(code, 0, "{out}");
+}

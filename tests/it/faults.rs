@@ -337,3 +337,147 @@ async fn bad_message_skipped_once(message: String) {
         "the page advanced: its good message fired once"
     );
 }
+
+/// The daemon's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_never_ends_costs_that_poll_not_the_daemons_memory() {
+    // The faulty chat's reply streams as fast as it is read, twice; api.timeout is 1s (without
+    // a cap the daemon buffered it all: hundreds of MB).
+    let gw = gateway(&scenario("times: 2, respond: { endless: true }")).await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule(&rx));
+    let cfg = ws.write(
+        "cartat.yaml",
+        &config_text(
+            &gw,
+            &[FAULTY, "966500000002", "966500000003"],
+            "  rate_limit: { per_second: 20, burst: 5 }\n",
+            "poll:\n  interval: 300ms\n  on_first_sight: replay_history\n",
+        ),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("every chat's webhook", Duration::from_secs(30), || {
+        let b = bodies(&rx.received());
+        ["bot faulty", "bot two", "bot three"]
+            .iter()
+            .all(|w| b.iter().any(|x| x == w))
+    })
+    .await;
+    let peak_mib = peak_rss_kib(daemon.child.id()) / 1024;
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    let endless = gw
+        .requests()
+        .iter()
+        .filter(|r| r.chat == FAULTY && r.fault.is_some())
+        .count();
+    assert_eq!(endless, 2, "both endless replies were served");
+    assert_eq!(
+        out.matches("the reply is larger than 4521984 bytes (api.max_reply_bytes)")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(peak_mib < 100, "peak RSS {peak_mib} MiB\n{out}");
+    eprintln!("peak RSS with two endless replies: {peak_mib} MiB");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_client_ignores_proxy_variables_unless_api_proxy_is_set() {
+    // A "proxy" that counts who connects to it; the environment points every proxy variable at
+    // it. The bearer token must not go there.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = proxy.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    let gw = gateway(&scenario("times: 1, respond: { delay: 10ms }")).await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule(&rx));
+    let cfg = ws.write(
+        "cartat.yaml",
+        &config_text(
+            &gw,
+            &[FAULTY, "966500000002", "966500000003"],
+            "",
+            "poll:\n  interval: 300ms\n  on_first_sight: replay_history\n",
+        ),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cartat-rules"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .envs(
+            [
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "all_proxy",
+            ]
+            .map(|k| (k, proxy_url.as_str())),
+        )
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(15), async {
+        while bodies(&rx.received()).len() < 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the gateway client went through the environment's proxy"
+    );
+    assert!(
+        waited.is_ok(),
+        "the daemon polled the gateway directly: {:?}",
+        bodies(&rx.received())
+    );
+    assert!(gw.requests().len() >= 3);
+    // With `api.proxy`, the requests go there (this one hangs up: the polls fail, and say so).
+    let cfg = ws.write(
+        "cartat.yaml",
+        &config_text(
+            &gw,
+            &[FAULTY],
+            &format!("  proxy: {proxy_url}\n"),
+            "poll:\n  interval: 300ms\n",
+        )
+        .replace("./state/test.db", "./state/proxied.db"),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    wait_for(
+        "a request through api.proxy",
+        Duration::from_secs(10),
+        || connections.load(std::sync::atomic::Ordering::SeqCst) > 0,
+    )
+    .await;
+    assert_eq!(daemon.stop(), 0);
+    gw.shutdown().await;
+}
