@@ -88,6 +88,8 @@ pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: Can
         poller.config.rule_paths.clone(),
         poller.rules.clone(),
         poller.config.watch_rules,
+        poller.config.allow_empty_rules,
+        poller.config.webhooks.net_policy.clone(),
         Duration::from_secs(1),
         shutdown.clone(),
         {

@@ -72,8 +72,24 @@ pub fn poll_failed(
     }
 }
 
-pub fn unauthorized(chat: &str) {
-    tracing::error!(chat = %mask(chat), "the gateway refused the API token (401): check api.token; every chat is paused and one probe retries slowly (30s, doubling up to 5m)");
+/// A 401, as the schedule judged it: this chat's problem, or the token's.
+pub fn unauthorized(
+    chat: &str,
+    verdict: crate::engine::schedule::AuthVerdict,
+    retry_in: std::time::Duration,
+) {
+    use crate::engine::schedule::AuthVerdict;
+    match verdict {
+        AuthVerdict::ThisChat => {
+            tracing::warn!(chat = %mask(chat), ?retry_in, "the gateway refused this chat (401) while no other chat was refused: backing this chat off; if a second chat is refused, the token is taken as bad")
+        }
+        AuthVerdict::TokenRefused => {
+            tracing::error!(chat = %mask(chat), "the gateway refused the API token (401) for two chats: check api.token; every chat is paused and one probe, with another chat, retries slowly (30s, doubling up to 5m)")
+        }
+        AuthVerdict::StillRefused => {
+            tracing::error!(chat = %mask(chat), "the gateway still refuses the API token (401): every chat stays paused; the next probe asks another chat after a longer pause")
+        }
+    }
 }
 
 /// One message the gateway sent could not be used: logged once per message (the caller
@@ -115,9 +131,32 @@ pub fn chat_rule_fired(rule: &str, chat: &str) {
     tracing::info!(rule, chat = %mask(chat), "chat rule fired");
 }
 
+/// Control characters (CR, LF, NUL, ESC, …) and bidi overrides and isolates written as
+/// escapes, so a customer's message in a `log` action cannot start a forged log line or
+/// reorder one on screen. Borrows when there is nothing to escape.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(|c| c.is_control() || bidi(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || bidi(c) => {
+                out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
     use crate::rules::raw::Level;
-    let text = mask_text(text);
+    let text = escape_controls(&mask_text(text)).into_owned();
     match level {
         Level::Debug => tracing::debug!(rule, "{text}"),
         Level::Info => tracing::info!(rule, "{text}"),
@@ -126,8 +165,46 @@ pub fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
     }
 }
 
+/// How often one (rule, chat) may log its failures.
+pub const RULE_ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// (rule, chat) → when its last failure was logged, and how many came since.
+type Floods = std::collections::HashMap<(String, String), (std::time::Instant, u64)>;
+
+static FLOODS: std::sync::Mutex<Option<Floods>> = std::sync::Mutex::new(None);
+
+/// A rule failed for a chat: the first failure is logged, then at most one line a minute per
+/// (rule, chat) with the count since, so a script that fails on every poll or every message
+/// cannot flood the log (`cartat_rule_errors_total` counts every one).
 pub fn rule_error(rule: &str, chat: &str, error: &str) {
-    tracing::error!(rule, chat = %mask(chat), "rule action failed: {error}");
+    let now = std::time::Instant::now();
+    let since = {
+        let mut floods = FLOODS.lock().unwrap_or_else(|e| e.into_inner());
+        let map = floods.get_or_insert_with(Default::default);
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        match map.get_mut(&(rule.to_string(), chat.to_string())) {
+            Some((at, n)) if now.duration_since(*at) < RULE_ERROR_EVERY => {
+                *n += 1;
+                return;
+            }
+            Some((at, n)) => {
+                *at = now;
+                std::mem::take(n)
+            }
+            None => {
+                map.insert((rule.to_string(), chat.to_string()), (now, 0));
+                0
+            }
+        }
+    };
+    let error = escape_controls(error);
+    if since > 0 {
+        tracing::error!(rule, chat = %mask(chat), suppressed = since, "rule action failed: {error} ({since} more failures of this rule for this chat in the last minute were not logged)");
+    } else {
+        tracing::error!(rule, chat = %mask(chat), "rule action failed: {error}");
+    }
 }
 
 /// A rule's `script` failed or hit a bound: logged as a warning the first time for that rule
@@ -192,6 +269,25 @@ pub fn endpoint_reenabled(url: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controls_and_bidi_overrides_are_escaped_and_arabic_is_not() {
+        let cases = [
+            ("بوت", "بوت"),
+            ("a\nINFO forged", "a\\nINFO forged"),
+            ("x\r\0y\u{1b}[31m", "x\\r\\u{0000}y\\u{001b}[31m"),
+            ("\u{202E}evil\u{2066}", "\\u{202e}evil\\u{2066}"),
+            ("tab\there", "tab\\there"),
+            ("\u{200F}rlm kept", "\u{200F}rlm kept"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(escape_controls(text), want, "{text:?}");
+        }
+        assert!(matches!(
+            escape_controls("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn masks_phone_numbers_but_not_groups() {

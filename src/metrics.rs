@@ -59,6 +59,7 @@ pub struct Metrics {
     poll_duration: Histogram,
     messages: Family<Outcome, Counter>,
     matches: Family<[(&'static str, String); 1], Counter>,
+    rule_errors: Family<[(&'static str, String); 1], Counter>,
     deliveries: Family<Outcome, Counter>,
     gaps: Counter,
     budget_wait: FloatCounter,
@@ -114,6 +115,12 @@ impl Metrics {
         );
         let matches = Family::<[(&'static str, String); 1], Counter>::default();
         registry.register("rule_matches", "Rules fired, by rule id", matches.clone());
+        let rule_errors = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "rule_errors",
+            "Rule evaluations that failed (a script error or bound, an action that could not be made), by rule id; logged at most once a minute per rule and chat",
+            rule_errors.clone(),
+        );
         let deliveries = Family::<Outcome, Counter>::default();
         registry.register(
             "deliveries",
@@ -160,6 +167,7 @@ impl Metrics {
             poll_duration,
             messages,
             matches,
+            rule_errors,
             deliveries,
             gaps,
             budget_wait,
@@ -208,6 +216,13 @@ impl Metrics {
     /// A rule fired (rule ids are bounded by the config).
     pub fn rule_matched(&self, rule: &str) {
         self.matches
+            .get_or_create(&[("rule", rule.to_string())])
+            .inc();
+    }
+
+    /// A rule failed on a message or a chat.
+    pub fn rule_failed(&self, rule: &str) {
+        self.rule_errors
             .get_or_create(&[("rule", rule.to_string())])
             .inc();
     }

@@ -28,12 +28,30 @@ pub fn snapshot(paths: &[PathBuf]) -> Snapshot {
         .collect()
 }
 
-/// Recompiles and swaps; returns whether the new set is in force.
-pub fn reload(paths: &[PathBuf], target: &RwLock<Arc<RuleSet>>) -> bool {
-    match rules::load(paths) {
+fn rule_count(set: &RuleSet) -> usize {
+    set.rules.len() + set.chat_rules.len() + set.script_rules.len()
+}
+
+/// Recompiles and swaps; returns whether the new set is in force. A set with no rule at all
+/// replaces one with rules only when `allow_empty`.
+pub fn reload(
+    paths: &[PathBuf],
+    target: &RwLock<Arc<RuleSet>>,
+    allow_empty: bool,
+    policy: &crate::outbox::ssrf::NetPolicy,
+) -> bool {
+    match rules::load_for(paths, policy) {
         Ok((set, warnings)) => {
             for w in &warnings.0 {
                 tracing::warn!("{w}");
+            }
+            let before = rule_count(&target.read().unwrap_or_else(|e| e.into_inner()));
+            if rule_count(&set) == 0 && before > 0 && !allow_empty {
+                tracing::error!(
+                    rules_in_force = before,
+                    "rules not reloaded: the new rule set is empty (were the rule files deleted?); the last set stays in force — set `rules.allow_empty: true` to allow running without rules"
+                );
+                return false;
             }
             let (n, c) = (set.rules.len(), set.chat_rules.len());
             *target.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
@@ -54,10 +72,13 @@ pub fn reload(paths: &[PathBuf], target: &RwLock<Arc<RuleSet>>) -> bool {
 
 /// Watches until `shutdown`: every `every`, and on SIGHUP. `reloaded` runs (blocking, off the
 /// runtime) after each reload that put a new set in force.
+#[allow(clippy::too_many_arguments)]
 pub async fn watch(
     paths: Vec<PathBuf>,
     target: Arc<RwLock<Arc<RuleSet>>>,
     poll_files: bool,
+    allow_empty: bool,
+    policy: crate::outbox::ssrf::NetPolicy,
     every: Duration,
     shutdown: CancellationToken,
     reloaded: impl Fn() + Clone + Send + 'static,
@@ -93,8 +114,9 @@ pub async fn watch(
             let p = paths.clone();
             let t = target.clone();
             let then = reloaded.clone();
+            let policy = policy.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                if reload(&p, &t) {
+                if reload(&p, &t, allow_empty, &policy) {
                     then();
                 }
             })

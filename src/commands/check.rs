@@ -6,6 +6,7 @@ pub fn check(config_path: &Path, paths: &[PathBuf]) -> u8 {
     let mut all = Diagnostics::default();
     let mut rule_paths: Vec<PathBuf> = paths.to_vec();
     let check_config = paths.is_empty() || config_path.exists();
+    let mut policy = crate::outbox::ssrf::NetPolicy::AllowAll;
     if check_config {
         match config::load(config_path, EnvMode::Optional) {
             Ok((c, warnings)) => {
@@ -13,13 +14,15 @@ pub fn check(config_path: &Path, paths: &[PathBuf]) -> u8 {
                 if rule_paths.is_empty() {
                     rule_paths = c.rule_paths;
                 }
+                // Webhook urls the daemon would refuse are errors now, not dead letters later.
+                policy = c.webhooks.net_policy;
             }
             Err(d) => all.extend(d),
         }
     }
     let mut rule_count = 0;
     if !rule_paths.is_empty() {
-        match crate::rules::load(&rule_paths) {
+        match crate::rules::load_for(&rule_paths, &policy) {
             Ok((set, warnings)) => {
                 rule_count = set.rules.len() + set.chat_rules.len() + set.script_rules.len();
                 all.extend(warnings);

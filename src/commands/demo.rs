@@ -51,7 +51,7 @@ pub fn demo(config_path: &Path, scenario: Option<&Path>, duration: Duration, log
         }
     };
     crate::events::set_masking(config.mask_phone_numbers);
-    let (rules, _) = match crate::rules::load(&config.rule_paths) {
+    let (rules, _) = match crate::rules::load_for(&config.rule_paths, &config.webhooks.net_policy) {
         Ok(r) => r,
         Err(d) => {
             eprint!("{d}");

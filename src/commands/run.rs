@@ -14,14 +14,15 @@ pub fn run(path: &Path, log: &LogArgs) -> u8 {
     eprint!("{warnings}");
     init_logging(log, "info", config.log_format);
     crate::events::set_masking(config.mask_phone_numbers);
-    let (rules, rule_warnings) = match crate::rules::load(&config.rule_paths) {
-        Ok(r) => r,
-        Err(d) => {
-            eprint!("{d}");
-            eprintln!("cartat-rules: the rules are not valid; nothing was started");
-            return 1;
-        }
-    };
+    let (rules, rule_warnings) =
+        match crate::rules::load_for(&config.rule_paths, &config.webhooks.net_policy) {
+            Ok(r) => r,
+            Err(d) => {
+                eprint!("{d}");
+                eprintln!("cartat-rules: the rules are not valid; nothing was started");
+                return 1;
+            }
+        };
     eprint!("{rule_warnings}");
     let rt = match runtime() {
         Ok(rt) => rt,

@@ -97,6 +97,8 @@ pub struct Config {
     pub state_path: PathBuf,
     pub rule_paths: Vec<PathBuf>,
     pub watch_rules: bool,
+    /// A reload may leave no rule at all (`rules.allow_empty`).
+    pub allow_empty_rules: bool,
     pub webhooks: WebhookConfig,
     pub log_format: LogFormat,
     pub mask_phone_numbers: bool,
@@ -455,6 +457,7 @@ fn compile(
         state_path,
         rule_paths,
         watch_rules: rules.watch.unwrap_or(true),
+        allow_empty_rules: rules.allow_empty.unwrap_or(false),
         webhooks: WebhookConfig {
             secret,
             timeout: wh.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(10)),

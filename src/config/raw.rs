@@ -147,6 +147,9 @@ pub struct RawRules {
     pub paths: Option<Vec<String>>,
     /// Reload on change.
     pub watch: Option<bool>,
+    /// Accept a reload that leaves no rule at all (default false: a deploy that wiped the
+    /// folder keeps the last set in force, loudly).
+    pub allow_empty: Option<bool>,
 }
 
 /// `false`, `true`, or a list of CIDRs.

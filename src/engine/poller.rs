@@ -95,11 +95,19 @@ impl Poller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let finish = |schedule: &mut Schedule, done: Done, failures: &mut [u32]| {
             failures[done.index] = match done.how {
-                Finished::Failed { .. } => failures[done.index].saturating_add(1),
+                Finished::Failed { .. } | Finished::Unauthorized { .. } => {
+                    failures[done.index].saturating_add(1)
+                }
                 Finished::Ok { .. } => 0,
                 _ => failures[done.index],
             };
-            schedule.finished(done.index, Instant::now(), done.how);
+            if let Some(verdict) = schedule.finished(done.index, Instant::now(), done.how) {
+                let retry_in = match done.how {
+                    Finished::Unauthorized { retry_in } => retry_in,
+                    _ => Duration::ZERO,
+                };
+                events::unauthorized(chats[done.index].id.as_str(), verdict, retry_in);
+            }
         };
         loop {
             let next_due = schedule.next_at();
@@ -165,10 +173,9 @@ impl Poller {
                 let failures = failures.saturating_add(1);
                 let how = match &e {
                     PollError::Fetch(FetchError::RateLimited(_)) => Finished::RateLimited,
-                    PollError::Fetch(FetchError::Unauthorized) => {
-                        events::unauthorized(chat.id.as_str());
-                        Finished::Unauthorized
-                    }
+                    PollError::Fetch(FetchError::Unauthorized) => Finished::Unauthorized {
+                        retry_in: backoff(chat.interval, failures),
+                    },
                     _ => Finished::Failed {
                         retry_in: backoff(chat.interval, failures),
                     },
@@ -383,6 +390,7 @@ impl Poller {
             events::rule_log(&l.rule_id, l.level, &l.text);
         }
         for (rule, e) in &decision.errors {
+            self.metrics.rule_failed(rule);
             events::rule_error(rule, &chat_key, e);
         }
         for d in &decision.deliveries {

@@ -8,8 +8,11 @@
 //! latency over messages), never sooner than [`MIN_SOFT_PERIOD`]. Hard due times always go
 //! first, so the spare budget never delays a chat past its interval.
 //!
-//! A 401 closes a gate for every chat: after a pause one chat probes the token, the others
-//! wait for its answer, and each failed probe doubles the pause (a slow retry, not a loop).
+//! A 401 from one chat is that chat's problem (it backs off like any failure) unless a second
+//! chat also gets one before any other chat is served: then the token is bad and a gate
+//! closes for every chat: after a pause one chat probes the token — never the chat that was
+//! last refused — the others wait for its answer, and each failed probe doubles the pause (a
+//! slow retry, not a loop).
 //!
 //! Owns: the order of polls. Must not: do I/O or wait (the driver in [`super::poller`] does).
 
@@ -41,8 +44,20 @@ pub enum Finished {
     Failed { retry_in: Duration },
     /// The gateway said 429 (the budget is paused for everyone): again as soon as it resumes.
     RateLimited,
-    /// The gateway refused the token (401/403).
-    Unauthorized,
+    /// The gateway said 401 for this chat; if the token turns out to be fine (another chat is
+    /// served), this chat alone tries again after `retry_in`.
+    Unauthorized { retry_in: Duration },
+}
+
+/// What a 401 meant, as the schedule judged it (for the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// Only this chat was refused so far: it backs off, the others go on.
+    ThisChat,
+    /// A second chat was refused: the token is bad, every chat is paused.
+    TokenRefused,
+    /// A probe was refused again: the pause doubles.
+    StillRefused,
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +83,8 @@ struct AuthGate {
     until: Instant,
     pause: Duration,
     probing: bool,
+    /// The chat refused last: the next probe is another one.
+    avoid: usize,
 }
 
 type Heap = BinaryHeap<Reverse<(Instant, usize, u64)>>;
@@ -82,6 +99,8 @@ pub struct Schedule {
     /// Polls per second left for soft polls.
     spare_per_second: f64,
     auth: Option<AuthGate>,
+    /// A chat refused with 401 while every other chat was fine so far.
+    suspect: Option<usize>,
 }
 
 /// How much earlier than its interval a chat is due, so budget waits do not make it late.
@@ -123,6 +142,7 @@ impl Schedule {
             soft: Heap::new(),
             spare_per_second: f64::from(per_second) * PLANNED_SHARE - base,
             auth: None,
+            suspect: None,
         };
         for i in 0..intervals.len() {
             s.hard.push(Reverse((now, i, 0)));
@@ -169,11 +189,15 @@ impl Schedule {
         {
             return None;
         }
-        let pick = match Self::live_top(&mut self.hard, &self.chats, false) {
-            Some((at, i)) if at <= now => Some(i),
-            _ => match Self::live_top(&mut self.soft, &self.chats, true) {
+        let pick = match &self.auth {
+            // The probe: any chat but the one refused last (it may be that chat's problem).
+            Some(g) => self.probe_pick(g.avoid),
+            None => match Self::live_top(&mut self.hard, &self.chats, false) {
                 Some((at, i)) if at <= now => Some(i),
-                _ => None,
+                _ => match Self::live_top(&mut self.soft, &self.chats, true) {
+                    Some((at, i)) if at <= now => Some(i),
+                    _ => None,
+                },
             },
         }?;
         let c = &mut self.chats[pick];
@@ -187,11 +211,26 @@ impl Schedule {
         Some(pick)
     }
 
-    /// Records how chat `index`'s poll ended and schedules its next one.
-    pub fn finished(&mut self, index: usize, now: Instant, how: Finished) {
-        let Some(c) = self.chats.get_mut(index) else {
-            return;
-        };
+    /// The chat to probe the token with: the earliest due by its hard time that is not
+    /// `avoid` (unless it is the only one), whatever its due time (the gate's pause is over).
+    fn probe_pick(&mut self, avoid: usize) -> Option<usize> {
+        let mut best: Option<(Instant, usize)> = None;
+        for &Reverse((at, i, g)) in self.hard.iter() {
+            let c = &self.chats[i];
+            if g != c.hard_gen || c.in_flight || (i == avoid && self.chats.len() > 1) {
+                continue;
+            }
+            if best.is_none_or(|b| (at, i) < b) {
+                best = Some((at, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Records how chat `index`'s poll ended and schedules its next one; for a 401, says what
+    /// it was judged to mean.
+    pub fn finished(&mut self, index: usize, now: Instant, how: Finished) -> Option<AuthVerdict> {
+        let c = self.chats.get_mut(index)?;
         c.in_flight = false;
         c.polls += 1;
         c.hard_gen += 1;
@@ -217,7 +256,10 @@ impl Schedule {
                 now + retry_in
             }
             Finished::RateLimited => now,
-            Finished::Unauthorized => now,
+            Finished::Unauthorized { retry_in } => {
+                c.failed = true;
+                now + retry_in
+            }
         };
         let soft_at = match (how, c.soft_period) {
             (Finished::Ok { .. }, Some(p)) if self.kind == SchedulerKind::Adaptive => {
@@ -230,23 +272,51 @@ impl Schedule {
             self.soft.push(Reverse((t, index, c.soft_gen)));
         }
         match (how, &mut self.auth) {
-            (Finished::Unauthorized, Some(g)) if g.probing => {
+            (Finished::Unauthorized { .. }, Some(g)) if g.probing => {
                 g.pause = (g.pause * 2).min(AUTH_PAUSE_MAX);
                 g.until = now + g.pause;
                 g.probing = false;
+                g.avoid = index;
+                Some(AuthVerdict::StillRefused)
             }
-            (Finished::Unauthorized, Some(_)) => {}
-            (Finished::Unauthorized, None) => {
-                self.auth = Some(AuthGate {
-                    until: now + AUTH_PAUSE_FIRST,
-                    pause: AUTH_PAUSE_FIRST,
-                    probing: false,
-                });
+            (Finished::Unauthorized { .. }, Some(g)) => {
+                g.avoid = index;
+                Some(AuthVerdict::StillRefused)
             }
+            (Finished::Unauthorized { .. }, None) => match self.suspect {
+                Some(other) if other != index => {
+                    self.suspect = None;
+                    self.auth = Some(AuthGate {
+                        until: now + AUTH_PAUSE_FIRST,
+                        pause: AUTH_PAUSE_FIRST,
+                        probing: false,
+                        avoid: index,
+                    });
+                    Some(AuthVerdict::TokenRefused)
+                }
+                _ => {
+                    self.suspect = Some(index);
+                    Some(AuthVerdict::ThisChat)
+                }
+            },
             // Anything but a 401 means the token was accepted (or never checked): open.
-            (Finished::RateLimited, Some(g)) if g.probing => g.probing = false,
-            (_, Some(_)) => self.auth = None,
-            (_, None) => {}
+            (Finished::RateLimited, Some(g)) if g.probing => {
+                g.probing = false;
+                None
+            }
+            (Finished::Ok { .. }, _) => {
+                self.auth = None;
+                // Another chat was served: a 401 the suspect got is its own.
+                if self.suspect != Some(index) {
+                    self.suspect = None;
+                }
+                None
+            }
+            (_, Some(_)) => {
+                self.auth = None;
+                None
+            }
+            (_, None) => None,
         }
     }
 
@@ -416,29 +486,77 @@ mod tests {
         assert_eq!(s.pop_due(t0 + 60 * S), Some(a));
     }
 
+    const REFUSED: Finished = Finished::Unauthorized { retry_in: S };
+
     #[test]
-    fn a_401_pauses_everyone_and_one_chat_probes_slowly() {
+    fn a_401_from_two_chats_pauses_everyone_and_another_chat_probes_slowly() {
         let t0 = Instant::now();
         let mut s = Schedule::new(&[S; 5], SchedulerKind::Adaptive, 100, t0);
         let first = s.pop_due(t0).unwrap();
-        s.finished(first, t0, Finished::Unauthorized);
+        let second = s.pop_due(t0).unwrap();
+        assert_eq!(s.finished(first, t0, REFUSED), Some(AuthVerdict::ThisChat));
+        assert_eq!(s.auth_paused_until(), None, "one chat's 401 pauses nobody");
+        assert_eq!(
+            s.finished(second, t0, REFUSED),
+            Some(AuthVerdict::TokenRefused)
+        );
         assert_eq!(s.pop_due(t0 + S), None, "paused");
         assert_eq!(s.auth_paused_until(), Some(t0 + AUTH_PAUSE_FIRST));
         let t1 = t0 + AUTH_PAUSE_FIRST;
         let probe = s.pop_due(t1).unwrap();
+        assert_ne!(probe, second, "not the chat refused last");
         assert_eq!(s.pop_due(t1), None, "one probe at a time");
         assert_eq!(s.next_at(), None, "nothing until the probe answers");
-        s.finished(probe, t1, Finished::Unauthorized);
+        assert_eq!(
+            s.finished(probe, t1, REFUSED),
+            Some(AuthVerdict::StillRefused)
+        );
         assert_eq!(
             s.auth_paused_until(),
             Some(t1 + 2 * AUTH_PAUSE_FIRST),
             "doubled"
         );
         let t2 = t1 + 2 * AUTH_PAUSE_FIRST;
-        let probe = s.pop_due(t2).unwrap();
-        s.finished(probe, t2, Finished::Ok { inbound: 0 });
+        let next_probe = s.pop_due(t2).unwrap();
+        assert_ne!(next_probe, probe, "each probe asks another chat");
+        assert_eq!(
+            s.finished(next_probe, t2, Finished::Ok { inbound: 0 }),
+            None
+        );
         assert_eq!(s.auth_paused_until(), None, "the token works again");
         assert!(s.pop_due(t2).is_some());
+    }
+
+    #[test]
+    fn a_401_only_one_chat_gets_is_that_chats_backoff() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&[S; 3], SchedulerKind::RoundRobin, 100, t0);
+        let (a, b, c) = (
+            s.pop_due(t0).unwrap(),
+            s.pop_due(t0).unwrap(),
+            s.pop_due(t0).unwrap(),
+        );
+        let refused = Finished::Unauthorized { retry_in: 20 * S };
+        assert_eq!(s.finished(a, t0, refused), Some(AuthVerdict::ThisChat));
+        s.finished(b, t0, Finished::Ok { inbound: 0 });
+        s.finished(c, t0, Finished::Ok { inbound: 0 });
+        // Later, the same chat again: still only its own problem (the others were served).
+        let t1 = t0 + 20 * S;
+        let mut seen = Vec::new();
+        while let Some(i) = s.pop_due(t1) {
+            seen.push(i);
+        }
+        assert!(seen.contains(&a));
+        assert_eq!(s.finished(a, t1, refused), Some(AuthVerdict::ThisChat));
+        for &i in seen.iter().filter(|&&i| i != a) {
+            s.finished(i, t1, Finished::Ok { inbound: 0 });
+        }
+        assert_eq!(s.auth_paused_until(), None, "nobody else paused");
+        assert_eq!(
+            s.pop_due(t1 + S),
+            Some(b.min(c)),
+            "the others keep their pace"
+        );
     }
 
     #[test]

@@ -419,6 +419,77 @@ fn parse_ipv4_number(part: &str) -> Option<u64> {
         .filter(|v| *v <= u64::from(u32::MAX))
 }
 
+/// A url fit for an error message or a log line: credentials (`user:password@`) become
+/// `***@` and every query value `***`, so a secret written into a url never reaches a
+/// terminal or a log. Works on text that is not a valid url too.
+pub fn redacted(url: &str) -> String {
+    let (head, fragment) = url
+        .split_once('#')
+        .map_or((url, None), |(h, f)| (h, Some(f)));
+    let (base, query) = head
+        .split_once('?')
+        .map_or((head, None), |(b, q)| (b, Some(q)));
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                None => base.to_string(),
+            }
+        }
+        None => {
+            let authority_end = base.find('/').unwrap_or(base.len());
+            let (authority, path) = base.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}{path}"),
+                None => base.to_string(),
+            }
+        }
+    };
+    if let Some(q) = query {
+        out.push('?');
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    if fragment.is_some() {
+        out.push_str("#…");
+    }
+    out
+}
+
+/// [`vet_url`], and `localhost` (or `*.localhost`) vetted as the loopback address it always
+/// is, for `check`: what the policy will refuse at delivery is refused in advance, naming
+/// the config key that allows it.
+pub fn vet_url_literal(url: &str, policy: &NetPolicy) -> Result<(), String> {
+    let hint = |e: String| {
+        if matches!(policy, NetPolicy::AllowAll) {
+            e
+        } else {
+            format!(
+                "{e} — webhooks.allow_private_networks in the config allows private, loopback and link-local targets (true, or a list of CIDRs)"
+            )
+        }
+    };
+    vet_url(url, policy).map_err(hint)?;
+    let host = reqwest::Url::parse(url.trim())
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    if let Some(h) = host
+        && (h == "localhost" || h.ends_with(".localhost"))
+    {
+        check_ip(std::net::IpAddr::from([127, 0, 0, 1]), policy)
+            .map_err(|e| hint(format!("`{h}` is the loopback address: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Vets a webhook URL before any connection: scheme http or https only, no userinfo, a
 /// host present; if the host is an IP literal in any encoding, check_ip it. Returns Ok(())
 /// for names (they're checked after resolution by GuardedResolver).
@@ -505,6 +576,28 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn urls_in_messages_lose_credentials_and_query_values() {
+        let cases = [
+            (
+                "https://user:pw@hooks.example.com/a?token=s3cret&x=1",
+                "https://***@hooks.example.com/a?token=***&x=***",
+            ),
+            (
+                "https://hooks.example.com/a/b",
+                "https://hooks.example.com/a/b",
+            ),
+            ("http://u:p@@host:8080", "http://***@host:8080"),
+            ("user:pw@hooks.example.com/x", "***@hooks.example.com/x"),
+            ("ftp://a:b@c/d#frag", "ftp://***@c/d#…"),
+            ("https://host/p?flag", "https://host/p?flag"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redacted(url), want, "{url}");
+        }
+    }
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {

@@ -634,7 +634,17 @@ pub fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, Diagnostics> {
 }
 
 /// Loads every rule file under `paths` and compiles the set. Warnings come back with the set.
+/// Webhook urls are vetted for their form only (`test`, and rule folders checked alone).
 pub fn load(paths: &[PathBuf]) -> Result<(RuleSet, Diagnostics), Diagnostics> {
+    load_for(paths, &crate::outbox::ssrf::NetPolicy::AllowAll)
+}
+
+/// As [`load`], with the config's network policy: a webhook url whose literal address (or
+/// `localhost`) the policy refuses is an error here rather than a dead letter later.
+pub fn load_for(
+    paths: &[PathBuf],
+    policy: &crate::outbox::ssrf::NetPolicy,
+) -> Result<(RuleSet, Diagnostics), Diagnostics> {
     let files = discover(paths)?;
     let mut parsed = Vec::new();
     let mut d = Diagnostics::default();
@@ -651,7 +661,7 @@ pub fn load(paths: &[PathBuf]) -> Result<(RuleSet, Diagnostics), Diagnostics> {
             Err(e) => d.push(Diagnostic::error(&f, 0, 0, format!("cannot read: {e}"))),
         }
     }
-    let (mut set, more) = compile_rules(parsed);
+    let (mut set, more) = compile_rules_for(parsed, policy);
     d.extend(more);
     for (path, text) in scripts {
         match set.host.compile(&path, &text) {
@@ -705,10 +715,20 @@ struct Compiler<'a> {
     keywords: HashMap<(String, bool), (String, Location)>,
     /// Where the rule's first webhook action is (for the `from_me` warning).
     first_webhook: Option<Location>,
+    /// The network policy webhook urls are vetted against.
+    policy: &'a crate::outbox::ssrf::NetPolicy,
 }
 
 /// Compiles parsed files into one set. Rules with errors are left out and reported.
 pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
+    compile_rules_for(files, &crate::outbox::ssrf::NetPolicy::AllowAll)
+}
+
+/// As [`compile_rules`], vetting webhook urls against `policy`.
+pub fn compile_rules_for(
+    files: Vec<ParsedFile>,
+    policy: &crate::outbox::ssrf::NetPolicy,
+) -> (RuleSet, Diagnostics) {
     let mut d = Diagnostics::default();
     let mut builder = MatcherBuilder::new();
     let mut templates = Templates::new();
@@ -763,6 +783,7 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
                 sandbox: &sandbox,
                 keywords: HashMap::new(),
                 first_webhook: None,
+                policy,
             };
             if is_chat_rule {
                 let compiled = c.chat_match(raw.match_.unwrap_or_default());
@@ -1177,14 +1198,15 @@ impl Compiler<'_> {
                 }
                 RawAction::Webhook(w) => {
                     self.first_webhook.get_or_insert(w.url.referenced);
-                    if let Err(e) = crate::outbox::ssrf::vet_url(
-                        &w.url.value,
-                        &crate::outbox::ssrf::NetPolicy::AllowAll,
-                    ) {
+                    if let Err(e) = crate::outbox::ssrf::vet_url_literal(&w.url.value, self.policy)
+                    {
                         self.d.push(Diagnostic::at(
                             self.path,
                             w.url.referenced,
-                            format!("webhook.url: `{}`: {e}", w.url.value),
+                            format!(
+                                "webhook.url: `{}`: {e}",
+                                crate::outbox::ssrf::redacted(&w.url.value)
+                            ),
                         ));
                         continue;
                     }

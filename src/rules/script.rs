@@ -86,6 +86,30 @@ pub enum ScriptError {
     Panicked,
 }
 
+/// Built-ins that block the thread; scripts cannot call them.
+const BLOCKING: &[&str] = &["sleep"];
+
+/// The first call of a [`BLOCKING`] built-in in `ast` (as a function or a method), if any.
+fn blocking_call(ast: &AST) -> Option<(String, rhai::Position)> {
+    let mut found = None;
+    ast.walk(&mut |path: &[rhai::ASTNode]| {
+        if let Some(rhai::ASTNode::Expr(
+            rhai::Expr::FnCall(call, pos) | rhai::Expr::MethodCall(call, pos),
+        )) = path.last()
+            && BLOCKING.contains(&call.name.as_str())
+        {
+            found = Some((call.name.to_string(), *pos));
+            return false;
+        }
+        true
+    });
+    found
+}
+
+fn refused_call(name: &str) -> String {
+    format!("`{name}` is not available to rule scripts: a rule must never wait")
+}
+
 thread_local! {
     /// The deadline of the evaluation running on this thread (one at a time per thread).
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
@@ -146,6 +170,21 @@ impl Sandbox {
             .set_strict_variables(true)
             .set_fail_on_invalid_map_property(true)
             .disable_symbol("eval");
+        // `sleep` would hold the chat's poll past every deadline (the deadline is checked
+        // between operations, and a sleep is one): refused when a script names it (see
+        // `blocking_call`), and an error at once when reached through a function pointer
+        // (`Fn("sleep")`): these natives shadow rhai's own.
+        for blocked in BLOCKING {
+            engine.register_fn(*blocked, |_: rhai::INT| -> Result<(), Box<EvalAltResult>> {
+                Err("`sleep` is not available to rule scripts: a rule must never wait".into())
+            });
+            engine.register_fn(
+                *blocked,
+                |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> {
+                    Err("`sleep` is not available to rule scripts: a rule must never wait".into())
+                },
+            );
+        }
         let max_chars = limits.max_print_chars;
         engine.on_print(move |s| {
             if take_print() {
@@ -211,7 +250,15 @@ impl Sandbox {
         match catch_unwind(AssertUnwindSafe(|| {
             self.engine.compile_expression_with_scope(&scope, src)
         })) {
-            Ok(Ok(ast)) => Ok(ast),
+            Ok(Ok(ast)) => match blocking_call(&ast) {
+                Some((name, pos)) => Err(match (pos.line(), pos.position()) {
+                    (Some(l), Some(c)) => {
+                        format!("{} (at {l}:{c} of the expression)", refused_call(&name))
+                    }
+                    _ => refused_call(&name),
+                }),
+                None => Ok(ast),
+            },
             Ok(Err(e)) => {
                 let pos = e.position();
                 let kind = e.err_type().to_string();
@@ -279,7 +326,13 @@ impl Sandbox {
             ));
         }
         match catch_unwind(AssertUnwindSafe(|| self.engine.compile(src))) {
-            Ok(Ok(ast)) => Ok(ast),
+            Ok(Ok(ast)) => match blocking_call(&ast) {
+                Some((name, pos)) => Err((
+                    refused_call(&name),
+                    pos.line().map(|l| (l, pos.position().unwrap_or(1))),
+                )),
+                None => Ok(ast),
+            },
             Ok(Err(e)) => {
                 let pos = e.position();
                 let at = pos.line().map(|l| (l, pos.position().unwrap_or(1)));
@@ -336,6 +389,13 @@ fn classify(e: EvalAltResult, deadline: Duration) -> ScriptError {
         E::ErrorStackOverflow(_) => ScriptError::Limit("calls nested too deeply".into()),
         E::ErrorDataTooLarge(what, _) => ScriptError::Limit(format!("{what} too large")),
         E::ErrorInFunctionCall(_, _, inner, _) if is_limit(&inner) => classify(*inner, deadline),
+        // What rhai's `sync` build says when a closure calls itself through a captured variable.
+        E::ErrorDataRace(..) => ScriptError::Runtime(
+            "a closure called itself (through a variable it captured): recursion is only for `fn` functions".into(),
+        ),
+        E::ErrorInFunctionCall(_, _, inner, _) if matches!(*inner, E::ErrorDataRace(..)) => {
+            classify(*inner, deadline)
+        }
         other => ScriptError::Runtime(other.to_string()),
     }
 }
@@ -499,6 +559,31 @@ mod tests {
             run(r#"print("hi") == () && debug("x") == ()"#, ""),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn scripts_cannot_sleep_and_closure_recursion_says_what_it_is() {
+        let s = sandbox();
+        for src in ["sleep(4) == ()", "sleep(1e300) == ()"] {
+            let e = s.compile_expression(src).expect_err(src);
+            assert!(e.contains("sleep"), "{src}: {e}");
+        }
+        // Through a function pointer it is an error at once, not a wait.
+        let ast = s
+            .compile_expression(r#"Fn("sleep").call(4) == ()"#)
+            .unwrap();
+        let started = Instant::now();
+        let e = s.eval_bool(&ast, msg("")).unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(
+            e.to_string().contains("not available to rule scripts"),
+            "{e}"
+        );
+        let ast = s
+            .compile_script("fn spin() { let f = 0; f = |n| f.call(n); f.call(1) }")
+            .unwrap();
+        let e = s.call_fn(&ast, "spin", ()).unwrap_err();
+        assert!(e.to_string().contains("a closure called itself"), "{e}");
     }
 
     #[test]

@@ -366,6 +366,10 @@ fn check_refuses_rule_files_that_import_eval_or_bomb_the_parser() {
     );
     ws.write("rules/bomb.rhai", &bomb);
     ws.write(
+        "rules/sleeps.rhai",
+        "fn on_chat(chat) {\n    sleep(4);\n}\nfn on_message(msg, chat) { 1e300.sleep(); }\n",
+    );
+    ws.write(
         "rules/good.rhai",
         "fn on_chat(chat) { if chat.unread_count > 10 { log(\"warn\", \"busy\"); } }\n",
     );
@@ -373,6 +377,11 @@ fn check_refuses_rule_files_that_import_eval_or_bomb_the_parser() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.lines().any(|l| l.starts_with("rules/imports.rhai:1:")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("rules/sleeps.rhai:") && l.contains("must never wait")),
         "{out}"
     );
     assert!(
@@ -434,5 +443,81 @@ fn an_empty_webhook_secret_is_refused_by_check_and_run() {
         &["check", "-c", "cartat.yaml"],
         Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
     );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn credentials_in_a_webhook_url_never_reach_check_or_test_output() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/leaky.yaml",
+        "id: leaky\nactions:\n  - webhook: { url: \"https://admin:CANARY-PW-7781@hooks.example.com/x?token=CANARY-TOKEN-7782\" }\n",
+    );
+    ws.write(
+        "cartat.yaml",
+        "api:\n  base_url: https://api.cartat.net\n  token: t\nchats: [\"966500000000\"]\n",
+    );
+    ws.write(
+        "reply.json",
+        r#"{"status":"success","messages":[{"id":{"fromMe":false,"id":"A"},"timestamp":1700000000,"body":"hi"}]}"#,
+    );
+    let runs = [
+        run_cli(&["check", "-c", "cartat.yaml"], ws.path()),
+        run_cli(&["check", "rules"], ws.path()),
+        run_cli(
+            &["test", "--rules", "rules", "--input", "reply.json"],
+            ws.path(),
+        ),
+    ];
+    for (code, out, err) in runs {
+        let all = format!("{out}{err}");
+        assert_eq!(code, 1, "{all}");
+        assert!(!all.contains("CANARY"), "a secret leaked:\n{all}");
+        assert!(
+            all.contains("https://***@hooks.example.com/x?token=***"),
+            "{all}"
+        );
+        assert!(all.contains("must not carry credentials"), "{all}");
+    }
+}
+
+#[test]
+fn check_refuses_webhooks_to_private_addresses_the_policy_would_dead_letter() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/private.yaml",
+        "id: private\nactions:\n  - webhook: { url: \"http://127.0.0.1:9/x\" }\n  - webhook: { url: \"http://localhost:8080/y\" }\n  - webhook: { url: \"http://10.0.0.5/z\" }\n  - webhook: { url: \"https://hooks.example.com/ok\" }\n",
+    );
+    let config = |extra: &str| {
+        format!(
+            "api:\n  base_url: https://api.cartat.net\n  token: t\nchats: [\"966500000000\"]\n{extra}"
+        )
+    };
+    ws.write("cartat.yaml", &config(""));
+    let (code, out, _) = run_cli(&["check", "-c", "cartat.yaml"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    for line in [3, 4, 5] {
+        let at = format!("private.yaml:{line}:");
+        let hit = out
+            .lines()
+            .find(|l| l.contains(&at))
+            .unwrap_or_else(|| panic!("{at}\n{out}"));
+        assert!(hit.contains("webhooks.allow_private_networks"), "{hit}");
+    }
+    assert!(
+        !out.contains("private.yaml:6:"),
+        "a public url is fine:\n{out}"
+    );
+    assert!(out.contains("3 error(s)"), "{out}");
+    // Allowed by the config: valid.
+    ws.write(
+        "cartat.yaml",
+        &config("webhooks:\n  allow_private_networks: true\n"),
+    );
+    let (code, out, _) = run_cli(&["check", "-c", "cartat.yaml"], ws.path());
+    assert_eq!(code, 0, "{out}");
+    // The rules alone (no config to say): their form only.
+    std::fs::remove_file(ws.path().join("cartat.yaml")).unwrap();
+    let (code, out, _) = run_cli(&["check", "rules"], ws.path());
     assert_eq!(code, 0, "{out}");
 }

@@ -481,3 +481,24 @@ async fn the_gateway_client_ignores_proxy_variables_unless_api_proxy_is_set() {
     assert_eq!(daemon.stop(), 0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_only_one_chat_gets_backs_that_chat_off_and_pauses_nobody_else() {
+    let o = run(
+        &scenario("respond: { status: 401 }"),
+        false,
+        Duration::from_secs(4),
+    )
+    .await;
+    o.check_others_unharmed();
+    o.check_backoff(401);
+    assert!(
+        o.out.contains("the gateway refused this chat (401)"),
+        "{}",
+        o.out
+    );
+    assert!(!o.out.contains("every chat is paused"), "{}", o.out);
+    // The good chats kept their 300ms pace through it all.
+    let good = o.log.iter().filter(|r| r.chat == "966500000002").count();
+    assert!(good >= 15, "the good chat was polled only {good} times");
+}

@@ -307,6 +307,12 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
             "fn on_message(msg, chat) { for i in 0..100000 { state_set(`k${i}`, i); } }",
             "state_set",
         ),
+        (
+            // `sleep(4)` itself is refused at load; through a function pointer it fails at once.
+            "sleeper",
+            "fn on_message(msg, chat) { Fn(\"sleep\").call(4); }",
+            "not available to rule scripts",
+        ),
     ];
     for (name, src, _) in hostile {
         ws.write(&format!("rules/{name}.rhai"), &format!("{src}\n"));
@@ -368,6 +374,153 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
         log.contains("flood.rhai (rule `flood`, on_message): ")
             && log.contains("more than 10 actions"),
         "{log}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_would_drop_every_rule_is_refused_unless_allowed() {
+    for allow_empty in [false, true] {
+        let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
+        let rx = receiver().await;
+        let ws = Workspace::new();
+        ws.write(
+            "rules/word.yaml",
+            &format!(
+                "id: word\nmatch: {{ body: {{ any: [alpha] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n",
+                rx.url("/w")
+            ),
+        );
+        let text = format!(
+            "api:\n  base_url: {}\n  token: mock-token\nchats: [\"966500000001\"]\npoll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\n\
+             rules:\n  paths: [./rules]\n  allow_empty: {allow_empty}\nwebhooks:\n  allow_private_networks: [127.0.0.1/32]\nserver:\n  listen: \"off\"\n",
+            gw.base_url()
+        );
+        let cfg = ws.write("cartat.yaml", &text);
+        let daemon = Daemon::spawn(&cfg);
+        wait_for("the first poll", Duration::from_secs(10), || {
+            !gw.requests().is_empty()
+        })
+        .await;
+        // A deploy that wiped the folder.
+        std::fs::remove_file(ws.path().join("rules/word.yaml")).unwrap();
+        let said = if allow_empty {
+            "rules reloaded"
+        } else {
+            "rules not reloaded: the new rule set is empty"
+        };
+        wait_for(said, Duration::from_secs(10), || {
+            daemon.output().contains(said)
+        })
+        .await;
+        gw.push_message("966500000001", "alpha 1", false);
+        if allow_empty {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(rx.received().is_empty(), "no rule, no webhook");
+        } else {
+            wait_for(
+                "alpha 1 under the last set",
+                Duration::from_secs(10),
+                || rx.received().len() == 1,
+            )
+            .await;
+        }
+        assert_eq!(daemon.stop(), 0);
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_cannot_forge_a_log_line_through_a_log_action() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/echo.yaml",
+        "id: echo\nmatch: { body: { any: [bot] } }\nactions:\n  - log: { message: \"said: {{ message.body }}\" }\n",
+    );
+    let text = format!(
+        "api:\n  base_url: {}\n  token: mock-token\nchats: [\"966500000001\"]\npoll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\n\
+         rules:\n  paths: [./rules]\nserver:\n  listen: \"off\"\n",
+        gw.base_url()
+    );
+    let cfg = ws.write("cartat.yaml", &text);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    gw.push_message(
+        "966500000001",
+        "bot\n2026-12-02T00:00:00Z  INFO FORGED admin logged in\r\u{202E}gnp.exe\0",
+        false,
+    );
+    wait_for("the log action", Duration::from_secs(10), || {
+        daemon.output().contains("said: bot")
+    })
+    .await;
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    assert!(
+        !out.lines()
+            .any(|l| l.contains("INFO FORGED") && !l.contains("said: bot")),
+        "a forged line:\n{out}"
+    );
+    assert!(
+        out.contains("said: bot\\n2026-12-02T00:00:00Z  INFO FORGED admin logged in\\r\\u{202e}gnp.exe\\u{0000}"),
+        "{out}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_that_fails_on_every_message_and_poll_logs_once_a_minute_and_counts_each() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/thrower.rhai",
+        "fn on_message(msg, chat) { throw \"broken on purpose\"; }\nfn on_chat(chat) { throw \"broken on purpose too\"; }\n",
+    );
+    ws.write("rules/bot.yaml", &crate::poller::bot_rule(&rx));
+    let cfg = ws.write(
+        "cartat.yaml",
+        &crate::poller::config_text(&gw, &["966500000001"], "", "poll:\n  interval: 200ms\n"),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    for i in 0..10 {
+        gw.push_message("966500000001", &format!("bot {i}"), false);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_for(
+        "the good rule's ten webhooks",
+        Duration::from_secs(10),
+        || rx.received().len() == 10,
+    )
+    .await;
+    let out = daemon.output();
+    let metrics = crate::metrics::scrape(&out).await;
+    assert_eq!(daemon.stop(), 0);
+    let errors = out
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("thrower"))
+        .count();
+    assert_eq!(
+        errors, 1,
+        "one line for the (rule, chat) in the first minute:\n{out}"
+    );
+    let counted = crate::metrics::metric(&metrics, "cartat_rule_errors_total{rule=\"thrower\"}")
+        .unwrap_or(0.0);
+    // on_message on each of the ten messages, on_chat on every poll.
+    let polls = crate::metrics::metric(&metrics, "cartat_polls_total{outcome=\"ok\"}").unwrap();
+    assert!(polls >= 5.0, "{metrics}");
+    // (A poll may be between its rule errors and its own count when the scrape comes.)
+    assert!(
+        counted == 10.0 + polls || counted == 11.0 + polls,
+        "{counted} errors, {polls} polls\n{metrics}"
     );
     gw.shutdown().await;
 }
