@@ -53,7 +53,7 @@ impl Scalar<'_> {
 }
 
 /// Implements the scalar `visit_*` methods of a visitor whose value is built from a
-/// [`Scalar`] by `$wrap`, and drains arrays (objects differ per type).
+/// [`Scalar`] by `$wrap` (arrays and objects differ per type).
 macro_rules! scalar_visits {
     ($wrap:expr) => {
         fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
@@ -86,6 +86,12 @@ macro_rules! scalar_visits {
         fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok($wrap(Scalar::Absent))
         }
+    };
+}
+
+/// With [`scalar_visits`]: an array is drained and reads as `$wrap(Scalar::Absent)`.
+macro_rules! seq_absent {
+    ($wrap:expr) => {
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             Ok($wrap(Scalar::Absent))
@@ -103,6 +109,7 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     }
 
     scalar_visits!(|s| s);
+    seq_absent!(|s| s);
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -178,6 +185,7 @@ macro_rules! lenient_object {
                         f.write_str("any JSON value")
                     }
                     scalar_visits!(|_: Scalar<'de>| $name::default());
+                    seq_absent!(|_: Scalar<'de>| $name::default());
                     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                         let mut out = $name { is_object: true, ..$name::default() };
                         read_object(map, |key, map| {
@@ -222,6 +230,7 @@ impl<'de> Deserialize<'de> for Jid<'de> {
                 Scalar::Str(s) if !s.is_empty() => Jid(Some(s)),
                 _ => Jid(None),
             });
+            seq_absent!(|_: Scalar<'de>| Jid(None));
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 let o = JidObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(Jid(match o.serialized {
@@ -317,24 +326,7 @@ impl<'de> Deserialize<'de> for WireMessages<'de> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(WireMessages(None))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(WireMessages(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(WireMessages(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(WireMessages(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(WireMessages(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(WireMessages(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(WireMessages(None))
-            }
+            scalar_visits!(|_: Scalar<'de>| WireMessages(None));
         }
         d.deserialize_any(V)
     }

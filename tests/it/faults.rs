@@ -31,6 +31,8 @@ struct Outcome {
     bodies: Vec<String>,
     /// When each good chat's webhook arrived, after the mock started.
     good_latency: Duration,
+    /// The daemon's peak resident memory, in MiB.
+    peak_rss_mib: u64,
 }
 
 /// Runs the daemon on a faulty scenario; waits for the good chats' webhooks (and the faulty
@@ -67,6 +69,7 @@ async fn run(scenario: &str, recovers: bool, linger: Duration) -> Outcome {
     tokio::time::sleep(linger).await;
     let out = daemon.output();
     let metrics = scrape(&out).await;
+    let peak_rss_mib = peak_rss_kib(daemon.child.id()) / 1024;
     assert_eq!(daemon.stop(), 0);
     let outcome = Outcome {
         log: gw.requests(),
@@ -74,6 +77,7 @@ async fn run(scenario: &str, recovers: bool, linger: Duration) -> Outcome {
         metrics,
         bodies: bodies(&rx.received()),
         good_latency,
+        peak_rss_mib,
     };
     gw.shutdown().await;
     outcome
@@ -352,45 +356,34 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn a_reply_that_never_ends_costs_that_poll_not_the_daemons_memory() {
     // The faulty chat's reply streams as fast as it is read, twice; api.timeout is 1s (without
     // a cap the daemon buffered it all: hundreds of MB).
-    let gw = gateway(&scenario("times: 2, respond: { endless: true }")).await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule(&rx));
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &[FAULTY, "966500000002", "966500000003"],
-            "  rate_limit: { per_second: 20, burst: 5 }\n",
-            "poll:\n  interval: 300ms\n  on_first_sight: replay_history\n",
-        ),
-    );
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("every chat's webhook", Duration::from_secs(30), || {
-        let b = bodies(&rx.received());
-        ["bot faulty", "bot two", "bot three"]
-            .iter()
-            .all(|w| b.iter().any(|x| x == w))
-    })
+    let o = run(
+        &scenario("times: 2, respond: { endless: true }"),
+        true,
+        Duration::ZERO,
+    )
     .await;
-    let peak_mib = peak_rss_kib(daemon.child.id()) / 1024;
-    let out = daemon.output();
-    assert_eq!(daemon.stop(), 0);
-    let endless = gw
-        .requests()
+    o.check_others_unharmed();
+    let endless = o
+        .faulty_requests()
         .iter()
-        .filter(|r| r.chat == FAULTY && r.fault.is_some())
+        .filter(|r| r.fault.is_some())
         .count();
     assert_eq!(endless, 2, "both endless replies were served");
     assert_eq!(
-        out.matches("the reply is larger than 4521984 bytes (api.max_reply_bytes)")
+        o.out
+            .matches("the reply is larger than 4521984 bytes (api.max_reply_bytes)")
             .count(),
         2,
-        "{out}"
+        "{}",
+        o.out
     );
-    assert!(peak_mib < 100, "peak RSS {peak_mib} MiB\n{out}");
-    eprintln!("peak RSS with two endless replies: {peak_mib} MiB");
-    gw.shutdown().await;
+    assert!(
+        o.peak_rss_mib < 100,
+        "peak RSS {} MiB\n{}",
+        o.peak_rss_mib,
+        o.out
+    );
+    eprintln!("peak RSS with two endless replies: {} MiB", o.peak_rss_mib);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
