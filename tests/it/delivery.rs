@@ -804,3 +804,74 @@ async fn sigterm_gives_up_on_a_delivery_past_the_stop_deadline_and_resends_it_la
     assert_eq!(outbox(&ws)[0].state, "delivered");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_answer_never_ends_is_delivered_once_and_costs_no_memory() {
+    // A receiver that answers 200 and then streams its body as fast as it is read, for up to
+    // 10s: the dispatcher needs the status only and must not buffer the body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if sock.write_all(head).await.is_err() {
+                    return;
+                }
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                let until = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < until {
+                    if sock.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let chats = vec!["966500000001".to_string()];
+    let gw = gateway(&scenario(&chats)).await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[url]));
+    let cfg = write_config(&ws, &gw, &chats, "3s", 0.01, "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    gw.push_message("966500000001", "bot, please", false);
+    let store_path = ws.path().join("state/test.db");
+    wait_for("the delivery recorded", Duration::from_secs(15), || {
+        Store::open_shared(&store_path)
+            .and_then(|s| s.list(Some("delivered"), 10))
+            .is_ok_and(|rows| rows.len() == 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let peak_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "delivered once, never retried:\n{out}"
+    );
+    assert!(peak_kb < 100 * 1024, "peak RSS {peak_kb} kB\n{out}");
+    gw.shutdown().await;
+}
