@@ -324,36 +324,6 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What is known about a chat and the given ids, plus its live cooldowns.
-    pub fn chat_state(
-        &self,
-        chat_id: &str,
-        keys: &[&MessageKey],
-    ) -> Result<(ChatState, HashMap<String, i64>), StoreError> {
-        let conn = self.conn();
-        let mut state = Self::chat_row(&conn, chat_id)?;
-        if state.known {
-            let mut stmt = conn.prepare_cached(
-                "SELECT ts, fingerprint FROM seen WHERE chat_id = ?1 AND from_me = ?2 AND msg_id = ?3",
-            )?;
-            for k in keys {
-                if let Some(seen) = stmt
-                    .query_row(params![chat_id, k.from_me, k.id], seen_id)
-                    .optional()?
-                {
-                    state.seen.insert((*k).clone(), seen);
-                }
-            }
-        }
-        let cooldowns = per_rule(
-            &conn,
-            "SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1",
-            chat_id,
-            |r| r.get(1),
-        )?;
-        Ok((state, cooldowns))
-    }
-
     /// Everything stored about one chat: its watermark, every seen id, and what the rules
     /// remember — what the poller keeps in memory from then on ([`PollCommit`]s keep it equal).
     pub fn load_chat(&self, chat_id: &str) -> Result<(ChatState, Memory), StoreError> {
@@ -789,10 +759,6 @@ pub struct AttemptRecord {
     pub status: Option<u16>,
     /// What went wrong on the wire (kept as `last_error` unless the outcome says why it died).
     pub error: Option<String>,
-}
-
-fn seen_id(r: &rusqlite::Row) -> rusqlite::Result<SeenId> {
-    seen_id_at(r, 0)
 }
 
 /// A seen id's (ts, fingerprint) from columns `at` and `at + 1`.

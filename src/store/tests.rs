@@ -25,7 +25,7 @@ fn key(id: &str) -> MessageKey {
 fn a_poll_commit_moves_the_watermark_and_queues_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db")).unwrap();
-    let (state, _) = store.chat_state("c@c.us", &[]).unwrap();
+    let (state, _) = store.load_chat("c@c.us").unwrap();
     assert!(!state.known);
     let commit = PollCommit {
         chat_id: "c@c.us".into(),
@@ -58,13 +58,11 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
         0,
         "the same delivery_id is never queued twice"
     );
-    let (state, cooldowns) = store.chat_state("c@c.us", &[&key("a"), &key("b")]).unwrap();
+    let (state, memory) = store.load_chat("c@c.us").unwrap();
     assert!(state.known);
     assert_eq!(state.watermark, 100);
     assert_eq!(state.seen.get(&key("a")).map(|s| s.fingerprint), Some(7));
     assert!(!state.seen.contains_key(&key("b")));
-    assert_eq!(cooldowns.get("r"), Some(&5_000_000_000));
-    let memory = store.rule_memory("c@c.us").unwrap();
     assert_eq!(memory.cooldowns.get("r"), Some(&5_000_000_000));
     assert_eq!(memory.thresholds.get("t"), Some(&vec![1, 2]));
     assert_eq!(
@@ -312,9 +310,7 @@ fn pruning_keeps_ids_at_or_above_the_low_water_mark() {
             ..PollCommit::default()
         })
         .unwrap();
-    let (state, _) = store
-        .chat_state("c", &[&key("old"), &key("edge"), &key("new")])
-        .unwrap();
+    let (state, _) = store.load_chat("c").unwrap();
     assert_eq!(state.seen.len(), 2);
     assert!(!state.seen.contains_key(&key("old")));
     assert_eq!(state.low_water, 100);

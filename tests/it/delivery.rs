@@ -859,12 +859,7 @@ async fn a_receiver_whose_answer_never_ends_is_delivered_once_and_costs_no_memor
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let peak_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let peak_kb = peak_rss_kib(daemon.child.id());
     let out = daemon.output();
     assert_eq!(daemon.stop(), 0);
     assert_eq!(

@@ -342,16 +342,6 @@ async fn bad_message_skipped_once(message: String) {
     );
 }
 
-/// The daemon's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_that_never_ends_costs_that_poll_not_the_daemons_memory() {
     // The faulty chat's reply streams as fast as it is read, twice; api.timeout is 1s (without

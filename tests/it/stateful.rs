@@ -338,14 +338,7 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
     gw.push_message("966500000001", "urgent a third time", false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let log = daemon.output();
-    let peak_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmHWM:")
-                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
+    let peak_kb = peak_rss_kib(daemon.child.id());
     assert!(peak_kb < 200_000, "memory stays bounded: peak {peak_kb} kB");
     assert_eq!(daemon.stop(), 0, "the daemon stayed up:\n{log}");
     for (name, _, why) in hostile {
