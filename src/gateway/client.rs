@@ -5,10 +5,11 @@
 //! 429's `Retry-After` imposes on every caller. Must not: parse messages beyond handing the
 //! bytes to [`super::model`], or retry on its own (the poller decides).
 
-use super::model::{ChatId, Page, ReplyError, parse_reply};
+use super::memo::ReplyMemo;
+use super::model::{ChatId, Page, ReplyError};
 use crate::outbox::schedule::parse_retry_after;
 use secrecy::ExposeSecret;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -170,6 +171,9 @@ pub struct Gateway {
     max_reply_bytes: Option<u64>,
     timeout: Duration,
     pub budget: Arc<RateBudget>,
+    /// Each chat's last reply, so the next is parsed only where it differs
+    /// ([`super::memo`]); a chat's entry is taken out while its reply is read.
+    memos: Arc<Mutex<HashMap<ChatId, ReplyMemo>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -213,6 +217,7 @@ impl Gateway {
             max_reply_bytes: api.max_reply_bytes,
             timeout,
             budget,
+            memos: Arc::default(),
         })
     }
 
@@ -289,7 +294,18 @@ impl Gateway {
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok(parse_reply(&bytes, chat)?)
+        let mut memo = self
+            .memos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(chat)
+            .unwrap_or_default();
+        let page = memo.parse(&bytes, chat)?;
+        self.memos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(chat.clone(), memo);
+        Ok(page)
     }
 
     fn transport(&self, e: reqwest::Error) -> FetchError {

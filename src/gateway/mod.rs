@@ -2,6 +2,7 @@
 //! tests, the demo and the load tests.
 
 pub mod client;
+pub mod memo;
 pub mod mock;
 pub mod model;
 mod wire;
