@@ -10,7 +10,10 @@
 //!   chat's poll);
 //! - `poll_one_new`: the same with one new message (workload A's typical poll);
 //! - `parse_page_as_tree`: the same bytes through a `serde_json::Value`, the parser before
-//!   issue 16 (for the record).
+//!   issue 16 (for the record);
+//! - `memo_known_page` / `memo_one_new`: `poll_known_page` / `poll_one_new` as the daemon
+//!   runs them, through the chat's reply memo (`gateway::memo`) primed with the last reply:
+//!   the same page again, and the page shifted by one new message.
 //!
 //! Run: `cargo bench --bench poll` (figures in README "Performance: the cost of a poll").
 
@@ -19,9 +22,10 @@
 use cartat_rules::config::FirstSight;
 use cartat_rules::engine::decide::{Clock, Memory, decide_with};
 use cartat_rules::engine::watermark::{ChatState, SeenId, diff};
-use cartat_rules::gateway::model::{ChatId, Message, parse_reply};
+use cartat_rules::gateway::memo::{Reading, ReplyMemo};
+use cartat_rules::gateway::model::{ChatId, Message, Page, parse_reply};
 use cartat_rules::rules::{RuleSet, compile_rules, parse_file};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::path::Path;
@@ -79,9 +83,14 @@ fn message(phone: &str, me: &str, body: &str, ts: i64, hex: &str) -> Value {
 
 /// A reply of `n` messages, the newest last.
 fn page(n: usize) -> Vec<u8> {
+    page_from(0, n)
+}
+
+/// A reply of messages `first..first + n`, the newest last.
+fn page_from(first: usize, n: usize) -> Vec<u8> {
     let phone = "966510000000";
     let me = "966500000001@c.us";
-    let messages: Vec<Value> = (0..n)
+    let messages: Vec<Value> = (first..first + n)
         .map(|i| {
             message(
                 phone,
@@ -94,7 +103,7 @@ fn page(n: usize) -> Vec<u8> {
         .collect();
     let chat = json!({"id": wid(&format!("{phone}@c.us")), "name": "Customer 0",
                       "isGroup": false, "isReadOnly": false, "unreadCount": 1,
-                      "timestamp": 1_764_000_000 + n as i64, "archived": false, "pinned": false,
+                      "timestamp": 1_764_000_000 + (first + n) as i64, "archived": false, "pinned": false,
                       "isMuted": false, "muteExpiration": 0});
     serde_json::to_vec(&json!({"status": "success", "chat": chat, "messages": messages})).unwrap()
 }
@@ -153,7 +162,10 @@ fn known(messages: &[Message]) -> ChatState {
 
 /// Parse + diff + decide, as the poller does between fetch and commit.
 fn poll(bytes: &[u8], state: &ChatState, rules: &RuleSet, chat: &ChatId) -> usize {
-    let page = parse_reply(bytes, chat).unwrap();
+    decide_page(parse_reply(bytes, chat).unwrap(), state, rules, chat)
+}
+
+fn decide_page(page: Page, state: &ChatState, rules: &RuleSet, chat: &ChatId) -> usize {
     let d = diff(state, &page.messages, 20, FirstSight::SkipHistory);
     let new: Vec<&Message> = d.new.iter().map(|&i| &page.messages[i]).collect();
     let decision = decide_with(
@@ -188,6 +200,34 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("poll_one_new", |b| {
         b.iter(|| poll(black_box(&bytes), &one_new, &rules, &chat))
+    });
+    let mut primed = ReplyMemo::default();
+    primed.parse(&bytes, &chat).unwrap();
+    let mut again = ReplyMemo::default();
+    again.parse(&bytes, &chat).unwrap();
+    let next = page_from(1, 20);
+    let (_, how) = again.parse_how(&next, &chat).unwrap();
+    assert_eq!(how, Reading::Reused { reused: 19 });
+    let next_state = known(&parse_reply(&next, &chat).unwrap().messages[..19]);
+    g.bench_function("memo_known_page", |b| {
+        b.iter(|| {
+            let page = primed.parse(black_box(&bytes), &chat).unwrap();
+            decide_page(page, &all_known, &rules, &chat)
+        })
+    });
+    g.bench_function("memo_one_new", |b| {
+        b.iter_batched(
+            || {
+                let mut m = ReplyMemo::default();
+                m.parse(&bytes, &chat).unwrap();
+                m
+            },
+            |mut m| {
+                let page = m.parse(black_box(&next), &chat).unwrap();
+                (decide_page(page, &next_state, &rules, &chat), m)
+            },
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("parse_page_as_tree", |b| {
         b.iter(|| serde_json::from_slice::<Value>(black_box(&bytes)).unwrap())

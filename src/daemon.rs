@@ -60,6 +60,8 @@ pub fn prepare(
         config: Arc::new(config),
         gateway,
         store: store.clone(),
+        commits: crate::store::group::CommitQueue::start(store.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start the store's writer thread: {e}"))?,
         rules: Arc::new(RwLock::new(Arc::new(rules))),
         wake_dispatcher: wake,
         stats: stats.clone(),

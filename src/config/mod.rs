@@ -40,6 +40,8 @@ pub enum SchedulerKind {
 
 /// The default address of the health and metrics server.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// `poll.coalesce` when the config does not say: four bunches a second at a 1 s interval.
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(250);
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
@@ -94,6 +96,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub on_first_sight: FirstSight,
     pub scheduler: SchedulerKind,
+    /// `poll.coalesce`: periodic polls due within this window share one wake-up.
+    pub coalesce: Duration,
     pub state_path: PathBuf,
     pub rule_paths: Vec<PathBuf>,
     pub watch_rules: bool,
@@ -454,6 +458,7 @@ fn compile(
         poll_interval,
         on_first_sight: poll.on_first_sight.unwrap_or_default(),
         scheduler: poll.scheduler.unwrap_or_default(),
+        coalesce: poll.coalesce.map(|d| d.0).unwrap_or(DEFAULT_COALESCE),
         state_path,
         rule_paths,
         watch_rules: rules.watch.unwrap_or(true),

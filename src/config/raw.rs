@@ -131,6 +131,9 @@ pub struct RawPoll {
     /// rate limit; every chat still at least once per its interval) or `round_robin` (every
     /// chat exactly on its interval).
     pub scheduler: Option<super::SchedulerKind>,
+    /// Chats whose periodic polls fall within this window are polled together, so one
+    /// wake-up serves them all (default 250ms; `0s` spreads every chat's polls evenly).
+    pub coalesce: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]

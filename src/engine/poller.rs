@@ -17,6 +17,7 @@ use crate::gateway::client::{FetchError, Gateway};
 use crate::gateway::model::Message;
 use crate::metrics::{Metrics, PollOutcome};
 use crate::rules::RuleSet;
+use crate::store::group::CommitQueue;
 use crate::store::{PollCommit, Store};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,10 @@ use tokio_util::task::TaskTracker;
 
 /// How many chats may be in flight at once (a hung request holds its slot until the timeout).
 const MAX_IN_FLIGHT: usize = 64;
+/// How long one poll's rule scripts may run in all (each evaluation also has its own
+/// deadline): a page of many messages times several slow scripts holds its chat this long at
+/// most; the scripts left over fail as rule errors, counted and logged.
+pub const SCRIPT_BUDGET_PER_POLL: Duration = Duration::from_millis(250);
 /// How many skipped-message identities are remembered (so each is logged once).
 const SKIPPED_MEMORY: usize = 100_000;
 
@@ -49,6 +54,8 @@ pub struct Poller {
     pub config: Arc<Config>,
     pub gateway: Gateway,
     pub store: Store,
+    /// Where polls commit: the store's writer thread, several polls per transaction.
+    pub commits: CommitQueue,
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub wake_dispatcher: Arc<crate::outbox::dispatcher::Wake>,
     pub stats: Arc<Stats>,
@@ -86,7 +93,8 @@ impl Poller {
             self.config.scheduler,
             self.config.api.rate_per_second,
             Instant::now(),
-        );
+        )
+        .coalescing(self.config.coalesce);
         let mut failures = vec![0u32; chats.len()];
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -289,23 +297,26 @@ impl Poller {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let new_msgs: Vec<&Message> = d.new.iter().map(|&i| &page.messages[i]).collect();
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut decision = decide_with(
-            &rules,
-            &chat.id,
-            &page.chat,
-            &new_msgs,
-            &snapshot.memory,
-            Clock::Now(now_ms / 1000),
-        );
-        decide_chat(
-            &rules,
-            &chat.id,
-            &page.chat,
-            &page.messages,
-            &snapshot.memory,
-            now_ms / 1000,
-            &mut decision,
-        );
+        let decision = crate::rules::script::with_poll_budget(SCRIPT_BUDGET_PER_POLL, || {
+            let mut decision = decide_with(
+                &rules,
+                &chat.id,
+                &page.chat,
+                &new_msgs,
+                &snapshot.memory,
+                Clock::Now(now_ms / 1000),
+            );
+            decide_chat(
+                &rules,
+                &chat.id,
+                &page.chat,
+                &page.messages,
+                &snapshot.memory,
+                now_ms / 1000,
+                &mut decision,
+            );
+            decision
+        });
 
         let mut seen = Vec::with_capacity(d.new.len() + d.updated.len() + d.history.len());
         for &i in d.new.iter().chain(&d.updated).chain(&d.history) {
@@ -337,15 +348,11 @@ impl Poller {
             && commit.watermark <= state.watermark
             && commit.low_water <= state.low_water;
         if !changes_nothing {
-            let store = self.store.clone();
-            let commit =
-                tokio::task::spawn_blocking(move || store.commit_poll(&commit).map(|_| commit))
-                    .await
-                    .map_err(|e| PollError::Store(e.to_string()))?
-                    .map_err(|e| {
-                        events::store_failed(&chat_key, &e);
-                        PollError::Store(e.to_string())
-                    })?;
+            let (commit, result) = self.commits.commit(commit).await;
+            if let Err(e) = result {
+                events::store_failed(&chat_key, &e);
+                return Err(PollError::Store(e));
+            }
             snapshot.apply(&commit);
         }
         self.snapshots

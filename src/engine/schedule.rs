@@ -101,6 +101,9 @@ pub struct Schedule {
     auth: Option<AuthGate>,
     /// A chat refused with 401 while every other chat was fine so far.
     suspect: Option<usize>,
+    /// Periodic polls are aligned to a grid of this step from `epoch` (zero: not aligned).
+    coalesce: Duration,
+    epoch: Instant,
 }
 
 /// How much earlier than its interval a chat is due, so budget waits do not make it late.
@@ -143,11 +146,22 @@ impl Schedule {
             spare_per_second: f64::from(per_second) * PLANNED_SHARE - base,
             auth: None,
             suspect: None,
+            coalesce: Duration::ZERO,
+            epoch: now,
         };
         for i in 0..intervals.len() {
             s.hard.push(Reverse((now, i, 0)));
         }
         s
+    }
+
+    /// Aligns the chats' periodic polls to a grid of step `window`: those whose phase falls in
+    /// the same step are due at the same instant and polled in one bunch (one wake-up of the
+    /// daemon and of the network stack for the lot, instead of one each). A chat keeps its
+    /// interval; only its phase moves, by less than `window`.
+    pub fn coalescing(mut self, window: Duration) -> Schedule {
+        self.coalesce = window;
+        self
     }
 
     fn live_top(heap: &mut Heap, chats: &[Slot], soft: bool) -> Option<(Instant, usize)> {
@@ -230,6 +244,10 @@ impl Schedule {
     /// Records how chat `index`'s poll ended and schedules its next one; for a 401, says what
     /// it was judged to mean.
     pub fn finished(&mut self, index: usize, now: Instant, how: Finished) -> Option<AuthVerdict> {
+        let (coalesce, epoch) = (self.coalesce, self.epoch);
+        let anchor_of = |start: Instant, period: Duration| {
+            aligned(coalesce, epoch, start + period.mul_f64(spread(index)))
+        };
         let c = self.chats.get_mut(index)?;
         c.in_flight = false;
         c.polls += 1;
@@ -246,9 +264,9 @@ impl Schedule {
                 // keeps a fixed phase, spread over its interval: due times neither stay bunched
                 // from the start nor drift into bunches when a backlog is served (a bunch of
                 // hard due times would starve the soft polls while it lasts).
-                let anchor = *c
-                    .phase
-                    .get_or_insert_with(|| start + period.mul_f64(spread(index)));
+                // With coalescing, the phase is moved up to the grid (chats sharing a step share
+                // their due times from then on: same anchor, same period).
+                let anchor = *c.phase.get_or_insert_with(|| anchor_of(start, period));
                 next_phase(anchor, period, start)
             }
             Finished::Failed { retry_in } => {
@@ -393,6 +411,15 @@ fn spread(index: usize) -> f64 {
     0.05 + 0.95 * x.fract()
 }
 
+/// `at` moved up to the next step of the grid of step `window` from `epoch` (zero: as is).
+fn aligned(window: Duration, epoch: Instant, at: Instant) -> Instant {
+    if window.is_zero() || at <= epoch {
+        return at;
+    }
+    let steps = ((at - epoch).as_secs_f64() / window.as_secs_f64()).ceil();
+    epoch + window.mul_f64(steps)
+}
+
 fn decayed(score: f64, at: Instant, now: Instant) -> f64 {
     let dt = now.saturating_duration_since(at).as_secs_f64();
     score * (-dt / ACTIVITY_TAU.as_secs_f64()).exp()
@@ -468,6 +495,61 @@ mod tests {
         }
         let total: usize = starts.iter().map(Vec::len).sum();
         assert!(total <= 120 * 10, "within the budget: {total}");
+    }
+
+    /// Drives a schedule with an unlimited budget, waking only at `next_at` and polling every
+    /// chat due then (polls take 20 ms); returns the wake-ups that started a poll after the
+    /// first `settle`, and the poll start times per chat.
+    fn wakeups(chats: usize, coalesce: Duration, secs: u32) -> (Vec<Instant>, Vec<Vec<Instant>>) {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(
+            &vec![S; chats],
+            SchedulerKind::Adaptive,
+            10 * chats as u32,
+            t0,
+        )
+        .coalescing(coalesce);
+        let mut starts = vec![Vec::new(); chats];
+        let mut wakes = Vec::new();
+        let mut running: Vec<(Instant, usize)> = Vec::new();
+        let mut now = t0;
+        while now < t0 + S * secs {
+            let mut polled = false;
+            while let Some(i) = s.pop_due(now) {
+                starts[i].push(now);
+                running.push((now + Duration::from_millis(20), i));
+                polled = true;
+            }
+            if polled && now >= t0 + 2 * S {
+                wakes.push(now);
+            }
+            running.sort();
+            let next_done = running.first().map(|r| r.0);
+            let next = match (s.next_at(), next_done) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap(),
+            };
+            now = next.max(now);
+            while running.first().is_some_and(|r| r.0 <= now) {
+                let (_, i) = running.remove(0);
+                s.finished(i, now, Finished::Ok { inbound: 0 });
+            }
+        }
+        (wakes, starts)
+    }
+
+    #[test]
+    fn coalescing_polls_chats_in_a_few_bunches_a_second_each_on_its_interval() {
+        let (wakes, starts) = wakeups(100, Duration::from_millis(250), 30);
+        // At most one bunch per 250 ms step (a chat's interval minus its slack spans 4 steps).
+        assert!(wakes.len() <= 5 * 28, "{} wake-ups in 28 s", wakes.len());
+        for (i, s) in starts.iter().enumerate() {
+            assert!(max_gap(&s[1..]) <= S, "chat {i}: {:?}", max_gap(&s[1..]));
+            assert!(s.len() >= 30, "chat {i}: {} polls in 30 s", s.len());
+        }
+        // Without it, every chat has a phase of its own: a wake-up for nearly every poll.
+        let (spread, _) = wakeups(100, Duration::ZERO, 30);
+        assert!(spread.len() > 90 * 28, "{} wake-ups in 28 s", spread.len());
     }
 
     #[test]

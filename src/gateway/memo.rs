@@ -34,7 +34,14 @@ use std::sync::OnceLock;
 #[derive(Debug, Default)]
 pub struct ReplyMemo {
     elements: Vec<Element>,
+    /// Replies in a row the memo did not help with. A gateway whose replies never line up
+    /// (newest first, say) would pay for remembering every reply and use none: after
+    /// [`MISSES_BEFORE_BACKOFF`] misses, only one reply in [`BACKOFF_EVERY`] is remembered.
+    misses: u32,
 }
+
+const MISSES_BEFORE_BACKOFF: u32 = 3;
+const BACKOFF_EVERY: u32 = 32;
 
 /// One element of the last reply's `messages` array.
 #[derive(Debug)]
@@ -88,18 +95,26 @@ impl ReplyMemo {
         watched: &ChatId,
     ) -> Result<(Page, Reading), ReplyError> {
         if let Some((page, reused)) = self.reuse(bytes, watched) {
+            self.misses = 0;
             return Ok((page, Reading::Reused { reused }));
+        }
+        if !self.elements.is_empty() || self.misses >= MISSES_BEFORE_BACKOFF {
+            self.misses = self.misses.saturating_add(1);
         }
         self.elements.clear();
         let page = parse_reply(bytes, watched)?;
+        let remember =
+            self.misses < MISSES_BEFORE_BACKOFF || self.misses.is_multiple_of(BACKOFF_EVERY);
         // Offsets are of the bytes as sent: a reply read with replacement characters is not
         // remembered (the next one is parsed in full again).
-        if let Ok(text) = std::str::from_utf8(bytes) {
-            if let Some(raws) = top_level_messages(text) {
-                if raws.len() == page.messages.len() + page.skipped.len() {
-                    self.elements = elements_of(&raws, &page);
-                }
-            }
+        if !remember {
+            return Ok((page, Reading::Full));
+        }
+        if let Ok(text) = std::str::from_utf8(bytes)
+            && let Some(raws) = top_level_messages(text)
+            && raws.len() == page.messages.len() + page.skipped.len()
+        {
+            self.elements = elements_of(&raws, &page);
         }
         Ok((page, Reading::Full))
     }
@@ -480,6 +495,32 @@ mod tests {
         assert!(
             memo.is_empty(),
             "a reply read with replacements is not remembered"
+        );
+    }
+
+    #[test]
+    fn replies_that_never_line_up_are_soon_not_remembered() {
+        // Newest first: each reply starts with a message the last one did not have.
+        let msgs: Vec<String> = (0..200).map(|i| message(i, "x")).collect();
+        let mut memo = ReplyMemo::default();
+        let mut remembered = 0;
+        for n in 5..200 {
+            let page: Vec<String> = msgs[n - 5..n].iter().rev().cloned().collect();
+            assert_eq!(read(&mut memo, &reply(&chat(0), &page)), Reading::Full);
+            remembered += usize::from(!memo.is_empty());
+        }
+        assert!(
+            remembered <= 3 + 195 / 32 + 1,
+            "{remembered} of 195 remembered"
+        );
+        // Once they line up again, the memo is back in use.
+        let page: Vec<String> = msgs[..5].to_vec();
+        while memo.is_empty() {
+            read(&mut memo, &reply(&chat(0), &page));
+        }
+        assert_eq!(
+            read(&mut memo, &reply(&chat(0), &page)),
+            Reading::Reused { reused: 5 }
         );
     }
 

@@ -75,6 +75,9 @@ pub enum ScriptError {
     /// The wall-clock deadline passed.
     #[error("stopped: ran longer than {0:?}")]
     Deadline(Duration),
+    /// The poll's script budget was spent by the scripts before it (not run, or stopped).
+    #[error("stopped: this poll's scripts together ran longer than {0:?} (the budget per poll)")]
+    PollBudget(Duration),
     /// The script failed (unknown property, type mismatch, …).
     #[error("{0}")]
     Runtime(String),
@@ -113,6 +116,8 @@ fn refused_call(name: &str) -> String {
 thread_local! {
     /// The deadline of the evaluation running on this thread (one at a time per thread).
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The end of the script budget of the poll running on this thread, and the budget.
+    static POLL_BUDGET: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
     /// `print`/`debug` lines left for the evaluation running on this thread.
     static PRINTS_LEFT: Cell<u32> = const { Cell::new(0) };
     /// Operations of the evaluation running on this thread, counted by us: rhai counts on a
@@ -292,7 +297,15 @@ impl Sandbox {
         f: impl FnOnce() -> Result<T, Box<EvalAltResult>>,
     ) -> Result<T, ScriptError> {
         let deadline = self.limits.deadline;
-        let previous = DEADLINE.replace(Some(Instant::now() + deadline));
+        let now = Instant::now();
+        // The earlier of this evaluation's deadline and the end of the poll's budget.
+        let poll = POLL_BUDGET.get();
+        let ends = match poll {
+            Some((end, budget)) if end <= now => return Err(ScriptError::PollBudget(budget)),
+            Some((end, _)) => end.min(now + deadline),
+            None => now + deadline,
+        };
+        let previous = DEADLINE.replace(Some(ends));
         let prints = PRINTS_LEFT.replace(self.limits.max_print_lines);
         let ops = OPS.replace(0);
         let result = catch_unwind(AssertUnwindSafe(f));
@@ -301,7 +314,12 @@ impl Sandbox {
         OPS.set(ops);
         match result {
             Err(_) => Err(ScriptError::Panicked),
-            Ok(Err(e)) => Err(classify(*e, deadline)),
+            Ok(Err(e)) => match (classify(*e, deadline), poll) {
+                (ScriptError::Deadline(_), Some((end, budget))) if Instant::now() >= end => {
+                    Err(ScriptError::PollBudget(budget))
+                }
+                (e, _) => Err(e),
+            },
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -353,6 +371,17 @@ impl Sandbox {
         self.guarded(|| self.engine.call_fn::<Dynamic>(&mut scope, ast, name, args))
             .map(|_| ())
     }
+}
+
+/// Runs `f` (one poll's rule evaluation) with a script budget: every script evaluation inside
+/// stops when `budget` is spent, counted from now, and those after it do not run — so a page
+/// of many messages times several slow scripts still holds the poll for at most `budget`
+/// (plus the one evaluation running when it ends, itself stopped at its deadline).
+pub fn with_poll_budget<T>(budget: Duration, f: impl FnOnce() -> T) -> T {
+    let previous = POLL_BUDGET.replace(Some((Instant::now() + budget, budget)));
+    let out = f();
+    POLL_BUDGET.set(previous);
+    out
 }
 
 /// Tokens `on_progress` stops a script with.
@@ -542,6 +571,79 @@ mod tests {
         let e = s.eval_bool(&ast, msg("")).unwrap_err();
         assert_eq!(e, ScriptError::Deadline(Duration::from_millis(20)));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_poll_budget_bounds_many_slow_scripts_together() {
+        let s = Sandbox::new(Limits {
+            max_operations: 0, // unlimited: only the clocks stop it
+            deadline: Duration::from_millis(50),
+            ..Limits::default()
+        })
+        .with_variables(&["msg"]);
+        let a = zeros(1000);
+        let ast = s
+            .compile_expression(&format!(
+                "{a}.map(|x| {a}.map(|y| {a}.map(|z| z).len()).len()).len() > 0"
+            ))
+            .unwrap();
+        let started = Instant::now();
+        let errors: Vec<ScriptError> = with_poll_budget(Duration::from_millis(120), || {
+            (0..20)
+                .map(|_| s.eval_bool(&ast, msg("")).unwrap_err())
+                .collect()
+        });
+        let took = started.elapsed();
+        // Twenty evaluations at their 50 ms deadline would take a second.
+        assert!(took < Duration::from_millis(600), "{took:?}");
+        assert_eq!(errors[0], ScriptError::Deadline(Duration::from_millis(50)));
+        let spent = ScriptError::PollBudget(Duration::from_millis(120));
+        assert!(errors[2..].iter().all(|e| *e == spent), "{errors:?}");
+        assert!(spent.to_string().contains("budget per poll"));
+        // Outside a poll, only the deadline counts.
+        assert_eq!(
+            s.eval_bool(&ast, msg("")).unwrap_err(),
+            ScriptError::Deadline(Duration::from_millis(50))
+        );
+    }
+
+    /// The longest single evaluation a hostile one-liner can make with the default limits:
+    /// each built-in that works in one call (no `on_progress` in between) is bounded by the
+    /// size limits. Printed for the record (`cargo test -- --nocapture longest`).
+    #[test]
+    fn the_longest_single_evaluation_stays_near_the_deadline() {
+        let s = sandbox();
+        // The message body is 128 KB (the rhai size limits let a script build 256 KB).
+        let b = "msg.body";
+        let hostile = [
+            format!("({b} + {b}).len() > 0"),
+            format!("({b} + {b}).index_of(\"q\") > 0"),
+            format!("({b} + {b}).to_upper().len() > 0"),
+            format!("{b}.split(\" \").len() > 0"),
+            format!("{b}.split(\"\").len() > 0"),
+            format!("{b}.split(\" \").map(|w| w.len()).len() > 0"),
+            format!("{b}.sub_string(1).sub_string(1).len() > 0"),
+            format!("{b}.chars().len() > 0"),
+            "(0..9999).map(|x| 9999 - x).sort().len() > 0".to_string(),
+            "(0..9999).map(|x| x.to_string()).reduce(|a, b| a + b).len() > 0".to_string(),
+        ];
+        let mut longest = (Duration::ZERO, String::new());
+        for src in &hostile {
+            let Ok(ast) = s.compile_expression(src) else {
+                continue;
+            };
+            let started = Instant::now();
+            let _ = s.eval_bool(&ast, msg(&"بوت ".repeat(16 * 1024)));
+            let took = started.elapsed();
+            if took > longest.0 {
+                longest = (took, src.clone());
+            }
+        }
+        println!(
+            "longest single evaluation: {:?} for `{}`",
+            longest.0, longest.1
+        );
+        assert!(longest.0 < Duration::from_secs(1), "{longest:?}");
     }
 
     #[test]

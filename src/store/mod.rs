@@ -410,6 +410,48 @@ impl Store {
     pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let queued = Self::write_poll(&tx, c)?;
+        crate::failpoint::hit("in_transaction");
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    /// Commits several polls (of different chats) in one transaction — group commit: one
+    /// write of the shared pages and one lock for the lot. Each poll is its own savepoint, so
+    /// one that fails is rolled back alone and reported alone; the others are committed
+    /// together, or all fail together if the commit itself does. Results are in `polls`' order.
+    pub fn commit_polls(&self, polls: &[&PollCommit]) -> Vec<Result<usize, String>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = StoreError::from(e).to_string();
+                return polls.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut results: Vec<Result<usize, String>> = Vec::with_capacity(polls.len());
+        for c in polls {
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let queued = Self::write_poll(&sp, c)?;
+                sp.commit()?;
+                Ok(queued)
+            });
+            results.push(one.map_err(|e| e.to_string()));
+        }
+        crate::failpoint::hit("in_transaction");
+        if let Err(e) = tx.commit() {
+            let e = StoreError::from(e).to_string();
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        results
+    }
+
+    /// The rows of one poll, inside the caller's transaction.
+    fn write_poll(tx: &Connection, c: &PollCommit) -> Result<usize, StoreError> {
         let now_s = c.now_ms / 1000;
         tx.prepare_cached("INSERT INTO chats (chat_id, watermark, low_water, first_seen, last_polled) VALUES (?1, ?2, ?3, ?5, ?4)
              ON CONFLICT (chat_id) DO UPDATE SET watermark = max(watermark, excluded.watermark),
@@ -511,8 +553,6 @@ impl Store {
         // spent only once both clocks are past it.
         tx.prepare_cached("DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2")?
             .execute(params![c.chat_id, now_s.min(c.watermark)])?;
-        crate::failpoint::hit("in_transaction");
-        tx.commit()?;
         Ok(queued)
     }
 
@@ -787,5 +827,6 @@ fn per_rule<T>(
     Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
 }
 
+pub mod group;
 #[cfg(test)]
 mod tests;

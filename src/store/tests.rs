@@ -315,3 +315,85 @@ fn pruning_keeps_ids_at_or_above_the_low_water_mark() {
     assert!(!state.seen.contains_key(&key("old")));
     assert_eq!(state.low_water, 100);
 }
+
+fn simple_commit(chat: &str, ts: i64) -> PollCommit {
+    PollCommit {
+        chat_id: chat.into(),
+        watermark: ts,
+        seen: vec![(key(&format!("m{ts}")), ts, 1)],
+        deliveries: vec![delivery(&format!("{chat}:{ts}"), chat, "http://x/")],
+        now_ms: 1_000,
+        ..PollCommit::default()
+    }
+}
+
+#[test]
+fn a_group_commit_writes_every_poll_but_the_one_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store
+        .conn()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON chats WHEN NEW.chat_id = 'bad@c.us'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let (a, bad, b) = (
+        simple_commit("a@c.us", 100),
+        simple_commit("bad@c.us", 100),
+        simple_commit("b@c.us", 200),
+    );
+    let results = store.commit_polls(&[&a, &bad, &b]);
+    assert_eq!(results[0], Ok(1));
+    assert!(
+        results[1]
+            .as_ref()
+            .unwrap_err()
+            .contains("refused by the test")
+    );
+    assert_eq!(results[2], Ok(1));
+    let (sa, _) = store.load_chat("a@c.us").unwrap();
+    let (sbad, _) = store.load_chat("bad@c.us").unwrap();
+    let (sb, _) = store.load_chat("b@c.us").unwrap();
+    assert!(sa.known && sa.watermark == 100 && sa.seen.len() == 1);
+    assert!(
+        !sbad.known && sbad.seen.is_empty(),
+        "the failed poll left nothing"
+    );
+    assert!(sb.known && sb.watermark == 200);
+    let queued: i64 = store
+        .conn()
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 2, "the failed poll's delivery is not queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_queue_commits_concurrent_polls_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let queue = group::CommitQueue::start(store.clone()).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let c = simple_commit(&format!("c{}@c.us", i % 20), 1_000 + i);
+                let (back, result) = queue.commit(c.clone()).await;
+                assert_eq!(back.chat_id, c.chat_id, "the commit comes back");
+                result
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Ok(1));
+    }
+    let queued: i64 = store
+        .conn()
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 200);
+    for i in 0..20 {
+        let (s, _) = store.load_chat(&format!("c{i}@c.us")).unwrap();
+        assert_eq!(s.seen.len(), 10, "chat {i}");
+    }
+}

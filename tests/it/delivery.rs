@@ -870,3 +870,56 @@ async fn a_receiver_whose_answer_never_ends_is_delivered_once_and_costs_no_memor
     assert!(peak_kb < 100 * 1024, "peak RSS {peak_kb} kB\n{out}");
     gw.shutdown().await;
 }
+
+/// Canary secrets — the gateway token, a token in a webhook url's query — through a 410, a
+/// restart and `outbox list`: never in any output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_the_token_and_in_webhook_urls_reach_no_log_and_no_cli_output() {
+    let chats = chat_ids("9665000047", 2);
+    let gw = gateway(&format!("token: CANARY-TOKEN-5501\n{}", scenario(&chats))).await;
+    let rx = receiver().await;
+    rx.set_default(Some(Reply::status(410)));
+    let ws = Workspace::new();
+    ws.write(
+        "rules/bot.yaml",
+        &bot_rule("bot", &[rx.url("/gone?token=CANARY-QUERY-5502&x=1")]),
+    );
+    let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("token: mock-token", "token: CANARY-TOKEN-5501");
+    ws.write("cartat.yaml", &text);
+    let spawn = || Daemon::spawn(&cfg);
+    let daemon = spawn();
+    wait_first_sight(&gw, &chats).await;
+    gw.push_message(&chats[0], "bot one", false);
+    gw.push_message(&chats[1], "bot two", false);
+    wait_for(
+        "the 410 and the parked row",
+        Duration::from_secs(10),
+        || outbox(&ws).iter().filter(|r| r.state == "gone").count() == 2,
+    )
+    .await;
+    let mut outputs = vec![daemon.output()];
+    assert_eq!(daemon.stop(), 0);
+    let daemon = spawn();
+    wait_more_polls(&gw, 4).await;
+    outputs.push(daemon.output());
+    assert_eq!(daemon.stop(), 0);
+    for args in [
+        &["list"][..],
+        &["list", "--state", "gone"],
+        &["list", "--dead"],
+    ] {
+        let (_, out, err) = cli(&ws, &cfg, args);
+        outputs.push(format!("{out}{err}"));
+    }
+    let all = outputs.join("\n----\n");
+    assert!(all.contains("ENDPOINT DISABLED"), "{all}");
+    assert!(
+        all.contains("/gone"),
+        "the url is named, without its secrets:\n{all}"
+    );
+    assert!(!all.contains("CANARY"), "a secret leaked:\n{all}");
+    gw.shutdown().await;
+}

@@ -517,3 +517,46 @@ async fn a_rule_that_fails_on_every_message_and_poll_logs_once_a_minute_and_coun
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_scripts_share_one_budget_per_poll_and_the_yaml_rules_still_fire() {
+    let gw = gateway("chats:\n  - { id: \"966500000003\", name: Customer, messages: [] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    // Six scripts that each run to their 50 ms deadline (few operations, each a scan of a
+    // 250 KB string): 300 ms a message, past the 250 ms the scripts of one poll may take
+    // together.
+    for i in 0..6 {
+        ws.write(
+            &format!("rules/spin{i}.rhai"),
+            "fn on_message(msg, chat) { let s = \"x\"; s.pad(250000, \"y\"); for i in 0..100000 { s.index_of(\"q\"); } }\n",
+        );
+    }
+    ws.write("rules/bot.yaml", &format!("id: bot\nmatch: {{ body: {{ any: [bot] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n", rx.url("/bot")));
+    let cfg = ws.config(&gw, &["966500000003"], "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    for i in 0..4 {
+        gw.push_message("966500000003", &format!("bot {i}"), false);
+    }
+    wait_for("the bot webhooks", Duration::from_secs(20), || {
+        rx.received().len() == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = daemon.output();
+    assert_eq!(daemon.stop(), 0, "the daemon stayed up:\n{log}");
+    assert!(
+        log.contains("the budget per poll"),
+        "the scripts past the poll's budget are stopped and say why:\n{log}"
+    );
+    assert_eq!(
+        bodies(&rx.received()).len(),
+        4,
+        "every YAML rule fired once"
+    );
+    gw.shutdown().await;
+}
