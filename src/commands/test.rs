@@ -183,10 +183,11 @@ pub fn evaluate_page(
                         let _ = writeln!(
                             out,
                             "      webhook POST {} (delivery_id {})",
-                            w.url, w.delivery_id
+                            crate::outbox::ssrf::redacted(&w.url),
+                            w.delivery_id
                         );
                         for (k, v) in &w.headers {
-                            let _ = writeln!(out, "        {k}: {v}");
+                            let _ = writeln!(out, "        {k}: {}", shown_header(k, v));
                         }
                         let pretty = serde_json::from_str::<Value>(&w.body)
                             .ok()
@@ -291,7 +292,8 @@ pub fn evaluate_chat_rules(
                     let _ = writeln!(
                         out,
                         "      webhook POST {} (delivery_id {})",
-                        w.url, w.delivery_id
+                        crate::outbox::ssrf::redacted(&w.url),
+                        w.delivery_id
                     );
                 }
                 for l in d.logs.iter().filter(|l| l.rule_id == rule.id) {
@@ -318,6 +320,24 @@ pub fn evaluate_chat_rules(
             }
         }
     }
+}
+
+/// A header value as `test` prints it: `***` for a header whose name says it carries a
+/// credential (authorization, cookies, tokens, keys, secrets, passwords, signatures).
+fn shown_header<'a>(name: &str, value: &'a str) -> &'a str {
+    let n = name.to_ascii_lowercase();
+    let secret = [
+        "auth",
+        "cookie",
+        "token",
+        "key",
+        "secret",
+        "pass",
+        "signature",
+    ]
+    .iter()
+    .any(|w| n.contains(w));
+    if secret { "***" } else { value }
 }
 
 #[cfg(test)]

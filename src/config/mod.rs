@@ -603,10 +603,12 @@ server:
         )
         .unwrap();
         assert_eq!(c.scheduler, SchedulerKind::Adaptive);
+        assert_eq!(c.coalesce, Duration::from_millis(250));
         assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
-        let text = "api:\n  base_url: http://x\npoll:\n  scheduler: round_robin\nserver:\n  listen: \"off\"\n";
+        let text = "api:\n  base_url: http://x\npoll:\n  scheduler: round_robin\n  coalesce: 0s\nserver:\n  listen: \"off\"\n";
         let (c, _) = from_str(Path::new("c.yaml"), text, EnvMode::Required, &env).unwrap();
         assert_eq!(c.scheduler, SchedulerKind::RoundRobin);
+        assert_eq!(c.coalesce, Duration::ZERO);
         assert_eq!(c.listen, None);
         let e = errors_of("api:\n  base_url: http://x\npoll:\n  scheduler: fastest\n");
         assert!(e[0].starts_with("c.yaml:4:"), "{e:?}");

@@ -479,6 +479,26 @@ fn credentials_in_a_webhook_url_never_reach_check_or_test_output() {
         );
         assert!(all.contains("must not carry credentials"), "{all}");
     }
+    // A url without credentials is valid; `test` prints it and its headers without secrets.
+    ws.write(
+        "rules/leaky.yaml",
+        "id: leaky\nactions:\n  - webhook: { url: \"https://hooks.example.com/x?token=CANARY-TOKEN-7783\", headers: { Authorization: \"Bearer CANARY-7784\", X-Team: support } }\n",
+    );
+    let (code, out, err) = run_cli(
+        &["test", "--rules", "rules", "--input", "reply.json"],
+        ws.path(),
+    );
+    let all = format!("{out}{err}");
+    assert_eq!(code, 0, "{all}");
+    assert!(!all.contains("CANARY"), "a secret leaked:\n{all}");
+    assert!(
+        all.contains("https://hooks.example.com/x?token=***"),
+        "{all}"
+    );
+    assert!(
+        all.contains("Authorization: ***") && all.contains("X-Team: support"),
+        "{all}"
+    );
 }
 
 #[test]
