@@ -553,11 +553,12 @@ mod tests {
         assert!(matches!(e, ScriptError::Limit(_)), "{e:?}");
     }
 
-    #[test]
-    fn the_deadline_stops_a_slow_script() {
+    /// A sandbox with no operation limit (only the clocks stop a script) and `deadline`, and
+    /// a script that runs for seconds.
+    fn slow_script(deadline: Duration) -> (Sandbox, AST) {
         let s = Sandbox::new(Limits {
-            max_operations: 0, // unlimited: only the clock stops it
-            deadline: Duration::from_millis(20),
+            max_operations: 0,
+            deadline,
             ..Limits::default()
         })
         .with_variables(&["msg"]);
@@ -567,6 +568,12 @@ mod tests {
                 "{a}.map(|x| {a}.map(|y| {a}.map(|z| z).len()).len()).len() > 0"
             ))
             .unwrap();
+        (s, ast)
+    }
+
+    #[test]
+    fn the_deadline_stops_a_slow_script() {
+        let (s, ast) = slow_script(Duration::from_millis(20));
         let started = Instant::now();
         let e = s.eval_bool(&ast, msg("")).unwrap_err();
         assert_eq!(e, ScriptError::Deadline(Duration::from_millis(20)));
@@ -575,18 +582,7 @@ mod tests {
 
     #[test]
     fn a_poll_budget_bounds_many_slow_scripts_together() {
-        let s = Sandbox::new(Limits {
-            max_operations: 0, // unlimited: only the clocks stop it
-            deadline: Duration::from_millis(50),
-            ..Limits::default()
-        })
-        .with_variables(&["msg"]);
-        let a = zeros(1000);
-        let ast = s
-            .compile_expression(&format!(
-                "{a}.map(|x| {a}.map(|y| {a}.map(|z| z).len()).len()).len() > 0"
-            ))
-            .unwrap();
+        let (s, ast) = slow_script(Duration::from_millis(50));
         let started = Instant::now();
         let errors: Vec<ScriptError> = with_poll_budget(Duration::from_millis(120), || {
             (0..20)
