@@ -308,6 +308,11 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
             "state_set",
         ),
         (
+            "selfcall",
+            "fn on_message(msg, chat) { let f = 0; f = |n| f.call(n); f.call(1); }",
+            "a closure called itself",
+        ),
+        (
             // `sleep(4)` itself is refused at load; through a function pointer it fails at once.
             "sleeper",
             "fn on_message(msg, chat) { Fn(\"sleep\").call(4); }",
