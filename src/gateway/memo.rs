@@ -24,9 +24,8 @@
 //! Owns: the memo and the alignment. Must not: do I/O or decide what a message means.
 
 use super::model::{ChatId, Message, Page, ReplyError, Skipped, parse_reply};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use super::wire::top_level_messages;
 use serde_json::value::RawValue;
-use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
@@ -280,81 +279,6 @@ fn is_top_level_key(before: &[u8]) -> bool {
         }
     }
     !in_string && depth == 1 && matches!(last, b'{' | b',')
-}
-
-/// The elements of the reply's one top-level `messages` array, as raw JSON; `None` when the
-/// reply is not an object, has no such array, or has the key more than once.
-fn top_level_messages(text: &str) -> Option<Vec<&RawValue>> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<Vec<&'de RawValue>>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a reply object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found: Option<Vec<&'de RawValue>> = None;
-            let mut count = 0;
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if key == "messages" {
-                    count += 1;
-                    found = map.next_value::<RawArray<'de>>()?.0;
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(if count == 1 { found } else { None })
-        }
-    }
-    /// An array's elements as raw JSON, or `None` for any other value.
-    struct RawArray<'a>(Option<Vec<&'a RawValue>>);
-    impl<'de> de::Deserialize<'de> for RawArray<'de> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct A;
-            impl<'de> Visitor<'de> for A {
-                type Value = RawArray<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("an array")
-                }
-                fn visit_seq<S: de::SeqAccess<'de>>(
-                    self,
-                    mut seq: S,
-                ) -> Result<Self::Value, S::Error> {
-                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-                    while let Some(raw) = seq.next_element::<&'de RawValue>()? {
-                        out.push(raw);
-                    }
-                    Ok(RawArray(Some(out)))
-                }
-                fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                    Ok(RawArray(None))
-                }
-                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                    Ok(RawArray(None))
-                }
-                fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                    Ok(RawArray(None))
-                }
-                fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                    Ok(RawArray(None))
-                }
-                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                    Ok(RawArray(None))
-                }
-                fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                    Ok(RawArray(None))
-                }
-                fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                    Ok(RawArray(None))
-                }
-            }
-            d.deserialize_any(A)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let out = (&mut de).deserialize_map(V).ok()?;
-    de.end().ok()?;
-    out
 }
 
 #[cfg(test)]

@@ -335,24 +335,13 @@ fn page_of(reply: WireReply<'_>, text: &str, watched: &ChatId) -> Result<Page, R
         }
     }
     if !page.skipped.is_empty() {
-        let raw = raw_messages(text);
+        // The rare path: a page with a message to skip.
+        let raw = super::wire::top_level_messages(text).unwrap_or_default();
         for s in &mut page.skipped {
             s.identity = fnv1a(raw.get(s.index).map_or("", |r| r.get()).as_bytes());
         }
     }
     Ok(page)
-}
-
-/// The reply's messages as raw JSON texts (the rare path: a page with a message to skip).
-fn raw_messages(text: &str) -> Vec<&serde_json::value::RawValue> {
-    #[derive(serde::Deserialize)]
-    struct Raw<'a> {
-        #[serde(borrow)]
-        messages: Vec<&'a serde_json::value::RawValue>,
-    }
-    serde_json::from_str::<Raw<'_>>(text)
-        .map(|r| r.messages)
-        .unwrap_or_default()
 }
 
 /// FNV-1a: stable across builds and platforms.

@@ -12,6 +12,7 @@
 //! Owns: the visitors. Must not: decide what a message means ([`super::model`] does).
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -341,6 +342,64 @@ lenient_object!(
         "messages" => messages: WireMessages<'a>,
     }
 );
+
+/// An array's elements as raw JSON; any other value reads as `None`.
+pub(crate) struct RawArray<'a>(pub Option<Vec<&'a RawValue>>);
+
+impl<'de> Deserialize<'de> for RawArray<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawArray<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                    out.push(raw);
+                }
+                Ok(RawArray(Some(out)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(RawArray(None))
+            }
+            scalar_visits!(|_: Scalar<'de>| RawArray(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The elements of a reply's one top-level `messages` array, as raw JSON (each exactly the
+/// bytes of the reply); `None` when the reply is not an object, has no such array, or has
+/// the key more than once.
+pub(crate) fn top_level_messages(text: &str) -> Option<Vec<&RawValue>> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Vec<&'de RawValue>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a reply object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let (mut found, mut count) = (None, 0);
+            read_object(map, |key, map| {
+                if key == "messages" {
+                    count += 1;
+                    found = map.next_value::<RawArray<'de>>()?.0;
+                    Ok(())
+                } else {
+                    skip(map)
+                }
+            })?;
+            Ok(if count == 1 { found } else { None })
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let out = de.deserialize_map(V).ok()?;
+    de.end().ok()?;
+    out
+}
 
 #[cfg(test)]
 mod tests {
