@@ -187,7 +187,11 @@ pub fn evaluate_page(
                             w.delivery_id
                         );
                         for (k, v) in &w.headers {
-                            let _ = writeln!(out, "        {k}: {}", shown_header(k, v));
+                            let _ = writeln!(
+                                out,
+                                "        {k}: {}",
+                                crate::outbox::ssrf::redacted_header(k, v)
+                            );
                         }
                         let pretty = serde_json::from_str::<Value>(&w.body)
                             .ok()
@@ -320,24 +324,6 @@ pub fn evaluate_chat_rules(
             }
         }
     }
-}
-
-/// A header value as `test` prints it: `***` for a header whose name says it carries a
-/// credential (authorization, cookies, tokens, keys, secrets, passwords, signatures).
-fn shown_header<'a>(name: &str, value: &'a str) -> &'a str {
-    let n = name.to_ascii_lowercase();
-    let secret = [
-        "auth",
-        "cookie",
-        "token",
-        "key",
-        "secret",
-        "pass",
-        "signature",
-    ]
-    .iter()
-    .any(|w| n.contains(w));
-    if secret { "***" } else { value }
 }
 
 #[cfg(test)]

@@ -499,7 +499,7 @@ mod tests {
 
     /// Drives a schedule with an unlimited budget, waking only at `next_at` and polling every
     /// chat due then (polls take 20 ms); returns the wake-ups that started a poll after the
-    /// first `settle`, and the poll start times per chat.
+    /// first two seconds (the start-up burst), and the poll start times per chat.
     fn wakeups(chats: usize, coalesce: Duration, secs: u32) -> (Vec<Instant>, Vec<Vec<Instant>>) {
         let t0 = Instant::now();
         let mut s = Schedule::new(

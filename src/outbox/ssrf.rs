@@ -464,6 +464,26 @@ pub fn redacted(url: &str) -> String {
     out
 }
 
+/// A header value fit for output: `***` when the header's name says it carries a credential
+/// (authorization, cookies, tokens, keys, secrets, passwords, signatures), else as is.
+pub fn redacted_header<'a>(name: &str, value: &'a str) -> &'a str {
+    const SECRET: [&str; 7] = [
+        "auth",
+        "cookie",
+        "token",
+        "key",
+        "secret",
+        "pass",
+        "signature",
+    ];
+    let name = name.to_ascii_lowercase();
+    if SECRET.iter().any(|w| name.contains(w)) {
+        "***"
+    } else {
+        value
+    }
+}
+
 /// [`vet_url`], and `localhost` (or `*.localhost`) vetted as the loopback address it always
 /// is, for `check`: what the policy will refuse at delivery is refused in advance, naming
 /// the config key that allows it.
@@ -596,6 +616,20 @@ mod tests {
         for (url, want) in cases {
             assert_eq!(redacted(url), want, "{url}");
         }
+    }
+
+    #[test]
+    fn header_values_that_name_a_credential_are_hidden() {
+        for name in [
+            "Authorization",
+            "X-Api-Key",
+            "Cookie",
+            "X-Auth-Token",
+            "X-Signature",
+        ] {
+            assert_eq!(redacted_header(name, "s3cret"), "***", "{name}");
+        }
+        assert_eq!(redacted_header("X-Team", "support"), "support");
     }
 
     use super::*;

@@ -406,14 +406,13 @@ impl Store {
     }
 
     /// Moves the watermark, records seen ids and cooldowns, and queues the deliveries — all or
-    /// nothing. A delivery already queued (same id) is left as it is.
-    pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let queued = Self::write_poll(&tx, c)?;
-        crate::failpoint::hit("in_transaction");
-        tx.commit()?;
-        Ok(queued)
+    /// nothing. A delivery already queued (same id) is left as it is. (One poll's
+    /// [`Store::commit_polls`].)
+    pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, String> {
+        let mut results = self.commit_polls(&[c]);
+        results
+            .pop()
+            .unwrap_or_else(|| Err("no result for the commit".into()))
     }
 
     /// Commits several polls (of different chats) in one transaction — group commit: one
