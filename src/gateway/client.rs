@@ -5,14 +5,18 @@
 //! 429's `Retry-After` imposes on every caller. Must not: parse messages beyond handing the
 //! bytes to [`super::model`], or retry on its own (the poller decides).
 
+use super::http1::{Answer, Failure, Http1};
 use super::memo::ReplyMemo;
 use super::model::{ChatId, Page, ReplyError};
 use crate::outbox::schedule::parse_retry_after;
+use reqwest::header::{self, HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+
+const USER_AGENT: &str = concat!("cartat-rules/", env!("CARGO_PKG_VERSION"));
 
 /// The API-wide budget: a GCRA quota (sustained rate and burst), a sliding one-second window
 /// that never admits more than `per_second` requests in any second (bursts included, right
@@ -171,6 +175,11 @@ pub struct Gateway {
     max_reply_bytes: Option<u64>,
     timeout: Duration,
     pub budget: Arc<RateBudget>,
+    /// The lean path for a plain-http gateway without a proxy ([`super::http1`]); reqwest
+    /// serves the others.
+    plain: Option<Arc<Http1>>,
+    /// The headers of every poll on the lean path (the token's marked sensitive).
+    plain_headers: Arc<[(HeaderName, HeaderValue)]>,
     /// Each chat's last reply, so the next is parsed only where it differs
     /// ([`super::memo`]); a chat's entry is taken out while its reply is read.
     memos: Arc<Mutex<HashMap<ChatId, ReplyMemo>>>,
@@ -193,7 +202,7 @@ impl Gateway {
         let builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("cartat-rules/", env!("CARGO_PKG_VERSION")));
+            .user_agent(USER_AGENT);
         // The bearer token goes through a proxy only when `api.proxy` says so: the
         // `HTTP(S)_PROXY` variables of whatever environment the daemon runs in are ignored.
         let builder = match &api.proxy {
@@ -210,6 +219,19 @@ impl Gateway {
                     "api.token holds a character that cannot go in an HTTP header".to_string()
                 })?;
         authorization.set_sensitive(true);
+        let plain = match api.proxy {
+            Some(_) => None,
+            None => Http1::for_base_url(&api.base_url).map(Arc::new),
+        };
+        let plain_headers: Arc<[(HeaderName, HeaderValue)]> = Arc::new([
+            (header::ACCEPT, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::AUTHORIZATION, authorization.clone()),
+            (header::USER_AGENT, HeaderValue::from_static(USER_AGENT)),
+        ]);
         Ok(Gateway {
             http,
             base_url: api.base_url.trim_end_matches('/').to_string(),
@@ -217,6 +239,8 @@ impl Gateway {
             max_reply_bytes: api.max_reply_bytes,
             timeout,
             budget,
+            plain,
+            plain_headers,
             memos: Arc::default(),
         })
     }
@@ -245,43 +269,88 @@ impl Gateway {
     /// Fetches without waiting: the caller has just taken the budget ([`RateBudget::acquire`]).
     pub async fn fetch_prepaid(&self, chat: &ChatId, limit: u32) -> Result<Page, FetchError> {
         // `limit` both as the documented JSON body and as a query parameter.
-        let url = format!(
-            "{}/chats/{}?limit={limit}",
-            self.base_url,
-            chat.path_segment()
-        );
+        let path = format!("/chats/{}?limit={limit}", chat.path_segment());
+        let body = format!("{{\"limit\":{limit}}}");
+        // Read never past the cap: a reply that never ends costs this chat's poll, not the
+        // daemon's memory.
+        let cap = self.reply_cap(limit);
+        let answer = match &self.plain {
+            Some(plain) => tokio::time::timeout(
+                self.timeout,
+                plain.get(&path, &self.plain_headers, &body.into(), cap),
+            )
+            .await
+            .map_err(|_| FetchError::Timeout(self.timeout))?
+            .map_err(|f| match f {
+                Failure::TooLarge => FetchError::TooLarge(cap),
+                Failure::Transport(e) => FetchError::Transport(e),
+            })?,
+            None => self.fetch_general(&path, body, cap).await?,
+        };
+        self.refused(answer.status, answer.retry_after.as_deref())?;
+        let mut memo = self
+            .memos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(chat)
+            .unwrap_or_default();
+        let page = memo.parse(&answer.body, chat)?;
+        self.memos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(chat.clone(), memo);
+        Ok(page)
+    }
+
+    /// The error a non-2xx status is (a 429 also pauses every caller for its `Retry-After`).
+    fn refused(&self, status: u16, retry_after: Option<&str>) -> Result<(), FetchError> {
+        match status {
+            200..=299 => Ok(()),
+            429 => {
+                let now = jiff::Timestamp::now().as_second();
+                let wait = retry_after
+                    .and_then(|v| parse_retry_after(v, now))
+                    .unwrap_or(Duration::from_secs(5));
+                self.budget.pause_for(wait);
+                Err(FetchError::RateLimited(wait))
+            }
+            // 401 is about the token (every chat); 403 may be about this chat only.
+            401 => Err(FetchError::Unauthorized),
+            404 => Err(FetchError::NotFound),
+            s => Err(FetchError::Status(s)),
+        }
+    }
+
+    /// One request through reqwest (an `https://` gateway, or one behind `api.proxy`).
+    async fn fetch_general(
+        &self,
+        path: &str,
+        body: String,
+        cap: u64,
+    ) -> Result<Answer, FetchError> {
         let resp = self
             .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .body(format!("{{\"limit\":{limit}}}"))
+            .get(format!("{}{path}", self.base_url))
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .body(body)
             .send()
             .await
             .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
-        match status {
-            200..=299 => {}
-            429 => {
-                let now = jiff::Timestamp::now().as_second();
-                let wait = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, now))
-                    .unwrap_or(Duration::from_secs(5));
-                self.budget.pause_for(wait);
-                return Err(FetchError::RateLimited(wait));
-            }
-            // 401 is about the token (every chat); 403 may be about this chat only.
-            401 => return Err(FetchError::Unauthorized),
-            404 => return Err(FetchError::NotFound),
-            s => return Err(FetchError::Status(s)),
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if !(200..300).contains(&status) {
+            return Ok(Answer {
+                status,
+                retry_after,
+                body: Vec::new(),
+            });
         }
-        // Read as a stream, never past the cap: a reply that never ends costs this chat's poll,
-        // not the daemon's memory.
-        let cap = self.reply_cap(limit);
         if resp.content_length().is_some_and(|n| n > cap) {
             return Err(FetchError::TooLarge(cap));
         }
@@ -294,18 +363,11 @@ impl Gateway {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let mut memo = self
-            .memos
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(chat)
-            .unwrap_or_default();
-        let page = memo.parse(&bytes, chat)?;
-        self.memos
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(chat.clone(), memo);
-        Ok(page)
+        Ok(Answer {
+            status,
+            retry_after,
+            body: bytes,
+        })
     }
 
     fn transport(&self, e: reqwest::Error) -> FetchError {

@@ -2,6 +2,7 @@
 //! tests, the demo and the load tests.
 
 pub mod client;
+pub mod http1;
 pub mod memo;
 pub mod mock;
 pub mod model;
