@@ -174,6 +174,21 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The oldest pending row of one (chat, url).
+const HEADS: &str = "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = ?1 AND url = ?2 ORDER BY id LIMIT 1";
+
+/// Plans each prepared statement once, whatever values it is bound to: without SQLite's query
+/// planner stability guarantee, this build (STAT4) re-prepares a cached statement whenever a
+/// bound value changes (`heads` was re-parsed and re-planned for every (chat, url) it read, a
+/// tenth of the daemon's CPU at workload A). Our queries' plans do not depend on the values.
+fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map(drop)
+}
+
 impl Store {
     /// Opens (creating if missing) the state file, taking its lock for this process.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -227,6 +242,7 @@ impl Store {
             reason,
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        plan_once(&conn)?;
         // Every statement of a poll, of the dispatcher and of a chat's first load stays
         // prepared (rusqlite's default of 16 is fewer than they are: they evicted each other).
         conn.set_prepared_statement_cache_capacity(64);
@@ -288,6 +304,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        plan_once(&conn)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| StoreError::Broken {
@@ -607,9 +624,7 @@ impl Store {
     /// The oldest pending row of each of `groups` (chat, url), due or not.
     pub fn heads(&self, groups: &[(String, String)]) -> Result<Vec<OutboxRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = ?1 AND url = ?2 ORDER BY id LIMIT 1",
-        )?;
+        let mut stmt = conn.prepare_cached(HEADS)?;
         let mut rows = Vec::with_capacity(groups.len());
         for (chat, url) in groups {
             if let Some(row) = stmt.query_row(params![chat, url], Self::row).optional()? {
