@@ -69,7 +69,7 @@ pub fn demo(config_path: &Path, scenario: Option<&Path>, duration: Duration, log
             _ => None,
         })
         .collect();
-    let rt = match runtime() {
+    let rt = match runtime(1) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cartat-rules demo: cannot start the runtime: {e}");

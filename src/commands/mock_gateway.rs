@@ -16,7 +16,7 @@ pub fn mock_gateway(listen: SocketAddr, scenario: Option<&Path>, log: &LogArgs) 
             return 1;
         }
     };
-    let rt = match runtime() {
+    let rt = match runtime(2) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cartat-rules mock-gateway: {e}");

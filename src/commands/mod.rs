@@ -214,19 +214,17 @@ pub fn main(cli: Cli) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// A multi-threaded runtime for the long-running commands.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    match std::env::var("CARTAT_EXPERIMENT_RT").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Ok("one") => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
+/// The runtime of a long-running command: `workers` threads for its tasks, unless
+/// `TOKIO_WORKER_THREADS` says otherwise (tokio reads it when no count is given).
+///
+/// The daemon runs on one: measured side by side (README, "Side by side"), a second worker
+/// cost a third more CPU at idle and at workload A (tasks woken across threads), and the work
+/// that blocks (SQLite, the commit thread) has threads of its own. A rule set of heavy rhai
+/// scripts can ask for more with `TOKIO_WORKER_THREADS=2`.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(workers);
     }
+    builder.enable_all().build()
 }

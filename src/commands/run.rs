@@ -24,7 +24,7 @@ pub fn run(path: &Path, log: &LogArgs) -> u8 {
             }
         };
     eprint!("{rule_warnings}");
-    let rt = match runtime() {
+    let rt = match runtime(1) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cartat-rules: cannot start the runtime: {e}");
