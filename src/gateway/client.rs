@@ -339,17 +339,8 @@ impl Gateway {
             .await
             .map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         if !(200..300).contains(&status) {
-            return Ok(Answer {
-                status,
-                retry_after,
-                body: Vec::new(),
-            });
+            return Ok(Answer::refusal(status, resp.headers()));
         }
         if resp.content_length().is_some_and(|n| n > cap) {
             return Err(FetchError::TooLarge(cap));
@@ -365,7 +356,7 @@ impl Gateway {
         }
         Ok(Answer {
             status,
-            retry_after,
+            retry_after: None,
             body: bytes,
         })
     }

@@ -17,6 +17,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -42,9 +43,24 @@ struct Link {
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// A refusal's `Retry-After` (read only when the status is not 2xx).
     pub retry_after: Option<String>,
     /// The body, read to its end (only for a 2xx answer; empty otherwise).
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A non-2xx answer: its status and `Retry-After`, its body left unread.
+    pub fn refusal(status: u16, headers: &hyper::HeaderMap) -> Answer {
+        Answer {
+            status,
+            retry_after: headers
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: Vec::new(),
+        }
+    }
 }
 
 /// Why a request got no usable answer.
@@ -211,28 +227,16 @@ impl Http1 {
             kept = false;
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         if !(200..300).contains(&status) {
             // The body is not read: the connection closes with it.
-            return Ok(Answer {
-                status,
-                retry_after,
-                body: Vec::new(),
-            });
+            return Ok(Answer::refusal(status, response.headers()));
         }
-        let length = response
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let mut incoming = response.into_body();
+        // Exact when the gateway sent `Content-Length`.
+        let length = incoming.size_hint().exact();
         if length.is_some_and(|n| n > cap) {
             return Err(Failure::TooLarge);
         }
-        let mut incoming = response.into_body();
         let mut bytes = Vec::with_capacity(length.unwrap_or(64 * 1024).min(cap) as usize);
         loop {
             let Link { conn, done, .. } = &mut link;
@@ -256,7 +260,7 @@ impl Http1 {
         }
         Ok(Answer {
             status,
-            retry_after,
+            retry_after: None,
             body: bytes,
         })
     }
