@@ -28,8 +28,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How many chats may be in flight at once (a hung request holds its slot until the timeout).
-const MAX_IN_FLIGHT: usize = 64;
+/// How many chats may be in flight at once (a hung request holds its slot until the timeout):
+/// at least a whole burst of the rate budget, so a bunch of due chats goes out together (a
+/// smaller bound releases the rest one by one as answers come back, and the budget's sliding
+/// window then keeps them spread for good: a wake-up per poll).
+fn max_in_flight(burst: u32) -> usize {
+    (burst as usize).clamp(64, 1024)
+}
+/// How often the adaptive scheduler shares the spare budget anew.
+const RECOMPUTE_EVERY: Duration = Duration::from_secs(1);
 /// How long one poll's rule scripts may run in all (each evaluation also has its own
 /// deadline): a page of many messages times several slow scripts holds its chat this long at
 /// most; the scripts left over fail as rule errors, counted and logged.
@@ -97,9 +104,10 @@ impl Poller {
         .coalescing(self.config.coalesce);
         let mut failures = vec![0u32; chats.len()];
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let slots = Arc::new(Semaphore::new(max_in_flight(self.config.api.burst)));
         let tracker = TaskTracker::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(RECOMPUTE_EVERY);
+        let mut last_recompute = Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let finish = |schedule: &mut Schedule, done: Done, failures: &mut [u32]| {
             failures[done.index] = match done.how {
@@ -119,17 +127,32 @@ impl Poller {
         };
         loop {
             let next_due = schedule.next_at();
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                Some(done) = done_rx.recv() => {
-                    finish(&mut schedule, done, &mut failures);
-                    continue;
+            // A chat already due goes without a trip through the timer (which rounds up to its
+            // next millisecond: a bunch of due chats would leave a millisecond apart).
+            let due_now = next_due.is_some_and(|t| t <= Instant::now());
+            if due_now {
+                if shutdown.is_cancelled() {
+                    break;
                 }
-                _ = tick.tick() => {
-                    schedule.recompute(Instant::now());
-                    continue;
+                // Busy without a pause: the adaptive shares are still recomputed each second.
+                if last_recompute.elapsed() >= RECOMPUTE_EVERY {
+                    last_recompute = Instant::now();
+                    schedule.recompute(last_recompute);
                 }
-                _ = sleep_until_opt(next_due) => {}
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(done) = done_rx.recv() => {
+                        finish(&mut schedule, done, &mut failures);
+                        continue;
+                    }
+                    _ = tick.tick() => {
+                        last_recompute = Instant::now();
+                        schedule.recompute(last_recompute);
+                        continue;
+                    }
+                    _ = sleep_until_opt(next_due) => {}
+                }
             }
             // Something is due: take an in-flight slot and a budget reservation, then choose.
             let permit = tokio::select! {

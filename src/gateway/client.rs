@@ -133,7 +133,11 @@ impl RateBudget {
         let start = Instant::now();
         loop {
             let at = self.state().reserve(Instant::now());
-            tokio::time::sleep_until(at).await;
+            // A time already here goes at once: the runtime's timer would round it up to its
+            // next millisecond and spread a bunch of due requests a millisecond apart.
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
             // A 429 may have arrived while we waited for our turn: honour it too.
             if self.paused().is_none() {
                 return start.elapsed();
@@ -389,6 +393,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future as _;
 
     /// The most reservations in any window of `width` starting at a reservation.
     fn max_in_window(times: &[Instant], width: Duration) -> usize {
@@ -479,5 +484,24 @@ mod tests {
             times.push(t);
         }
         assert!(max_in_window(&times, Duration::from_secs(1)) <= 7);
+    }
+
+    /// A burst the budget allows goes at once: each acquire is ready the first time it is
+    /// polled. Through the timer, even a time already here waited for the timer's next
+    /// millisecond, which spread a bunch of due polls a millisecond apart (a wake-up each).
+    #[tokio::test]
+    async fn an_allowed_burst_is_acquired_without_waiting_for_the_timer() {
+        let budget = RateBudget::new(100, 100);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for i in 0..100 {
+            let mut acquire = std::pin::pin!(budget.acquire());
+            assert!(
+                acquire.as_mut().poll(&mut cx).is_ready(),
+                "request {i} of an allowed burst waited"
+            );
+        }
+        // The 101st waits for the window.
+        let mut acquire = std::pin::pin!(budget.acquire());
+        assert!(acquire.as_mut().poll(&mut cx).is_pending());
     }
 }

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Mutex;
@@ -27,9 +26,9 @@ use std::task::Poll;
 use tokio::net::TcpStream;
 
 /// Idle connections kept at most; more are closed when their poll ends.
-pub const MAX_IDLE: usize = 256;
+pub const MAX_IDLE: usize = 1024;
 
-type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Conn = Connection<super::tick_io::TickIo, Full<Bytes>>;
 
 /// One connection: the request side and the connection future that does its I/O.
 struct Link {
@@ -161,7 +160,9 @@ impl Http1 {
             .await
             .map_err(|e| Failure::Transport(format!("cannot connect to the gateway: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let io = super::tick_io::TickIo::new(stream)
+            .map_err(|e| Failure::Transport(format!("cannot use the connection: {e}")))?;
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| Failure::Transport(super::client::error_chain(&e)))?;
         Ok(Link {

@@ -6,4 +6,5 @@ pub mod http1;
 pub mod memo;
 pub mod mock;
 pub mod model;
+mod tick_io;
 mod wire;

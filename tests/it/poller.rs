@@ -411,3 +411,50 @@ async fn a_429_storm_from_the_start_misses_nothing_and_repeats_nothing() {
     assert_eq!(unique, want, "every message once, no history\n{out}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_burst_of_due_chats_is_on_the_wire_at_once() {
+    // 100 chats all due at start, a budget whose burst is 100, and a gateway that never
+    // answers: every request must be sent without waiting for an answer. (An in-flight bound
+    // below the burst held the rest back until answers came, and the budget's window then
+    // kept them spread — one wake-up of the daemon per poll, for good.)
+    let chats: Vec<String> = (0..100).map(|i| format!("9665000002{i:02}")).collect();
+    let mut scenario = String::from("chats:\n");
+    for c in &chats {
+        scenario.push_str(&format!("  - {{ id: \"{c}\", messages: [] }}\n"));
+    }
+    scenario.push_str("faults:\n  - { respond: { hang: true } }\n");
+    let gw = gateway(&scenario).await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/r.yaml",
+        "id: r\nactions: [ { log: { message: x } } ]\n",
+    );
+    let ids: Vec<&str> = chats.iter().map(String::as_str).collect();
+    let cfg = ws.write(
+        "cartat.yaml",
+        &config_text(
+            &gw,
+            &ids,
+            "  rate_limit: { per_second: 100, burst: 100 }\n",
+            "poll:\n  interval: 30s\n",
+        )
+        .replace("timeout: 1s", "timeout: 20s"),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    // Well before the first request times out (5s) and frees its slot.
+    wait_for("100 requests on the wire", Duration::from_secs(4), || {
+        gw.requests().len() >= 100
+    })
+    .await;
+    let log = gw.requests();
+    let distinct: HashSet<&str> = log.iter().map(|r| r.chat.as_str()).collect();
+    assert_eq!(distinct.len(), 100, "one request per chat");
+    assert!(
+        log.iter().all(|r| r.status == 0),
+        "none answered: every request went out without waiting for another's answer"
+    );
+    // The hung requests end with the gateway.
+    gw.shutdown().await;
+    assert_eq!(daemon.stop(), 0);
+}
