@@ -506,10 +506,9 @@ impl Dispatcher {
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                AttemptResult::Status {
-                    code: resp.status().as_u16(),
-                    retry_after,
-                }
+                let code = resp.status().as_u16();
+                drain(resp).await;
+                AttemptResult::Status { code, retry_after }
             }
             Err(e) if e.is_timeout() => AttemptResult::Timeout,
             Err(e) => {
@@ -523,6 +522,27 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The most of a receiver's answer body read (and thrown away) so its connection can carry
+/// the next delivery; a longer or slower body closes the connection instead.
+const DRAIN_BYTES: usize = 16 * 1024;
+const DRAIN_TIME: Duration = Duration::from_millis(250);
+
+/// Reads the rest of a short answer so the connection goes back to the pool (an answer left
+/// unread closes it: a new connection for every delivery). Only the status counts: a body
+/// that is long, slow or broken is dropped with its connection.
+async fn drain(mut resp: reqwest::Response) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            read += chunk.len();
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn now_ms() -> i64 {

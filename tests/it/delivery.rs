@@ -871,6 +871,91 @@ async fn a_receiver_whose_answer_never_ends_is_delivered_once_and_costs_no_memor
     gw.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_to_one_receiver_share_a_kept_connection() {
+    // A keep-alive receiver that answers every POST with a short JSON body, sent after the
+    // head: the dispatcher reads that body, so the connection carries the next delivery (an
+    // unread body closed it: a new connection for every webhook).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, answered) = (connections.clone(), posts.clone());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut seen: Vec<u8> = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    // One whole request: its head, then Content-Length bytes of body.
+                    let end = loop {
+                        if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while seen.len() < end + length {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.drain(..end + length);
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // The head, then the body a moment later (as Python's http.server
+                    // writes them): the status is known before the body has arrived.
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n";
+                    if sock.write_all(head).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    if sock.write_all(b"{\"ok\":true}").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let chats = vec!["966500000001".to_string()];
+    let gw = gateway(&scenario(&chats)).await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[url]));
+    let cfg = write_config(&ws, &gw, &chats, "3s", 0.01, "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    for i in 0..3 {
+        gw.push_message("966500000001", &format!("bot {i}"), false);
+        let want = i + 1;
+        wait_for("the delivery", Duration::from_secs(10), || {
+            posts.load(std::sync::atomic::Ordering::SeqCst) >= want
+        })
+        .await;
+    }
+    let out = daemon.output();
+    assert_eq!(daemon.stop(), 0);
+    assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 3, "{out}");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "three deliveries, one connection:\n{out}"
+    );
+    gw.shutdown().await;
+}
+
 /// Canary secrets — the gateway token, a token in a webhook url's query — through a 410, a
 /// restart and `outbox list`: never in any output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
