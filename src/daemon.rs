@@ -44,8 +44,11 @@ pub fn prepare(
     .scaled(config.webhooks.retry_scale);
     let metrics = Arc::new(Metrics::new(config.chats.len()));
     metrics.set_rules_loaded(true);
+    let commits = crate::store::group::CommitQueue::start(store.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the store's writer thread: {e}"))?;
     let mut dispatcher = Dispatcher::new(
         store.clone(),
+        commits.clone(),
         config.webhooks.timeout,
         policy,
         config.webhooks.secret.clone(),
@@ -60,8 +63,7 @@ pub fn prepare(
         config: Arc::new(config),
         gateway,
         store: store.clone(),
-        commits: crate::store::group::CommitQueue::start(store.clone())
-            .map_err(|e| anyhow::anyhow!("cannot start the store's writer thread: {e}"))?,
+        commits,
         rules: Arc::new(RwLock::new(Arc::new(rules))),
         wake_dispatcher: wake,
         stats: stats.clone(),

@@ -31,9 +31,10 @@ use tokio_util::task::TaskTracker;
 /// How many chats may be in flight at once (a hung request holds its slot until the timeout):
 /// at least a whole burst of the rate budget, so a bunch of due chats goes out together (a
 /// smaller bound releases the rest one by one as answers come back, and the budget's sliding
-/// window then keeps them spread for good: a wake-up per poll).
+/// window then keeps them spread for good: a wake-up per poll). At most 256 connections to
+/// the gateway all the same (the coalescing grid splits a larger burst into several bunches).
 fn max_in_flight(burst: u32) -> usize {
-    (burst as usize).clamp(64, 1024)
+    (burst as usize).clamp(64, 256)
 }
 /// How often the adaptive scheduler shares the spare budget anew.
 const RECOMPUTE_EVERY: Duration = Duration::from_secs(1);

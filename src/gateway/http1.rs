@@ -26,7 +26,7 @@ use std::task::Poll;
 use tokio::net::TcpStream;
 
 /// Idle connections kept at most; more are closed when their poll ends.
-pub const MAX_IDLE: usize = 1024;
+pub const MAX_IDLE: usize = 256;
 
 type Conn = Connection<super::tick_io::TickIo, Full<Bytes>>;
 

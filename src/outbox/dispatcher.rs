@@ -18,7 +18,8 @@ use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use crate::outbox::schedule::{AttemptResult, RetryPolicy, Verdict, classify};
 use crate::outbox::sign::SigningKey;
 use crate::outbox::ssrf::{GuardedResolver, NetPolicy, vet_url};
-use crate::store::{AttemptRecord, OutboxRow, Store};
+use crate::store::group::CommitQueue;
+use crate::store::{AttemptRecord, OutboxRow, Outcome, Store};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -36,6 +37,8 @@ pub const PER_ENDPOINT: usize = 8;
 /// Sends webhooks from the outbox.
 pub struct Dispatcher {
     pub store: Store,
+    /// Where outcomes are recorded: the store's writer thread, shared with the poller.
+    commits: CommitQueue,
     http: reqwest::Client,
     pub policy: RetryPolicy,
     secret: Option<SigningKey>,
@@ -199,6 +202,7 @@ pub fn config_fingerprint(config_path: &Path, rule_paths: &[std::path::PathBuf])
 impl Dispatcher {
     pub fn new(
         store: Store,
+        commits: CommitQueue,
         timeout: Duration,
         policy: RetryPolicy,
         secret: Option<SigningKey>,
@@ -217,6 +221,7 @@ impl Dispatcher {
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
         Ok(Dispatcher {
             store,
+            commits,
             http,
             policy,
             secret,
@@ -451,29 +456,24 @@ impl Dispatcher {
             status,
             error,
         };
-        let store = self.store.clone();
-        let id = row.id;
-        let url = d.url.clone();
-        let fp = self.fingerprint();
-        let res = tokio::task::spawn_blocking(move || {
-            if gone {
-                store
-                    .disable_endpoint(id, &url, &fp, &record, now)
-                    .map(Some)
-            } else {
-                store.record_attempt(id, &record, now).map(|()| None)
-            }
-        })
-        .await;
+        // Through the store's writer, with the polls and the other outcomes waiting.
+        let res = self
+            .commits
+            .record(Outcome {
+                id: row.id,
+                record,
+                now_ms: now,
+                gone: gone.then(|| (d.url.clone(), self.fingerprint())),
+            })
+            .await;
         match res {
-            Ok(Ok(Some(parked))) => {
+            Ok(Some(parked)) => {
                 events::endpoint_gone(&redact_url(&d.url), &d.delivery_id, &d.rule_id, parked)
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
+            Ok(None) => {}
+            Err(e) => {
                 tracing::error!(delivery_id = %d.delivery_id, "cannot record the delivery outcome (it will be re-sent): {e}")
             }
-            Err(e) => tracing::error!("record_attempt panicked: {e}"),
         }
     }
 

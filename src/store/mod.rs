@@ -697,20 +697,75 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::write_outcome(&tx, id, record, now_ms)?;
-        tx.execute(
+        let parked = Self::write_gone(&tx, id, url, fingerprint, record, now_ms)?;
+        tx.commit()?;
+        Ok(parked)
+    }
+
+    /// [`Store::disable_endpoint`]'s rows, inside the caller's transaction.
+    fn write_gone(
+        tx: &Connection,
+        id: i64,
+        url: &str,
+        fingerprint: &str,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        Self::write_outcome(tx, id, record, now_ms)?;
+        tx.prepare_cached(
             "INSERT INTO endpoints_gone (url, fingerprint, since, delivery_id)
              SELECT ?1, ?2, ?3, delivery_id FROM outbox WHERE id = ?4
              ON CONFLICT (url) DO UPDATE SET fingerprint = excluded.fingerprint",
-            params![url, fingerprint, now_ms, id],
-        )?;
-        let parked = tx.execute(
-            "UPDATE outbox SET state = 'gone', last_error = ?2, updated_at = ?3
-             WHERE url = ?1 AND state = 'pending'",
-            params![url, DeadReason::EndpointGone.text(), now_ms],
-        )?;
-        tx.commit()?;
+        )?
+        .execute(params![url, fingerprint, now_ms, id])?;
+        let parked = tx
+            .prepare_cached(
+                "UPDATE outbox SET state = 'gone', last_error = ?2, updated_at = ?3
+                 WHERE url = ?1 AND state = 'pending'",
+            )?
+            .execute(params![url, DeadReason::EndpointGone.text(), now_ms])?;
         Ok(parked)
+    }
+
+    /// Records several attempts' outcomes in one transaction, each in its own savepoint (one
+    /// that fails is rolled back alone): what [`Store::record_attempt`] and
+    /// [`Store::disable_endpoint`] do one by one. For a 410 ([`Outcome::gone`]), the number of
+    /// other rows parked.
+    pub fn record_outcomes(&self, outcomes: &[&Outcome]) -> Vec<Result<Option<usize>, String>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = StoreError::from(e).to_string();
+                return outcomes.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut results = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let parked = match &o.gone {
+                    Some((url, fp)) => {
+                        Some(Self::write_gone(&sp, o.id, url, fp, &o.record, o.now_ms)?)
+                    }
+                    None => {
+                        Self::write_outcome(&sp, o.id, &o.record, o.now_ms)?;
+                        None
+                    }
+                };
+                sp.commit()?;
+                Ok(parked)
+            });
+            results.push(one.map_err(|e| e.to_string()));
+        }
+        if let Err(e) = tx.commit() {
+            let e = StoreError::from(e).to_string();
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        results
     }
 
     /// Endpoints disabled under another config than `fingerprint` are enabled again (the config
@@ -803,6 +858,17 @@ impl Store {
 pub enum Requeue<'a> {
     One(&'a str),
     AllDead,
+}
+
+/// One attempt's outcome to record ([`Store::record_outcomes`]).
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The outbox row.
+    pub id: i64,
+    pub record: AttemptRecord,
+    pub now_ms: i64,
+    /// A 410: the url to disable and the config fingerprint it is disabled under.
+    pub gone: Option<(String, String)>,
 }
 
 /// The outcome of one attempt, as stored.

@@ -422,3 +422,113 @@ fn a_cached_statement_is_planned_once_whatever_it_is_bound_to() {
         "re-prepared on new bindings"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_through_the_commit_queue_are_recorded_each_once_and_a_bad_one_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store
+        .commit_poll(&PollCommit {
+            chat_id: "c".into(),
+            deliveries: (0..20)
+                .map(|i| delivery(&i.to_string(), "c", &format!("http://ok/{i}")))
+                .chain([
+                    delivery("g1", "c", "http://gone/"),
+                    delivery("g2", "c", "http://gone/"),
+                ])
+                .collect(),
+            ..PollCommit::default()
+        })
+        .unwrap();
+    let rows = store.list(None, 100).unwrap();
+    let id_of = |d: &str| {
+        rows.iter()
+            .find(|r| r.delivery.delivery_id == d)
+            .unwrap()
+            .id
+    };
+    let delivered = AttemptRecord {
+        outcome: Lifecycle::Delivered { attempts: 1 },
+        status: Some(200),
+        error: None,
+    };
+    let queue = group::CommitQueue::start(store.clone()).unwrap();
+    // Twenty deliveries finishing at once, a 410, and an outcome that cannot be stored.
+    let mut tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (queue, record) = (queue.clone(), delivered.clone());
+            let id = id_of(&i.to_string());
+            tokio::spawn(async move {
+                queue
+                    .record(Outcome {
+                        id,
+                        record,
+                        now_ms: 7,
+                        gone: None,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let gone = AttemptRecord {
+        outcome: Lifecycle::Dead {
+            reason: DeadReason::EndpointGone,
+            attempts: 1,
+        },
+        status: Some(410),
+        error: None,
+    };
+    let id = id_of("g1");
+    let q = queue.clone();
+    tasks.push(tokio::spawn(async move {
+        q.record(Outcome {
+            id,
+            record: gone,
+            now_ms: 7,
+            gone: Some(("http://gone/".into(), "cfg".into())),
+        })
+        .await
+    }));
+    let bad = queue
+        .record(Outcome {
+            id: id_of("0"),
+            record: AttemptRecord {
+                outcome: Lifecycle::InFlight { attempt: 1 },
+                status: None,
+                error: None,
+            },
+            now_ms: 7,
+            gone: None,
+        })
+        .await;
+    assert!(
+        bad.unwrap_err().contains("in-flight"),
+        "an in-flight outcome is refused"
+    );
+    let results: Vec<_> = futures_join(tasks).await;
+    assert!(results[..20].iter().all(|r| *r == Ok(None)), "{results:?}");
+    assert_eq!(results[20], Ok(Some(1)), "the 410 parked the row behind it");
+    let state_of = |d: &str| {
+        store
+            .list(None, 100)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.delivery.delivery_id == d)
+            .unwrap()
+            .state
+    };
+    for i in 0..20 {
+        assert_eq!(state_of(&i.to_string()), "delivered", "delivery {i}");
+    }
+    assert_eq!(state_of("g1"), "gone");
+    assert_eq!(state_of("g2"), "gone");
+    assert_eq!(store.disabled_endpoints().unwrap(), ["http://gone/"]);
+}
+
+async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
