@@ -25,6 +25,9 @@ use std::sync::Mutex;
 use std::task::Poll;
 use tokio::net::TcpStream;
 
+/// The most a connection's read buffer grows to.
+const READ_BUFFER: usize = 16 * 1024;
+
 /// Idle connections kept at most; more are closed when their poll ends.
 pub const MAX_IDLE: usize = 256;
 
@@ -162,7 +165,12 @@ impl Http1 {
         let _ = stream.set_nodelay(true);
         let io = super::tick_io::TickIo::new(stream)
             .map_err(|e| Failure::Transport(format!("cannot use the connection: {e}")))?;
-        let (send, conn) = hyper::client::conn::http1::handshake(io)
+        // hyper's read buffer grows with what it reads (up to 400 KiB) and stays grown: a
+        // bunch of 256 connections reading 40 KB pages held 64 KiB each. A reply is copied out
+        // as it comes, so 16 KiB reads cost a few more `recv`s and no more.
+        let (send, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(READ_BUFFER)
+            .handshake(io)
             .await
             .map_err(|e| Failure::Transport(super::client::error_chain(&e)))?;
         Ok(Link {
