@@ -19,6 +19,8 @@ pub mod events;
 pub mod failpoint;
 pub mod gateway;
 pub mod metrics;
+pub mod model;
+pub mod net;
 pub mod outbox;
 pub mod receiver;
 pub mod reload;

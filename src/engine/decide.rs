@@ -10,19 +10,7 @@ use crate::rules::{Action, BodyTemplate, RuleSet};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-/// One webhook to queue in the outbox.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Delivery {
-    pub delivery_id: String,
-    pub rule_id: String,
-    pub chat_id: String,
-    /// `true_ID` / `false_ID` (message rules) or `chat@SINCE` (chat rules).
-    pub message_key: String,
-    pub action_index: usize,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
+pub use crate::model::{ChatRuleState, Delivery, Memory};
 
 /// One log line a rule asked for.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,27 +26,6 @@ pub struct Firing {
     pub rule_id: String,
     pub message_index: usize,
     pub matched: Value,
-}
-
-/// A chat rule's timer for one chat: since when its condition holds, and whether it fired
-/// in this holding spell (it re-arms when the condition stops holding).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChatRuleState {
-    pub since: Option<i64>,
-    pub fired: bool,
-}
-
-/// What rules remember per chat between polls (stored with the watermark).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Memory {
-    /// rule id → silent until (unix seconds).
-    pub cooldowns: HashMap<String, i64>,
-    /// rule id → times of matches counted towards its threshold.
-    pub thresholds: HashMap<String, Vec<i64>>,
-    /// chat rule id → its timer.
-    pub chat_rules: HashMap<String, ChatRuleState>,
-    /// rule file id → its `state_set` values for this chat.
-    pub script_state: HashMap<String, serde_json::Map<String, Value>>,
 }
 
 /// Everything one poll of one chat decided.

@@ -10,32 +10,7 @@ use crate::config::FirstSight;
 use crate::gateway::model::{Message, MessageKey};
 use std::collections::HashMap;
 
-/// What the store knows about one chat before this poll.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ChatState {
-    /// False before the chat's first successful poll.
-    pub known: bool,
-    /// The newest message time seen (unix seconds).
-    pub watermark: i64,
-    /// Ids older than this were pruned; an unknown id older than this is old history.
-    pub low_water: i64,
-    /// Since when the chat is watched (unix seconds, our clock: the start of the daemon that
-    /// first polled it): with `skip_history`, an unknown message older than this (less
-    /// [`FIRST_SIGHT_SLACK`]) existed before we looked. Before the chat's first successful
-    /// poll, the caller sets it to its own start (0: unknown, the whole first page is history).
-    pub first_seen: i64,
-    /// The known ids (at least those of the page) with their time and fingerprint.
-    pub seen: HashMap<MessageKey, SeenId>,
-}
-
-/// What is stored about a message id already seen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SeenId {
-    /// Its time when first seen (unix seconds); pruned once below the low-water mark.
-    pub ts: i64,
-    /// [`Message::fingerprint`] when last seen: a change makes it an update.
-    pub fingerprint: u64,
-}
+pub use crate::model::{ChatState, SeenId};
 
 /// How far a message's time may lag our clock at first sight and still be new (clock skew,
 /// messages in flight).

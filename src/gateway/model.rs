@@ -8,6 +8,8 @@ use super::wire::{Jid, WireChat, WireMessage, WireReply};
 use std::borrow::Cow;
 use std::fmt;
 
+pub use crate::model::MessageKey;
+
 /// The earliest plausible message time (2010-01-01) and the latest (2100-01-01), in unix seconds.
 const PLAUSIBLE_SECONDS: std::ops::Range<i64> = 1_262_304_000..4_102_444_800;
 
@@ -125,20 +127,6 @@ impl ChatId {
 impl fmt::Display for ChatId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// A message's identity within one watched chat: (`id.fromMe`, `id.id`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageKey {
-    pub from_me: bool,
-    pub id: String,
-}
-
-impl MessageKey {
-    /// A compact form for storage and delivery ids: `true_ABC` / `false_ABC`.
-    pub fn compact(&self) -> String {
-        format!("{}_{}", self.from_me, self.id)
     }
 }
 

@@ -25,13 +25,7 @@ pub fn delivery_id(rule: &str, chat: &ChatId, key: &MessageKey, action_index: us
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// RFC 3339 in UTC, seconds precision (`2026-11-28T06:40:52Z`).
-pub fn rfc3339(unix: i64) -> String {
-    match jiff::Timestamp::from_second(unix) {
-        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        Err(_) => "1970-01-01T00:00:00Z".into(),
-    }
-}
+pub use crate::model::rfc3339;
 
 fn cut(s: &str, max: usize) -> (&str, bool) {
     if s.len() <= max {

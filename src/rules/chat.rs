@@ -177,10 +177,7 @@ impl ChatRule {
                 ));
             }
             matched.insert("unanswered_for".into(), json!(crate::duration::format(d)));
-            matched.insert(
-                "waiting_since".into(),
-                json!(crate::outbox::envelope::rfc3339(since)),
-            );
+            matched.insert("waiting_since".into(), json!(crate::model::rfc3339(since)));
         }
         if let Some(why) = unknown {
             return ChatCheck::Unknown(why.into());

@@ -636,14 +636,14 @@ pub fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, Diagnostics> {
 /// Loads every rule file under `paths` and compiles the set. Warnings come back with the set.
 /// Webhook urls are vetted for their form only (`test`, and rule folders checked alone).
 pub fn load(paths: &[PathBuf]) -> Result<(RuleSet, Diagnostics), Diagnostics> {
-    load_for(paths, &crate::outbox::ssrf::NetPolicy::AllowAll)
+    load_for(paths, &crate::net::ssrf::NetPolicy::AllowAll)
 }
 
 /// As [`load`], with the config's network policy: a webhook url whose literal address (or
 /// `localhost`) the policy refuses is an error here rather than a dead letter later.
 pub fn load_for(
     paths: &[PathBuf],
-    policy: &crate::outbox::ssrf::NetPolicy,
+    policy: &crate::net::ssrf::NetPolicy,
 ) -> Result<(RuleSet, Diagnostics), Diagnostics> {
     let files = discover(paths)?;
     let mut parsed = Vec::new();
@@ -716,18 +716,18 @@ struct Compiler<'a> {
     /// Where the rule's first webhook action is (for the `from_me` warning).
     first_webhook: Option<Location>,
     /// The network policy webhook urls are vetted against.
-    policy: &'a crate::outbox::ssrf::NetPolicy,
+    policy: &'a crate::net::ssrf::NetPolicy,
 }
 
 /// Compiles parsed files into one set. Rules with errors are left out and reported.
 pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
-    compile_rules_for(files, &crate::outbox::ssrf::NetPolicy::AllowAll)
+    compile_rules_for(files, &crate::net::ssrf::NetPolicy::AllowAll)
 }
 
 /// As [`compile_rules`], vetting webhook urls against `policy`.
 pub fn compile_rules_for(
     files: Vec<ParsedFile>,
-    policy: &crate::outbox::ssrf::NetPolicy,
+    policy: &crate::net::ssrf::NetPolicy,
 ) -> (RuleSet, Diagnostics) {
     let mut d = Diagnostics::default();
     let mut builder = MatcherBuilder::new();
@@ -1198,14 +1198,13 @@ impl Compiler<'_> {
                 }
                 RawAction::Webhook(w) => {
                     self.first_webhook.get_or_insert(w.url.referenced);
-                    if let Err(e) = crate::outbox::ssrf::vet_url_literal(&w.url.value, self.policy)
-                    {
+                    if let Err(e) = crate::net::ssrf::vet_url_literal(&w.url.value, self.policy) {
                         self.d.push(Diagnostic::at(
                             self.path,
                             w.url.referenced,
                             format!(
                                 "webhook.url: `{}`: {e}",
-                                crate::outbox::ssrf::redacted(&w.url.value)
+                                crate::net::ssrf::redacted(&w.url.value)
                             ),
                         ));
                         continue;

@@ -105,7 +105,7 @@ impl Host {
         engine.register_fn("webhook", |url: &str, body: Map| {
             with_call(|call| {
                 count_action(call)?;
-                crate::outbox::ssrf::vet_url(url, &crate::outbox::ssrf::NetPolicy::AllowAll)
+                crate::net::ssrf::vet_url(url, &crate::net::ssrf::NetPolicy::AllowAll)
                     .map_err(|e| format!("webhook: {e}"))?;
                 call.out
                     .webhooks

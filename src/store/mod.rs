@@ -5,9 +5,7 @@
 //! actions together (SPEC §6), the outbox queries of the dispatcher, and refusing to share
 //! the file with a second daemon or to replace a broken one. Must not: decide anything.
 
-use crate::engine::decide::{ChatRuleState, Delivery, Memory};
-use crate::engine::watermark::{ChatState, SeenId};
-use crate::gateway::model::MessageKey;
+use crate::model::{ChatRuleState, ChatState, Delivery, Memory, MessageKey, SeenId};
 use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::engine::decide::{ChatRuleState, Delivery};
+use crate::model::{ChatRuleState, Delivery};
 
 fn delivery(id: &str, chat: &str, url: &str) -> Delivery {
     Delivery {

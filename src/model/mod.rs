@@ -1,0 +1,93 @@
+//! The domain types every layer shares: a message's identity, what is known about a chat (its
+//! watermark and seen ids), what rules remember per chat, and the deliveries a poll queues.
+//!
+//! Owns: these types and their plain meaning. Must not: import any other module of the crate
+//! (the store, the engine and the delivery side all depend on this, never the other way; a
+//! test in `tests/it/borders.rs` holds the line).
+
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// A message's identity within one watched chat: (`id.fromMe`, `id.id`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey {
+    pub from_me: bool,
+    pub id: String,
+}
+
+impl MessageKey {
+    /// A compact form for storage and delivery ids: `true_ABC` / `false_ABC`.
+    pub fn compact(&self) -> String {
+        format!("{}_{}", self.from_me, self.id)
+    }
+}
+
+/// What the store knows about one chat before this poll.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatState {
+    /// False before the chat's first successful poll.
+    pub known: bool,
+    /// The newest message time seen (unix seconds).
+    pub watermark: i64,
+    /// Ids older than this were pruned; an unknown id older than this is old history.
+    pub low_water: i64,
+    /// Since when the chat is watched (unix seconds, our clock: the start of the daemon that
+    /// first polled it): with `skip_history`, an unknown message older than this (less
+    /// the engine's first-sight slack) existed before we looked. Before the chat's first successful
+    /// poll, the caller sets it to its own start (0: unknown, the whole first page is history).
+    pub first_seen: i64,
+    /// The known ids (at least those of the page) with their time and fingerprint.
+    pub seen: HashMap<MessageKey, SeenId>,
+}
+
+/// What is stored about a message id already seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeenId {
+    /// Its time when first seen (unix seconds); pruned once below the low-water mark.
+    pub ts: i64,
+    /// The message's fingerprint when last seen: a change makes it an update.
+    pub fingerprint: u64,
+}
+
+/// One webhook to queue in the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub delivery_id: String,
+    pub rule_id: String,
+    pub chat_id: String,
+    /// `true_ID` / `false_ID` (message rules) or `chat@SINCE` (chat rules).
+    pub message_key: String,
+    pub action_index: usize,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// A chat rule's timer for one chat: since when its condition holds, and whether it fired
+/// in this holding spell (it re-arms when the condition stops holding).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChatRuleState {
+    pub since: Option<i64>,
+    pub fired: bool,
+}
+
+/// What rules remember per chat between polls (stored with the watermark).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Memory {
+    /// rule id → silent until (unix seconds).
+    pub cooldowns: HashMap<String, i64>,
+    /// rule id → times of matches counted towards its threshold.
+    pub thresholds: HashMap<String, Vec<i64>>,
+    /// chat rule id → its timer.
+    pub chat_rules: HashMap<String, ChatRuleState>,
+    /// rule file id → its `state_set` values for this chat.
+    pub script_state: HashMap<String, serde_json::Map<String, Value>>,
+}
+
+/// RFC 3339 in UTC, seconds precision (`2026-11-28T06:40:52Z`).
+pub fn rfc3339(unix: i64) -> String {
+    match jiff::Timestamp::from_second(unix) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Err(_) => "1970-01-01T00:00:00Z".into(),
+    }
+}
