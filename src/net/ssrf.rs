@@ -551,13 +551,19 @@ impl GuardedResolver {
     }
 
     /// Resolves `host` and keeps the addresses that pass; the error says why none did.
-    pub async fn resolve_host(&self, host: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    pub async fn resolve_host(
+        &self,
+        host: &str,
+    ) -> Result<Vec<std::net::SocketAddr>, ResolveError> {
         let lookup = match parse_ip_host(host) {
             // A literal (in any encoding) never goes to libc, which might read it differently.
             Some(ip) => vec![std::net::SocketAddr::new(ip, 0)],
             None => tokio::net::lookup_host((host, 0))
                 .await
-                .map_err(|e| format!("could not resolve {host}: {e}"))?
+                .map_err(|source| ResolveError::Lookup {
+                    host: host.to_string(),
+                    source,
+                })?
                 .collect(),
         };
         let mut refused = Vec::new();
@@ -572,15 +578,48 @@ impl GuardedResolver {
             return Ok(passed);
         }
         if refused.is_empty() {
-            return Err(format!("{host} resolved to no address"));
+            return Err(ResolveError::NoAddress {
+                host: host.to_string(),
+            });
         }
-        // The dispatcher tells a refusal (dead letter) from a DNS failure (retried) by this
-        // phrase in reqwest's error chain: keep it.
-        Err(format!(
-            "{host} refused by the SSRF guard: {}",
-            refused.join("; ")
-        ))
+        Err(ResolveError::Refused {
+            host: host.to_string(),
+            reasons: refused.join("; "),
+        })
     }
+}
+
+/// Why [`GuardedResolver`] gave no address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The lookup failed (the dispatcher retries).
+    #[error("could not resolve {host}: {source}")]
+    Lookup {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host} resolved to no address")]
+    NoAddress { host: String },
+    /// Every address is one the policy refuses (the dispatcher dead-letters, never retries).
+    #[error("{host} refused by the SSRF guard: {reasons}")]
+    Refused { host: String, reasons: String },
+}
+
+/// Whether `e`, or an error it was caused by, is the resolver's refusal: how the dispatcher
+/// tells a refused destination from a network failure in the HTTP client's error chain.
+pub fn is_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<ResolveError>(),
+            Some(ResolveError::Refused { .. })
+        ) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
@@ -1074,15 +1113,14 @@ mod tests {
         ] {
             let got = strict.resolve_host(host).await;
             assert!(
-                got.as_ref()
-                    .is_err_and(|e| e.contains("refused by the SSRF guard")),
+                matches!(got, Err(ResolveError::Refused { .. })),
                 "{host}: {got:?}"
             );
         }
-        let got = strict.resolve_host("8.8.8.8").await;
+        let got = strict.resolve_host("8.8.8.8").await.ok();
         assert_eq!(
             got,
-            Ok(vec!["8.8.8.8:0".parse().unwrap_or_else(|e| panic!("{e}"))])
+            Some(vec!["8.8.8.8:0".parse().unwrap_or_else(|e| panic!("{e}"))])
         );
         // A lookup that fails is an error (a NUL byte fails inside libc's argument
         // conversion, so the test sends no DNS query).
@@ -1090,8 +1128,47 @@ mod tests {
         match got {
             Ok(a) => panic!("resolved to {a:?}"),
             // Not a refusal: the dispatcher retries lookup failures.
-            Err(e) => assert!(!e.contains("refused by the SSRF guard"), "{e}"),
+            Err(e) => assert!(matches!(e, ResolveError::Lookup { .. }), "{e}"),
         }
+    }
+
+    /// The refusal is found by its type in reqwest's error chain (not by its words), and a
+    /// connection failure is not one.
+    #[tokio::test]
+    async fn a_refusal_is_told_apart_in_the_http_clients_error_chain() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(GuardedResolver::new(
+                NetPolicy::PublicOnly,
+            )))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refused = client
+            .post("http://localhost:9/hook")
+            .send()
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("localhost was reached"));
+        assert!(is_refusal(&refused), "{refused:?}");
+        // An allowed address where nobody listens: a network failure, retried, not refused.
+        let allowed = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(GuardedResolver::new(NetPolicy::Allow(
+                vec![cidr("127.0.0.1/32")],
+            ))))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let failed = allowed
+            .post(format!("http://localhost:{}/hook", closed.port()))
+            .send()
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a closed port answered"));
+        assert!(!is_refusal(&failed), "{failed:?}");
     }
 
     #[test]

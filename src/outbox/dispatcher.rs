@@ -513,8 +513,9 @@ impl Dispatcher {
             Err(e) if e.is_timeout() => AttemptResult::Timeout,
             Err(e) => {
                 // Without the URL: webhook URLs often carry a secret in their path or query.
+                let refused = crate::net::ssrf::is_refusal(&e);
                 let text = crate::gateway::client::error_chain(&e.without_url());
-                if text.contains("refused by the SSRF guard") {
+                if refused {
                     AttemptResult::Refused(text)
                 } else {
                     AttemptResult::Connect(text)
