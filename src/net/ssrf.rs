@@ -2,7 +2,7 @@
 //! `webhooks.allow_private_networks`).
 //!
 //! Owns: the address classification ([`non_public_reason`]), the operator's policy
-//! ([`NetPolicy`], [`Cidr`]), the check of one address ([`check_ip`]), the vetting of a
+//! ([`NetPolicy`], [`Cidr`] over the `ipnet` crate), the check of one address ([`check_ip`]), the vetting of a
 //! webhook URL before any connection ([`vet_url`], including IPv4 literals in alternate
 //! encodings, [`parse_ip_host`]) and the DNS resolver the webhook client must use
 //! ([`GuardedResolver`]), which hands reqwest only addresses that pass — so the address
@@ -12,6 +12,7 @@
 //! (the client that uses this turns both off); echo a full URL in an error (its path or
 //! query may hold a token) — errors name the scheme, host or address only.
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -28,61 +29,42 @@ pub enum NetPolicy {
     Allow(Vec<Cidr>),
 }
 
-/// An IPv4 or IPv6 network: address (host bits cleared) + prefix length.
+/// An IPv4 or IPv6 network (host bits cleared): `ipnet`'s, with this module's reading of an
+/// operator's text (a bare address is one host; errors say what was expected) and of
+/// IPv4-mapped addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// The network address (host bits cleared).
     pub fn network(&self) -> IpAddr {
-        self.network
+        self.0.network()
     }
 
     /// The prefix length (0..=32 for IPv4, 0..=128 for IPv6).
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     /// Whether `ip` lies in this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
     /// is judged as the IPv4 address it stands for.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = v4_mask(self.prefix);
-                u32::from(ip) & mask == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = v6_mask(self.prefix);
-                u128::from(ip) & mask == u128::from(net)
-            }
+        match (self.0, ip.to_canonical()) {
+            (IpNet::V4(net), IpAddr::V4(v4)) => net.contains(&v4),
+            (IpNet::V6(net), IpAddr::V6(v6)) => net.contains(&v6),
             // A v6 network may still contain the mapped form literally (::ffff:0:0/96).
-            (IpAddr::V6(net), IpAddr::V4(_)) => match ip {
-                IpAddr::V6(ip6) => u128::from(ip6) & v6_mask(self.prefix) == u128::from(net),
+            (IpNet::V6(net), IpAddr::V4(_)) => match ip {
+                IpAddr::V6(v6) => net.contains(&v6),
                 IpAddr::V4(_) => false,
             },
-            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+            (IpNet::V4(_), IpAddr::V6(_)) => false,
         }
     }
 }
 
-fn v4_mask(prefix: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32 - u32::from(prefix.min(32)))
-        .unwrap_or(0)
-}
-
-fn v6_mask(prefix: u8) -> u128 {
-    u128::MAX
-        .checked_shl(128 - u32::from(prefix.min(128)))
-        .unwrap_or(0)
-}
-
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        write!(f, "{}/{}", self.0.network(), self.0.prefix_len())
     }
 }
 
@@ -122,21 +104,20 @@ impl FromStr for Cidr {
                 }
             }
         };
-        let network = match network {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix))),
-        };
-        Ok(Cidr { network, prefix })
+        let net = IpNet::new(network, prefix)
+            .map_err(|e| format!("{s:?}: {e}"))?
+            .trunc();
+        Ok(Cidr(net))
     }
 }
 
-/// `a.b.c.d/len` as (network, mask) test against a u32.
+/// Whether `ip` is in `net/len` (a table entry).
 fn in_v4(ip: u32, net: [u8; 4], len: u8) -> bool {
-    ip & v4_mask(len) == u32::from_be_bytes(net)
+    Ipv4Net::new(Ipv4Addr::from(net), len).is_ok_and(|n| n.contains(&Ipv4Addr::from(ip)))
 }
 
 fn in_v6(ip: u128, net: u128, len: u8) -> bool {
-    ip & v6_mask(len) == net
+    Ipv6Net::new(Ipv6Addr::from(net), len).is_ok_and(|n| n.contains(&Ipv6Addr::from(ip)))
 }
 
 fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
