@@ -8,7 +8,7 @@
 use super::http1::{Answer, Failure, Http1};
 use super::memo::ReplyMemo;
 use super::model::{ChatId, Page, ReplyError};
-use crate::outbox::schedule::parse_retry_after;
+use crate::net::http::{error_chain, parse_retry_after};
 use reqwest::header::{self, HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 use std::collections::{HashMap, VecDeque};
@@ -373,21 +373,6 @@ impl Gateway {
             FetchError::Transport(error_chain(&e.without_url()))
         }
     }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -113,7 +113,7 @@ async fn drive<F: Future>(conn: &mut Conn, done: &mut bool, fut: F) -> Result<F:
         }
         Poll::Ready(Err(match r {
             Ok(()) => CLOSED.to_string(),
-            Err(e) => super::client::error_chain(&e),
+            Err(e) => crate::net::http::error_chain(&e),
         }))
     })
     .await
@@ -172,7 +172,7 @@ impl Http1 {
             .max_buf_size(READ_BUFFER)
             .handshake(io)
             .await
-            .map_err(|e| Failure::Transport(super::client::error_chain(&e)))?;
+            .map_err(|e| Failure::Transport(crate::net::http::error_chain(&e)))?;
         Ok(Link {
             send,
             conn,
@@ -229,7 +229,7 @@ impl Http1 {
                 Ok(Ok(r)) => break r,
                 Ok(Err(e)) if kept && !e.is_parse() => {}
                 Err(_) if kept => {}
-                Ok(Err(e)) => return Err(Failure::Transport(super::client::error_chain(&e))),
+                Ok(Err(e)) => return Err(Failure::Transport(crate::net::http::error_chain(&e))),
                 Err(e) => return Err(Failure::Transport(e)),
             }
             link = self.connect().await?;
@@ -252,7 +252,9 @@ impl Http1 {
             let frame = match drive(conn, done, incoming.frame()).await {
                 Ok(None) => break,
                 Ok(Some(Ok(frame))) => frame,
-                Ok(Some(Err(e))) => return Err(Failure::Transport(super::client::error_chain(&e))),
+                Ok(Some(Err(e))) => {
+                    return Err(Failure::Transport(crate::net::http::error_chain(&e)));
+                }
                 Err(e) => return Err(Failure::Transport(e)),
             };
             if let Ok(data) = frame.into_data() {

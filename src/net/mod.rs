@@ -1,7 +1,8 @@
-//! The outbound network policy: which addresses a webhook may reach (CIDR tables, url
+//! The network side: which addresses a webhook may reach (CIDR tables, url
 //! vetting, the resolver that refuses private targets) and how urls are shown in logs.
 //!
 //! Owns: deciding whether a destination is allowed. Must not: send anything (the dispatcher
 //! does) or know about rules, chats or deliveries.
 
+pub mod http;
 pub mod ssrf;

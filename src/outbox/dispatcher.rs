@@ -514,7 +514,7 @@ impl Dispatcher {
             Err(e) => {
                 // Without the URL: webhook URLs often carry a secret in their path or query.
                 let refused = crate::net::ssrf::is_refusal(&e);
-                let text = crate::gateway::client::error_chain(&e.without_url());
+                let text = crate::net::http::error_chain(&e.without_url());
                 if refused {
                     AttemptResult::Refused(text)
                 } else {
