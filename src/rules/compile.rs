@@ -1,0 +1,603 @@
+//! Compiling parsed rules into one [`RuleSet`]: every keyword into one automaton, regexes
+//! with size limits, templates, scripts in the sandbox; a rule with errors is left out and
+//! reported with its `path:line:col`.
+
+use super::evaluate::set_bit;
+use super::*;
+
+pub(super) struct Compiler<'a> {
+    pub(super) path: &'a Path,
+    pub(super) builder: &'a mut MatcherBuilder,
+    pub(super) templates: &'a mut Templates,
+    pub(super) d: &'a mut Diagnostics,
+    pub(super) sees: Vec<String>,
+    /// Regex capture group names of the rule being compiled (named, else numbered).
+    pub(super) captures: Vec<String>,
+    /// Compiling a chat rule: the `matched` its templates will see (only the keys its
+    /// conditions produce).
+    pub(super) chat_matched: Option<Value>,
+    pub(super) sandbox: &'a Sandbox,
+    /// Keywords of the rule being compiled, as searched: text and normalize flag → the
+    /// keyword as written and where, for the "same after normalization" warning.
+    pub(super) keywords: HashMap<(String, bool), (String, Location)>,
+    /// Where the rule's first webhook action is (for the `from_me` warning).
+    pub(super) first_webhook: Option<Location>,
+    /// The network policy webhook urls are vetted against.
+    pub(super) policy: &'a crate::net::ssrf::NetPolicy,
+}
+
+/// Compiles parsed files into one set. Rules with errors are left out and reported.
+pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
+    compile_rules_for(files, &crate::net::ssrf::NetPolicy::AllowAll)
+}
+
+/// As [`compile_rules`], vetting webhook urls against `policy`.
+pub fn compile_rules_for(
+    files: Vec<ParsedFile>,
+    policy: &crate::net::ssrf::NetPolicy,
+) -> (RuleSet, Diagnostics) {
+    let mut d = Diagnostics::default();
+    let mut builder = MatcherBuilder::new();
+    let mut templates = Templates::new();
+    let sandbox = Sandbox::default().with_variables(SCRIPT_VARIABLES);
+    let mut rules = Vec::new();
+    let mut chat_rules = Vec::new();
+    let mut ids: HashMap<String, (PathBuf, Location)> = HashMap::new();
+    for file in files {
+        for raw in file.rules {
+            let before = d.errors().count();
+            let id = raw.id.value.trim().to_string();
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                d.push(Diagnostic::at(
+                    &file.path,
+                    raw.id.referenced,
+                    format!("rule id `{id}` must be non-empty letters, digits, `-`, `_` or `.`"),
+                ));
+            }
+            if let Some((p, loc)) = ids.get(&id) {
+                d.push(Diagnostic::at(
+                    &file.path,
+                    raw.id.referenced,
+                    format!(
+                        "rule id `{id}` is already used at {}:{}:{}",
+                        p.display(),
+                        loc.line(),
+                        loc.column()
+                    ),
+                ));
+            } else {
+                ids.insert(id.clone(), (file.path.clone(), raw.id.referenced));
+            }
+            let is_chat_rule = matches!(
+                raw.on,
+                Some(Spanned {
+                    value: On::Chat,
+                    ..
+                })
+            );
+            let mut c = Compiler {
+                path: &file.path,
+                builder: &mut builder,
+                templates: &mut templates,
+                d: &mut d,
+                sees: Vec::new(),
+                captures: Vec::new(),
+                chat_matched: None,
+                sandbox: &sandbox,
+                keywords: HashMap::new(),
+                first_webhook: None,
+                policy,
+            };
+            if is_chat_rule {
+                let compiled = c.chat_match(raw.match_.unwrap_or_default());
+                if let Some((unread, unanswered, _, _)) = &compiled {
+                    let mut m = serde_json::Map::new();
+                    m.insert("since".into(), json!("2026-01-01T00:00:00Z"));
+                    if unread.is_some() {
+                        m.insert("unread_count".into(), json!(5));
+                    }
+                    if unanswered.is_some() {
+                        m.insert("unanswered_for".into(), json!("15m"));
+                        m.insert("waiting_since".into(), json!("2026-01-01T00:00:00Z"));
+                    }
+                    c.chat_matched = Some(Value::Object(m));
+                }
+                let actions = c.actions(&id, raw.actions);
+                if raw.max_age.is_some() {
+                    d.push(Diagnostic::warning(&file.path, raw.id.referenced.line(), raw.id.referenced.column(), format!("rule `{id}`: max_age applies to message rules; it has no effect on a chat rule")));
+                }
+                if raw.enabled == Some(false) || d.errors().count() > before {
+                    continue;
+                }
+                if let Some((unread_count, unanswered_for, hold_for, filter)) = compiled {
+                    chat_rules.push(chat::ChatRule {
+                        id,
+                        description: raw.description,
+                        source: file.path.clone(),
+                        cooldown: raw.cooldown.map(|c| c.0),
+                        actions,
+                        unread_count,
+                        unanswered_for,
+                        hold_for,
+                        filter,
+                    });
+                }
+                continue;
+            }
+            let mut m = raw.match_.unwrap_or_default();
+            let from_me_set = m.from_me.is_some();
+            let threshold = m.threshold.take().and_then(|t| {
+                if t.value.count == 0 || t.value.within.0.is_zero() {
+                    c.d.push(Diagnostic::at(
+                        c.path,
+                        t.referenced,
+                        "threshold: count and within must be positive",
+                    ));
+                    return None;
+                }
+                Some((t.value.count, t.value.within.0))
+            });
+            let cond = c.cond(m);
+            let sees = std::mem::take(&mut c.sees);
+            let actions = c.actions(&id, raw.actions);
+            if !from_me_set && let Some(loc) = c.first_webhook.take() {
+                c.d.push(Diagnostic::warning(
+                    c.path,
+                    loc.line(),
+                    loc.column(),
+                    format!(
+                        "rule `{id}` sends a webhook and has no `match.from_me`, so it also fires on messages we send; add `from_me: false` to react to the customer only"
+                    ),
+                ));
+            }
+            let capture_names = std::mem::take(&mut c.captures);
+            if raw.enabled == Some(false) || d.errors().count() > before {
+                continue;
+            }
+            rules.push(Rule {
+                id,
+                description: raw.description,
+                source: file.path.clone(),
+                cooldown: raw.cooldown.map(|c| c.0),
+                max_age: raw.max_age.map(|m| m.0),
+                threshold,
+                actions,
+                cond,
+                sees,
+                capture_names,
+            });
+        }
+    }
+    let matcher = match builder.build() {
+        Ok(m) => m,
+        Err(e) => {
+            d.push(Diagnostic::error(
+                Path::new("(rules)"),
+                0,
+                0,
+                format!("keyword automaton: {e}"),
+            ));
+            MatcherBuilder::new()
+                .build()
+                .expect("an empty matcher always builds")
+        }
+    };
+    let mut gate_of = vec![u32::MAX; matcher.len()];
+    let mut ungated = vec![0u64; rules.len().div_ceil(64)];
+    for (index, rule) in rules.iter().enumerate() {
+        let gate = gate_keywords(&rule.cond);
+        if gate.is_empty() {
+            set_bit(&mut ungated, index);
+        }
+        for (id, _) in gate {
+            if let Some(slot) = gate_of.get_mut(*id as usize) {
+                *slot = u32::try_from(index).unwrap_or(u32::MAX);
+            }
+        }
+    }
+    (
+        RuleSet {
+            rules,
+            chat_rules,
+            script_rules: Vec::new(),
+            host: rhai_file::Host::default(),
+            matcher,
+            templates,
+            sandbox,
+            gate_of,
+            ungated,
+        },
+        d,
+    )
+}
+
+/// The keywords one of which must occur for the rule to fire: its top-level `body.any`,
+/// else its `body.all` (empty: the rule is evaluated on every message).
+fn gate_keywords(c: &Cond) -> &[(KeywordId, String)] {
+    let Cond::All(list) = c else { return &[] };
+    for c in list {
+        if let Cond::Body(b) = c {
+            if !b.any.is_empty() {
+                return &b.any;
+            }
+            if !b.all.is_empty() {
+                return &b.all;
+            }
+        }
+    }
+    &[]
+}
+
+impl Compiler<'_> {
+    pub(super) fn cond(&mut self, m: RawMatch) -> Cond {
+        let mut all = Vec::new();
+        if let Some(b) = m.from_me {
+            all.push(Cond::FromMe(b));
+        }
+        if let Some(b) = m.is_group {
+            all.push(Cond::IsGroup(b));
+        }
+        if let Some(t) = m.types {
+            let list = t.value.into_vec();
+            if list.is_empty() {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    t.referenced,
+                    "type: the list is empty, so nothing would match",
+                ));
+            }
+            self.sees.extend(list.iter().cloned());
+            all.push(Cond::Types(list));
+        }
+        if let Some(chats) = m.chats {
+            let mut ids = Vec::new();
+            for c in chats {
+                match ChatId::parse(&c.value) {
+                    Ok(id) => ids.push(id),
+                    Err(e) => self.d.push(Diagnostic::at(self.path, c.referenced, e.0)),
+                }
+            }
+            all.push(Cond::Chats(ids));
+        }
+        if let Some(b) = m.body {
+            all.push(self.body(b));
+        }
+        if let Some(s) = m.script {
+            match self.sandbox.compile_expression(&s.value) {
+                Ok(ast) => all.push(Cond::Script(Box::new(ScriptCond {
+                    ast,
+                    reported: AtomicBool::new(false),
+                }))),
+                Err(e) => self.d.push(Diagnostic::at(
+                    self.path,
+                    s.referenced,
+                    format!("script: {e}"),
+                )),
+            }
+        }
+        if let Some(t) = m.threshold {
+            self.d.push(Diagnostic::at(
+                self.path,
+                t.referenced,
+                "`threshold` goes at the top level of `match`, not inside any_of, all_of or not",
+            ));
+        }
+        for (name, loc) in [
+            (
+                "unread_count",
+                m.unread_count.as_ref().map(|s| s.referenced),
+            ),
+            (
+                "unanswered_for",
+                m.unanswered_for.as_ref().map(|s| s.referenced),
+            ),
+            ("for", m.for_.as_ref().map(|s| s.referenced)),
+        ] {
+            if let Some(loc) = loc {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    loc,
+                    format!("`{name}` is a chat-rule condition: add `on: chat` to the rule"),
+                ));
+            }
+        }
+        if let Some(list) = m.any_of {
+            let subs = list.into_iter().map(|s| self.cond(s)).collect();
+            all.push(Cond::Any(subs));
+        }
+        if let Some(list) = m.all_of {
+            let subs = list.into_iter().map(|s| self.cond(s)).collect();
+            all.push(Cond::All(subs));
+        }
+        if let Some(n) = m.not {
+            all.push(Cond::Not(Box::new(self.cond(*n))));
+        }
+        Cond::All(all)
+    }
+
+    pub(super) fn body(&mut self, b: raw::RawBody) -> Cond {
+        // Duplicates are looked for within one `body` (any, all and none together): the same
+        // keyword in two branches of an `any_of` is legitimate.
+        self.keywords.clear();
+        let normalized = b.normalize.unwrap_or(true);
+        let mode = MatchMode {
+            words: b.words.unwrap_or(false),
+            normalized,
+        };
+        let mut kw = |list: Vec<Spanned<String>>, what: &str| -> Vec<(KeywordId, String)> {
+            let mut out = Vec::new();
+            for k in list {
+                if k.value.is_empty() {
+                    self.d.push(Diagnostic::at(
+                        self.path,
+                        k.referenced,
+                        format!("body.{what}: an empty keyword matches everything"),
+                    ));
+                    continue;
+                }
+                let id = self.builder.add(&k.value, mode);
+                let searched = self.builder.searched_text(id).to_string();
+                if !searched.is_empty() {
+                    match self.keywords.get(&(searched.clone(), mode.normalized)) {
+                        Some((first, at)) => {
+                            let loc = k.referenced;
+                            let same = if *first == k.value {
+                                "is listed twice".to_string()
+                            } else if mode.normalized {
+                                format!("normalizes to the same text as `{first}`")
+                            } else {
+                                format!("is the same as `{first}`")
+                            };
+                            self.d.push(Diagnostic::warning(
+                                self.path,
+                                loc.line(),
+                                loc.column(),
+                                format!(
+                                    "body.{what}: `{}` {same} (line {}:{}); one of them is redundant",
+                                    k.value,
+                                    at.line(),
+                                    at.column()
+                                ),
+                            ));
+                        }
+                        None => {
+                            self.keywords.insert(
+                                (searched, mode.normalized),
+                                (k.value.clone(), k.referenced),
+                            );
+                        }
+                    }
+                }
+                if self.builder.searched_text(id).is_empty() {
+                    let loc = k.referenced;
+                    self.d.push(Diagnostic::warning(
+                        self.path,
+                        loc.line(),
+                        loc.column(),
+                        format!(
+                            "body.{what}: `{}` is empty after normalization and can never match",
+                            k.value
+                        ),
+                    ));
+                }
+                out.push((id, k.value));
+            }
+            out
+        };
+        let any = kw(b.any, "any");
+        let all = kw(b.all, "all");
+        let none = kw(b.none, "none");
+        let regex = b.regex.and_then(|r| {
+            match regex::RegexBuilder::new(&r.value)
+                .size_limit(1 << 20)
+                .dfa_size_limit(1 << 20)
+                .build()
+            {
+                Ok(re) => {
+                    for (i, name) in re.capture_names().enumerate().skip(1) {
+                        self.captures
+                            .push(name.map(str::to_string).unwrap_or_else(|| i.to_string()));
+                    }
+                    Some(re)
+                }
+                Err(e) => {
+                    let msg = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("invalid regex")
+                        .trim()
+                        .to_string();
+                    self.d.push(Diagnostic::at(
+                        self.path,
+                        r.referenced,
+                        format!("body.regex: {msg}"),
+                    ));
+                    None
+                }
+            }
+        });
+        let capture_keys = regex
+            .as_ref()
+            .map(|re| {
+                re.capture_names()
+                    .enumerate()
+                    .map(|(i, name)| name.map(str::to_string).unwrap_or_else(|| i.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Cond::Body(Box::new(BodyCond {
+            any,
+            all,
+            none,
+            regex,
+            capture_keys,
+            normalized,
+        }))
+    }
+
+    pub(super) fn template(
+        &mut self,
+        src: &Spanned<String>,
+        kind: Kind,
+        what: &str,
+    ) -> Option<TemplateId> {
+        let id = match self.templates.add(&src.value, kind) {
+            Ok(id) => id,
+            Err(e) => {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    src.referenced,
+                    format!("{what}: {e}"),
+                ));
+                return None;
+            }
+        };
+        let mut ctx = template::sample_context();
+        for name in &self.captures {
+            ctx["matched"]["captures"][name] = Value::String("sample".into());
+        }
+        if let Some(matched) = &self.chat_matched {
+            ctx["matched"] = matched.clone();
+        }
+        match self.templates.render(&id, &ctx) {
+            Ok(out) => {
+                if kind == Kind::Json
+                    && let Err(e) = serde_json::from_str::<Value>(&out)
+                {
+                    self.d.push(Diagnostic::at(
+                        self.path,
+                        src.referenced,
+                        format!("{what}: does not render to valid JSON ({e})"),
+                    ));
+                    return None;
+                }
+                Some(id)
+            }
+            Err(e) => {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    src.referenced,
+                    format!("{what}: {e}"),
+                ));
+                None
+            }
+        }
+    }
+
+    pub(super) fn actions(
+        &mut self,
+        rule_id: &str,
+        actions: Spanned<Vec<RawAction>>,
+    ) -> Vec<Action> {
+        if actions.value.is_empty() {
+            self.d.push(Diagnostic::at(
+                self.path,
+                actions.referenced,
+                format!("rule `{rule_id}` has no actions"),
+            ));
+        }
+        let mut out = Vec::new();
+        for a in actions.value {
+            match a {
+                RawAction::Log(l) => {
+                    if let Some(t) = self.template(&l.message, Kind::Text, "log.message") {
+                        out.push(Action::Log {
+                            level: l.level.unwrap_or_default(),
+                            message: t,
+                        });
+                    }
+                }
+                RawAction::Webhook(w) => {
+                    self.first_webhook.get_or_insert(w.url.referenced);
+                    if let Err(e) = crate::net::ssrf::vet_url_literal(&w.url.value, self.policy) {
+                        self.d.push(Diagnostic::at(
+                            self.path,
+                            w.url.referenced,
+                            format!(
+                                "webhook.url: `{}`: {e}",
+                                crate::net::ssrf::redacted(&w.url.value)
+                            ),
+                        ));
+                        continue;
+                    }
+                    let mut headers = Vec::new();
+                    for (name, value) in w.headers.unwrap_or_default() {
+                        let valid_name = !name.is_empty()
+                            && name.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b)
+                            });
+                        if !valid_name {
+                            self.d.push(Diagnostic::at(
+                                self.path,
+                                value.referenced,
+                                format!("webhook.headers: `{name}` is not a valid header name"),
+                            ));
+                            continue;
+                        }
+                        if value.value.contains(['\r', '\n']) {
+                            self.d.push(Diagnostic::at(
+                                self.path,
+                                value.referenced,
+                                format!(
+                                    "webhook.headers.{name}: a header value cannot contain CR or LF"
+                                ),
+                            ));
+                            continue;
+                        }
+                        if let Some(t) =
+                            self.template(&value, Kind::Text, &format!("webhook.headers.{name}"))
+                        {
+                            headers.push((name, t));
+                        }
+                    }
+                    let body = match w.body {
+                        None | Some(Value::Null) => BodyTemplate::Envelope,
+                        Some(Value::String(s)) => {
+                            let spanned = Spanned::new(s, w.url.referenced, w.url.defined);
+                            match self.template(&spanned, Kind::Json, "webhook.body") {
+                                Some(t) => BodyTemplate::Json(t),
+                                None => continue,
+                            }
+                        }
+                        Some(v) => match self.structured(&v, w.url.referenced) {
+                            Some(s) => BodyTemplate::Structured(s),
+                            None => continue,
+                        },
+                    };
+                    out.push(Action::Webhook {
+                        url: w.url.value,
+                        headers,
+                        body,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn structured(&mut self, v: &Value, loc: Location) -> Option<StructuredBody> {
+        Some(match v {
+            Value::String(s) => {
+                let spanned = Spanned::new(s.clone(), loc, loc);
+                StructuredBody::Leaf(self.template(&spanned, Kind::Text, "webhook.body")?)
+            }
+            Value::Array(items) => StructuredBody::Array(
+                items
+                    .iter()
+                    .map(|i| self.structured(i, loc))
+                    .collect::<Option<_>>()?,
+            ),
+            Value::Object(map) => StructuredBody::Object(
+                map.iter()
+                    .map(|(k, v)| Some((k.clone(), self.structured(v, loc)?)))
+                    .collect::<Option<_>>()?,
+            ),
+            other => StructuredBody::Value(other.clone()),
+        })
+    }
+}
