@@ -12,7 +12,7 @@
 //! in the mock → its webhook reaching the local receiver) p50 / mean / p99, and missed and
 //! duplicated messages. Everything runs on 127.0.0.1, bounded in time, and stops by itself.
 
-use cartat_rules::gateway::mock::{MockGateway, Scenario, synthetic_chat_id};
+use cartat_rules::mock::{MockGateway, Scenario, synthetic_chat_id};
 use cartat_rules::receiver::Receiver;
 use clap::Parser;
 use std::collections::HashMap;

@@ -19,6 +19,7 @@ pub mod events;
 pub mod failpoint;
 pub mod gateway;
 pub mod metrics;
+pub mod mock;
 pub mod model;
 pub mod net;
 pub mod outbox;

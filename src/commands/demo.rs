@@ -1,6 +1,6 @@
 use super::{LogArgs, runtime};
 use crate::config::{self, EnvMode};
-use crate::gateway::mock::{MockGateway, Scenario};
+use crate::mock::{MockGateway, Scenario};
 use crate::receiver::{Received, Receiver};
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,5 +1,5 @@
 use super::{LogArgs, runtime};
-use crate::gateway::mock::{Scenario, serve};
+use crate::mock::{Scenario, serve};
 use std::net::SocketAddr;
 use std::path::Path;
 

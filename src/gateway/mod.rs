@@ -1,10 +1,9 @@
-//! The Cartat side: the reply model, the HTTP client, and the mock gateway used by the
-//! tests, the demo and the load tests.
+//! The Cartat side: the reply model and the HTTP client (the fake Cartat the tests, the demo
+//! and the load tests use is [`crate::mock`]).
 
 pub mod client;
 pub mod http1;
 pub mod memo;
-pub mod mock;
 pub mod model;
 mod tick_io;
 mod wire;

@@ -157,9 +157,7 @@ async fn crash_loop(kills: usize) {
         seed % 1_000_000
     ))
     .await;
-    let chats: Vec<String> = (0..20)
-        .map(cartat_rules::gateway::mock::synthetic_chat_id)
-        .collect();
+    let chats: Vec<String> = (0..20).map(cartat_rules::mock::synthetic_chat_id).collect();
 
     // The receiver: mostly fine, sometimes slow (up to 0.8 s, under the 2 s timeout),
     // sometimes a 500 (retried by the compressed schedule).

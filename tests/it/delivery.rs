@@ -3,7 +3,7 @@
 //! deliveries in flight, and a corrupted state file.
 
 use crate::support::*;
-use cartat_rules::gateway::mock::MockGateway;
+use cartat_rules::mock::MockGateway;
 use cartat_rules::receiver::{Receiver, Reply};
 use cartat_rules::store::{OutboxRow, Store};
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 use crate::metrics::{metric, scrape};
 use crate::poller::{bot_rule, config_text};
 use crate::support::*;
-use cartat_rules::gateway::mock::RequestRecord;
+use cartat_rules::mock::RequestRecord;
 use std::time::{Duration, Instant};
 
 const FAULTY: &str = "966500000001";

@@ -4,7 +4,7 @@
 
 use crate::metrics::{metric, scrape};
 use crate::support::*;
-use cartat_rules::gateway::mock::{MockGateway, RequestRecord};
+use cartat_rules::mock::{MockGateway, RequestRecord};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use cartat_rules::gateway::mock::{MockGateway, Scenario};
+use cartat_rules::mock::{MockGateway, Scenario};
 use cartat_rules::receiver::{Received, Receiver};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
