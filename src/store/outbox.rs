@@ -1,0 +1,289 @@
+//! The outbox: the dispatcher's queries (due rows, each (chat, url)'s head), attempts'
+//! outcomes, endpoints a 410 disabled, and what `outbox list|retry` read and change.
+
+use super::*;
+
+/// The oldest pending row of one (chat, url).
+pub(super) const HEADS: &str = "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = ?1 AND url = ?2 ORDER BY id LIMIT 1";
+
+impl Store {
+    pub(super) fn row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
+        let headers: String = r.get("headers")?;
+        Ok(OutboxRow {
+            id: r.get("id")?,
+            delivery: Delivery {
+                delivery_id: r.get("delivery_id")?,
+                rule_id: r.get("rule_id")?,
+                chat_id: r.get("chat_id")?,
+                message_key: r.get("message_key")?,
+                action_index: r.get::<_, i64>("action_index")? as usize,
+                url: r.get("url")?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                body: r.get("body")?,
+            },
+            state: r.get("state")?,
+            attempts: r.get::<_, i64>("attempts")? as u32,
+            next_attempt_at_ms: r.get("next_attempt_at")?,
+            last_status: r.get::<_, Option<i64>>("last_status")?.map(|s| s as u16),
+            last_error: r.get("last_error")?,
+        })
+    }
+
+    /// The deliveries to send now: the oldest pending row of each (chat, url), if it is due —
+    /// so deliveries for one chat to one endpoint keep their order.
+    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.due_excluding(now_ms, limit, &[])
+    }
+
+    /// [`Store::due`] without the rows for `urls` (endpoints with no free slot).
+    pub fn due_excluding(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        urls: &[String],
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.* FROM outbox o
+             JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id
+             WHERE o.next_attempt_at <= ?1 AND o.url NOT IN (SELECT value FROM json_each(?3))
+             ORDER BY o.id LIMIT ?2",
+        )?;
+        let urls = serde_json::to_string(urls).unwrap_or_else(|_| "[]".into());
+        let rows = stmt
+            .query_map(params![now_ms, limit as i64, urls], Self::row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The oldest pending row of each of `groups` (chat, url), due or not.
+    pub fn heads(&self, groups: &[(String, String)]) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(HEADS)?;
+        let mut rows = Vec::with_capacity(groups.len());
+        for (chat, url) in groups {
+            if let Some(row) = stmt.query_row(params![chat, url], Self::row).optional()? {
+                rows.push(row);
+            }
+        }
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// When the next pending delivery is due, if any (only the head of each (chat, url) counts:
+    /// the rows behind it wait for it whatever their own time).
+    pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .prepare_cached(
+                "SELECT MIN(o.next_attempt_at) FROM outbox o
+                 JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id",
+            )?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// Records the outcome of an attempt: the row moves to `record.outcome` (never InFlight).
+    pub fn record_attempt(
+        &self,
+        id: i64,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        Self::write_outcome(&conn, id, record, now_ms)?;
+        Ok(())
+    }
+
+    pub(super) fn write_outcome(
+        conn: &Connection,
+        id: i64,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Some(st) = record.outcome.stored() else {
+            return Err(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(
+                "an in-flight delivery is never stored".into(),
+            )));
+        };
+        conn.prepare_cached("UPDATE outbox SET state = ?2, attempts = ?3, next_attempt_at = coalesce(?4, next_attempt_at),
+                               last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1")?
+            .execute(params![
+                id,
+                st.state,
+                st.attempts,
+                st.next_attempt_at_ms,
+                record.status.map(i64::from),
+                st.error.or_else(|| record.error.clone()),
+                now_ms
+            ])?;
+        Ok(())
+    }
+
+    /// A 410: records the attempt (the row is dead, `gone`), disables `url` under the config
+    /// `fingerprint`, and parks every other pending row for that url as `gone` — one
+    /// transaction. Returns how many other rows were parked.
+    pub fn disable_endpoint(
+        &self,
+        id: i64,
+        url: &str,
+        fingerprint: &str,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let parked = Self::write_gone(&tx, id, url, fingerprint, record, now_ms)?;
+        tx.commit()?;
+        Ok(parked)
+    }
+
+    /// [`Store::disable_endpoint`]'s rows, inside the caller's transaction.
+    pub(super) fn write_gone(
+        tx: &Connection,
+        id: i64,
+        url: &str,
+        fingerprint: &str,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        Self::write_outcome(tx, id, record, now_ms)?;
+        tx.prepare_cached(
+            "INSERT INTO endpoints_gone (url, fingerprint, since, delivery_id)
+             SELECT ?1, ?2, ?3, delivery_id FROM outbox WHERE id = ?4
+             ON CONFLICT (url) DO UPDATE SET fingerprint = excluded.fingerprint",
+        )?
+        .execute(params![url, fingerprint, now_ms, id])?;
+        let parked = tx
+            .prepare_cached(
+                "UPDATE outbox SET state = 'gone', last_error = ?2, updated_at = ?3
+                 WHERE url = ?1 AND state = 'pending'",
+            )?
+            .execute(params![url, DeadReason::EndpointGone.text(), now_ms])?;
+        Ok(parked)
+    }
+
+    /// Records several attempts' outcomes in one transaction, each in its own savepoint (one
+    /// that fails is rolled back alone): what [`Store::record_attempt`] and
+    /// [`Store::disable_endpoint`] do one by one. For a 410 ([`Outcome::gone`]), the number of
+    /// other rows parked.
+    pub fn record_outcomes(&self, outcomes: &[&Outcome]) -> Vec<Result<Option<usize>, String>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = StoreError::from(e).to_string();
+                return outcomes.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut results = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let parked = match &o.gone {
+                    Some((url, fp)) => {
+                        Some(Self::write_gone(&sp, o.id, url, fp, &o.record, o.now_ms)?)
+                    }
+                    None => {
+                        Self::write_outcome(&sp, o.id, &o.record, o.now_ms)?;
+                        None
+                    }
+                };
+                sp.commit()?;
+                Ok(parked)
+            });
+            results.push(one.map_err(|e| e.to_string()));
+        }
+        if let Err(e) = tx.commit() {
+            let e = StoreError::from(e).to_string();
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        results
+    }
+
+    /// Endpoints disabled under another config than `fingerprint` are enabled again (the config
+    /// changed since their 410); returns their urls. Rows parked as `gone` stay so: `outbox
+    /// retry` re-sends them.
+    pub fn reenable_endpoints(&self, fingerprint: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let urls = {
+            let mut stmt = tx.prepare("SELECT url FROM endpoints_gone WHERE fingerprint <> ?1")?;
+            stmt.query_map([fingerprint], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        tx.execute(
+            "DELETE FROM endpoints_gone WHERE fingerprint <> ?1",
+            [fingerprint],
+        )?;
+        tx.commit()?;
+        Ok(urls)
+    }
+
+    /// The urls disabled by a 410, for `outbox list` and tests.
+    pub fn disabled_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT url FROM endpoints_gone ORDER BY url")?;
+        let urls = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(urls)
+    }
+
+    /// Lists outbox rows, newest first, optionally only one state.
+    pub fn list(&self, state: Option<&str>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT * FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![state, limit as i64], Self::row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Counts rows by state.
+    pub fn counts(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Puts dead-lettered rows (`dead` or `gone`; one by outbox id or delivery id, or all)
+    /// back to pending, due now, with a fresh attempt count and their original delivery id. An
+    /// operator's re-send overrides a 410: the endpoints of the re-queued rows are enabled
+    /// again. A row already pending is made due now. Returns how many rows.
+    pub fn requeue(&self, which: Requeue<'_>, now_ms: i64) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let filter = match which {
+            Requeue::One(_) => {
+                "(CAST(id AS TEXT) = ?1 OR delivery_id = ?1) AND state IN ('dead', 'gone', 'pending')"
+            }
+            Requeue::AllDead => "?1 IS NULL AND state IN ('dead', 'gone')",
+        };
+        let arg = match which {
+            Requeue::One(id) => Some(id),
+            Requeue::AllDead => None,
+        };
+        tx.execute(
+            &format!(
+                "DELETE FROM endpoints_gone WHERE url IN (SELECT url FROM outbox WHERE {filter})"
+            ),
+            params![arg],
+        )?;
+        let n = tx.execute(
+            &format!(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2, updated_at = ?2 WHERE {filter}"
+            ),
+            params![arg, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,263 @@
+//! A poll's transaction: loading a chat's stored state, and writing what polls found —
+//! watermark, seen ids, rule memory and outbox rows together.
+
+use super::*;
+
+impl Store {
+    /// Everything stored about one chat: its watermark, every seen id, and what the rules
+    /// remember — what the poller keeps in memory from then on ([`PollCommit`]s keep it equal).
+    pub fn load_chat(&self, chat_id: &str) -> Result<(ChatState, Memory), StoreError> {
+        let mut state = {
+            let conn = self.conn();
+            let mut state = Self::chat_row(&conn, chat_id)?;
+            if state.known {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT from_me, msg_id, ts, fingerprint FROM seen WHERE chat_id = ?1",
+                )?;
+                let rows = stmt.query_map([chat_id], |r| {
+                    let key = MessageKey {
+                        from_me: r.get(0)?,
+                        id: r.get(1)?,
+                    };
+                    Ok((key, seen_id_at(r, 2)?))
+                })?;
+                for row in rows {
+                    let (key, seen) = row?;
+                    state.seen.insert(key, seen);
+                }
+            }
+            state
+        };
+        state.seen.shrink_to_fit();
+        Ok((state, self.rule_memory(chat_id)?))
+    }
+
+    pub(super) fn chat_row(conn: &Connection, chat_id: &str) -> Result<ChatState, StoreError> {
+        let mut state = ChatState::default();
+        if let Some((w, l, f)) = conn
+            .prepare_cached(
+                "SELECT watermark, low_water, first_seen FROM chats WHERE chat_id = ?1",
+            )?
+            .query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+        {
+            state.known = true;
+            state.watermark = w;
+            state.low_water = l;
+            state.first_seen = f;
+        }
+        Ok(state)
+    }
+
+    /// What the rules remember about a chat: cooldowns, threshold hits, chat-rule timers.
+    pub fn rule_memory(&self, chat_id: &str) -> Result<Memory, StoreError> {
+        let conn = self.conn();
+        Ok(Memory {
+            cooldowns: per_rule(
+                &conn,
+                "SELECT rule_id, until FROM cooldowns WHERE chat_id = ?1",
+                chat_id,
+                |r| r.get(1),
+            )?,
+            thresholds: per_rule(
+                &conn,
+                "SELECT rule_id, hits FROM thresholds WHERE chat_id = ?1",
+                chat_id,
+                |r| r.get(1).map(from_json_or_default),
+            )?,
+            script_state: per_rule(
+                &conn,
+                "SELECT rule_id, state FROM script_state WHERE chat_id = ?1",
+                chat_id,
+                |r| r.get(1).map(from_json_or_default),
+            )?,
+            chat_rules: per_rule(
+                &conn,
+                "SELECT rule_id, since, fired FROM chat_rules WHERE chat_id = ?1",
+                chat_id,
+                |r| {
+                    Ok(ChatRuleState {
+                        since: r.get(1)?,
+                        fired: r.get(2)?,
+                    })
+                },
+            )?,
+        })
+    }
+
+    /// Moves the watermark, records seen ids and cooldowns, and queues the deliveries — all or
+    /// nothing. A delivery already queued (same id) is left as it is. (One poll's
+    /// [`Store::commit_polls`].)
+    pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, String> {
+        let mut results = self.commit_polls(&[c]);
+        results
+            .pop()
+            .unwrap_or_else(|| Err("no result for the commit".into()))
+    }
+
+    /// Commits several polls (of different chats) in one transaction — group commit: one
+    /// write of the shared pages and one lock for the lot. Each poll is its own savepoint, so
+    /// one that fails is rolled back alone and reported alone; the others are committed
+    /// together, or all fail together if the commit itself does. Results are in `polls`' order.
+    pub fn commit_polls(&self, polls: &[&PollCommit]) -> Vec<Result<usize, String>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = StoreError::from(e).to_string();
+                return polls.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut results: Vec<Result<usize, String>> = Vec::with_capacity(polls.len());
+        for c in polls {
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let queued = Self::write_poll(&sp, c)?;
+                sp.commit()?;
+                Ok(queued)
+            });
+            results.push(one.map_err(|e| e.to_string()));
+        }
+        crate::failpoint::hit("in_transaction");
+        if let Err(e) = tx.commit() {
+            let e = StoreError::from(e).to_string();
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        results
+    }
+
+    /// The rows of one poll, inside the caller's transaction.
+    pub(super) fn write_poll(tx: &Connection, c: &PollCommit) -> Result<usize, StoreError> {
+        let now_s = c.now_ms / 1000;
+        tx.prepare_cached("INSERT INTO chats (chat_id, watermark, low_water, first_seen, last_polled) VALUES (?1, ?2, ?3, ?5, ?4)
+             ON CONFLICT (chat_id) DO UPDATE SET watermark = max(watermark, excluded.watermark),
+                 low_water = max(low_water, excluded.low_water), last_polled = excluded.last_polled")?
+            .execute(params![
+                c.chat_id,
+                c.watermark,
+                c.low_water,
+                now_s,
+                if c.first_seen > 0 { c.first_seen } else { now_s }
+            ])?;
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT INTO seen (chat_id, from_me, msg_id, ts, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO UPDATE SET fingerprint = excluded.fingerprint",
+            )?;
+            for (k, ts, fp) in &c.seen {
+                seen.execute(params![c.chat_id, k.from_me, k.id, ts, *fp as i64])?;
+            }
+            let mut cd = tx.prepare_cached(
+                "INSERT INTO cooldowns (rule_id, chat_id, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET until = max(until, excluded.until)",
+            )?;
+            for (rule, until) in &c.cooldowns {
+                cd.execute(params![rule, c.chat_id, until])?;
+            }
+            let mut th_set = tx.prepare_cached(
+                "INSERT INTO thresholds (rule_id, chat_id, hits) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET hits = excluded.hits",
+            )?;
+            let mut th_del =
+                tx.prepare_cached("DELETE FROM thresholds WHERE rule_id = ?1 AND chat_id = ?2")?;
+            for (rule, hits) in &c.thresholds {
+                if hits.is_empty() {
+                    th_del.execute(params![rule, c.chat_id])?;
+                } else {
+                    th_set.execute(params![
+                        rule,
+                        c.chat_id,
+                        serde_json::to_string(hits).unwrap_or_default()
+                    ])?;
+                }
+            }
+            let mut ss = tx.prepare_cached(
+                "INSERT INTO script_state (rule_id, chat_id, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET state = excluded.state",
+            )?;
+            for (rule, state) in &c.script_state {
+                ss.execute(params![
+                    rule,
+                    c.chat_id,
+                    serde_json::to_string(state).unwrap_or_default()
+                ])?;
+            }
+            let mut cr_set = tx.prepare_cached(
+                "INSERT INTO chat_rules (rule_id, chat_id, since, fired) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET since = excluded.since, fired = excluded.fired",
+            )?;
+            let mut cr_del =
+                tx.prepare_cached("DELETE FROM chat_rules WHERE rule_id = ?1 AND chat_id = ?2")?;
+            for (rule, st) in &c.chat_rules {
+                if *st == ChatRuleState::default() {
+                    cr_del.execute(params![rule, c.chat_id])?;
+                } else {
+                    cr_set.execute(params![rule, c.chat_id, st.since, st.fired])?;
+                }
+            }
+        }
+        let mut queued = 0;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO outbox (delivery_id, rule_id, chat_id, message_key, action_index, url, headers, body,
+                                     state, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                         CASE WHEN EXISTS (SELECT 1 FROM endpoints_gone g WHERE g.url = ?6) THEN 'gone' ELSE 'pending' END,
+                         0, ?9, ?9, ?9)
+                 ON CONFLICT (delivery_id) DO NOTHING",
+            )?;
+            for d in &c.deliveries {
+                let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into());
+                queued += ins.execute(params![
+                    d.delivery_id,
+                    d.rule_id,
+                    d.chat_id,
+                    d.message_key,
+                    d.action_index as i64,
+                    d.url,
+                    headers,
+                    d.body,
+                    c.now_ms
+                ])?;
+            }
+        }
+        // Ids below the low-water mark can only come back with a larger limit, where the diff
+        // treats them as history; keep the table small.
+        tx.prepare_cached("DELETE FROM seen WHERE chat_id = ?1 AND ts < ?2")?
+            .execute(params![c.chat_id, c.low_water])?;
+        // Message cooldowns count in message time, chat-rule ones in our time: a row is
+        // spent only once both clocks are past it.
+        tx.prepare_cached("DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2")?
+            .execute(params![c.chat_id, now_s.min(c.watermark)])?;
+        Ok(queued)
+    }
+}
+
+/// A seen id's (ts, fingerprint) from columns `at` and `at + 1`.
+pub(super) fn seen_id_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<SeenId> {
+    Ok(SeenId {
+        ts: r.get(at)?,
+        fingerprint: r.get::<_, i64>(at + 1)? as u64,
+    })
+}
+
+/// Stored JSON, or the empty value if a row was somehow mangled (it is rewritten next poll).
+pub(super) fn from_json_or_default<T: serde::de::DeserializeOwned + Default>(text: String) -> T {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+/// One chat's rows of a per-(rule, chat) table, keyed by rule id: `sql` selects `rule_id` first
+/// and takes the chat id as `?1`; `value` reads the rest of a row.
+pub(super) fn per_rule<T>(
+    conn: &Connection,
+    sql: &str,
+    chat_id: &str,
+    value: impl Fn(&rusqlite::Row) -> rusqlite::Result<T>,
+) -> Result<HashMap<String, T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([chat_id], |r| Ok((r.get::<_, String>(0)?, value(r)?)))?;
+    Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
+}
