@@ -121,7 +121,7 @@ pub fn evaluate_page(
             .chain(
                 d.script_firings
                     .iter()
-                    .map(|(r, _)| (r.clone(), Value::Null)),
+                    .map(|f| (f.rule_id.clone(), Value::Null)),
             )
             .collect();
         match format {
@@ -166,11 +166,11 @@ pub fn evaluate_page(
                             let _ = writeln!(out, "    ✗ {}: {why}", rule.id);
                         }
                     }
-                    for (rule, _) in &d.suppressed {
+                    for rule in d.suppressed.iter().map(|s| &s.rule_id) {
                         let _ =
                             writeln!(out, "    ✗ {rule}: matched, but silenced by its cooldown");
                     }
-                    for (rule, _) in &d.stale {
+                    for rule in d.stale.iter().map(|s| &s.rule_id) {
                         let _ = writeln!(out, "    ✗ {rule}: matched, but older than max_age");
                     }
                 }
@@ -202,8 +202,8 @@ pub fn evaluate_page(
                         }
                     }
                 }
-                for (rule, e) in &d.errors {
-                    let _ = writeln!(out, "    ! {rule}: {e}");
+                for e in &d.errors {
+                    let _ = writeln!(out, "    ! {}: {}", e.rule_id, e.error);
                 }
                 if fired.is_empty() && !explain {
                     let _ = writeln!(out, "    (no rule fired)");
@@ -265,7 +265,11 @@ pub fn evaluate_chat_rules(
         );
     }
     for rule in &rules.chat_rules {
-        let fired = d.chat_firings.iter().find(|(id, _)| *id == rule.id);
+        let fired = d
+            .chat_firings
+            .iter()
+            .find(|f| f.rule_id == rule.id)
+            .map(|f| (&f.rule_id, &f.matched));
         match (format, fired) {
             (TestFormat::Json, Some((_, matched))) => {
                 let actions: Vec<Value> = d

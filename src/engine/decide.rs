@@ -32,8 +32,8 @@ pub struct Firing {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decision {
     pub firings: Vec<Firing>,
-    /// Chat rules that fired: (rule id, matched).
-    pub chat_firings: Vec<(String, Value)>,
+    /// Chat rules that fired.
+    pub chat_firings: Vec<ChatFiring>,
     pub deliveries: Vec<Delivery>,
     pub logs: Vec<LogLine>,
     /// (rule id, silent until unix seconds) to store for this chat.
@@ -44,16 +44,44 @@ pub struct Decision {
     pub chat_rules: Vec<(String, ChatRuleState)>,
     /// (rule file id, state) to store for this chat.
     pub script_state: Vec<(String, serde_json::Map<String, Value>)>,
-    /// Rule files that asked for something: (rule id, message index or None for on_chat).
-    pub script_firings: Vec<(String, Option<usize>)>,
-    /// (rule id, message index) that matched but were too old when first seen.
-    pub stale: Vec<(String, usize)>,
-    /// (rule id, message index) suppressed by a cooldown.
-    pub suppressed: Vec<(String, usize)>,
-    /// (rule id, message index) counted towards a threshold that is not reached yet.
-    pub counted: Vec<(String, usize)>,
-    /// Rendering failures: (rule id, message); the other actions still run.
-    pub errors: Vec<(String, String)>,
+    /// Rule files that asked for something.
+    pub script_firings: Vec<ScriptFiring>,
+    /// Rules that matched a message too old when first seen.
+    pub stale: Vec<RuleOnMessage>,
+    /// Rules that matched a message but were silenced by a cooldown.
+    pub suppressed: Vec<RuleOnMessage>,
+    /// Rules that matched a message counted towards a threshold not reached yet.
+    pub counted: Vec<RuleOnMessage>,
+    /// Rendering failures; the other actions still run.
+    pub errors: Vec<RuleError>,
+}
+
+/// A chat rule that fired, and what it matched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatFiring {
+    pub rule_id: String,
+    pub matched: Value,
+}
+
+/// A rule file that asked for something, on a message (its index) or on the chat (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptFiring {
+    pub rule_id: String,
+    pub message_index: Option<usize>,
+}
+
+/// A message rule and the message (its index among the new ones) it matched without firing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleOnMessage {
+    pub rule_id: String,
+    pub message_index: usize,
+}
+
+/// What failed in a rule's actions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleError {
+    pub rule_id: String,
+    pub error: String,
 }
 
 /// Where `fired_at` comes from.
@@ -107,7 +135,10 @@ pub fn decide_with(
             if let Some(max_age) = rule.max_age
                 && now - msg.timestamp > max_age.as_secs() as i64
             {
-                d.stale.push((rule.id.clone(), index));
+                d.stale.push(RuleOnMessage {
+                    rule_id: rule.id.clone(),
+                    message_index: index,
+                });
                 continue;
             }
             if let Some((count, within)) = rule.threshold {
@@ -118,7 +149,10 @@ pub fn decide_with(
                 list.retain(|t| *t > window_start);
                 list.push(msg.timestamp);
                 if (list.len() as u32) < count {
-                    d.counted.push((rule.id.clone(), index));
+                    d.counted.push(RuleOnMessage {
+                        rule_id: rule.id.clone(),
+                        message_index: index,
+                    });
                     continue;
                 }
                 list.clear();
@@ -127,7 +161,10 @@ pub fn decide_with(
                 .get(rule.id.as_str())
                 .is_some_and(|until| msg.timestamp < *until)
             {
-                d.suppressed.push((rule.id.clone(), index));
+                d.suppressed.push(RuleOnMessage {
+                    rule_id: rule.id.clone(),
+                    message_index: index,
+                });
                 continue;
             }
             if let Some(c) = rule.cooldown {
@@ -270,7 +307,10 @@ pub fn decide_chat(
                 &envelope,
                 d,
             );
-            d.chat_firings.push((rule.id.clone(), matched.clone()));
+            d.chat_firings.push(ChatFiring {
+                rule_id: rule.id.clone(),
+                matched: matched.clone(),
+            });
         }
         if state != prev {
             d.chat_rules.push((rule.id.clone(), state));
@@ -316,11 +356,17 @@ fn apply_script_output(
     d: &mut Decision,
 ) {
     if let Some(e) = out.error {
-        d.errors.push((rule.to_string(), e));
+        d.errors.push(RuleError {
+            rule_id: rule.to_string(),
+            error: e,
+        });
         return;
     }
     if !out.webhooks.is_empty() || !out.logs.is_empty() {
-        d.script_firings.push((rule.to_string(), index));
+        d.script_firings.push(ScriptFiring {
+            rule_id: rule.to_string(),
+            message_index: index,
+        });
     }
     for (level, text) in out.logs {
         d.logs.push(LogLine {
@@ -367,9 +413,10 @@ fn run_actions(
                     level: *level,
                     text,
                 }),
-                Err(e) => d
-                    .errors
-                    .push((rule_id.to_string(), format!("log.message: {e}"))),
+                Err(e) => d.errors.push(RuleError {
+                    rule_id: rule_id.to_string(),
+                    error: format!("log.message: {e}"),
+                }),
             },
             Action::Webhook { url, headers, body } => {
                 let id = delivery_id(rule_id, chat_id, key, action_index);
@@ -407,9 +454,10 @@ fn run_actions(
                         headers,
                         body,
                     }),
-                    (Err(e), _) | (_, Err(e)) => d
-                        .errors
-                        .push((rule_id.to_string(), format!("webhook: {e}"))),
+                    (Err(e), _) | (_, Err(e)) => d.errors.push(RuleError {
+                        rule_id: rule_id.to_string(),
+                        error: format!("webhook: {e}"),
+                    }),
                 }
             }
         }

@@ -8,7 +8,9 @@
 //! state the store does not have (a crash at any point loses nothing).
 
 use crate::config::{Config, WatchedChat};
-use crate::engine::decide::{Clock, decide_chat, decide_with};
+use crate::engine::decide::{
+    ChatFiring, Clock, RuleError, RuleOnMessage, ScriptFiring, decide_chat, decide_with,
+};
 use crate::engine::schedule::{Finished, Schedule};
 use crate::engine::snapshot::ChatSnapshot;
 use crate::engine::watermark::diff;
@@ -398,11 +400,11 @@ impl Poller {
             Ordering::Relaxed,
         );
         self.metrics.messages(d.new.len(), d.updated.len(), skipped);
-        for (rule, _) in &decision.script_firings {
+        for ScriptFiring { rule_id: rule, .. } in &decision.script_firings {
             self.metrics.rule_matched(rule);
             events::rule_fired(rule, &chat_key, "(rule file)");
         }
-        for (rule, _) in &decision.chat_firings {
+        for ChatFiring { rule_id: rule, .. } in &decision.chat_firings {
             self.metrics.rule_matched(rule);
             events::chat_rule_fired(rule, &chat_key);
         }
@@ -414,13 +416,21 @@ impl Poller {
                 &new_msgs[f.message_index].serialized_id,
             );
         }
-        for (rule, i) in &decision.stale {
+        for RuleOnMessage {
+            rule_id: rule,
+            message_index: i,
+        } in &decision.stale
+        {
             events::stale(rule, &chat_key, &new_msgs[*i].serialized_id);
         }
         for l in &decision.logs {
             events::rule_log(&l.rule_id, l.level, &l.text);
         }
-        for (rule, e) in &decision.errors {
+        for RuleError {
+            rule_id: rule,
+            error: e,
+        } in &decision.errors
+        {
             self.metrics.rule_failed(rule);
             events::rule_error(rule, &chat_key, e);
         }

@@ -415,7 +415,13 @@ fn cooldown_and_max_age() {
             .collect::<Vec<_>>(),
         [0, 2]
     );
-    assert_eq!(d.suppressed, [("c".to_string(), 1)]);
+    assert_eq!(
+        d.suppressed,
+        [crate::engine::decide::RuleOnMessage {
+            rule_id: "c".to_string(),
+            message_index: 1
+        }]
+    );
     assert_eq!(d.cooldowns, [("c".to_string(), 1_000_601 + 600)]);
     let d = crate::engine::decide::decide(
         &set,
