@@ -87,8 +87,8 @@ pub enum Command {
     },
     /// Inspect the delivery queue and re-send dead-lettered deliveries (same delivery_id).
     Outbox {
-        /// The config file (for `state.path`).
-        #[arg(short, long, default_value = "cartat.yaml")]
+        /// The config file (for `state.path`); before or after `list`/`retry`.
+        #[arg(short, long, default_value = "cartat.yaml", global = true)]
         config: PathBuf,
         #[command(subcommand)]
         action: Option<OutboxAction>,
@@ -126,13 +126,34 @@ pub enum TestFormat {
     Json,
 }
 
+/// A delivery's state in the outbox, as `outbox list --state` takes it.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutboxState {
+    Pending,
+    Delivered,
+    Dead,
+    Gone,
+}
+
+impl OutboxState {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Dead => "dead",
+            OutboxState::Gone => "gone",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
     /// List deliveries, newest first.
     List {
-        /// Only this state: pending, delivered, dead or gone (its endpoint answered 410).
-        #[arg(long)]
-        state: Option<String>,
+        /// Only this state (gone: its endpoint answered 410).
+        #[arg(long, value_enum)]
+        state: Option<OutboxState>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,

@@ -613,6 +613,7 @@ mod tests {
             state: "pending".into(),
             attempts: 0,
             next_attempt_at_ms: 0,
+            updated_at_ms: 0,
             last_status: None,
             last_error: None,
         };

@@ -45,6 +45,8 @@ pub struct OutboxRow {
     pub next_attempt_at_ms: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// When the row last changed (queued, or an attempt's outcome), unix milliseconds.
+    pub updated_at_ms: i64,
 }
 
 impl OutboxRow {

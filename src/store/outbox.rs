@@ -26,6 +26,7 @@ impl Store {
             next_attempt_at_ms: r.get("next_attempt_at")?,
             last_status: r.get::<_, Option<i64>>("last_status")?.map(|s| s as u16),
             last_error: r.get("last_error")?,
+            updated_at_ms: r.get("updated_at")?,
         })
     }
 

@@ -560,6 +560,31 @@ async fn a_dead_letter_resent_by_outbox_retry_keeps_its_delivery_id() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&one) && out.contains(&two), "{out}");
     assert!(out.contains("400") && out.contains("422"), "{out}");
+    // Its url and when it last changed are columns.
+    assert!(out.contains(&rx.url("/hooks")), "{out}");
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%dT").to_string();
+    assert!(out.contains(&today), "an RFC 3339 time column: {out}");
+    // Options go after the subcommand too; a state that does not exist and an id that is not
+    // in the outbox are errors, not an empty answer.
+    let cfg_s = cfg.to_str().unwrap();
+    let (code, out, err) = run_cli(
+        &["outbox", "list", "--state", "dead", "-c", cfg_s],
+        ws.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&one), "{out}");
+    let (code, _, err) = run_cli(
+        &["outbox", "list", "--state", "bogus", "-c", cfg_s],
+        ws.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("pending, delivered, dead, gone"), "{err}");
+    let (code, _, err) = cli(&ws, &cfg, &["retry", "999999"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("`999999`") && err.contains("outbox list"),
+        "{err}"
+    );
     let (code, out, err) = cli(&ws, &cfg, &["retry", &one]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("queued 1"), "{out}");

@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// The parser as it was before the streaming one: through a `serde_json::Value` tree. Kept

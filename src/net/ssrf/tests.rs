@@ -1,4 +1,3 @@
-
 #[test]
 fn urls_in_messages_lose_credentials_and_query_values() {
     let cases = [
