@@ -44,6 +44,14 @@ pub fn prepare(
     .scaled(config.webhooks.retry_scale);
     let metrics = Arc::new(Metrics::new(config.chats.len()));
     metrics.set_rules_loaded(true);
+    metrics.known_rules(
+        rules
+            .rules
+            .iter()
+            .map(|r| r.id.as_str())
+            .chain(rules.chat_rules.iter().map(|r| r.id.as_str()))
+            .chain(rules.script_rules.iter().map(|r| r.id.as_str())),
+    );
     let commits = crate::store::group::CommitQueue::start(store.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the store's writer thread: {e}"))?;
     let mut dispatcher = Dispatcher::new(

@@ -33,6 +33,20 @@ pub enum PollOutcome {
 }
 
 impl PollOutcome {
+    /// Every outcome, so each series is exposed (at 0) from the start.
+    pub const ALL: [PollOutcome; 10] = [
+        PollOutcome::Ok,
+        PollOutcome::RateLimited,
+        PollOutcome::Unauthorized,
+        PollOutcome::NotFound,
+        PollOutcome::ServerError,
+        PollOutcome::HttpError,
+        PollOutcome::Timeout,
+        PollOutcome::Transport,
+        PollOutcome::BadReply,
+        PollOutcome::StoreError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PollOutcome::Ok => "ok",
@@ -47,6 +61,20 @@ impl PollOutcome {
             PollOutcome::StoreError => "store_error",
         }
     }
+}
+
+/// The `kind` label of `cartat_messages_total`.
+const MESSAGE_KINDS: [&str; 3] = ["new", "updated", "skipped"];
+/// The `outcome` label of `cartat_deliveries_total`.
+const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "retry", "dead", "gone"];
+
+/// The process's own figures for `/metrics` (read from `/proc` by the server).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessFigures {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+    pub start_time_seconds: f64,
 }
 
 /// How many store errors in a row make `/healthz` fail.
@@ -160,6 +188,26 @@ impl Metrics {
         let chats_gauge = Gauge::default();
         chats_gauge.set(chats as i64);
         registry.register("chats_watched", "Watched chats", chats_gauge.clone());
+        let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build (always 1), by version",
+            build_info,
+        );
+        // Every series with a fixed label set exists from the start, at 0: a dashboard's rate()
+        // and an alert on `increase(...) > 0` see the first event, not a series appearing.
+        for o in PollOutcome::ALL {
+            let _ = polls.get_or_create(&[("outcome", o.as_str())]);
+        }
+        for k in MESSAGE_KINDS {
+            let _ = messages.get_or_create(&[("kind", k)]);
+        }
+        for o in DELIVERY_OUTCOMES {
+            let _ = deliveries.get_or_create(&[("outcome", o)]);
+        }
         let started_ms = now_ms();
         Metrics {
             registry,
@@ -210,6 +258,14 @@ impl Metrics {
                     .get_or_create(&[("kind", kind)])
                     .inc_by(n as u64);
             }
+        }
+    }
+
+    /// Exposes the per-rule series of these rules at 0 (the rules loaded at start).
+    pub fn known_rules<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            let _ = self.matches.get_or_create(&[("rule", id.to_string())]);
+            let _ = self.rule_errors.get_or_create(&[("rule", id.to_string())]);
         }
     }
 
@@ -275,14 +331,42 @@ impl Metrics {
         ))
     }
 
-    /// The Prometheus text exposition, with the gauges read from the store just before.
-    pub fn render(&self, outbox_pending: i64, outbox_dead: i64) -> String {
+    /// The Prometheus text exposition, with the gauges read from the store just before and
+    /// the process's own figures (the usual `process_*` names, without our prefix).
+    pub fn render(
+        &self,
+        outbox_pending: i64,
+        outbox_dead: i64,
+        process: Option<ProcessFigures>,
+    ) -> String {
         self.outbox_depth.set(outbox_pending);
         self.dead_letters.set(outbox_dead);
         self.max_lag.set(self.max_lag_seconds());
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
+        }
+        if let Some(p) = process {
+            let families = format!(
+                "# HELP process_cpu_seconds Total user and system CPU time spent in seconds.\n\
+                 # TYPE process_cpu_seconds counter\n\
+                 process_cpu_seconds_total {}\n\
+                 # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+                 # TYPE process_resident_memory_bytes gauge\n\
+                 process_resident_memory_bytes {}\n\
+                 # HELP process_open_fds Number of open file descriptors.\n\
+                 # TYPE process_open_fds gauge\n\
+                 process_open_fds {}\n\
+                 # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+                 # TYPE process_start_time_seconds gauge\n\
+                 process_start_time_seconds {}\n",
+                p.cpu_seconds, p.resident_bytes, p.open_fds, p.start_time_seconds
+            );
+            // Before the exposition's closing `# EOF`.
+            match out.rfind("# EOF") {
+                Some(at) => out.insert_str(at, &families),
+                None => out.push_str(&families),
+            }
         }
         out
     }
@@ -303,7 +387,7 @@ mod tests {
         m.delivery("delivered");
         m.gap_detected();
         m.budget_waited(std::time::Duration::from_millis(250));
-        let text = m.render(4, 1);
+        let text = m.render(4, 1, None);
         for want in [
             "cartat_polls_total{outcome=\"ok\"} 1",
             "cartat_polls_total{outcome=\"not_found\"} 1",
@@ -321,6 +405,51 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing `{want}` in\n{text}");
         }
+    }
+
+    #[test]
+    fn every_fixed_series_is_there_at_zero_with_help_and_type_and_the_process_figures() {
+        let m = Metrics::new(1);
+        m.known_rules(["bot-keyword"]);
+        let text = m.render(
+            0,
+            0,
+            Some(ProcessFigures {
+                cpu_seconds: 1.5,
+                resident_bytes: 20_000_000,
+                open_fds: 12,
+                start_time_seconds: 1_700_000_000.0,
+            }),
+        );
+        for o in PollOutcome::ALL {
+            let series = format!("cartat_polls_total{{outcome=\"{}\"}} 0", o.as_str());
+            assert!(text.contains(&series), "missing `{series}` in\n{text}");
+        }
+        for want in [
+            "# TYPE cartat_polls counter",
+            "# HELP cartat_polls ",
+            "cartat_messages_total{kind=\"updated\"} 0",
+            "cartat_deliveries_total{outcome=\"gone\"} 0",
+            "cartat_rule_matches_total{rule=\"bot-keyword\"} 0",
+            "cartat_rule_errors_total{rule=\"bot-keyword\"} 0",
+            "cartat_gaps_detected_total 0",
+            concat!(
+                "cartat_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total 1.5",
+            "process_resident_memory_bytes 20000000",
+            "process_open_fds 12",
+            "process_start_time_seconds 1700000000",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in\n{text}");
+        }
+        assert!(
+            text.ends_with("# EOF\n"),
+            "the exposition still ends with # EOF"
+        );
     }
 
     #[test]

@@ -43,6 +43,41 @@ pub fn router(state: ServerState) -> Router {
         .with_state(state)
 }
 
+/// This process's CPU time, resident memory, open descriptors and start time, from `/proc`
+/// (None where there is no `/proc`).
+fn process_figures() -> Option<crate::metrics::ProcessFigures> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which may itself hold spaces and parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // SAFETY: sysconf only reads a configuration value.
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let (tick, page) = (tick.max(1) as f64, page.max(1) as u64);
+    let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    // utime, stime (fields 14, 15), starttime (22) and rss (24), counted from 1 with the pid.
+    let cpu_seconds = (num(11)? + num(12)?) as f64 / tick;
+    let started_ticks = num(19)? as f64;
+    let resident_bytes = num(21)? * page;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(crate::metrics::ProcessFigures {
+        cpu_seconds,
+        resident_bytes,
+        open_fds,
+        start_time_seconds: boot + started_ticks / tick,
+    })
+}
+
 /// (pending, dead) outbox rows, read with one query.
 async fn outbox_counts(store: &Store) -> Result<(i64, i64), String> {
     let store = store.clone();
@@ -70,7 +105,7 @@ async fn healthz(State(s): State<ServerState>) -> Response {
 
 async fn metrics(State(s): State<ServerState>) -> Response {
     let (pending, dead) = outbox_counts(&s.store).await.unwrap_or((-1, -1));
-    let body = s.metrics.render(pending, dead);
+    let body = s.metrics.render(pending, dead, process_figures());
     (
         StatusCode::OK,
         [(

@@ -130,10 +130,45 @@ chats:
     );
     assert_eq!(metric(&text, "cartat_outbox_depth"), Some(0.0));
     assert_eq!(metric(&text, "cartat_chats_watched"), Some(3.0));
+    // Series that never happened are there at 0 (an alert on increase() sees the first one).
+    assert_eq!(
+        metric(&text, "cartat_polls_total{outcome=\"store_error\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "cartat_deliveries_total{outcome=\"dead\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "cartat_rule_errors_total{rule=\"bot-keyword\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "cartat_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    // The process's own figures, under their usual names.
+    let rss = metric(&text, "process_resident_memory_bytes").unwrap();
+    assert!(rss > 1e6 && rss < 1e9, "{rss}");
+    assert!(metric(&text, "process_cpu_seconds_total").unwrap() > 0.0);
+    assert!(metric(&text, "process_open_fds").unwrap() >= 3.0);
+    let started = metric(&text, "process_start_time_seconds").unwrap();
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!(
+        (now - started).abs() < 600.0,
+        "started {started}, now {now}"
+    );
+    assert!(text.contains("# TYPE process_open_fds gauge"), "{text}");
     // Bounded labels: no phone number, URL or error text anywhere in the exposition.
     for (s, _) in &series {
         assert!(!s.contains("9665"), "a phone number in a label: {s}");
-        assert!(!s.contains("http"), "a URL in a label: {s}");
+        assert!(!s.contains("://"), "a URL in a label: {s}");
     }
     gw.shutdown().await;
 }
