@@ -95,6 +95,7 @@ pub fn prepare(
 /// [`STOP_DEADLINE`]; whatever is not delivered stays pending in the outbox.
 pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     let chats = poller.config.chats.len();
+    let store = poller.store.clone();
     tracing::info!(chats, state = %poller.store.path().display(), "cartat-rules started");
     let reloader = tokio::spawn(crate::reload::watch(
         poller.config.rule_paths.clone(),
@@ -123,6 +124,13 @@ pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: Can
         tracing::warn!(
             "stop deadline reached; unfinished deliveries stay pending and are re-sent on the next start"
         );
+    }
+    // A clean stop leaves the state file whole on its own: what the write-ahead log holds is
+    // moved into it (a copy of the file alone, or a process exit that beats the writer
+    // thread's close, then misses nothing).
+    let checkpoint = tokio::task::spawn_blocking(move || store.checkpoint()).await;
+    if let Ok(Err(e)) = checkpoint {
+        tracing::warn!("could not fold the write-ahead log into the state file: {e}");
     }
     tracing::info!("stopped");
 }

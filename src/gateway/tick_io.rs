@@ -54,6 +54,24 @@ impl TickIo {
         })
     }
 
+    /// Runs `op` until it does not say "would block", waiting for the grid in between.
+    fn until_ready<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&mut &std::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            match op(&mut &self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+            if self.wait(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
     /// Pending until the next grid instant (the task is woken then); Ready when the instant
     /// this connection waited for has passed (the caller tries again).
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -123,18 +141,7 @@ impl hyper::rt::Write for TickIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match (&this.stream).write(buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            if this.wait(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
+        self.get_mut().until_ready(cx, |s| s.write(buf))
     }
 
     fn poll_write_vectored(
@@ -142,18 +149,7 @@ impl hyper::rt::Write for TickIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match (&this.stream).write_vectored(bufs) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            if this.wait(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
+        self.get_mut().until_ready(cx, |s| s.write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -100,6 +100,49 @@ mod open;
 mod outbox;
 mod poll;
 
+impl Store {
+    /// Writes each item in a savepoint of its own inside one transaction (one that fails is
+    /// rolled back alone, the others stay); if the transaction itself fails, so does every
+    /// item. What group commit is made of: the polls' commits and the deliveries' outcomes.
+    /// `failpoint`: hit after the writes, before the commit (crash tests).
+    fn in_savepoints<I, T>(
+        &self,
+        items: &[&I],
+        failpoint: Option<&str>,
+        write: impl Fn(&Connection, &I) -> Result<T, StoreError>,
+    ) -> Vec<Result<T, String>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = StoreError::from(e).to_string();
+                return items.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                let out = write(&sp, item)?;
+                sp.commit()?;
+                Ok(out)
+            });
+            results.push(one.map_err(|e| e.to_string()));
+        }
+        if let Some(name) = failpoint {
+            crate::failpoint::hit(name);
+        }
+        if let Err(e) = tx.commit() {
+            let e = StoreError::from(e).to_string();
+            for r in &mut results {
+                if r.is_ok() {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        results
+    }
+}
+
 #[cfg(test)]
 use outbox::HEADS;
 

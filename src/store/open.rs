@@ -241,6 +241,13 @@ impl Store {
         })
     }
 
+    /// Moves everything the write-ahead log holds into the state file and empties the log.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -168,40 +168,10 @@ impl Store {
     /// [`Store::disable_endpoint`] do one by one. For a 410 ([`Outcome::gone`]), the number of
     /// other rows parked.
     pub fn record_outcomes(&self, outcomes: &[&Outcome]) -> Vec<Result<Option<usize>, String>> {
-        let mut conn = self.conn();
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = StoreError::from(e).to_string();
-                return outcomes.iter().map(|_| Err(e.clone())).collect();
-            }
-        };
-        let mut results = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
-            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                let parked = match &o.gone {
-                    Some((url, fp)) => {
-                        Some(Self::write_gone(&sp, o.id, url, fp, &o.record, o.now_ms)?)
-                    }
-                    None => {
-                        Self::write_outcome(&sp, o.id, &o.record, o.now_ms)?;
-                        None
-                    }
-                };
-                sp.commit()?;
-                Ok(parked)
-            });
-            results.push(one.map_err(|e| e.to_string()));
-        }
-        if let Err(e) = tx.commit() {
-            let e = StoreError::from(e).to_string();
-            for r in &mut results {
-                if r.is_ok() {
-                    *r = Err(e.clone());
-                }
-            }
-        }
-        results
+        self.in_savepoints(outcomes, None, |sp, o| match &o.gone {
+            Some((url, fp)) => Self::write_gone(sp, o.id, url, fp, &o.record, o.now_ms).map(Some),
+            None => Self::write_outcome(sp, o.id, &o.record, o.now_ms).map(|()| None),
+        })
     }
 
     /// Endpoints disabled under another config than `fingerprint` are enabled again (the config

@@ -100,33 +100,9 @@ impl Store {
     /// one that fails is rolled back alone and reported alone; the others are committed
     /// together, or all fail together if the commit itself does. Results are in `polls`' order.
     pub fn commit_polls(&self, polls: &[&PollCommit]) -> Vec<Result<usize, String>> {
-        let mut conn = self.conn();
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = StoreError::from(e).to_string();
-                return polls.iter().map(|_| Err(e.clone())).collect();
-            }
-        };
-        let mut results: Vec<Result<usize, String>> = Vec::with_capacity(polls.len());
-        for c in polls {
-            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                let queued = Self::write_poll(&sp, c)?;
-                sp.commit()?;
-                Ok(queued)
-            });
-            results.push(one.map_err(|e| e.to_string()));
-        }
-        crate::failpoint::hit("in_transaction");
-        if let Err(e) = tx.commit() {
-            let e = StoreError::from(e).to_string();
-            for r in &mut results {
-                if r.is_ok() {
-                    *r = Err(e.clone());
-                }
-            }
-        }
-        results
+        self.in_savepoints(polls, Some("in_transaction"), |sp, c| {
+            Self::write_poll(sp, c)
+        })
     }
 
     /// The rows of one poll, inside the caller's transaction.

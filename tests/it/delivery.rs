@@ -125,11 +125,23 @@ pub fn chat_ids(prefix: &str, n: usize) -> Vec<String> {
 }
 
 fn scenario(chats: &[String]) -> String {
-    let mut s = String::from("chats:\n");
-    for c in chats {
-        s.push_str(&format!("  - {{ id: \"{c}\", messages: [] }}\n"));
-    }
-    s
+    quiet_chats(chats)
+}
+
+/// One quiet chat (`966500000001`) whose `bot` messages go to `url`, the daemon started and
+/// its first poll done.
+async fn one_chat_delivering_to(url: &str) -> (MockGateway, Workspace, Daemon) {
+    let chats = vec!["966500000001".to_string()];
+    let gw = gateway(&scenario(&chats)).await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[url.to_string()]));
+    let cfg = write_config(&ws, &gw, &chats, "3s", 0.01, "");
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first poll", Duration::from_secs(10), || {
+        !gw.requests().is_empty()
+    })
+    .await;
+    (gw, ws, daemon)
 }
 
 fn cli(ws: &Workspace, cfg: &Path, args: &[&str]) -> (i32, String, String) {
@@ -749,6 +761,9 @@ async fn a_corrupted_state_file_is_refused_and_left_untouched() {
     let daemon = Daemon::spawn(&cfg);
     wait_first_sight(&gw, &chats).await;
     assert_eq!(daemon.stop(), 0);
+    // A clean stop folds the write-ahead log into the file: the file alone is the whole state.
+    let wal = std::fs::metadata(ws.path().join("state/test.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the write-ahead log is empty after a clean stop");
     let whole = std::fs::read(&db).unwrap();
     let half = whole[..whole.len() / 2].to_vec();
     std::fs::write(&db, &half).unwrap();
@@ -865,16 +880,7 @@ async fn a_receiver_whose_answer_never_ends_is_delivered_once_and_costs_no_memor
             });
         }
     });
-    let chats = vec!["966500000001".to_string()];
-    let gw = gateway(&scenario(&chats)).await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule("bot", &[url]));
-    let cfg = write_config(&ws, &gw, &chats, "3s", 0.01, "");
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let (gw, ws, daemon) = one_chat_delivering_to(&url).await;
     gw.push_message("966500000001", "bot, please", false);
     let store_path = ws.path().join("state/test.db");
     wait_for("the delivery recorded", Duration::from_secs(15), || {
@@ -952,16 +958,7 @@ async fn deliveries_to_one_receiver_share_a_kept_connection() {
             });
         }
     });
-    let chats = vec!["966500000001".to_string()];
-    let gw = gateway(&scenario(&chats)).await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule("bot", &[url]));
-    let cfg = write_config(&ws, &gw, &chats, "3s", 0.01, "");
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let (gw, _ws, daemon) = one_chat_delivering_to(&url).await;
     for i in 0..3 {
         gw.push_message("966500000001", &format!("bot {i}"), false);
         let want = i + 1;

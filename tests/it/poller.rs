@@ -291,11 +291,7 @@ async fn past_the_largest_limit_a_gap_is_detected_with_the_chat_and_time_range()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_chats_are_polled_sooner_and_every_chat_within_its_interval() {
     let chats: Vec<String> = (0..20).map(|i| format!("9665000002{i:02}")).collect();
-    let mut scenario = String::from("chats:\n");
-    for c in &chats {
-        scenario.push_str(&format!("  - {{ id: \"{c}\", messages: [] }}\n"));
-    }
-    let gw = gateway(&scenario).await;
+    let gw = gateway(&quiet_chats(&chats)).await;
     let rx = receiver().await;
     let ws = Workspace::new();
     ws.write("rules/bot.yaml", &bot_rule(&rx));
@@ -419,11 +415,7 @@ async fn a_whole_burst_of_due_chats_is_on_the_wire_at_once() {
     // below the burst held the rest back until answers came, and the budget's window then
     // kept them spread — one wake-up of the daemon per poll, for good.)
     let chats: Vec<String> = (0..100).map(|i| format!("9665000002{i:02}")).collect();
-    let mut scenario = String::from("chats:\n");
-    for c in &chats {
-        scenario.push_str(&format!("  - {{ id: \"{c}\", messages: [] }}\n"));
-    }
-    scenario.push_str("faults:\n  - { respond: { hang: true } }\n");
+    let scenario = quiet_chats(&chats) + "faults:\n  - { respond: { hang: true } }\n";
     let gw = gateway(&scenario).await;
     let ws = Workspace::new();
     ws.write(

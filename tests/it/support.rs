@@ -166,18 +166,50 @@ pub fn bodies(received: &[Received]) -> Vec<String> {
         .collect()
 }
 
-/// Runs the binary to completion with args; returns (exit code, stdout, stderr).
+/// How long a command-line run may take before the test fails (a `run` that was expected to
+/// refuse its config and started the daemon instead would otherwise hang the suite).
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs the binary to completion with args; returns (exit code, stdout, stderr). Kills it and
+/// fails the test after [`CLI_DEADLINE`].
 pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run the binary");
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the binary") {
+            break status;
+        }
+        if start.elapsed() > CLI_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`cartat-rules {}` still running after {CLI_DEADLINE:?}; killed\nstderr:\n{}",
+                args.join(" "),
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
     )
 }
 
@@ -189,4 +221,13 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// A mock scenario of these chats, each without messages (tests push what they need).
+pub fn quiet_chats(chats: &[String]) -> String {
+    let mut s = String::from("chats:\n");
+    for c in chats {
+        s.push_str(&format!("  - {{ id: \"{c}\", messages: [] }}\n"));
+    }
+    s
 }
