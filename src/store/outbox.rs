@@ -83,16 +83,21 @@ impl Store {
             .query_row([], |r| r.get(0))?)
     }
 
-    /// Records the outcome of an attempt: the row moves to `record.outcome` (never InFlight).
+    /// Records the outcome of one attempt: the row moves to `record.outcome` (never InFlight).
+    /// One [`Store::record_outcomes`], as the dispatcher's writer thread does it.
     pub fn record_attempt(
         &self,
         id: i64,
         record: &AttemptRecord,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let conn = self.conn();
-        Self::write_outcome(&conn, id, record, now_ms)?;
-        Ok(())
+    ) -> Result<(), String> {
+        let one = Outcome {
+            id,
+            record: record.clone(),
+            now_ms,
+            gone: None,
+        };
+        self.record_outcomes(&[&one]).remove(0).map(drop)
     }
 
     pub(super) fn write_outcome(
@@ -122,7 +127,7 @@ impl Store {
 
     /// A 410: records the attempt (the row is dead, `gone`), disables `url` under the config
     /// `fingerprint`, and parks every other pending row for that url as `gone` — one
-    /// transaction. Returns how many other rows were parked.
+    /// transaction. Returns how many other rows were parked. One [`Store::record_outcomes`].
     pub fn disable_endpoint(
         &self,
         id: i64,
@@ -130,12 +135,16 @@ impl Store {
         fingerprint: &str,
         record: &AttemptRecord,
         now_ms: i64,
-    ) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let parked = Self::write_gone(&tx, id, url, fingerprint, record, now_ms)?;
-        tx.commit()?;
-        Ok(parked)
+    ) -> Result<usize, String> {
+        let one = Outcome {
+            id,
+            record: record.clone(),
+            now_ms,
+            gone: Some((url.to_string(), fingerprint.to_string())),
+        };
+        self.record_outcomes(&[&one])
+            .remove(0)
+            .map(|parked| parked.unwrap_or(0))
     }
 
     /// [`Store::disable_endpoint`]'s rows, inside the caller's transaction.
