@@ -304,8 +304,7 @@ impl Dispatcher {
             // Saturated urls are left out by the query; what remains is blocked by at most
             // CONCURRENCY in-flight heads, so this many rows always reach a free one.
             let scan = 2 * CONCURRENCY;
-            let store = self.store.clone();
-            let rows = tokio::task::spawn_blocking(move || {
+            let rows = self.commits.read(move |store| {
                 if full {
                     let due = store.due_excluding(now, scan, &saturated)?;
                     let next = if due.is_empty() {
@@ -324,16 +323,15 @@ impl Dispatcher {
                     let due = heads.into_iter().filter(|r| r.next_attempt_at_ms <= now);
                     Ok::<_, crate::store::StoreError>((due.collect(), next))
                 }
-            })
-            .await;
-            let (due, next_ms) = match rows {
-                Ok(Ok(rows)) => rows,
-                Ok(Err(e)) => {
+            });
+            let (due, next_ms) = match rows.await {
+                Some(Ok(rows)) => rows,
+                Some(Err(e)) => {
                     tracing::error!("outbox query failed: {e}");
                     (Vec::new(), None)
                 }
-                Err(e) => {
-                    tracing::error!("outbox query panicked: {e}");
+                None => {
+                    tracing::error!("outbox query panicked or the store's writer stopped");
                     (Vec::new(), None)
                 }
             };
