@@ -1,22 +1,170 @@
-//! The state store: one SQLite file (WAL) holding per-chat watermarks, seen ids, cooldowns
-//! and the outbox.
+//! The state store: per-chat watermarks, seen ids, rule memory and the outbox, behind one
+//! seam that the poller, the dispatcher, the CLI and the server use.
 //!
-//! Owns: the schema, the one transaction per poll that moves the watermark and queues the
-//! actions together (SPEC §6), the outbox queries of the dispatcher, and refusing to share
-//! the file with a second daemon or to replace a broken one. Must not: decide anything, or
-//! name the engine (the types it stores are `crate::model`'s).
+//! Owns: the operations the rest of the daemon may ask of its state — a chat's stored state,
+//! the one transaction per poll that moves the watermark and queues the actions together,
+//! the outbox's queries and outcomes, opening and locking — and the types they exchange.
+//! Must not: decide anything, or name the engine (the types it stores are `crate::model`'s).
 //!
-//! By job: [`open`] (the schema, the lock, the checks), [`poll`] (a chat's stored state and
-//! the polls' transactions), [`outbox`] (the dispatcher's and the CLI's queries), [`group`]
-//! (the writer thread).
+//! The seam is an enum of backends, [`Store`], not a trait object. The backends are a closed
+//! set that this crate ships (SQLite now; PostgreSQL next, for several instances), so a
+//! `match` that the compiler checks for every operation is the whole cost of a second one,
+//! and the callers keep calling inherent methods with no trait to import, no `dyn`, and no
+//! boxed futures. The operations are synchronous: SQLite answers on the calling thread, and
+//! every write of the daemon goes through one writer thread ([`group`]), which is also where
+//! a backend with a network round trip belongs. Nothing in the tests stands in for the store:
+//! they open real files, so a trait for test doubles would buy nothing.
+//!
+//! By job: [`sqlite`] (the SQLite backend: schema, lock, the polls' transactions, the outbox
+//! queries), [`group`] (the writer thread and group commit).
 
 use crate::model::{ChatRuleState, ChatState, Delivery, Memory, MessageKey, SeenId};
 use crate::outbox::lifecycle::{DeadReason, Lifecycle};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+
+pub mod sqlite;
+
+/// The state store; cheap to clone, safe to share. One variant per backend.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(sqlite::Sqlite),
+}
+
+/// Runs `$body` with `$s` bound to the backend of `$store`.
+macro_rules! backend {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($s) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating it if needed) the state at `path` for the daemon, holding its lock.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        sqlite::Sqlite::open(path).map(Store::Sqlite)
+    }
+
+    /// Opens existing state beside a running daemon, for the CLI (no lock taken).
+    pub fn open_shared(path: &Path) -> Result<Store, StoreError> {
+        sqlite::Sqlite::open_shared(path).map(Store::Sqlite)
+    }
+
+    /// Where the state lives.
+    pub fn path(&self) -> &Path {
+        backend!(self, s => s.path())
+    }
+
+    /// Folds what the backend holds in its log into its main storage (on a clean stop).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        backend!(self, s => s.checkpoint())
+    }
+
+    /// A chat's watermark, seen ids and rule memory, as its last commit left them.
+    pub fn load_chat(&self, chat_id: &str) -> Result<(ChatState, Memory), StoreError> {
+        backend!(self, s => s.load_chat(chat_id))
+    }
+
+    /// A chat's rule memory alone.
+    pub fn rule_memory(&self, chat_id: &str) -> Result<Memory, StoreError> {
+        backend!(self, s => s.rule_memory(chat_id))
+    }
+
+    /// One poll's commit in a transaction of its own; the number of deliveries queued.
+    pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, String> {
+        backend!(self, s => s.commit_poll(c))
+    }
+
+    /// Several polls' commits in one transaction, each all or nothing on its own.
+    pub fn commit_polls(&self, polls: &[&PollCommit]) -> Vec<Result<usize, String>> {
+        backend!(self, s => s.commit_polls(polls))
+    }
+
+    /// The oldest pending row of each (chat, url), if it is due, oldest first.
+    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        backend!(self, s => s.due(now_ms, limit))
+    }
+
+    /// [`Store::due`] without the rows for `urls`.
+    pub fn due_excluding(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        urls: &[String],
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        backend!(self, s => s.due_excluding(now_ms, limit, urls))
+    }
+
+    /// The oldest pending row of each of `groups` (chat, url), due or not.
+    pub fn heads(&self, groups: &[(String, String)]) -> Result<Vec<OutboxRow>, StoreError> {
+        backend!(self, s => s.heads(groups))
+    }
+
+    /// When the next pending head is due, if any.
+    pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        backend!(self, s => s.next_due_ms())
+    }
+
+    /// Records one attempt's outcome.
+    pub fn record_attempt(
+        &self,
+        id: i64,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<(), String> {
+        backend!(self, s => s.record_attempt(id, record, now_ms))
+    }
+
+    /// A 410: records the attempt, disables `url` under `fingerprint` and parks its other
+    /// rows; how many were parked.
+    pub fn disable_endpoint(
+        &self,
+        id: i64,
+        url: &str,
+        fingerprint: &str,
+        record: &AttemptRecord,
+        now_ms: i64,
+    ) -> Result<usize, String> {
+        backend!(self, s => s.disable_endpoint(id, url, fingerprint, record, now_ms))
+    }
+
+    /// Several attempts' outcomes in one transaction, each all or nothing on its own.
+    pub fn record_outcomes(&self, outcomes: &[&Outcome]) -> Vec<Result<Option<usize>, String>> {
+        backend!(self, s => s.record_outcomes(outcomes))
+    }
+
+    /// Re-enables the urls a 410 disabled under another config; the urls re-enabled.
+    pub fn reenable_endpoints(&self, fingerprint: &str) -> Result<Vec<String>, StoreError> {
+        backend!(self, s => s.reenable_endpoints(fingerprint))
+    }
+
+    /// The urls a 410 disabled.
+    pub fn disabled_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        backend!(self, s => s.disabled_endpoints())
+    }
+
+    /// Outbox rows, newest first, optionally in one state.
+    pub fn list(&self, state: Option<&str>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        backend!(self, s => s.list(state, limit))
+    }
+
+    /// Outbox rows per state.
+    pub fn counts(&self) -> Result<HashMap<String, i64>, StoreError> {
+        backend!(self, s => s.counts())
+    }
+
+    /// Puts rows back to pending (`outbox retry`); how many.
+    pub fn requeue(&self, which: Requeue<'_>, now_ms: i64) -> Result<usize, StoreError> {
+        backend!(self, s => s.requeue(which, now_ms))
+    }
+
+    /// The SQLite backend, for tests that read its tables.
+    #[cfg(test)]
+    fn sqlite(&self) -> &sqlite::Sqlite {
+        backend!(self, s => s)
+    }
+}
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,69 +230,8 @@ pub struct PollCommit {
     pub now_ms: i64,
 }
 
-/// The store handle; cheap to clone, safe to share.
-#[derive(Clone)]
-pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
-    _lock: Arc<File>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
-    }
-}
-
-mod open;
-mod outbox;
-mod poll;
-
-impl Store {
-    /// Writes each item in a savepoint of its own inside one transaction (one that fails is
-    /// rolled back alone, the others stay); if the transaction itself fails, so does every
-    /// item. What group commit is made of: the polls' commits and the deliveries' outcomes.
-    /// `failpoint`: hit after the writes, before the commit (crash tests).
-    fn in_savepoints<I, T>(
-        &self,
-        items: &[&I],
-        failpoint: Option<&str>,
-        write: impl Fn(&Connection, &I) -> Result<T, StoreError>,
-    ) -> Vec<Result<T, String>> {
-        let mut conn = self.conn();
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = StoreError::from(e).to_string();
-                return items.iter().map(|_| Err(e.clone())).collect();
-            }
-        };
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                let out = write(&sp, item)?;
-                sp.commit()?;
-                Ok(out)
-            });
-            results.push(one.map_err(|e| e.to_string()));
-        }
-        if let Some(name) = failpoint {
-            crate::failpoint::hit(name);
-        }
-        if let Err(e) = tx.commit() {
-            let e = StoreError::from(e).to_string();
-            for r in &mut results {
-                if r.is_ok() {
-                    *r = Err(e.clone());
-                }
-            }
-        }
-        results
-    }
-}
-
 #[cfg(test)]
-use outbox::HEADS;
+use sqlite::outbox::HEADS;
 
 /// Which rows `outbox retry` puts back.
 #[derive(Clone, Copy, Debug)]

@@ -332,6 +332,7 @@ fn a_group_commit_writes_every_poll_but_the_one_that_fails() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db")).unwrap();
     store
+        .sqlite()
         .conn()
         .execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON chats WHEN NEW.chat_id = 'bad@c.us'
@@ -362,6 +363,7 @@ fn a_group_commit_writes_every_poll_but_the_one_that_fails() {
     );
     assert!(sb.known && sb.watermark == 200);
     let queued: i64 = store
+        .sqlite()
         .conn()
         .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
         .unwrap();
@@ -388,6 +390,7 @@ async fn the_commit_queue_commits_concurrent_polls_each_once() {
         assert_eq!(t.await.unwrap(), Ok(1));
     }
     let queued: i64 = store
+        .sqlite()
         .conn()
         .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
         .unwrap();
@@ -414,7 +417,7 @@ fn a_cached_statement_is_planned_once_whatever_it_is_bound_to() {
     for _ in 0..3 {
         store.heads(&groups).unwrap();
     }
-    let conn = store.conn();
+    let conn = store.sqlite().conn();
     let stmt = conn.prepare_cached(HEADS).unwrap();
     assert_eq!(
         stmt.get_status(rusqlite::StatementStatus::RePrepare),

@@ -7,6 +7,8 @@
 //!   against is `net`'s.
 //! - `gateway` never names `outbox`: both read `Retry-After` and error chains from `net`.
 //! - `text`, `model` and `net` name nothing of the crate but themselves.
+//! - Only the store names its backend's driver: SQL and `rusqlite` stay under `src/store/`, so
+//!   a second backend is added behind the store's seam, not beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -99,6 +101,57 @@ fn violations(src: &Path) -> Vec<String> {
     found.sort();
     found.dedup();
     found
+}
+
+/// Files outside `src/store/` that name the SQLite driver.
+fn driver_outside_the_store(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let store = src.join("store");
+    let mut found: Vec<String> = files
+        .into_iter()
+        .filter(|f| !f.starts_with(&store))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .any(|l| l.contains("rusqlite"))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn only_the_store_names_the_sqlite_driver() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let v = driver_outside_the_store(&src);
+    assert!(
+        v.is_empty(),
+        "rusqlite named outside src/store/:\n{}",
+        v.join("\n")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in [
+        ("store/sqlite/open.rs", "use rusqlite::Connection;\n"),
+        (
+            "outbox/cli.rs",
+            "// rusqlite in a comment\nuse crate::store::Store;\n",
+        ),
+        (
+            "commands/outbox.rs",
+            "let c = rusqlite::Connection::open(p)?;\n",
+        ),
+    ] {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+    }
+    let v = driver_outside_the_store(dir.path());
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].ends_with("commands/outbox.rs"), "{v:?}");
 }
 
 #[test]

@@ -98,9 +98,9 @@ pub(super) fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-impl Store {
+impl Sqlite {
     /// Opens (creating if missing) the state file, taking its lock for this process.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_path_buf(),
             reason,
@@ -191,7 +191,7 @@ impl Store {
         conn.execute_batch(ENDPOINTS_GONE)
             .map_err(|e| broken(e.to_string()))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Store {
+        Ok(Sqlite {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             _lock: Arc::new(lock_file),
@@ -200,7 +200,7 @@ impl Store {
 
     /// Opens an existing state file next to a running daemon, for `outbox` commands: no lock,
     /// no schema changes; SQLite's own locking keeps the two writers apart.
-    pub fn open_shared(path: &Path) -> Result<Store, StoreError> {
+    pub fn open_shared(path: &Path) -> Result<Sqlite, StoreError> {
         if !path.exists() {
             return Err(StoreError::Open {
                 path: path.to_path_buf(),
@@ -234,7 +234,7 @@ impl Store {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        Ok(Store {
+        Ok(Sqlite {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             _lock: Arc::new(lock),
@@ -252,7 +252,7 @@ impl Store {
         &self.path
     }
 
-    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(in crate::store) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }

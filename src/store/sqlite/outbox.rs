@@ -4,9 +4,9 @@
 use super::*;
 
 /// The oldest pending row of one (chat, url).
-pub(super) const HEADS: &str = "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = ?1 AND url = ?2 ORDER BY id LIMIT 1";
+pub(in crate::store) const HEADS: &str = "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = ?1 AND url = ?2 ORDER BY id LIMIT 1";
 
-impl Store {
+impl Sqlite {
     pub(super) fn row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
         let headers: String = r.get("headers")?;
         Ok(OutboxRow {
@@ -36,7 +36,7 @@ impl Store {
         self.due_excluding(now_ms, limit, &[])
     }
 
-    /// [`Store::due`] without the rows for `urls` (endpoints with no free slot).
+    /// [`Sqlite::due`] without the rows for `urls` (endpoints with no free slot).
     pub fn due_excluding(
         &self,
         now_ms: i64,
@@ -84,7 +84,7 @@ impl Store {
     }
 
     /// Records the outcome of one attempt: the row moves to `record.outcome` (never InFlight).
-    /// One [`Store::record_outcomes`], as the dispatcher's writer thread does it.
+    /// One [`Sqlite::record_outcomes`], as the dispatcher's writer thread does it.
     pub fn record_attempt(
         &self,
         id: i64,
@@ -127,7 +127,7 @@ impl Store {
 
     /// A 410: records the attempt (the row is dead, `gone`), disables `url` under the config
     /// `fingerprint`, and parks every other pending row for that url as `gone` — one
-    /// transaction. Returns how many other rows were parked. One [`Store::record_outcomes`].
+    /// transaction. Returns how many other rows were parked. One [`Sqlite::record_outcomes`].
     pub fn disable_endpoint(
         &self,
         id: i64,
@@ -147,7 +147,7 @@ impl Store {
             .map(|parked| parked.unwrap_or(0))
     }
 
-    /// [`Store::disable_endpoint`]'s rows, inside the caller's transaction.
+    /// [`Sqlite::disable_endpoint`]'s rows, inside the caller's transaction.
     pub(super) fn write_gone(
         tx: &Connection,
         id: i64,
@@ -173,8 +173,8 @@ impl Store {
     }
 
     /// Records several attempts' outcomes in one transaction, each in its own savepoint (one
-    /// that fails is rolled back alone): what [`Store::record_attempt`] and
-    /// [`Store::disable_endpoint`] do one by one. For a 410 ([`Outcome::gone`]), the number of
+    /// that fails is rolled back alone): what [`Sqlite::record_attempt`] and
+    /// [`Sqlite::disable_endpoint`] do one by one. For a 410 ([`Outcome::gone`]), the number of
     /// other rows parked.
     pub fn record_outcomes(&self, outcomes: &[&Outcome]) -> Vec<Result<Option<usize>, String>> {
         self.in_savepoints(outcomes, None, |sp, o| match &o.gone {

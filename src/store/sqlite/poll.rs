@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Store {
+impl Sqlite {
     /// Everything stored about one chat: its watermark, every seen id, and what the rules
     /// remember — what the poller keeps in memory from then on ([`PollCommit`]s keep it equal).
     pub fn load_chat(&self, chat_id: &str) -> Result<(ChatState, Memory), StoreError> {
@@ -87,7 +87,7 @@ impl Store {
 
     /// Moves the watermark, records seen ids and cooldowns, and queues the deliveries — all or
     /// nothing. A delivery already queued (same id) is left as it is. (One poll's
-    /// [`Store::commit_polls`].)
+    /// [`Sqlite::commit_polls`].)
     pub fn commit_poll(&self, c: &PollCommit) -> Result<usize, String> {
         let mut results = self.commit_polls(&[c]);
         results
