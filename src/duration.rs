@@ -6,6 +6,15 @@ use std::fmt;
 use std::time::Duration;
 
 /// Parses `500ms`, `10s`, `5m`, `1h`, `2d` (one number and one unit; `0` alone is zero).
+///
+/// ```
+/// use std::time::Duration;
+/// use cartat_rules::duration::parse;
+///
+/// assert_eq!(parse("15m"), Ok(Duration::from_secs(900)));
+/// assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+/// assert!(parse("15").unwrap_err().contains("no unit"));
+/// ```
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t == "0" {

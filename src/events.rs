@@ -1,5 +1,5 @@
 //! Every logged event, one function each, so log lines stay consistent and phone numbers
-//! are masked in one place (SPEC §3 `log.mask_phone_numbers`).
+//! are masked in one place (`log.mask_phone_numbers`).
 //!
 //! Must not: log a token, a webhook secret, or a signed header.
 

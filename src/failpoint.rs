@@ -1,5 +1,5 @@
 //! Fail points: named places where a test can make the process die as if SIGKILLed, to prove
-//! that a crash at that exact point loses and repeats nothing (SPEC §6).
+//! that a crash at that exact point loses and repeats nothing (README, "Guarantees").
 //!
 //! `CARTAT_FAILPOINT=NAME` (or `NAME:N`, the N-th time it is reached, default the first) is read
 //! once; when the named point is reached the process calls [`std::process::abort`] — no

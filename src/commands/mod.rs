@@ -1,8 +1,9 @@
-//! The command line (SPEC §2). Each command is a function returning its exit code; errors
+//! The command line. Each command is a function returning its exit code; errors
 //! are printed here, once, with what the user can do about them.
 
 mod check;
 mod demo;
+mod health;
 mod mock_gateway;
 mod outbox;
 mod run;
@@ -118,6 +119,19 @@ pub enum Command {
     /// Print the JSON Schema of a rule file (one rule or a list), for editors' YAML language
     /// servers: `cartat-rules schema > rule.schema.json`.
     Schema,
+    /// Ask a running daemon's `/healthz` (at the config's `server.listen`, or `--url`): exit 0
+    /// when it answers 200, 1 otherwise. For container health checks and probes.
+    Health {
+        /// The config file (for `server.listen`).
+        #[arg(short, long, default_value = "cartat.yaml", env = "CARTAT_CONFIG")]
+        config: PathBuf,
+        /// Ask this url instead, e.g. http://127.0.0.1:9464/healthz.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -231,6 +245,11 @@ pub fn main(cli: Cli) -> ExitCode {
             mock_gateway::mock_gateway(listen, scenario.as_deref(), &cli.log)
         }
         Command::Schema => schema::schema(),
+        Command::Health {
+            config,
+            url,
+            timeout,
+        } => health::health(&config, url.as_deref(), timeout),
     };
     ExitCode::from(code)
 }

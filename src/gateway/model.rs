@@ -140,7 +140,7 @@ pub struct Message {
     pub body: String,
     /// whatsapp-web.js message type (`chat`, `image`, `revoked`, `e2e_notification`, …).
     pub kind: String,
-    /// Unix seconds, after the plausibility fallback of SPEC §1.
+    /// Unix seconds, after the plausibility fallback (`plausible_seconds`).
     pub timestamp: i64,
     pub from: Option<String>,
     pub to: Option<String>,

@@ -46,7 +46,7 @@ pub struct NewMessage {
     /// Message type. Default `chat`.
     #[serde(default = "default_type", rename = "type")]
     pub kind: String,
-    /// Message id; default generated (`MOCK{chat}_{n}`). Must be new in the chat.
+    /// Message id; default generated (`MOCK{run}_{chat}_{n}`, the run's tag random per start). Must be new in the chat.
     #[serde(default)]
     pub id: Option<String>,
     /// Sender of an inbound group message. Groups only.

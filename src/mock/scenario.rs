@@ -89,7 +89,7 @@ pub struct MessageSpec {
     /// The text. Default empty.
     #[serde(default)]
     pub body: String,
-    /// The message id (`id.id`). Default `MOCK{chat index}_{message index}`.
+    /// The message id (`id.id`). Default `MOCK{run}_{chat index}_{message index}`, where the run's tag is random per start (ids of two runs never collide).
     #[serde(default)]
     pub id: Option<String>,
     /// Sent by the business account (outbound). Default false.

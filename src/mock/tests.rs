@@ -252,7 +252,7 @@ fn private_reply_matches_the_whatsapp_web_js_shape() {
     assert_eq!(inbound["_data"]["id"], inbound["id"]);
     assert_eq!(
         inbound["id"]["_serialized"],
-        "false_966500000000@c.us_MOCK0_4"
+        format!("false_966500000000@c.us_MOCK{}_0_4", w.run)
     );
     assert_eq!(inbound["id"]["fromMe"], false);
     assert_eq!(inbound["id"]["remote"], "966500000000@c.us");
@@ -272,7 +272,10 @@ fn private_reply_matches_the_whatsapp_web_js_shape() {
     assert_eq!(m3["from"], BUSINESS_ID);
     assert_eq!(m3["to"], "966500000000@c.us");
     assert_eq!(m3["_data"]["self"], "out");
-    assert_eq!(m3["id"]["_serialized"], "true_966500000000@c.us_MOCK0_2");
+    assert_eq!(
+        m3["id"]["_serialized"],
+        format!("true_966500000000@c.us_MOCK{}_0_2", w.run)
+    );
 }
 
 #[test]
@@ -355,7 +358,11 @@ chats:
         START_MS / 1000
     );
     let reply = reply_at(&w, "966500000000", None, 3000);
-    assert_eq!(ids(&reply), ["AR1", "MOCK0_1", "MOCK0_2", "MOCK0_3"]);
+    let generated = |n: usize| format!("MOCK{}_0_{n}", w.run);
+    assert_eq!(
+        ids(&reply),
+        ["AR1".to_owned(), generated(1), generated(2), generated(3)]
+    );
     let ts: Vec<i64> = reply["messages"]
         .as_array()
         .unwrap()
@@ -723,7 +730,7 @@ chats:
         )
         .unwrap()
         .1;
-    assert_eq!(id, "MOCK0_2");
+    assert_eq!(id, format!("MOCK{}_0_2", w.run));
     assert_eq!(
         bodies(&reply_at(&w, "966500000000", None, 600)),
         ["past", "now"]
@@ -774,9 +781,22 @@ fn synthetic_traffic_is_deterministic_for_a_seed() {
     let mut differs = false;
     for &i in &active {
         let chat = synthetic_chat_id(i);
-        let ra = a.reply(&chat, None, 10_000, START_MS).unwrap();
-        assert_eq!(ra, b.reply(&chat, None, 10_000, START_MS).unwrap());
-        differs |= ra != c.reply(&chat, None, 10_000, START_MS).unwrap();
+        // The same traffic, but each world's ids carry its own run tag.
+        let ra = a
+            .reply(&chat, None, 10_000, START_MS)
+            .unwrap()
+            .replace(&a.run, "RUN");
+        assert_ne!(a.run, b.run);
+        assert_eq!(
+            ra,
+            b.reply(&chat, None, 10_000, START_MS)
+                .unwrap()
+                .replace(&b.run, "RUN")
+        );
+        differs |= ra
+            != c.reply(&chat, None, 10_000, START_MS)
+                .unwrap()
+                .replace(&c.run, "RUN");
         let v: Value = serde_json::from_str(&ra).unwrap();
         let n = v["messages"].as_array().unwrap().len();
         assert!(
@@ -810,8 +830,8 @@ fn a_synthetic_reply_costs_o_limit() {
     let got = ids(&reply);
     assert_eq!(got.len(), 50);
     let n = s.visible_count(chat, now);
-    assert_eq!(got[49], format!("MOCKS{chat}_{}", n - 1));
-    assert_eq!(got[0], format!("MOCKS{chat}_{}", n - 50));
+    assert_eq!(got[49], format!("MOCKS{}_{chat}_{}", w.run, n - 1));
+    assert_eq!(got[0], format!("MOCKS{}_{chat}_{}", w.run, n - 50));
 }
 
 #[test]
@@ -892,7 +912,20 @@ async fn synthetic_over_http_with_a_traffic_window() {
         let chat = synthetic_chat_id(c);
         let reply = fetch_json(&gw, &chat, None).await;
         let reply2 = fetch_json(&gw2, &chat, None).await;
-        assert_eq!(ids(&reply), ids(&reply2), "same seed, same traffic");
+        // Ids are MOCKS{run}_{chat}_{n}: the same but for each start's run tag.
+        let untagged = |ids: Vec<String>| -> Vec<String> {
+            ids.into_iter()
+                .map(|i| {
+                    i.split_once('_')
+                        .map_or(i.clone(), |(_, rest)| rest.to_owned())
+                })
+                .collect()
+        };
+        assert_eq!(
+            untagged(ids(&reply)),
+            untagged(ids(&reply2)),
+            "same seed, same traffic"
+        );
         assert_eq!(bodies(&reply), bodies(&reply2));
         assert!(
             (7..=9).contains(&ids(&reply).len()),

@@ -121,7 +121,7 @@ pub(super) struct ChatState {
     pub(super) unread_count: i64,
     /// Sorted by `at_ms`, stable (scenario order, then push order).
     pub(super) messages: Vec<StoredMsg>,
-    /// Prefix of generated ids (`MOCK3_` or `MOCKS17_P`).
+    /// Prefix of generated ids (`MOCK{run}_3_` or `MOCKS{run}_17_P`).
     pub(super) id_prefix: String,
     /// Next generated id number.
     pub(super) next_generated: usize,
@@ -193,6 +193,20 @@ pub(super) struct Synthetic {
     pub(super) after_ms: i64,
     pub(super) until_ms: Option<i64>,
     pub(super) filler: Vec<&'static str>,
+    /// This run's tag in generated ids ([`run_tag`]).
+    pub(super) run: String,
+}
+
+/// A tag that makes this run's generated message ids its own: six characters of [A-Z0-9],
+/// random per start. Without it, `MOCK0_4` of one run and `MOCK0_4` of the next — two
+/// different messages — would share a delivery id in a state file that outlives the run.
+pub(super) fn run_tag() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// splitmix64: a stable, portable mix (rand's generators may change across versions).
@@ -208,7 +222,7 @@ pub(super) fn hash3(seed: u64, c: u64, k: u64, salt: u64) -> u64 {
 }
 
 impl Synthetic {
-    pub(super) fn compile(spec: &SyntheticSpec) -> Result<Synthetic, String> {
+    pub(super) fn compile(spec: &SyntheticSpec, run: &str) -> Result<Synthetic, String> {
         if spec.chats == 0 || spec.chats > SYNTHETIC_MAX_CHATS {
             return Err(format!(
                 "synthetic.chats must be between 1 and {SYNTHETIC_MAX_CHATS}"
@@ -271,6 +285,7 @@ impl Synthetic {
             after_ms,
             until_ms,
             filler,
+            run: run.to_owned(),
         })
     }
 
@@ -341,7 +356,7 @@ impl Synthetic {
             pick(1).to_owned()
         };
         View {
-            id: format!("MOCKS{c}_{k}"),
+            id: format!("MOCKS{}_{c}_{k}", self.run),
             from_me: !planted && h.is_multiple_of(5),
             kind: "chat".to_owned(),
             body: Some(body),
@@ -371,6 +386,8 @@ pub(super) struct World {
     pub(super) synthetic: Option<Synthetic>,
     /// Messages pushed into synthetic chats, by chat index.
     pub(super) synthetic_pushed: HashMap<u64, ChatState>,
+    /// This run's tag in generated message ids ([`run_tag`]).
+    pub(super) run: String,
 }
 
 /// A chat resolved from a request.
@@ -385,10 +402,11 @@ impl World {
         if scenario.token.trim().is_empty() {
             return Err("token must not be empty".to_owned());
         }
+        let run = run_tag();
         let synthetic = scenario
             .synthetic
             .as_ref()
-            .map(Synthetic::compile)
+            .map(|spec| Synthetic::compile(spec, &run))
             .transpose()?;
         let mut chats = Vec::with_capacity(scenario.chats.len());
         let mut by_id = HashMap::new();
@@ -411,7 +429,9 @@ impl World {
             let mut ids = HashSet::new();
             for (mi, m) in spec.messages.iter().enumerate() {
                 let at = |what: String| format!("chats[{ci}].messages[{mi}]: {what}");
-                let id = m.id.clone().unwrap_or_else(|| format!("MOCK{ci}_{mi}"));
+                let id =
+                    m.id.clone()
+                        .unwrap_or_else(|| format!("MOCK{run}_{ci}_{mi}"));
                 if id.is_empty() {
                     return Err(at("`id` must not be empty".to_owned()));
                 }
@@ -449,7 +469,7 @@ impl World {
                 unread_count: spec.unread_count,
                 next_generated: messages.len(),
                 messages,
-                id_prefix: format!("MOCK{ci}_"),
+                id_prefix: format!("MOCK{run}_{ci}_"),
             });
         }
         for (fi, f) in scenario.faults.iter().enumerate() {
@@ -460,6 +480,7 @@ impl World {
             by_id,
             synthetic,
             synthetic_pushed: HashMap::new(),
+            run,
         })
     }
 
@@ -534,7 +555,7 @@ impl World {
                     is_group: false,
                     unread_count: 0,
                     messages: Vec::new(),
-                    id_prefix: format!("MOCKS{c}_P"),
+                    id_prefix: format!("MOCKS{}_{c}_P", self.run),
                     next_generated: 0,
                 });
                 let id = chat.push(msg, now_ms)?;

@@ -1,5 +1,5 @@
-//! The SSRF guard: refuses webhook targets on private networks (SPEC §3,
-//! `webhooks.allow_private_networks`).
+//! The SSRF guard: refuses webhook targets on private networks unless the operator allows them
+//! (`webhooks.allow_private_networks`).
 //!
 //! Owns: the address classification ([`non_public_reason`]), the operator's policy
 //! ([`NetPolicy`], [`Cidr`] over the `ipnet` crate), the check of one address ([`check_ip`]), the vetting of a

@@ -1,4 +1,4 @@
-//! What a receiver gets: the deterministic `delivery_id` and the standard envelope of SPEC §5.
+//! What a receiver gets: the deterministic `delivery_id` and the standard envelope (README, "The webhook").
 //! Pure.
 
 use crate::gateway::model::{Chat, ChatId, Message, MessageKey};

@@ -11,7 +11,7 @@
 //!
 //! `InFlight` lives only in memory: the store keeps an in-flight row as it was before the claim
 //! (pending, or retry at a past time), so a crash while a request is on the wire re-sends it
-//! with the same `delivery_id` (SPEC §6). [`Lifecycle::after_attempt`] is the pure decision
+//! with the same `delivery_id` (README, "Guarantees"). [`Lifecycle::after_attempt`] is the pure decision
 //! that picks the transition out of a classified attempt and the retry policy.
 //!
 //! Owns: which transitions exist, and how each state is written to and read from an outbox row

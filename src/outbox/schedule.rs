@@ -1,4 +1,4 @@
-//! Delivery outcome classification and the retry schedule (SPEC §5, DESIGN "Delivery").
+//! Delivery outcome classification and the retry schedule.
 //!
 //! Owns: turning what one delivery attempt produced on the wire ([`AttemptResult`]) into a
 //! [`Verdict`] (delivered, retry, dead letter, endpoint gone), parsing `Retry-After`, and
@@ -94,7 +94,7 @@ pub enum AttemptResult {
     Refused(String),
 }
 
-/// The classification of an attempt (SPEC §5).
+/// The classification of an attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     /// 2xx.

@@ -1,4 +1,4 @@
-//! Standard Webhooks signing of outgoing deliveries (SPEC §5).
+//! Standard Webhooks signing of outgoing deliveries.
 //!
 //! Owns: parsing the `webhooks.secret` into a [`SigningKey`], computing the
 //! `webhook-signature` header value (`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`)
@@ -130,6 +130,19 @@ fn describe_b64_error(e: &base64::DecodeError) -> String {
 ///
 /// True when any `v1` entry matches; entries of other versions and malformed entries are
 /// ignored. Checks the signature only: a receiver's timestamp tolerance is its own policy.
+///
+/// A receiver written in Rust can verify what it gets with it (`webhook-id`,
+/// `webhook-timestamp` and `webhook-signature` are the request's headers):
+///
+/// ```
+/// use cartat_rules::outbox::sign::{SigningKey, verify};
+///
+/// let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+/// let body = br#"{"type":"rule.matched","rule":"bot-keyword"}"#;
+/// let header = key.sign("b1f4c2", 1_764_300_000, body);
+/// assert!(verify(&key, "b1f4c2", 1_764_300_000, body, &header));
+/// assert!(!verify(&key, "b1f4c2", 1_764_300_000, b"{}", &header));
+/// ```
 pub fn verify(key: &SigningKey, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
     let expected = key.tag(msg_id, timestamp, body);
     header

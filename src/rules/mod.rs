@@ -4,7 +4,7 @@
 //! The parts: [`load`] finds and parses the files, [`compile`] turns them into a [`RuleSet`],
 //! [`evaluate`] runs it on a message; this module holds the compiled types they share.
 //!
-//! Owns: the rule language of SPEC §4 for message rules. Must not: do I/O after loading,
+//! Owns: the rule language for message rules. Must not: do I/O after loading,
 //! keep per-chat state (cooldowns and watermarks belong to the engine and the store).
 
 pub mod chat;
@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use template::{Kind, TemplateId, Templates};
 
-/// Rules see at most this much of a body (SPEC §4).
+/// Rules see at most this much of a body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Message types that are notifications: only a rule that names them in `type` sees them.
@@ -102,7 +102,7 @@ pub enum Action {
 /// How a webhook body is made.
 #[derive(Debug)]
 pub enum BodyTemplate {
-    /// The standard envelope of SPEC §5.
+    /// The standard envelope (README, "The webhook").
     Envelope,
     /// A JSON template string.
     Json(TemplateId),

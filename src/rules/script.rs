@@ -1,5 +1,5 @@
 //! The rhai sandbox: compiles script expressions once and evaluates them with hard bounds
-//! (SPEC §4 `match.script`; reused later by `.rhai` rule files).
+//! (`match.script`; also the sandbox of `.rhai` rule files).
 //!
 //! Owns: the one way an untrusted script is run. The engine is built raw (`Engine::new_raw`)
 //! with only the core, logic, string, array and map packages; no modules, no `eval`, no

@@ -117,10 +117,16 @@ impl CommitQueue {
     }
 }
 
-/// The jobs waiting now, and those that come while the batch lingers.
-fn gather(queue: &mpsc::Receiver<Job>, first: Job) -> Vec<Job> {
+/// The jobs waiting now, and those that come while the batch lingers: each wait for the next
+/// job lasts at most `linger`, all of them together at most `linger_max`.
+fn gather(
+    queue: &mpsc::Receiver<Job>,
+    first: Job,
+    linger: Duration,
+    linger_max: Duration,
+) -> Vec<Job> {
     let mut batch = vec![first];
-    let deadline = Instant::now() + LINGER_MAX;
+    let deadline = Instant::now() + linger_max;
     while batch.len() < MAX_BATCH {
         match queue.try_recv() {
             Ok(job) => {
@@ -130,7 +136,7 @@ fn gather(queue: &mpsc::Receiver<Job>, first: Job) -> Vec<Job> {
             Err(mpsc::TryRecvError::Disconnected) => break,
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        let wait = LINGER.min(deadline.saturating_duration_since(Instant::now()));
+        let wait = linger.min(deadline.saturating_duration_since(Instant::now()));
         // A read waits for nobody: it is answered with the writes gathered so far.
         if wait.is_zero() || batch.iter().any(|j| matches!(j, Job::Read(_))) {
             break;
@@ -148,7 +154,7 @@ fn write_batches(store: &Store, queue: &mpsc::Receiver<Job>) {
         let mut polls = Vec::new();
         let mut outcomes = Vec::new();
         let mut reads = Vec::new();
-        for job in gather(queue, first) {
+        for job in gather(queue, first, LINGER, LINGER_MAX) {
             match job {
                 Job::Poll { commit, done } => polls.push((commit, done)),
                 Job::Outcome { outcome, done } => outcomes.push((outcome, done)),
@@ -173,5 +179,135 @@ fn write_batches(store: &Store, queue: &mpsc::Receiver<Job>) {
             // A read that panics drops its answer (the caller sees None); the writer goes on.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(store)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll() -> Job {
+        let (done, _) = tokio::sync::oneshot::channel();
+        Job::Poll {
+            commit: PollCommit::default(),
+            done,
+        }
+    }
+
+    fn read() -> Job {
+        Job::Read(Box::new(|_| {}))
+    }
+
+    /// Sends `n` polls, one every `every`, from another thread.
+    fn feed(jobs: mpsc::Sender<Job>, n: usize, every: Duration) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            for _ in 0..n {
+                std::thread::sleep(every);
+                if jobs.send(poll()).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn what_is_queued_goes_in_one_batch_up_to_the_cap() {
+        let (jobs, queue) = mpsc::channel();
+        for _ in 0..MAX_BATCH + 5 {
+            jobs.send(poll()).unwrap();
+        }
+        let first = queue.recv().unwrap();
+        let batch = gather(&queue, first, Duration::ZERO, Duration::ZERO);
+        assert_eq!(batch.len(), MAX_BATCH);
+        let first = queue.recv().unwrap();
+        assert_eq!(
+            gather(&queue, first, Duration::ZERO, Duration::ZERO).len(),
+            5
+        );
+    }
+
+    #[test]
+    fn a_job_that_comes_while_the_batch_lingers_joins_it() {
+        let (jobs, queue) = mpsc::channel();
+        jobs.send(poll()).unwrap();
+        let feeder = feed(jobs, 2, Duration::from_millis(50));
+        let first = queue.recv().unwrap();
+        // Generous waits: the feeder's 50 ms sleeps may run late on a loaded machine.
+        let batch = gather(
+            &queue,
+            first,
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        );
+        assert_eq!(batch.len(), 3);
+        feeder.join().unwrap();
+    }
+
+    #[test]
+    fn lingering_ends_at_the_cap_while_jobs_keep_coming() {
+        let (jobs, queue) = mpsc::channel();
+        jobs.send(poll()).unwrap();
+        let feeder = feed(jobs, 40, Duration::from_millis(50));
+        let first = queue.recv().unwrap();
+        let start = Instant::now();
+        let batch = gather(
+            &queue,
+            first,
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            batch.len() < 20,
+            "{} jobs: the cap did not end the batch",
+            batch.len()
+        );
+        drop(queue);
+        feeder.join().unwrap();
+    }
+
+    #[test]
+    fn a_read_is_answered_without_lingering() {
+        let (jobs, queue) = mpsc::channel();
+        jobs.send(poll()).unwrap();
+        jobs.send(read()).unwrap();
+        let first = queue.recv().unwrap();
+        let start = Instant::now();
+        let batch = gather(
+            &queue,
+            first,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        );
+        assert_eq!(batch.len(), 2);
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_read_runs_on_the_writer_and_a_panicking_one_does_not_stop_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let queue = CommitQueue::start(store).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let panicked: Option<()> = queue.read(|_| panic!("a read that panics")).await;
+            assert_eq!(panicked, None);
+            let name = queue
+                .read(|_| std::thread::current().name().map(str::to_string))
+                .await;
+            assert_eq!(name, Some(Some("cartat-commit".to_string())));
+            let due = queue.read(|s| s.due(i64::MAX, 10).map(|r| r.len())).await;
+            assert!(matches!(due, Some(Ok(0))), "{due:?}");
+        });
     }
 }

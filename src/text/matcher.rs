@@ -1,4 +1,4 @@
-//! Keyword matching for rule bodies (SPEC §4 "Rules", DESIGN "Key decisions → Text").
+//! Keyword matching for rule bodies.
 //!
 //! Owns: one Aho-Corasick automaton over every distinct keyword of every rule (a second one for
 //! the keywords of `normalize: false` rules), the mapping from a found pattern back to the
@@ -29,14 +29,14 @@ pub type KeywordId = u32;
 /// How one keyword is matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatchMode {
-    /// whole words only (SPEC §4): not glued to other letters/digits, except Arabic proclitics in front
+    /// whole words only: not glued to other letters/digits, except Arabic proclitics in front
     pub words: bool,
     /// match against normalized text (true, the default) or the raw text as written (false)
     pub normalized: bool,
 }
 
 impl Default for MatchMode {
-    /// Substring match on normalized text: SPEC §4's defaults.
+    /// Substring match on normalized text: the defaults.
     fn default() -> Self {
         Self {
             words: false,
@@ -486,7 +486,7 @@ impl Hits {
     }
 }
 
-/// True when text[start..end] is a whole word per SPEC §4 (pure; exposed for tests and for the explain output).
+/// True when text[start..end] is a whole word as the rule language defines them (pure; exposed for tests and for the explain output).
 ///
 /// The character after `end` must not be alphanumeric (`char::is_alphanumeric`). The character
 /// before `start` must not be alphanumeric either, unless the run of alphanumerics in front of

@@ -1,4 +1,4 @@
-//! Text normalization for matching (SPEC §4 "Rules", DESIGN "Key decisions → Text").
+//! Text normalization for matching.
 //!
 //! Owns: the one function, [`normalize`], that turns a message body or a keyword into the form
 //! that keyword matching and regexes see, plus [`is_removed`], the set of code points it deletes.
@@ -24,7 +24,18 @@ const NFKC: ComposingNormalizerBorrowed<'static> = ComposingNormalizerBorrowed::
 /// only guards against an unforeseen Unicode oddity; it is never reached by known inputs.
 const MAX_ROUNDS: usize = 8;
 
-/// Normalizes text for matching (SPEC §4). Borrows when nothing changes.
+/// Normalizes text for matching. Borrows when nothing changes.
+///
+/// ```
+/// use cartat_rules::text::normalize::normalize;
+///
+/// // Tashkeel and tatweel go, alef forms fold, Latin is lowercased.
+/// assert_eq!(normalize("بُوت"), "بوت");
+/// assert_eq!(normalize("البـــوت"), "البوت");
+/// assert_eq!(normalize("أهلا BOT"), "اهلا bot");
+/// // Nothing to change: the input is borrowed, not copied.
+/// assert!(matches!(normalize("bot"), std::borrow::Cow::Borrowed(_)));
+/// ```
 ///
 /// Steps, in order:
 /// 1. NFKC (compatibility composition: presentation forms such as `ﻻ` → `لا`, ligatures such

@@ -541,3 +541,81 @@ fn check_refuses_webhooks_to_private_addresses_the_policy_would_dead_letter() {
     let (code, out, _) = run_cli(&["check", "rules"], ws.path());
     assert_eq!(code, 0, "{out}");
 }
+
+/// The ids of the messages `mock-gateway` (the real binary, one start) serves for one chat,
+/// asked twice.
+async fn mock_gateway_ids(scenario: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "mock-gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "-q",
+            "--scenario",
+        ])
+        .arg(scenario)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start mock-gateway");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    cartat_rules::install_crypto();
+    let client = reqwest::Client::new();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let reply: serde_json::Value = client
+            .get(format!("http://{addr}/chats/966500000001"))
+            .bearer_auth("mock-token")
+            .send()
+            .await
+            .expect("GET /chats")
+            .json()
+            .await
+            .expect("a JSON reply");
+        let ids: Vec<String> = reply["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["id"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        runs.push(ids);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let second = runs.pop().unwrap();
+    (runs.pop().unwrap(), second)
+}
+
+#[tokio::test]
+async fn the_mock_gateway_gives_each_start_its_own_message_ids() {
+    let ws = Workspace::new();
+    let scenario = ws.write(
+        "scenario.yaml",
+        "chats:\n  - id: \"966500000001\"\n    messages:\n      - { at: 0s, body: one }\n      - { at: 0s, body: two }\n      - { at: 0s, body: mine, id: FIXED1 }\n",
+    );
+    let (a1, a2) = mock_gateway_ids(&scenario).await;
+    let (b1, _) = mock_gateway_ids(&scenario).await;
+    assert_eq!(a1.len(), 3, "{a1:?}");
+    assert_eq!(a1, a2, "ids change within one run");
+    // A scenario's own id stays; generated ones carry the run's tag.
+    assert!(a1.contains(&"FIXED1".to_owned()) && b1.contains(&"FIXED1".to_owned()));
+    let generated = |ids: &[String]| -> Vec<String> {
+        ids.iter().filter(|i| *i != "FIXED1").cloned().collect()
+    };
+    let (ga, gb) = (generated(&a1), generated(&b1));
+    assert_eq!(ga.len(), 2);
+    assert!(
+        ga.iter().all(|id| !gb.contains(id)),
+        "two starts served the same generated ids: {ga:?} and {gb:?}"
+    );
+}

@@ -5,6 +5,7 @@ mod borders;
 mod cli;
 mod crash;
 mod delivery;
+mod deploy;
 mod e2e;
 mod faults;
 mod fixtures;

@@ -39,7 +39,7 @@ fn matches(keyword: &str, mode: MatchMode, raw: &str) -> bool {
 #[test]
 fn table() {
     let cases: &[(&str, MatchMode, &str, bool)] = &[
-        // SPEC §4: proclitics
+        // proclitics
         ("بوت", WORDS, "البوت", true),
         ("بوت", WORDS, "والبوت", true),
         ("بوت", WORDS, "بالبوت", true),

@@ -1,0 +1,226 @@
+//! What `deploy/` ships, checked: the production config passes `check` with the repo's rules,
+//! the systemd unit passes `systemd-analyze verify`, the Dockerfile says what a deployer relies
+//! on (and builds, where a Docker daemon answers), and `cartat-rules health` tells a live
+//! daemon from a dead one.
+
+use crate::support::*;
+use std::path::Path;
+use std::process::Command;
+
+fn deploy(file: &str) -> String {
+    std::fs::read_to_string(root().join("deploy").join(file))
+        .unwrap_or_else(|e| panic!("deploy/{file}: {e}"))
+}
+
+#[test]
+fn the_production_config_passes_check_with_the_rules_it_ships_with() {
+    // The image and the unit read it at /etc/cartat-rules with deploy/rules beside it; here
+    // the same text points at deploy/rules and a temporary state folder.
+    let ws = Workspace::new();
+    let rules = root().join("deploy/rules");
+    let text = deploy("cartat.yaml")
+        .replace("/etc/cartat-rules/rules", &rules.display().to_string())
+        .replace(
+            "/var/lib/cartat-rules",
+            &ws.path().join("state").display().to_string(),
+        );
+    assert_ne!(text, deploy("cartat.yaml"), "the paths to replace moved");
+    let cfg = ws.write("cartat.yaml", &text);
+    let (code, out, err) = run_cli(&["check", "-c", cfg.to_str().unwrap()], ws.path());
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    // The secrets come from the environment, and check says which ones it did not find.
+    for var in ["CARTAT_BASE_URL", "CARTAT_TOKEN", "WEBHOOK_SECRET"] {
+        assert!(
+            text.contains(&format!("${{{var}}}")),
+            "{var} not read from the environment"
+        );
+    }
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Some(analyze) = which("systemd-analyze") else {
+        eprintln!("SKIPPED: no systemd-analyze on this machine; the unit is not verified");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is missing in CI"
+        );
+        return;
+    };
+    let unit = deploy("cartat-rules.service");
+    for key in [
+        "DynamicUser=yes",
+        "StateDirectory=cartat-rules",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+    // verify checks that ExecStart's binary exists: point it at the one under test.
+    let ws = Workspace::new();
+    let path = ws.write(
+        "cartat-rules.service",
+        &unit.replace("/usr/local/bin/cartat-rules", BIN),
+    );
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{err}"
+    );
+    // Unknown keys and bad values are warnings with exit 0: any line naming the unit fails.
+    let about_unit: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("cartat-rules.service"))
+        .collect();
+    assert!(about_unit.is_empty(), "systemd-analyze verify:\n{err}");
+}
+
+/// The Dockerfile's instructions of its last stage, as (keyword, arguments).
+fn final_stage(text: &str) -> Vec<(String, String)> {
+    let joined = text.replace("\\\n", " ");
+    let mut stages: Vec<Vec<(String, String)>> = Vec::new();
+    for line in joined.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (kw, args) = line.split_once(' ').unwrap_or((line, ""));
+        let kw = kw.to_ascii_uppercase();
+        if kw == "FROM" {
+            stages.push(Vec::new());
+        }
+        stages
+            .last_mut()
+            .expect("an instruction before the first FROM")
+            .push((kw, args.trim().to_string()));
+    }
+    assert!(stages.len() >= 2, "not a multi-stage build");
+    stages.pop().unwrap()
+}
+
+#[test]
+fn the_dockerfile_runs_as_non_root_with_a_state_volume_and_a_health_check() {
+    let text = deploy("Dockerfile");
+    let last = final_stage(&text);
+    let get = |kw: &str| -> Vec<&str> {
+        last.iter()
+            .filter(|(k, _)| k == kw)
+            .map(|(_, a)| a.as_str())
+            .collect()
+    };
+    let user = *get("USER")
+        .last()
+        .expect("no USER: the image would run as root");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "runs as {user}"
+    );
+    let config_state = deploy("cartat.yaml");
+    let state_dir = "/var/lib/cartat-rules";
+    assert!(config_state.contains(&format!("path: {state_dir}/")));
+    assert!(
+        get("VOLUME").iter().any(|v| v.contains(state_dir)),
+        "the state folder is not a volume"
+    );
+    let health = *get("HEALTHCHECK").first().expect("no HEALTHCHECK");
+    assert!(
+        health.contains(r#""cartat-rules", "health", "-c", "/etc/cartat-rules/cartat.yaml""#),
+        "{health}"
+    );
+    let cmd = *get("CMD").last().expect("no CMD");
+    assert!(cmd.contains("/etc/cartat-rules/cartat.yaml"), "{cmd}");
+    // What the image copies from the build context exists in the repo.
+    for line in text.replace("\\\n", " ").lines().map(str::trim) {
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if args.starts_with("--from") {
+            continue;
+        }
+        let parts: Vec<&str> = args.split_whitespace().collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(root().join(src).exists(), "COPY {src}: not in the repo");
+        }
+    }
+    // The health check names a command the binary has.
+    let (code, out, _) = run_cli(&["health", "--help"], &root());
+    assert_eq!(code, 0);
+    assert!(out.contains("--url"), "{out}");
+
+    match Command::new("docker").arg("info").output() {
+        Ok(o) if o.status.success() => {
+            let out = Command::new("docker")
+                .args([
+                    "build",
+                    "-f",
+                    "deploy/Dockerfile",
+                    "-t",
+                    "cartat-rules:test",
+                    ".",
+                ])
+                .current_dir(root())
+                .output()
+                .expect("docker build");
+            assert!(
+                out.status.success(),
+                "docker build:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        _ => eprintln!("NOTE: no Docker daemon answers here; the Dockerfile is checked, not built"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_0_for_a_live_daemon_and_1_otherwise() {
+    let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &crate::poller::bot_rule(&rx));
+    let cfg = ws.config(&gw, &["966500000001"], "server:\n  listen: 127.0.0.1:0\n");
+    let daemon = Daemon::spawn(&cfg);
+    let mut addr = None;
+    wait_for(
+        "the server's address",
+        std::time::Duration::from_secs(15),
+        || {
+            addr = crate::metrics::server_addr(&daemon.output());
+            addr.is_some()
+        },
+    )
+    .await;
+    let url = format!("http://{}/healthz", addr.unwrap());
+    let (code, out, err) = run_cli(&["health", "--url", &url], ws.path());
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.starts_with("healthy"), "{out}");
+    assert_eq!(daemon.stop(), 0);
+
+    // The daemon is gone: nothing answers at that address.
+    let (code, _, err) = run_cli(&["health", "--url", &url, "--timeout", "2s"], ws.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("no answer from"), "{err}");
+
+    // A config whose server is off has no /healthz to ask, and says so.
+    let off = ws.write(
+        "off.yaml",
+        &std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("listen: 127.0.0.1:0", "listen: \"off\""),
+    );
+    let (code, _, err) = run_cli(&["health", "-c", off.to_str().unwrap()], ws.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("server.listen: off"), "{err}");
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
