@@ -61,7 +61,7 @@ impl Diagnostic {
 }
 
 /// The message of a YAML error without the position or snippet serde-saphyr adds.
-pub fn yaml_message(err: &serde_saphyr::Error) -> String {
+pub(crate) fn yaml_message(err: &serde_saphyr::Error) -> String {
     let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
     let text = err.render_with_options(options);
     let first = text.lines().next().unwrap_or("").trim();
@@ -154,7 +154,7 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// The closest candidate to a misspelled name, for `did you mean …?` (edit distance ≤ 2).
-pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (levenshtein(word, c), *c))

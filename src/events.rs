@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static MASK: AtomicBool = AtomicBool::new(true);
 
 /// Sets whether phone numbers are masked in logs (on by default).
-pub fn set_masking(on: bool) {
+pub(crate) fn set_masking(on: bool) {
     MASK.store(on, Ordering::Relaxed);
 }
 
 /// `966500000000@c.us` → `9665*****000@c.us` when masking is on; group ids are kept.
-pub fn mask(id: &str) -> String {
+pub(crate) fn mask(id: &str) -> String {
     if !MASK.load(Ordering::Relaxed) {
         return id.to_string();
     }
@@ -21,7 +21,7 @@ pub fn mask(id: &str) -> String {
 }
 
 /// The masking itself: runs of 7 or more digits keep their first 4 and last 3.
-pub fn mask_always(text: &str) -> String {
+pub(crate) fn mask_always(text: &str) -> String {
     if text.ends_with("@g.us") {
         return text.to_string();
     }
@@ -50,7 +50,7 @@ pub fn mask_always(text: &str) -> String {
 }
 
 /// Free text (rule log lines) with every run of 7 or more digits masked, when masking is on.
-pub fn mask_text(text: &str) -> String {
+pub(crate) fn mask_text(text: &str) -> String {
     if MASK.load(Ordering::Relaxed) {
         mask_always(text)
     } else {
@@ -59,7 +59,7 @@ pub fn mask_text(text: &str) -> String {
 }
 
 /// A poll failed; `retry_in` is that chat's backoff (None: it follows the shared pause).
-pub fn poll_failed(
+pub(crate) fn poll_failed(
     chat: &str,
     error: &dyn std::fmt::Display,
     retry_in: Option<std::time::Duration>,
@@ -73,7 +73,7 @@ pub fn poll_failed(
 }
 
 /// A 401, as the schedule judged it: this chat's problem, or the token's.
-pub fn unauthorized(
+pub(crate) fn unauthorized(
     chat: &str,
     verdict: crate::engine::schedule::AuthVerdict,
     retry_in: std::time::Duration,
@@ -94,7 +94,7 @@ pub fn unauthorized(
 
 /// One message the gateway sent could not be used: logged once per message (the caller
 /// remembers which were logged).
-pub fn message_skipped(chat: &str, skipped: &crate::gateway::model::Skipped) {
+pub(crate) fn message_skipped(chat: &str, skipped: &crate::gateway::model::Skipped) {
     tracing::warn!(chat = %mask(chat), index = skipped.index, "skipped a message the gateway sent (logged once): {}", mask(&skipped.reason));
 }
 
@@ -105,7 +105,7 @@ fn rfc3339(ts: i64) -> String {
 
 /// More messages arrived between two polls than the largest `limit` returns: those between
 /// `from_ts` (the last one known) and `to_ts` (the oldest one returned) may be missed.
-pub fn gap_detected(chat: &str, from_ts: i64, to_ts: i64, limit: u32) {
+pub(crate) fn gap_detected(chat: &str, from_ts: i64, to_ts: i64, limit: u32) {
     tracing::error!(
         chat = %mask(chat),
         from = %rfc3339(from_ts),
@@ -119,22 +119,22 @@ pub fn gap_detected(chat: &str, from_ts: i64, to_ts: i64, limit: u32) {
     );
 }
 
-pub fn chat_first_seen(chat: &str, history: usize) {
+pub(crate) fn chat_first_seen(chat: &str, history: usize) {
     tracing::info!(chat = %mask(chat), history, "first sight of the chat: existing messages recorded as history");
 }
 
-pub fn rule_fired(rule: &str, chat: &str, message: &str) {
+pub(crate) fn rule_fired(rule: &str, chat: &str, message: &str) {
     tracing::info!(rule, chat = %mask(chat), message = %mask(message), "rule fired");
 }
 
-pub fn chat_rule_fired(rule: &str, chat: &str) {
+pub(crate) fn chat_rule_fired(rule: &str, chat: &str) {
     tracing::info!(rule, chat = %mask(chat), "chat rule fired");
 }
 
 /// Control characters (CR, LF, NUL, ESC, …) and bidi overrides and isolates written as
 /// escapes, so a customer's message in a `log` action cannot start a forged log line or
 /// reorder one on screen. Borrows when there is nothing to escape.
-pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
     if !text.chars().any(|c| c.is_control() || bidi(c)) {
         return std::borrow::Cow::Borrowed(text);
@@ -154,7 +154,7 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-pub fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
+pub(crate) fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
     use crate::rules::raw::Level;
     let text = escape_controls(&mask_text(text)).into_owned();
     match level {
@@ -166,7 +166,7 @@ pub fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) {
 }
 
 /// How often one (rule, chat) may log its failures.
-pub const RULE_ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const RULE_ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// (rule, chat) → when its last failure was logged, and how many came since.
 type Floods = std::collections::HashMap<(String, String), (std::time::Instant, u64)>;
@@ -176,7 +176,7 @@ static FLOODS: std::sync::Mutex<Option<Floods>> = std::sync::Mutex::new(None);
 /// A rule failed for a chat: the first failure is logged, then at most one line a minute per
 /// (rule, chat) with the count since, so a script that fails on every poll or every message
 /// cannot flood the log (`cartat_rule_errors_total` counts every one).
-pub fn rule_error(rule: &str, chat: &str, error: &str) {
+pub(crate) fn rule_error(rule: &str, chat: &str, error: &str) {
     let now = std::time::Instant::now();
     let since = {
         let mut floods = FLOODS.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,7 +209,7 @@ pub fn rule_error(rule: &str, chat: &str, error: &str) {
 
 /// A rule's `script` failed or hit a bound: logged as a warning the first time for that rule
 /// (`first`), then at debug level, so a broken script cannot flood the log.
-pub fn script_failed(rule: &str, source: &std::path::Path, chat: &str, error: &str, first: bool) {
+pub(crate) fn script_failed(rule: &str, source: &std::path::Path, chat: &str, error: &str, first: bool) {
     if first {
         tracing::warn!(rule, file = %source.display(), chat = %mask(chat), "script condition failed (the rule does not fire; further failures of this rule are logged at debug level): {error}");
     } else {
@@ -217,19 +217,19 @@ pub fn script_failed(rule: &str, source: &std::path::Path, chat: &str, error: &s
     }
 }
 
-pub fn stale(rule: &str, chat: &str, message: &str) {
+pub(crate) fn stale(rule: &str, chat: &str, message: &str) {
     tracing::info!(rule, chat = %mask(chat), message = %mask(message), "stale: matched but older than max_age when first seen; not fired");
 }
 
-pub fn store_failed(chat: &str, error: &dyn std::fmt::Display) {
+pub(crate) fn store_failed(chat: &str, error: &dyn std::fmt::Display) {
     tracing::error!(chat = %mask(chat), "state store error; the poll will be retried: {error}");
 }
 
-pub fn delivered(delivery_id: &str, rule: &str, status: u16, attempt: u32) {
+pub(crate) fn delivered(delivery_id: &str, rule: &str, status: u16, attempt: u32) {
     tracing::info!(delivery_id, rule, status, attempt, "webhook delivered");
 }
 
-pub fn delivery_retry(
+pub(crate) fn delivery_retry(
     delivery_id: &str,
     rule: &str,
     reason: &str,
@@ -239,7 +239,7 @@ pub fn delivery_retry(
     tracing::warn!(delivery_id, rule, attempt, retry_in = ?retry_in, "webhook failed, will retry: {reason}");
 }
 
-pub fn dead_lettered(delivery_id: &str, rule: &str, reason: &str, attempt: u32) {
+pub(crate) fn dead_lettered(delivery_id: &str, rule: &str, reason: &str, attempt: u32) {
     tracing::error!(
         delivery_id,
         rule,
@@ -249,7 +249,7 @@ pub fn dead_lettered(delivery_id: &str, rule: &str, reason: &str, attempt: u32) 
 }
 
 /// A 410: loud, because every later delivery to this url is parked until the config changes.
-pub fn endpoint_gone(url: &str, delivery_id: &str, rule: &str, parked: usize) {
+pub(crate) fn endpoint_gone(url: &str, delivery_id: &str, rule: &str, parked: usize) {
     tracing::error!(
         url,
         delivery_id,
@@ -259,7 +259,7 @@ pub fn endpoint_gone(url: &str, delivery_id: &str, rule: &str, parked: usize) {
     );
 }
 
-pub fn endpoint_reenabled(url: &str) {
+pub(crate) fn endpoint_reenabled(url: &str) {
     tracing::warn!(
         url,
         "endpoint enabled again: the config changed since it answered 410 Gone"

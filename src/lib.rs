@@ -8,25 +8,32 @@
 //! [`store`] transaction; the [`outbox::dispatcher`] then signs and sends them, retrying
 //! on a schedule ([`outbox::schedule`], pure) and refusing private targets
 //! ([`outbox::ssrf`]). [`daemon`] wires them together; [`commands`] are the CLI.
+//!
+//! Visibility: a module is `pub` only when the binary, the integration tests, the benches or
+//! the load example use it; the rest (`diag`, `events`, `metrics`, `model`, `net`, `reload`,
+//! `server`) is `pub(crate)`, and `unreachable_pub` warns (clippy in CI fails) on a `pub`
+//! item that nothing outside its module tree can reach: write `pub(crate)` for those.
+
+#![warn(unreachable_pub)]
 
 pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod diag;
+pub(crate) mod diag;
 pub mod duration;
 pub mod engine;
-pub mod events;
+pub(crate) mod events;
 pub mod failpoint;
 pub mod gateway;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod mock;
-pub mod model;
-pub mod net;
+pub(crate) mod model;
+pub(crate) mod net;
 pub mod outbox;
 pub mod receiver;
-pub mod reload;
+pub(crate) mod reload;
 pub mod rules;
-pub mod server;
+pub(crate) mod server;
 pub mod store;
 pub mod text;
 

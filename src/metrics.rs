@@ -78,7 +78,7 @@ pub struct ProcessFigures {
 }
 
 /// How many store errors in a row make `/healthz` fail.
-pub const UNHEALTHY_STORE_ERRORS: u32 = 3;
+pub(crate) const UNHEALTHY_STORE_ERRORS: u32 = 3;
 
 /// The metrics and health of one daemon; share it behind an `Arc`.
 pub struct Metrics {

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// What the rule files look like on disk: (path, modified, length), sorted.
-pub type Snapshot = Vec<(PathBuf, Option<SystemTime>, u64)>;
+pub(crate) type Snapshot = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
 /// Takes a snapshot of the rule files (missing folders give an empty list).
-pub fn snapshot(paths: &[PathBuf]) -> Snapshot {
+pub(crate) fn snapshot(paths: &[PathBuf]) -> Snapshot {
     let files = rules::discover(paths).unwrap_or_default();
     files
         .into_iter()
@@ -34,7 +34,7 @@ fn rule_count(set: &RuleSet) -> usize {
 
 /// Recompiles and swaps; returns whether the new set is in force. A set with no rule at all
 /// replaces one with rules only when `allow_empty`.
-pub fn reload(
+pub(crate) fn reload(
     paths: &[PathBuf],
     target: &RwLock<Arc<RuleSet>>,
     allow_empty: bool,
@@ -73,7 +73,7 @@ pub fn reload(
 /// Watches until `shutdown`: every `every`, and on SIGHUP. `reloaded` runs (blocking, off the
 /// runtime) after each reload that put a new set in force.
 #[allow(clippy::too_many_arguments)]
-pub async fn watch(
+pub(crate) async fn watch(
     paths: Vec<PathBuf>,
     target: Arc<RwLock<Arc<RuleSet>>>,
     poll_files: bool,

@@ -16,13 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 /// What the routes read.
 #[derive(Clone, Debug)]
-pub struct ServerState {
+pub(crate) struct ServerState {
     pub metrics: Arc<Metrics>,
     pub store: Store,
 }
 
 /// Serves until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     listener: tokio::net::TcpListener,
     state: ServerState,
     shutdown: CancellationToken,
@@ -36,7 +36,7 @@ pub async fn run(
 }
 
 /// The routes, for tests that drive them without a socket.
-pub fn router(state: ServerState) -> Router {
+pub(crate) fn router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

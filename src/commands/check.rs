@@ -2,7 +2,7 @@ use crate::config::{self, EnvMode};
 use crate::diag::Diagnostics;
 use std::path::{Path, PathBuf};
 
-pub fn check(config_path: &Path, paths: &[PathBuf]) -> u8 {
+pub(super) fn check(config_path: &Path, paths: &[PathBuf]) -> u8 {
     let mut all = Diagnostics::default();
     let mut rule_paths: Vec<PathBuf> = paths.to_vec();
     let check_config = paths.is_empty() || config_path.exists();

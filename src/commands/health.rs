@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub fn health(config_path: &Path, url: Option<&str>, timeout: Duration) -> u8 {
+pub(super) fn health(config_path: &Path, url: Option<&str>, timeout: Duration) -> u8 {
     let target = match url {
         Some(u) => match parse_url(u) {
             Ok(t) => t,

@@ -3,7 +3,7 @@ use crate::mock::{Scenario, serve};
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub fn mock_gateway(listen: SocketAddr, scenario: Option<&Path>, log: &LogArgs) -> u8 {
+pub(super) fn mock_gateway(listen: SocketAddr, scenario: Option<&Path>, log: &LogArgs) -> u8 {
     super::init_logging(log, "info", crate::config::LogFormat::Text);
     let scenario = match scenario {
         Some(p) => Scenario::from_file(p),

@@ -3,7 +3,7 @@ use crate::config::{self, EnvMode};
 use crate::store::{Requeue, Store};
 use std::path::Path;
 
-pub fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
+pub(super) fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
     let config = match config::load(config_path, EnvMode::Optional) {
         Ok((c, _)) => c,
         Err(d) => {

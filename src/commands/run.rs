@@ -2,7 +2,7 @@ use super::{LogArgs, init_logging, runtime};
 use crate::config::{self, EnvMode};
 use std::path::Path;
 
-pub fn run(path: &Path, log: &LogArgs) -> u8 {
+pub(super) fn run(path: &Path, log: &LogArgs) -> u8 {
     let (config, warnings) = match config::load(path, EnvMode::Required) {
         Ok(c) => c,
         Err(d) => {

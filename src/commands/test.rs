@@ -5,7 +5,7 @@ use crate::rules::{RuleSet, Verdict};
 use serde_json::{Value, json};
 use std::path::Path;
 
-pub fn test(
+pub(super) fn test(
     rules_path: &Path,
     input: &Path,
     format: TestFormat,
@@ -71,7 +71,7 @@ pub fn test(
 
 /// Evaluates a page's messages oldest first, as the daemon would on first sight with
 /// `replay_history`, and writes the report.
-pub fn evaluate_page(
+pub(super) fn evaluate_page(
     rules: &RuleSet,
     page: &Page,
     format: TestFormat,
@@ -215,7 +215,7 @@ pub fn evaluate_page(
 
 /// Evaluates the chat rules on the chat as of `now`, as one poll of a chat seen for the first
 /// time would; `for:` is reported rather than waited for.
-pub fn evaluate_chat_rules(
+pub(super) fn evaluate_chat_rules(
     rules: &RuleSet,
     page: &Page,
     format: TestFormat,

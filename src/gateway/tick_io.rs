@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 /// The grid a waiting read or write retries on.
-pub const TICK: Duration = Duration::from_millis(4);
+pub(super) const TICK: Duration = Duration::from_millis(4);
 
 /// The next grid instant after `now` (the grid starts at the first call in the process).
 fn next_tick(now: Instant) -> Instant {
@@ -38,14 +38,14 @@ fn next_tick(now: Instant) -> Instant {
 }
 
 /// A connected, non-blocking TCP stream whose waits follow the grid.
-pub struct TickIo {
+pub(super) struct TickIo {
     stream: std::net::TcpStream,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl TickIo {
     /// Takes a connected stream out of the reactor (it is non-blocking from then on).
-    pub fn new(stream: tokio::net::TcpStream) -> io::Result<TickIo> {
+    pub(super) fn new(stream: tokio::net::TcpStream) -> io::Result<TickIo> {
         let stream = stream.into_std()?;
         stream.set_nonblocking(true)?;
         Ok(TickIo {

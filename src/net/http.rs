@@ -15,7 +15,7 @@ pub const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 ///
 /// Dates are accepted in the three forms HTTP recipients must read (RFC 9110 §5.6.7):
 /// IMF-fixdate, the obsolete RFC 850 form and asctime.
-pub fn parse_retry_after(value: &str, now_unix: i64) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now_unix: i64) -> Option<Duration> {
     let value = value.trim();
     if value.is_empty() {
         return None;
@@ -50,7 +50,7 @@ fn parse_http_date(value: &str) -> Option<i64> {
 }
 
 /// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

@@ -4,5 +4,5 @@
 //! Owns: deciding whether a destination is allowed. Must not: send anything (the dispatcher
 //! does) or know about rules, chats or deliveries.
 
-pub mod http;
+pub(crate) mod http;
 pub mod ssrf;
