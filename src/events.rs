@@ -209,7 +209,13 @@ pub(crate) fn rule_error(rule: &str, chat: &str, error: &str) {
 
 /// A rule's `script` failed or hit a bound: logged as a warning the first time for that rule
 /// (`first`), then at debug level, so a broken script cannot flood the log.
-pub(crate) fn script_failed(rule: &str, source: &std::path::Path, chat: &str, error: &str, first: bool) {
+pub(crate) fn script_failed(
+    rule: &str,
+    source: &std::path::Path,
+    chat: &str,
+    error: &str,
+    first: bool,
+) {
     if first {
         tracing::warn!(rule, file = %source.display(), chat = %mask(chat), "script condition failed (the rule does not fire; further failures of this rule are logged at debug level): {error}");
     } else {

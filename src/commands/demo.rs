@@ -11,7 +11,12 @@ use std::time::Duration;
 /// The conversation the demo plays unless `--scenario` names another.
 pub(super) const DEMO_SCENARIO: &str = include_str!("../../examples/demo-scenario.yaml");
 
-pub(super) fn demo(config_path: &Path, scenario: Option<&Path>, duration: Duration, log: &LogArgs) -> u8 {
+pub(super) fn demo(
+    config_path: &Path,
+    scenario: Option<&Path>,
+    duration: Duration,
+    log: &LogArgs,
+) -> u8 {
     // The engine's own events (rule fired, delivered) are the demo's story; the rest is quiet.
     if std::env::var_os("RUST_LOG").is_none() && log.verbose == 0 {
         // SAFETY-free alternative to set_var: build the filter directly.

@@ -128,6 +128,26 @@ fn scenario(chats: &[String]) -> String {
     quiet_chats(chats)
 }
 
+/// Quiet `chats`; a receiver that answers every request with `reply` (None: 200 at once); the
+/// bot rule sending to the receiver's `path`; the config with `webhook_timeout` (retries
+/// scaled by 0.01). The daemon is the test's to start.
+async fn bot_to_receiver(
+    chats: &[String],
+    reply: Option<Reply>,
+    path: &str,
+    webhook_timeout: &str,
+) -> (MockGateway, Receiver, Workspace, PathBuf) {
+    let gw = gateway(&scenario(chats)).await;
+    let rx = receiver().await;
+    if reply.is_some() {
+        rx.set_default(reply);
+    }
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url(path)]));
+    let cfg = write_config(&ws, &gw, chats, webhook_timeout, 0.01, "");
+    (gw, rx, ws, cfg)
+}
+
 /// One quiet chat (`966500000001`) whose `bot` messages go to `url`, the daemon started and
 /// its first poll done.
 async fn one_chat_delivering_to(url: &str) -> (MockGateway, Workspace, Daemon) {
@@ -136,11 +156,7 @@ async fn one_chat_delivering_to(url: &str) -> (MockGateway, Workspace, Daemon) {
     let ws = Workspace::new();
     ws.write("rules/bot.yaml", &bot_rule("bot", &[url.to_string()]));
     let cfg = write_config(&ws, &gw, &chats, "3s", 0.01, "");
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let daemon = Daemon::spawn_polled(&cfg, &gw).await;
     (gw, ws, daemon)
 }
 
@@ -249,10 +265,7 @@ async fn a_410_disables_the_endpoint_until_the_config_changes() {
     let daemon = Daemon::spawn(&cfg);
     wait_more_polls(&gw, 4).await;
     gw.push_message(&chats[0], "bot five", false);
-    wait_for("bot five delivered", Duration::from_secs(10), || {
-        rx.received().len() >= 2
-    })
-    .await;
+    wait_received(&rx, 2, "bot five delivered").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = daemon.output();
     assert_eq!(daemon.stop(), 0);
@@ -288,10 +301,7 @@ async fn a_rule_edit_picked_up_by_hot_reload_enables_a_410_endpoint_again() {
     })
     .await;
     gw.push_message(&chats[0], "bot three", false);
-    wait_for("bot three delivered", Duration::from_secs(10), || {
-        rx.received().len() >= 2
-    })
-    .await;
+    wait_received(&rx, 2, "bot three delivered").await;
     let log = daemon.output();
     assert_eq!(daemon.stop(), 0);
     let got = rx.received();
@@ -502,10 +512,7 @@ async fn a_receiver_down_for_a_while_gets_everything_in_order_when_back() {
 
     let rx = Receiver::start(down.listen(), None).await.unwrap();
     let want = chats.len() * per_chat;
-    wait_for("everything delivered", Duration::from_secs(30), || {
-        rx.received().len() >= want
-    })
-    .await;
+    wait_received(&rx, want, "everything delivered").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let log = daemon.output();
     assert_eq!(daemon.stop(), 0);
@@ -600,10 +607,7 @@ async fn a_dead_letter_resent_by_outbox_retry_keeps_its_delivery_id() {
     let (code, out, err) = cli(&ws, &cfg, &["retry", &one]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("queued 1"), "{out}");
-    wait_for("the re-sent delivery", Duration::from_secs(10), || {
-        rx.received().len() == 3
-    })
-    .await;
+    wait_received(&rx, 3, "the re-sent delivery").await;
     let again = rx.received().pop().unwrap();
     assert_eq!(again.status, 200);
     assert_eq!(again.header("webhook-id"), Some(one.as_str()));
@@ -643,16 +647,17 @@ async fn a_dead_letter_resent_by_outbox_retry_keeps_its_delivery_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_deliveries_finish_and_leaves_the_rest_pending() {
     let chats = chat_ids("9665000046", 3);
-    let gw = gateway(&scenario(&chats)).await;
-    let rx = receiver().await;
-    rx.set_default(Some(Reply {
-        status: 200,
-        delay: Duration::from_millis(2000),
-        headers: Vec::new(),
-    }));
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/slow")]));
-    let cfg = write_config(&ws, &gw, &chats, "10s", 0.01, "");
+    let (gw, rx, ws, cfg) = bot_to_receiver(
+        &chats,
+        Some(Reply {
+            status: 200,
+            delay: Duration::from_millis(2000),
+            headers: Vec::new(),
+        }),
+        "/slow",
+        "10s",
+    )
+    .await;
     let mut daemon = Daemon::spawn(&cfg);
     wait_first_sight(&gw, &chats).await;
     for i in 0..3 {
@@ -673,18 +678,7 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_leaves_the_rest_pending() 
     let in_flight = rx.received().len();
     daemon.signal(libc::SIGTERM);
     let stopped_at = gw.elapsed_ms();
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = daemon.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let took = t.elapsed();
+    let (status, took) = daemon.exit_within(Duration::from_secs(20)).await;
     let log = daemon.output();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(
@@ -790,16 +784,17 @@ async fn a_corrupted_state_file_is_refused_and_left_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_up_on_a_delivery_past_the_stop_deadline_and_resends_it_later() {
     let chats = chat_ids("9665000049", 1);
-    let gw = gateway(&scenario(&chats)).await;
-    let rx = receiver().await;
-    rx.set_default(Some(Reply {
-        status: 200,
-        delay: Duration::from_secs(40),
-        headers: Vec::new(),
-    }));
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/stuck")]));
-    let cfg = write_config(&ws, &gw, &chats, "60s", 0.01, "");
+    let (gw, rx, ws, cfg) = bot_to_receiver(
+        &chats,
+        Some(Reply {
+            status: 200,
+            delay: Duration::from_secs(40),
+            headers: Vec::new(),
+        }),
+        "/stuck",
+        "60s",
+    )
+    .await;
     let mut daemon = Daemon::spawn(&cfg);
     wait_first_sight(&gw, &chats).await;
     gw.push_message(&chats[0], "bot stuck", false);
@@ -808,18 +803,7 @@ async fn sigterm_gives_up_on_a_delivery_past_the_stop_deadline_and_resends_it_la
     })
     .await;
     daemon.signal(libc::SIGTERM);
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = daemon.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let took = t.elapsed();
+    let (status, took) = daemon.exit_within(Duration::from_secs(30)).await;
     let log = daemon.output();
     assert_eq!(status.code(), Some(0), "{log}");
     let deadline = cartat_rules::daemon::STOP_DEADLINE;
@@ -834,10 +818,7 @@ async fn sigterm_gives_up_on_a_delivery_past_the_stop_deadline_and_resends_it_la
 
     rx.set_default(None);
     let daemon = Daemon::spawn(&cfg);
-    wait_for("the re-sent delivery", Duration::from_secs(10), || {
-        rx.received().len() == 2
-    })
-    .await;
+    wait_received(&rx, 2, "the re-sent delivery").await;
     assert_eq!(daemon.stop(), 0);
     let got = rx.received();
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));

@@ -55,10 +55,7 @@ async fn each_matching_message_becomes_exactly_one_webhook() {
     );
     let daemon = Daemon::spawn(&cfg);
 
-    wait_for("4 webhooks", Duration::from_secs(20), || {
-        rx.received().len() >= 4
-    })
-    .await;
+    wait_received(&rx, 4, "4 webhooks").await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // anything extra would arrive now
     let out = daemon.output();
     assert_eq!(daemon.stop(), 0, "graceful stop exits 0");
@@ -132,20 +129,14 @@ async fn a_restart_neither_repeats_nor_misses_and_history_never_fires() {
     let cfg = ws.config(&gw, &["966500000001", "966500000002"], "");
 
     let first = Daemon::spawn(&cfg);
-    wait_for("the first webhooks", Duration::from_secs(15), || {
-        rx.received().len() >= 2
-    })
-    .await;
+    wait_received(&rx, 2, "the first webhooks").await;
     let log1 = first.output();
     assert_eq!(first.stop(), 0, "SIGTERM is a clean stop:\n{log1}");
     let before = rx.received().len();
     tokio::time::sleep(Duration::from_millis(800)).await; // messages keep arriving while it is down
 
     let second = Daemon::spawn(&cfg);
-    wait_for("all 7 webhooks", Duration::from_secs(20), || {
-        rx.received().len() >= 7
-    })
-    .await;
+    wait_received(&rx, 7, "all 7 webhooks").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let log2 = second.output();
     assert_eq!(second.stop(), 0);

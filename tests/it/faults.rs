@@ -2,7 +2,7 @@
 //! read) and the other chats' messages are still delivered on time.
 
 use crate::metrics::{metric, scrape};
-use crate::poller::{bot_rule, config_text};
+use crate::poller::{bot_rule, bot_setup, config_text};
 use crate::support::*;
 use cartat_rules::mock::RequestRecord;
 use std::time::{Duration, Instant};
@@ -390,19 +390,13 @@ async fn the_gateway_client_ignores_proxy_variables_unless_api_proxy_is_set() {
             drop(sock);
         }
     });
-    let gw = gateway(&scenario("times: 1, respond: { delay: 10ms }")).await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule(&rx));
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &[FAULTY, "966500000002", "966500000003"],
-            "",
-            "poll:\n  interval: 300ms\n  on_first_sight: replay_history\n",
-        ),
-    );
+    let (gw, rx, ws, cfg) = bot_setup(
+        &scenario("times: 1, respond: { delay: 10ms }"),
+        &[FAULTY, "966500000002", "966500000003"],
+        "",
+        "poll:\n  interval: 300ms\n  on_first_sight: replay_history\n",
+    )
+    .await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cartat-rules"))
         .args(["run", "-c"])
         .arg(&cfg)

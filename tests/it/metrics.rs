@@ -1,7 +1,7 @@
 //! `/healthz` and `/metrics` of the real binary: the scrape is parsed and every family named
 //! in the issue is there, with bounded labels only.
 
-use crate::poller::{bot_rule, config_text};
+use crate::poller::{bot_rule, bot_setup, config_text};
 use crate::support::*;
 use std::time::Duration;
 
@@ -64,26 +64,17 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_a_parsed_metrics_scrape_name_every_family() {
-    let gw = gateway(
+    let (gw, rx, _ws, cfg) = bot_setup(
         r#"
 chats:
   - { id: "966500000001", messages: [ { at: 1s, body: "bot please", id: A1 } ] }
   - { id: "966500000002", messages: [] }
 "#,
+        &["966500000001", "966500000002", "966500000404"],
+        "  rate_limit: { per_second: 20, burst: 5 }\n",
+        "poll:\n  interval: 300ms\n",
     )
     .await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule(&rx));
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &["966500000001", "966500000002", "966500000404"],
-            "  rate_limit: { per_second: 20, burst: 5 }\n",
-            "poll:\n  interval: 300ms\n",
-        ),
-    );
     let daemon = Daemon::spawn(&cfg);
     wait_for("the webhook", Duration::from_secs(15), || {
         !rx.received().is_empty()

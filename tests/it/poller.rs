@@ -29,6 +29,28 @@ pub fn bot_rule(rx: &cartat_rules::receiver::Receiver) -> String {
     )
 }
 
+/// What most poller, fault and metrics tests start from: a mock gateway on `scenario`, a
+/// receiver, and a workspace whose `cartat.yaml` ([`config_text`]) watches `chats` with the bot
+/// rule ([`bot_rule`]) delivering to the receiver.
+pub async fn bot_setup(
+    scenario: &str,
+    chats: &[&str],
+    api_extra: &str,
+    rest: &str,
+) -> (
+    MockGateway,
+    cartat_rules::receiver::Receiver,
+    Workspace,
+    std::path::PathBuf,
+) {
+    let gw = gateway(scenario).await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule(&rx));
+    let cfg = ws.write("cartat.yaml", &config_text(&gw, chats, api_extra, rest));
+    (gw, rx, ws, cfg)
+}
+
 /// Requests sent before the client read a 429 may reach the gateway this long after it.
 pub const IN_FLIGHT_MS: u64 = 300;
 
@@ -193,24 +215,15 @@ fn burst_scenario(n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_messages_in_a_burst_with_limit_20_are_all_delivered() {
-    let gw = gateway(&burst_scenario(200)).await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule(&rx));
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &["966500000001", "966500000002"],
-            "  rate_limit: { per_second: 20, burst: 5 }\n",
-            "poll:\n  interval: 500ms\n",
-        ),
-    );
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("201 webhooks", Duration::from_secs(40), || {
-        rx.received().len() >= 201
-    })
+    let (gw, rx, _ws, cfg) = bot_setup(
+        &burst_scenario(200),
+        &["966500000001", "966500000002"],
+        "  rate_limit: { per_second: 20, burst: 5 }\n",
+        "poll:\n  interval: 500ms\n",
+    )
     .await;
+    let daemon = Daemon::spawn(&cfg);
+    wait_received(&rx, 201, "201 webhooks").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let out = daemon.output();
     let text = scrape(&out).await;
@@ -243,19 +256,13 @@ async fn two_hundred_messages_in_a_burst_with_limit_20_are_all_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_largest_limit_a_gap_is_detected_with_the_chat_and_time_range() {
-    let gw = gateway(&burst_scenario(200)).await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule(&rx));
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &["966500000001", "966500000002"],
-            "  rate_limit: { per_second: 20, burst: 5 }\n  max_message_limit: 80\n",
-            "poll:\n  interval: 500ms\n",
-        ),
-    );
+    let (gw, rx, _ws, cfg) = bot_setup(
+        &burst_scenario(200),
+        &["966500000001", "966500000002"],
+        "  rate_limit: { per_second: 20, burst: 5 }\n  max_message_limit: 80\n",
+        "poll:\n  interval: 500ms\n",
+    )
+    .await;
     let daemon = Daemon::spawn(&cfg);
     wait_for("the gap", Duration::from_secs(20), || {
         std::fs::read_to_string(&daemon.log)

@@ -116,18 +116,11 @@ async fn cooldowns_and_thresholds_survive_a_restart() {
         ),
     );
     let cfg = ws.config(&gw, &["966500000001"], "");
-    let first = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let first = Daemon::spawn_polled(&cfg, &gw).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     gw.push_message("966500000001", "help please", false);
     gw.push_message("966500000001", "urgent 1", false);
-    wait_for("the first help", Duration::from_secs(10), || {
-        rx.received().len() == 1
-    })
-    .await;
+    wait_received(&rx, 1, "the first help").await;
     tokio::time::sleep(Duration::from_millis(1000)).await; // the urgent hit is committed
     assert_eq!(first.stop(), 0);
 
@@ -135,10 +128,7 @@ async fn cooldowns_and_thresholds_survive_a_restart() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     gw.push_message("966500000001", "help again", false);
     gw.push_message("966500000001", "urgent 2", false);
-    wait_for("the threshold alert", Duration::from_secs(10), || {
-        rx.received().len() >= 2
-    })
-    .await;
+    wait_received(&rx, 2, "the threshold alert").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(second.stop(), 0);
     let rules: Vec<String> = rx
@@ -165,24 +155,12 @@ async fn a_rule_edit_is_picked_up_and_a_broken_edit_keeps_the_last_good_set() {
     let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
     let rx = receiver().await;
     let ws = Workspace::new();
-    let rule = |word: &str| {
-        format!(
-            "id: word\nmatch: {{ body: {{ any: [{word}] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n",
-            rx.url("/w")
-        )
-    };
+    let rule = |word: &str| word_rule(&rx, "word", word);
     ws.write("rules/word.yaml", &rule("alpha"));
     let cfg = ws.config(&gw, &["966500000001"], "");
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let daemon = Daemon::spawn_polled(&cfg, &gw).await;
     gw.push_message("966500000001", "alpha 1", false);
-    wait_for("alpha 1", Duration::from_secs(10), || {
-        rx.received().len() == 1
-    })
-    .await;
+    wait_received(&rx, 1, "alpha 1").await;
 
     // A good edit: the rule now wants "beta".
     ws.write("rules/word.yaml", &rule("beta"));
@@ -192,10 +170,7 @@ async fn a_rule_edit_is_picked_up_and_a_broken_edit_keeps_the_last_good_set() {
     .await;
     gw.push_message("966500000001", "alpha 2", false);
     gw.push_message("966500000001", "beta 1", false);
-    wait_for("beta 1", Duration::from_secs(10), || {
-        rx.received().len() == 2
-    })
-    .await;
+    wait_received(&rx, 2, "beta 1").await;
 
     // A broken edit: logged with its position, the "beta" set stays in force.
     ws.write(
@@ -207,10 +182,7 @@ async fn a_rule_edit_is_picked_up_and_a_broken_edit_keeps_the_last_good_set() {
     })
     .await;
     gw.push_message("966500000001", "beta 2", false);
-    wait_for("beta 2", Duration::from_secs(10), || {
-        rx.received().len() == 3
-    })
-    .await;
+    wait_received(&rx, 3, "beta 2").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let log = daemon.output();
     assert_eq!(daemon.stop(), 0);
@@ -232,12 +204,7 @@ async fn sighup_reloads_the_rules_when_watching_is_off() {
     let gw = gateway("chats:\n  - { id: \"966500000001\", messages: [] }\n").await;
     let rx = receiver().await;
     let ws = Workspace::new();
-    let rule = |word: &str| {
-        format!(
-            "id: word\nmatch: {{ body: {{ any: [{word}] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n",
-            rx.url("/w")
-        )
-    };
+    let rule = |word: &str| word_rule(&rx, "word", word);
     ws.write("rules/word.yaml", &rule("alpha"));
     let text = format!(
         "api:\n  base_url: {}\n  token: mock-token\nchats: [\"966500000001\"]\npoll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\n\
@@ -245,11 +212,7 @@ async fn sighup_reloads_the_rules_when_watching_is_off() {
         gw.base_url()
     );
     let cfg = ws.write("cartat.yaml", &text);
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let daemon = Daemon::spawn_polled(&cfg, &gw).await;
     ws.write("rules/word.yaml", &rule("beta"));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
@@ -262,10 +225,7 @@ async fn sighup_reloads_the_rules_when_watching_is_off() {
     })
     .await;
     gw.push_message("966500000001", "beta 1", false);
-    wait_for("beta 1", Duration::from_secs(10), || {
-        rx.received().len() == 1
-    })
-    .await;
+    wait_received(&rx, 1, "beta 1").await;
     assert_eq!(daemon.stop(), 0);
     gw.shutdown().await;
 }
@@ -324,22 +284,12 @@ async fn a_rhai_rule_file_escalates_and_a_hostile_one_harms_nobody() {
     }
     ws.write("rules/bot.yaml", &format!("id: bot\nmatch: {{ body: {{ any: [bot] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n", rx.url("/bot")));
     let cfg = ws.config(&gw, &["966500000001"], "");
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let daemon = Daemon::spawn_polled(&cfg, &gw).await;
     gw.push_message("966500000001", "urgent: my order", false);
     gw.push_message("966500000001", "bot?", false);
-    wait_for("the bot webhook", Duration::from_secs(10), || {
-        rx.received().len() == 1
-    })
-    .await;
+    wait_received(&rx, 1, "the bot webhook").await;
     gw.push_message("966500000001", "URGENT again", false);
-    wait_for("the escalation", Duration::from_secs(10), || {
-        rx.received().len() == 2
-    })
-    .await;
+    wait_received(&rx, 2, "the escalation").await;
     gw.push_message("966500000001", "urgent a third time", false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let log = daemon.output();
@@ -395,11 +345,7 @@ async fn a_reload_that_would_drop_every_rule_is_refused_unless_allowed() {
             gw.base_url()
         );
         let cfg = ws.write("cartat.yaml", &text);
-        let daemon = Daemon::spawn(&cfg);
-        wait_for("the first poll", Duration::from_secs(10), || {
-            !gw.requests().is_empty()
-        })
-        .await;
+        let daemon = Daemon::spawn_polled(&cfg, &gw).await;
         // A deploy that wiped the folder.
         std::fs::remove_file(ws.path().join("rules/word.yaml")).unwrap();
         let said = if allow_empty {
@@ -442,11 +388,7 @@ async fn a_customer_cannot_forge_a_log_line_through_a_log_action() {
         gw.base_url()
     );
     let cfg = ws.write("cartat.yaml", &text);
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let daemon = Daemon::spawn_polled(&cfg, &gw).await;
     gw.push_message(
         "966500000001",
         "bot\n2026-12-02T00:00:00Z  INFO FORGED admin logged in\r\u{202E}gnp.exe\0",
@@ -484,11 +426,7 @@ async fn a_rule_that_fails_on_every_message_and_poll_logs_once_a_minute_and_coun
         "cartat.yaml",
         &crate::poller::config_text(&gw, &["966500000001"], "", "poll:\n  interval: 200ms\n"),
     );
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let daemon = Daemon::spawn_polled(&cfg, &gw).await;
     for i in 0..10 {
         gw.push_message("966500000001", &format!("bot {i}"), false);
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -539,18 +477,11 @@ async fn slow_scripts_share_one_budget_per_poll_and_the_yaml_rules_still_fire() 
     }
     ws.write("rules/bot.yaml", &format!("id: bot\nmatch: {{ body: {{ any: [bot] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n", rx.url("/bot")));
     let cfg = ws.config(&gw, &["966500000003"], "");
-    let daemon = Daemon::spawn(&cfg);
-    wait_for("the first poll", Duration::from_secs(10), || {
-        !gw.requests().is_empty()
-    })
-    .await;
+    let daemon = Daemon::spawn_polled(&cfg, &gw).await;
     for i in 0..4 {
         gw.push_message("966500000003", &format!("bot {i}"), false);
     }
-    wait_for("the bot webhooks", Duration::from_secs(20), || {
-        rx.received().len() == 4
-    })
-    .await;
+    wait_received(&rx, 4, "the bot webhooks").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = daemon.output();
     assert_eq!(daemon.stop(), 0, "the daemon stayed up:\n{log}");

@@ -100,6 +100,30 @@ impl Daemon {
         Daemon { child, log }
     }
 
+    /// Spawns the daemon on `config` and waits until `gateway` has had its first request.
+    pub async fn spawn_polled(config: &Path, gateway: &MockGateway) -> Daemon {
+        let daemon = Daemon::spawn(config);
+        wait_for("the first poll", SOON, || !gateway.requests().is_empty()).await;
+        daemon
+    }
+
+    /// Waits for the process to exit on its own (after a signal, say): its status and how
+    /// long that took. Fails the test after `limit`.
+    pub async fn exit_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
+                return (status, t.elapsed());
+            }
+            assert!(
+                t.elapsed() < limit,
+                "the daemon did not exit within {limit:?}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.child.id() as i32, sig);
@@ -151,6 +175,24 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How long a test waits for what the daemon should do within a few poll intervals.
+pub const SOON: Duration = Duration::from_secs(20);
+
+/// Waits until `rx` has received at least `n` webhooks (what comes after is the test's to
+/// check); fails the test with `what` after [`SOON`].
+pub async fn wait_received(rx: &Receiver, n: usize, what: &str) {
+    wait_for(what, SOON, || rx.received().len() >= n).await;
+}
+
+/// A message rule `id` that sends every message naming one of `words` (a YAML list's items,
+/// e.g. `alpha` or `help, urgent`) to `rx` at `/w`.
+pub fn word_rule(rx: &Receiver, id: &str, words: &str) -> String {
+    format!(
+        "id: {id}\nmatch: {{ body: {{ any: [{words}] }} }}\nactions: [ {{ webhook: {{ url: \"{}\" }} }} ]\n",
+        rx.url("/w")
+    )
 }
 
 /// The `message.body` of every standard envelope received, in order.
