@@ -20,14 +20,16 @@ pub fn write_config(
     retry_scale: f64,
     poll_extra: &str,
 ) -> PathBuf {
-    let chats: String = chats.iter().map(|c| format!("  - \"{c}\"\n")).collect();
-    let text = format!(
-        "api:\n  base_url: {}\n  token: mock-token\n  timeout: 3s\n  rate_limit: {{ per_second: 50, burst: 10 }}\n  message_limit: 20\n\
-         chats:\n{chats}poll:\n  interval: 200ms\n{poll_extra}state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n  watch: false\n\
-         webhooks:\n  timeout: {webhook_timeout}\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: {retry_scale}\n\
-         log:\n  mask_phone_numbers: false\nserver:\n  listen: \"off\"\n",
-        gw.base_url()
-    );
+    let poll = format!("  interval: 200ms\n{poll_extra}");
+    let text = Config {
+        rate_limit: Some("{ per_second: 50, burst: 10 }"),
+        poll: &poll,
+        watch_rules: false,
+        webhook_timeout,
+        retry_scale,
+        ..Config::new(gw, chats)
+    }
+    .yaml();
     ws.write("cartat.yaml", &text)
 }
 

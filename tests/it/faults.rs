@@ -2,7 +2,7 @@
 //! read) and the other chats' messages are still delivered on time.
 
 use crate::metrics::{metric, scrape};
-use crate::poller::{bot_rule, bot_setup, config_text};
+use crate::poller::{bot_rule, bot_setup, config_text, log_only_setup};
 use crate::support::*;
 use cartat_rules::mock::RequestRecord;
 use std::time::{Duration, Instant};
@@ -221,19 +221,11 @@ chats:
 "#,
     )
     .await;
-    let ws = Workspace::new();
-    ws.write(
-        "rules/r.yaml",
-        "id: r\nactions: [ { log: { message: x } } ]\n",
-    );
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &["966500000001", "966500000002", "966500000003"],
-            "  rate_limit: { per_second: 20, burst: 5 }\n",
-            "poll:\n  interval: 300ms\n",
-        ),
+    let (_ws, cfg) = log_only_setup(
+        &gw,
+        &["966500000001", "966500000002", "966500000003"],
+        "  rate_limit: { per_second: 20, burst: 5 }\n",
+        "poll:\n  interval: 300ms\n",
     );
     let daemon = Daemon::spawn(&cfg);
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -10,14 +10,16 @@ use std::time::Duration;
 
 /// A config for these tests: `api_extra` lines go inside `api:`, `rest` at the end.
 pub fn config_text(gw: &MockGateway, chats: &[&str], api_extra: &str, rest: &str) -> String {
-    let chats: String = chats.iter().map(|c| format!("  - \"{c}\"\n")).collect();
-    format!(
-        "api:\n  base_url: {}\n  token: mock-token\n  timeout: 1s\n  message_limit: 20\n{api_extra}\
-         chats:\n{chats}state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n\
-         webhooks:\n  timeout: 2s\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: 0.01\n\
-         log:\n  mask_phone_numbers: false\nserver:\n  listen: 127.0.0.1:0\n{rest}",
-        gw.base_url()
-    )
+    Config {
+        api_timeout: "1s",
+        rate_limit: None,
+        api_extra,
+        poll: "",
+        server: Some("127.0.0.1:0"),
+        rest,
+        ..Config::new(gw, chats)
+    }
+    .yaml()
 }
 
 /// The bot rule, delivering to `rx`.
@@ -49,6 +51,23 @@ pub async fn bot_setup(
     ws.write("rules/bot.yaml", &bot_rule(&rx));
     let cfg = ws.write("cartat.yaml", &config_text(&gw, chats, api_extra, rest));
     (gw, rx, ws, cfg)
+}
+
+/// A workspace with one rule that only logs, and a config ([`config_text`]) watching `chats`
+/// on `gw`: for tests that look at the polls, not at deliveries.
+pub fn log_only_setup(
+    gw: &MockGateway,
+    chats: &[&str],
+    api_extra: &str,
+    rest: &str,
+) -> (Workspace, std::path::PathBuf) {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/r.yaml",
+        "id: r\nactions: [ { log: { message: x } } ]\n",
+    );
+    let cfg = ws.write("cartat.yaml", &config_text(gw, chats, api_extra, rest));
+    (ws, cfg)
 }
 
 /// Requests sent before the client read a 429 may reach the gateway this long after it.
@@ -86,20 +105,14 @@ async fn the_budget_is_never_exceeded_in_any_second_over_a_20_second_run() {
     scenario.push_str(
         "faults:\n  - { after: 8s, times: 1, respond: { status: 429, retry_after: \"2\" } }\n",
     );
-    let gw = gateway(&scenario).await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule(&rx));
     let ids: Vec<&str> = chats.iter().map(String::as_str).collect();
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &ids,
-            "  rate_limit: { per_second: 10, burst: 10 }\n",
-            "poll:\n  interval: 300ms\n  on_first_sight: replay_history\n",
-        ),
-    );
+    let (gw, rx, _ws, cfg) = bot_setup(
+        &scenario,
+        &ids,
+        "  rate_limit: { per_second: 10, burst: 10 }\n",
+        "poll:\n  interval: 300ms\n  on_first_sight: replay_history\n",
+    )
+    .await;
     let daemon = Daemon::spawn(&cfg);
     tokio::time::sleep(Duration::from_secs(20)).await;
     let out = daemon.output();
@@ -154,19 +167,11 @@ async fn a_retry_after_http_date_pauses_every_chat_until_then() {
          faults:\n  - {{ after: 1s, times: 1, respond: {{ status: 429, retry_after: \"{date}\" }} }}\n"
     );
     let gw = gateway(&scenario).await;
-    let ws = Workspace::new();
-    ws.write(
-        "rules/r.yaml",
-        "id: r\nactions: [ { log: { message: x } } ]\n",
-    );
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &["966500000001", "966500000002", "966500000003"],
-            "  rate_limit: { per_second: 10, burst: 2 }\n",
-            "poll:\n  interval: 200ms\n",
-        ),
+    let (_ws, cfg) = log_only_setup(
+        &gw,
+        &["966500000001", "966500000002", "966500000003"],
+        "  rate_limit: { per_second: 10, burst: 2 }\n",
+        "poll:\n  interval: 200ms\n",
     );
     let daemon = Daemon::spawn(&cfg);
     wait_for("polls after the pause", Duration::from_secs(15), || {
@@ -370,20 +375,14 @@ async fn a_429_storm_from_the_start_misses_nothing_and_repeats_nothing() {
         }
     }
     scenario.push_str("faults:\n  - { every: 5, respond: { status: 429, retry_after: \"1\" } }\n");
-    let gw = gateway(&scenario).await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write("rules/bot.yaml", &bot_rule(&rx));
     let ids: Vec<&str> = chats.iter().map(String::as_str).collect();
-    let cfg = ws.write(
-        "cartat.yaml",
-        &config_text(
-            &gw,
-            &ids,
-            "  rate_limit: { per_second: 10, burst: 10 }\n",
-            "poll:\n  interval: 2s\n",
-        ),
-    );
+    let (gw, rx, _ws, cfg) = bot_setup(
+        &scenario,
+        &ids,
+        "  rate_limit: { per_second: 10, burst: 10 }\n",
+        "poll:\n  interval: 2s\n",
+    )
+    .await;
     let daemon = Daemon::spawn(&cfg);
     let want: Vec<String> = (0..20)
         .flat_map(|i| (0..3).map(move |k| format!("bot {i}-{k}")))

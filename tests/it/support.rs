@@ -52,23 +52,96 @@ impl Workspace {
         p
     }
 
-    /// A config for `gateway`, watching `chats`, delivering to loopback.
+    /// A config for `gateway`, watching `chats`, delivering to loopback ([`Config`]'s defaults,
+    /// `extra` appended; the metrics server off unless `extra` has a `server:` section).
     pub fn config(&self, gateway: &MockGateway, chats: &[&str], extra: &str) -> PathBuf {
-        let chats: String = chats.iter().map(|c| format!("  - \"{c}\"\n")).collect();
-        // No metrics server unless the test asks for one: parallel daemons would fight over
-        // the default port.
         let server = if extra.contains("server:") {
-            ""
+            None
         } else {
-            "server:\n  listen: \"off\"\n"
+            Some("\"off\"")
         };
-        let text = format!(
-            "api:\n  base_url: {}\n  token: mock-token\n  timeout: 3s\n  rate_limit: {{ per_second: 20, burst: 5 }}\n  message_limit: 20\n\
-             chats:\n{chats}poll:\n  interval: 300ms\nstate:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n\
-             webhooks:\n  timeout: 2s\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: 0.01\nlog:\n  mask_phone_numbers: false\n{server}{extra}",
-            gateway.base_url()
-        );
+        let text = Config {
+            server,
+            rest: extra,
+            ..Config::new(gateway, chats)
+        }
+        .yaml();
         self.write("cartat.yaml", &text)
+    }
+}
+
+/// The suite's one config builder: every test's `cartat.yaml` is made here, from these
+/// defaults and what a test changes (field update syntax: `Config { poll: …, ..Config::new(…) }`).
+pub struct Config<'a> {
+    pub base_url: String,
+    pub chats: Vec<String>,
+    /// `api.timeout`.
+    pub api_timeout: &'a str,
+    /// `api.rate_limit`, as a YAML flow map; None: not written (`api_extra` may).
+    pub rate_limit: Option<&'a str>,
+    /// More lines of the `api:` section (indented two spaces).
+    pub api_extra: &'a str,
+    /// The whole `poll:` section's body (indented), or "" for the defaults.
+    pub poll: &'a str,
+    /// `rules.watch`.
+    pub watch_rules: bool,
+    pub webhook_timeout: &'a str,
+    pub retry_scale: f64,
+    /// `server.listen`; None: no `server:` section (the test writes its own in `rest`).
+    pub server: Option<&'a str>,
+    /// Top-level sections appended as they are.
+    pub rest: &'a str,
+}
+
+impl<'a> Config<'a> {
+    pub fn new<S: AsRef<str>>(gateway: &MockGateway, chats: &[S]) -> Config<'a> {
+        Config {
+            base_url: gateway.base_url(),
+            chats: chats.iter().map(|c| c.as_ref().to_owned()).collect(),
+            api_timeout: "3s",
+            rate_limit: Some("{ per_second: 20, burst: 5 }"),
+            api_extra: "",
+            poll: "  interval: 300ms\n",
+            watch_rules: true,
+            webhook_timeout: "2s",
+            retry_scale: 0.01,
+            server: Some("\"off\""),
+            rest: "",
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        let chats: String = self
+            .chats
+            .iter()
+            .map(|c| format!("  - \"{c}\"\n"))
+            .collect();
+        let poll = if self.poll.is_empty() {
+            String::new()
+        } else {
+            format!("poll:\n{}", self.poll)
+        };
+        let rate = self
+            .rate_limit
+            .map(|r| format!("  rate_limit: {r}\n"))
+            .unwrap_or_default();
+        let server = self
+            .server
+            .map(|l| format!("server:\n  listen: {l}\n"))
+            .unwrap_or_default();
+        format!(
+            "api:\n  base_url: {}\n  token: mock-token\n  timeout: {}\n{rate}  message_limit: 20\n{}\
+             chats:\n{chats}{poll}state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n  watch: {}\n\
+             webhooks:\n  timeout: {}\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: {}\n\
+             log:\n  mask_phone_numbers: false\n{server}{}",
+            self.base_url,
+            self.api_timeout,
+            self.api_extra,
+            self.watch_rules,
+            self.webhook_timeout,
+            self.retry_scale,
+            self.rest
+        )
     }
 }
 
