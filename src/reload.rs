@@ -16,7 +16,7 @@ pub(crate) type Snapshot = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
 /// Takes a snapshot of the rule files (missing folders give an empty list).
 pub(crate) fn snapshot(paths: &[PathBuf]) -> Snapshot {
-    let files = rules::discover(paths).unwrap_or_default();
+    let files = rules::discover(paths).map(|(f, _)| f).unwrap_or_default();
     files
         .into_iter()
         .map(|p| {

@@ -191,7 +191,10 @@ fn interpolate(
                         return None;
                     }
                     EnvMode::Optional => {
+                        // check runs where the secrets are not (CI): a warning, but one that says
+                        // the daemon would not start like this.
                         let loc = value.referenced;
+                        let msg = format!("{msg}: `run` refuses to start without it");
                         diags.push(Diagnostic::warning(path, loc.line(), loc.column(), msg));
                     }
                 }

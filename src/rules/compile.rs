@@ -264,7 +264,19 @@ impl Compiler<'_> {
             all.push(Cond::Chats(ids));
         }
         if let Some(b) = m.body {
-            all.push(self.body(b));
+            let says_nothing = b.value.any.is_empty()
+                && b.value.all.is_empty()
+                && b.value.none.is_empty()
+                && b.value.regex.is_none();
+            if says_nothing {
+                // `any: []` read as "no keyword required": the rule would fire on every message.
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    b.referenced,
+                    "body: no keyword and no regex, so it would match every message; list keywords in `any`, `all` or `none`, give a `regex`, or remove `body`",
+                ));
+            }
+            all.push(self.body(b.value));
         }
         if let Some(s) = m.script {
             match self.sandbox.compile_expression(&s.value) {

@@ -10,8 +10,8 @@ pub struct ParsedFile {
 }
 
 /// Lists the rule files under the configured paths (files as given, folders one level deep
-/// and below, sorted so loading is deterministic).
-pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
+/// and below, sorted so loading is deterministic), with warnings about files not read.
+pub fn discover(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Diagnostics), Diagnostics> {
     let mut out = Vec::new();
     let mut d = Diagnostics::default();
     for p in paths {
@@ -28,7 +28,20 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
     }
     out.sort();
     out.dedup();
-    Ok(out)
+    Ok((out, d))
+}
+
+/// Files in a rules folder that look meant as rules but are not read: said, not skipped silently.
+fn skipped_warning(p: &Path) -> Option<Diagnostic> {
+    match p.extension().and_then(|e| e.to_str()) {
+        Some("json") => Some(Diagnostic::warning(
+            p,
+            0,
+            0,
+            "not read: rule files end in .yaml, .yml or .rhai (JSON is valid YAML: rename it to .yaml to use it)",
+        )),
+        _ => None,
+    }
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>, d: &mut Diagnostics) {
@@ -57,6 +70,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, d: &mut Diagnostics) {
             Some("yaml" | "yml" | "rhai")
         ) {
             out.push(p);
+        } else if let Some(w) = skipped_warning(&p) {
+            d.push(w);
         }
     }
 }
@@ -100,9 +115,8 @@ pub fn load_for(
     paths: &[PathBuf],
     policy: &crate::net::ssrf::NetPolicy,
 ) -> Result<(RuleSet, Diagnostics), Diagnostics> {
-    let files = discover(paths)?;
+    let (files, mut d) = discover(paths)?;
     let mut parsed = Vec::new();
-    let mut d = Diagnostics::default();
     let mut scripts = Vec::new();
     for f in files {
         match std::fs::read_to_string(&f) {
@@ -110,7 +124,17 @@ pub fn load_for(
                 scripts.push((f, text))
             }
             Ok(text) => match parse_file(&f, &text) {
-                Ok(p) => parsed.push(p),
+                Ok(p) => {
+                    if p.rules.is_empty() {
+                        d.push(Diagnostic::warning(
+                            &f,
+                            0,
+                            0,
+                            "the file holds no rule (it is empty or only comments)",
+                        ));
+                    }
+                    parsed.push(p)
+                }
                 Err(e) => d.extend(e),
             },
             Err(e) => d.push(Diagnostic::error(&f, 0, 0, format!("cannot read: {e}"))),

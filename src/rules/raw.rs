@@ -96,7 +96,8 @@ pub struct RawMatch {
     #[schemars(with = "Option<Vec<String>>")]
     pub chats: Option<Vec<Spanned<String>>>,
     /// Conditions on the message text.
-    pub body: Option<RawBody>,
+    #[schemars(with = "Option<RawBody>")]
+    pub body: Option<Spanned<RawBody>>,
     /// A rhai expression that must return a bool.
     #[schemars(with = "Option<String>")]
     pub script: Option<Spanned<String>>,

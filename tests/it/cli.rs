@@ -619,3 +619,43 @@ async fn the_mock_gateway_gives_each_start_its_own_message_ids() {
         "two starts served the same generated ids: {ga:?} and {gb:?}"
     );
 }
+
+#[test]
+fn check_says_what_it_used_to_accept_silently() {
+    let ws = Workspace::new();
+    ws.write("rules/empty.yaml", "# nothing here yet\n");
+    ws.write("rules/old.json", "{\"id\": \"j\", \"actions\": []}\n");
+    ws.write("rules/notes.md", "not a rule, and not meant as one\n");
+    ws.write(
+        "rules/every.yaml",
+        "id: every\nmatch:\n  body: { any: [] }\nactions: [ { log: { message: x } } ]\n",
+    );
+    let (code, out, _) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("rules/every.yaml:3:9:") && out.contains("would match every message"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rules/empty.yaml") && out.contains("holds no rule"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rules/old.json") && out.contains("rename it to .yaml"),
+        "{out}"
+    );
+    assert!(!out.contains("notes.md"), "{out}");
+
+    // A secret the environment lacks: check passes with a warning that says run would not.
+    let cfg = ws.write(
+        "cartat.yaml",
+        "api:\n  base_url: http://127.0.0.1:1\n  token: ${CARTAT_TEST_UNSET_TOKEN}\nchats: [\"966500000001\"]\nrules:\n  paths: [./ok]\n",
+    );
+    ws.write("ok/r.yaml", "id: r\nactions: [ { log: { message: x } } ]\n");
+    let (code, out, _) = run_cli(&["check", "-c", cfg.to_str().unwrap()], ws.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("`CARTAT_TEST_UNSET_TOKEN` is not set: `run` refuses to start without it"),
+        "{out}"
+    );
+}
