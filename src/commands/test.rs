@@ -180,26 +180,7 @@ pub(super) fn evaluate_page(
                         let _ = writeln!(out, "      log {:?}: {}", l.level, l.text);
                     }
                     for w in d.deliveries.iter().filter(|w| w.rule_id == *rule_id) {
-                        let _ = writeln!(
-                            out,
-                            "      webhook POST {} (delivery_id {})",
-                            crate::outbox::ssrf::redacted(&w.url),
-                            w.delivery_id
-                        );
-                        for (k, v) in &w.headers {
-                            let _ = writeln!(
-                                out,
-                                "        {k}: {}",
-                                crate::outbox::ssrf::redacted_header(k, v)
-                            );
-                        }
-                        let pretty = serde_json::from_str::<Value>(&w.body)
-                            .ok()
-                            .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                            .unwrap_or_else(|| w.body.clone());
-                        for line in pretty.lines() {
-                            let _ = writeln!(out, "        {line}");
-                        }
+                        write_webhook(out, w);
                     }
                 }
                 for e in &d.errors {
@@ -297,12 +278,7 @@ pub(super) fn evaluate_chat_rules(
                 };
                 let _ = writeln!(out, "    ✓ {} fires{wait}, matched {matched}", rule.id);
                 for w in d.deliveries.iter().filter(|w| w.rule_id == rule.id) {
-                    let _ = writeln!(
-                        out,
-                        "      webhook POST {} (delivery_id {})",
-                        crate::outbox::ssrf::redacted(&w.url),
-                        w.delivery_id
-                    );
+                    write_webhook(out, w);
                 }
                 for l in d.logs.iter().filter(|l| l.rule_id == rule.id) {
                     let _ = writeln!(out, "      log {:?}: {}", l.level, l.text);
@@ -378,5 +354,31 @@ mod tests {
         );
         let seven = br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":7},"messages":[]}"#;
         assert!(run(seven, true).contains("✓ pileup fires"));
+    }
+}
+
+/// One webhook as `test` prints it: method, url and headers (credentials masked), then the
+/// exact body, pretty-printed when it is JSON.
+fn write_webhook(out: &mut String, w: &crate::model::Delivery) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "      webhook POST {} (delivery_id {})",
+        crate::outbox::ssrf::redacted(&w.url),
+        w.delivery_id
+    );
+    for (k, v) in &w.headers {
+        let _ = writeln!(
+            out,
+            "        {k}: {}",
+            crate::outbox::ssrf::redacted_header(k, v)
+        );
+    }
+    let pretty = serde_json::from_str::<Value>(&w.body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| w.body.clone());
+    for line in pretty.lines() {
+        let _ = writeln!(out, "        {line}");
     }
 }

@@ -449,6 +449,7 @@ impl Compiler<'_> {
             regex,
             capture_keys,
             normalized,
+            words: mode.words,
         }))
     }
 

@@ -295,11 +295,22 @@ where
                 .map(|(_, k)| k.as_str()),
         );
         if m.keywords.len() == before {
-            return Err(ctx.why(|| "body.any: no keyword occurs".into()));
+            return Err(ctx.why(|| match glued_keyword(b, &b.any, ctx) {
+                Some(k) => format!("body.any: `{k}` occurs, but not as a whole word (words: true)"),
+                None => "body.any: no keyword occurs".into(),
+            }));
         }
     }
-    if let Some((_, k)) = b.all.iter().find(|(id, _)| !hits.contains(*id)) {
-        return Err(ctx.why(|| format!("body.all: `{k}` does not occur")));
+    if let Some((id, k)) = b.all.iter().find(|(id, _)| !hits.contains(*id)) {
+        return Err(ctx.why(|| {
+            let missing = [(*id, k.clone())];
+            match glued_keyword(b, &missing, ctx) {
+                Some(_) => {
+                    format!("body.all: `{k}` occurs, but not as a whole word (words: true)")
+                }
+                None => format!("body.all: `{k}` does not occur"),
+            }
+        }));
     }
     m.keywords.extend(b.all.iter().map(|(_, k)| k.as_str()));
     if let Some((_, k)) = b.none.iter().find(|(id, _)| hits.contains(*id)) {
@@ -321,6 +332,31 @@ where
         }
     }
     Ok(())
+}
+
+/// For an explanation only: the first of `keywords` that occurs in the text but not as a whole
+/// word, when the condition asks for whole words.
+fn glued_keyword<'k>(
+    b: &BodyCond,
+    keywords: &'k [(KeywordId, String)],
+    ctx: &Ctx,
+) -> Option<&'k str> {
+    if !b.words {
+        return None;
+    }
+    let text = if b.normalized {
+        ctx.p.normalized().to_string()
+    } else {
+        ctx.p.raw.to_string()
+    };
+    keywords.iter().map(|(_, k)| k.as_str()).find(|k| {
+        let k = if b.normalized {
+            crate::text::normalize::normalize(k).into_owned()
+        } else {
+            (*k).to_owned()
+        };
+        !k.is_empty() && text.contains(&k)
+    })
 }
 
 fn eval_script(s: &ScriptCond, ctx: &Ctx) -> Result<(), Why> {

@@ -75,6 +75,8 @@ struct BodyCond {
     /// whole match).
     capture_keys: Vec<String>,
     normalized: bool,
+    /// `words: true`: keywords count only as whole words (for `test --explain` to say so).
+    words: bool,
 }
 
 /// A compiled `script` condition: the rhai AST, compiled once at load.

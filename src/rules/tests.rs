@@ -202,11 +202,18 @@ fn explain_names_the_first_failed_condition() {
     let set = compile_one("r.yaml", BOT).unwrap();
     let chat = private_chat();
     let id = ChatId::from_gateway(&chat.id);
-    let m = msg("روبوت", false, "chat");
+    let m = msg("hello there", false, "chat");
     let p = set.prepare(&m.body);
     assert_eq!(
         set.eval_message(&set.rules[0], &id, &chat, &m, &p),
         Verdict::Failed("body.any: no keyword occurs".into())
+    );
+    // With words: true, a keyword glued to other letters is there, but not as a word: say so.
+    let m = msg("روبوت", false, "chat");
+    let p = set.prepare(&m.body);
+    assert_eq!(
+        set.eval_message(&set.rules[0], &id, &chat, &m, &p),
+        Verdict::Failed("body.any: `بوت` occurs, but not as a whole word (words: true)".into())
     );
     let m = msg("bot", true, "chat");
     let p = set.prepare(&m.body);

@@ -191,6 +191,10 @@ fn test_evaluates_chat_rules_as_of_a_given_time() {
         out.contains("\"waiting_since\":\"2023-08-06T18:41:03Z\""),
         "{out}"
     );
+    // A chat rule's webhook is printed with its exact body, as a message rule's is.
+    let sla = &out[out.find("✓ unanswered-sla fires").unwrap()..];
+    assert!(sla.contains("webhook POST"), "{out}");
+    assert!(sla.contains("\"rule\": \"unanswered-sla\""), "{out}");
     assert!(
         out.contains("✗ unread-pileup: unread_count: 3 is not >= 5"),
         "{out}"
@@ -656,6 +660,34 @@ fn check_says_what_it_used_to_accept_silently() {
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("`CARTAT_TEST_UNSET_TOKEN` is not set: `run` refuses to start without it"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_shipped_saved_reply_explains_a_keyword_glued_to_a_word() {
+    let (code, out, err) = run_cli(
+        &[
+            "test",
+            "--rules",
+            "rules",
+            "--input",
+            "examples/saved-chat.json",
+            "--explain",
+        ],
+        &root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("✓ bot-keyword fired"), "{out}");
+    assert!(out.contains("✓ order-number fired"), "{out}");
+    assert!(
+        out.contains(
+            "✗ bot-keyword: body.any: `بوت` occurs, but not as a whole word (words: true)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("✗ bot-keyword: body.any: no keyword occurs"),
         "{out}"
     );
 }
