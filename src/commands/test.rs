@@ -306,6 +306,32 @@ pub(super) fn evaluate_chat_rules(
     }
 }
 
+/// One webhook as `test` prints it: method, url and headers (credentials masked), then the
+/// exact body, pretty-printed when it is JSON.
+fn write_webhook(out: &mut String, w: &crate::model::Delivery) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "      webhook POST {} (delivery_id {})",
+        crate::outbox::ssrf::redacted(&w.url),
+        w.delivery_id
+    );
+    for (k, v) in &w.headers {
+        let _ = writeln!(
+            out,
+            "        {k}: {}",
+            crate::outbox::ssrf::redacted_header(k, v)
+        );
+    }
+    let pretty = serde_json::from_str::<Value>(&w.body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| w.body.clone());
+    for line in pretty.lines() {
+        let _ = writeln!(out, "        {line}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,31 +380,5 @@ mod tests {
         );
         let seven = br#"{"status":"success","chat":{"id":"966500000000@c.us","unreadCount":7},"messages":[]}"#;
         assert!(run(seven, true).contains("✓ pileup fires"));
-    }
-}
-
-/// One webhook as `test` prints it: method, url and headers (credentials masked), then the
-/// exact body, pretty-printed when it is JSON.
-fn write_webhook(out: &mut String, w: &crate::model::Delivery) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "      webhook POST {} (delivery_id {})",
-        crate::outbox::ssrf::redacted(&w.url),
-        w.delivery_id
-    );
-    for (k, v) in &w.headers {
-        let _ = writeln!(
-            out,
-            "        {k}: {}",
-            crate::outbox::ssrf::redacted_header(k, v)
-        );
-    }
-    let pretty = serde_json::from_str::<Value>(&w.body)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| w.body.clone());
-    for line in pretty.lines() {
-        let _ = writeln!(out, "        {line}");
     }
 }
