@@ -71,7 +71,42 @@ pub(crate) fn yaml_message(err: &serde_saphyr::Error) -> String {
         None => first,
     };
     let message = trimmed.strip_prefix("error: ").unwrap_or(trimmed);
-    suggest_field(message).unwrap_or_else(|| message.to_string())
+    suggest_field(message)
+        .or_else(|| expected_form(message))
+        .unwrap_or_else(|| message.to_string())
+}
+
+/// The parser's terse complaints, with what to write instead.
+fn expected_form(message: &str) -> Option<String> {
+    if message == "invalid boolean" {
+        return Some("invalid boolean: write `true` or `false`".into());
+    }
+    if let Some(ty) = message.strip_prefix("invalid ")
+        && let Some(bits) = ty.strip_prefix('u')
+        && bits.parse::<u8>().is_ok()
+    {
+        return Some(format!(
+            "invalid {ty}: write a whole number of 0 or more, like `3`"
+        ));
+    }
+    if let Some(ty) = message.strip_prefix("invalid ")
+        && let Some(bits) = ty.strip_prefix('i')
+        && bits.parse::<u8>().is_ok()
+    {
+        return Some(format!("invalid {ty}: write a whole number, like `3`"));
+    }
+    if message == "alias references unknown anchor"
+        || message.starts_with("while scanning an anchor or alias")
+    {
+        // `*text` is a YAML alias: what a Markdown list or a note pasted into a .yaml looks like.
+        return Some(
+            "this is not a YAML rule file (a `*` starts a YAML alias here): a rule file is a \
+             YAML mapping like `id: bot-keyword`, or a list of them (`cartat-rules schema` \
+             prints the format)"
+                .into(),
+        );
+    }
+    None
 }
 
 /// serde's "unknown field `bdy`, expected one of `a`, `b`" → "unknown field `bdy`, did you
@@ -152,6 +187,35 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+#[cfg(test)]
+#[test]
+fn terse_parser_errors_say_what_to_write() {
+    let cases = [
+        (
+            "invalid boolean",
+            Some("invalid boolean: write `true` or `false`"),
+        ),
+        (
+            "invalid u32",
+            Some("invalid u32: write a whole number of 0 or more, like `3`"),
+        ),
+        (
+            "invalid i64",
+            Some("invalid i64: write a whole number, like `3`"),
+        ),
+        ("invalid type: string", None),
+        ("invalid url", None),
+    ];
+    for (m, want) in cases {
+        assert_eq!(expected_form(m).as_deref(), want, "{m}");
+    }
+    assert!(
+        expected_form("alias references unknown anchor")
+            .unwrap()
+            .contains("not a YAML rule file")
+    );
+}
 
 /// The closest candidate to a misspelled name, for `did you mean …?` (edit distance ≤ 2).
 pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {

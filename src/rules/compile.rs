@@ -492,11 +492,19 @@ impl Compiler<'_> {
                 Some(id)
             }
             Err(e) => {
-                self.d.push(Diagnostic::at(
-                    self.path,
-                    src.referenced,
-                    format!("{what}: {e}"),
-                ));
+                let message = match self.templates.unknown_variable(&id, &ctx) {
+                    Some((var, Some(best))) => {
+                        format!(
+                            "{what}: `{var}` is not a template variable, did you mean `{best}`? ({e})"
+                        )
+                    }
+                    Some((var, None)) => format!(
+                        "{what}: `{var}` is not a template variable (they are rule, chat, message, matched, now, delivery_id; {e})"
+                    ),
+                    None => format!("{what}: {e}"),
+                };
+                self.d
+                    .push(Diagnostic::at(self.path, src.referenced, message));
                 None
             }
         }

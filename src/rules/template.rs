@@ -65,6 +65,44 @@ impl Templates {
     }
 }
 
+impl Templates {
+    /// The first variable (a dotted path) that template `id` uses and `ctx` does not have, with
+    /// the closest name `ctx` has at that place (`mesage.body` → `message`), for the error that
+    /// strict rendering gives without naming either.
+    pub fn unknown_variable(
+        &self,
+        id: &TemplateId,
+        ctx: &Value,
+    ) -> Option<(String, Option<String>)> {
+        let t = self.env.get_template(&id.0).ok()?;
+        let mut vars: Vec<String> = t.undeclared_variables(true).into_iter().collect();
+        vars.sort();
+        for v in vars {
+            let mut node = ctx;
+            let mut path: Vec<&str> = Vec::new();
+            for part in v.split('.') {
+                if let Some(next) = node.get(part) {
+                    node = next;
+                    path.push(part);
+                    continue;
+                }
+                let keys: Vec<&str> = node
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let best = crate::diag::did_you_mean(part, &keys).map(|b| {
+                    let mut p = path.clone();
+                    p.push(b);
+                    p.join(".")
+                });
+                path.push(part);
+                return Some((path.join("."), best));
+            }
+        }
+        None
+    }
+}
+
 fn describe(e: minijinja::Error) -> String {
     let mut s = match e.detail() {
         Some(d) => format!("{}: {d}", e.kind()),
@@ -94,6 +132,33 @@ pub fn sample_context() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_variable_is_named_with_the_closest_known_one() {
+        let mut t = Templates::new();
+        let ctx = sample_context();
+        let cases = [
+            ("{{ mesage.body }}", Some(("mesage", Some("message")))),
+            (
+                "{{ message.bdy }}",
+                Some(("message.bdy", Some("message.body"))),
+            ),
+            (
+                "{{ chat.name }} {{ nothing_like_it }}",
+                Some(("nothing_like_it", None)),
+            ),
+            (
+                "{{ rule.id }} {% for k in matched.keywords %}{{ k }}{% endfor %}",
+                None,
+            ),
+        ];
+        for (src, want) in cases {
+            let id = t.add(src, Kind::Text).unwrap();
+            let got = t.unknown_variable(&id, &ctx);
+            let want = want.map(|(v, b)| (v.to_string(), b.map(str::to_string)));
+            assert_eq!(got, want, "{src}");
+        }
+    }
 
     #[test]
     fn text_templates_render_and_unknown_variables_fail() {

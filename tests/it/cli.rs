@@ -691,3 +691,33 @@ fn the_shipped_saved_reply_explains_a_keyword_glued_to_a_word() {
         "{out}"
     );
 }
+
+#[test]
+fn check_errors_say_what_to_write_instead() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/bool.yaml",
+        "id: a\nmatch:\n  from_me: yes please\nactions: [ { log: { message: x } } ]\n",
+    );
+    ws.write(
+        "rules/count.yaml",
+        "id: b\nmatch:\n  threshold: { count: lots, within: 10m }\nactions: [ { log: { message: x } } ]\n",
+    );
+    ws.write("rules/notes.yaml", "* bot rule: call the bot\n* sla rule\n");
+    ws.write("rules/prose.yaml", "*bold* words pasted from a chat\n");
+    ws.write(
+        "rules/template.yaml",
+        "id: d\nactions:\n  - log: { message: \"{{ mesage.body }}\" }\n",
+    );
+    let (code, out, _) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "rules/bool.yaml:3:12: invalid boolean: write `true` or `false`",
+        "rules/count.yaml:3:23: invalid u32: write a whole number of 0 or more",
+        "rules/notes.yaml:1:1: this is not a YAML rule file",
+        "rules/prose.yaml:1:1: this is not a YAML rule file",
+        "rules/template.yaml:3:21: log.message: `mesage` is not a template variable, did you mean `message`?",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
