@@ -4,6 +4,7 @@
 mod check;
 mod demo;
 mod health;
+mod init;
 mod mock_gateway;
 mod outbox;
 mod run;
@@ -119,6 +120,21 @@ pub enum Command {
     /// Print the JSON Schema of a rule file (one rule or a list), for editors' YAML language
     /// servers: `cartat-rules schema > rule.schema.json`.
     Schema,
+    /// Write a commented `cartat.yaml` and an example rule (`rules/bot-keyword.yaml`) into a
+    /// folder, to start from; existing files are never overwritten.
+    Init {
+        /// The folder to write into.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print a shell completion script: `cartat-rules completions bash > /etc/bash_completion.d/cartat-rules`
+    /// (zsh: into a folder of your `$fpath` as `_cartat-rules`; fish:
+    /// `~/.config/fish/completions/cartat-rules.fish`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Ask a running daemon's `/healthz` (at the config's `server.listen`, or `--url`): exit 0
     /// when it answers 200, 1 otherwise. For container health checks and probes.
     Health {
@@ -245,6 +261,17 @@ pub fn main(cli: Cli) -> ExitCode {
             mock_gateway::mock_gateway(listen, scenario.as_deref(), &cli.log)
         }
         Command::Schema => schema::schema(),
+        Command::Init { dir } => init::init(&dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cartat-rules",
+                &mut std::io::stdout(),
+            );
+            0
+        }
         Command::Health {
             config,
             url,

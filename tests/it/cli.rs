@@ -721,3 +721,49 @@ fn check_errors_say_what_to_write_instead() {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
 }
+
+#[test]
+fn init_writes_a_config_and_a_rule_that_check_passes_and_never_overwrites() {
+    let ws = Workspace::new();
+    let (code, out, err) = run_cli(&["init", "project"], ws.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("wrote project/cartat.yaml"), "{out}");
+    assert!(
+        out.contains("wrote project/rules/bot-keyword.yaml"),
+        "{out}"
+    );
+    let (code, out, _) = run_cli(&["check", "-c", "project/cartat.yaml"], ws.path());
+    assert_eq!(code, 0, "the config init writes passes check:\n{out}");
+    assert!(out.contains("1 rule(s) valid"), "{out}");
+    // A second init changes nothing that is there.
+    ws.write("project/cartat.yaml", "# mine\n");
+    let (code, out, err) = run_cli(&["init", "project"], ws.path());
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("project/cartat.yaml exists: left as it is"),
+        "{err}"
+    );
+    assert!(!out.contains("wrote"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("project/cartat.yaml")).unwrap(),
+        "# mine\n"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _cartat__rules"),
+        ("zsh", "#compdef cartat-rules"),
+        ("fish", "complete -c cartat-rules"),
+    ] {
+        let (code, out, err) = run_cli(&["completions", shell], &root());
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(marker),
+            "{shell}: {}",
+            &out[..out.len().min(300)]
+        );
+        assert!(out.contains("outbox"), "{shell}: subcommands listed");
+    }
+}
