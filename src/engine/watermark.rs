@@ -120,20 +120,9 @@ mod tests {
     use super::*;
 
     fn msg(id: &str, ts: i64, body: &str) -> Message {
-        Message {
-            key: MessageKey {
-                from_me: false,
-                id: id.into(),
-            },
-            serialized_id: format!("false_x@c.us_{id}"),
-            body: body.into(),
-            kind: "chat".into(),
-            timestamp: ts,
-            from: None,
-            to: None,
-            author: None,
-            has_media: false,
-        }
+        let mut m = Message::text("x@c.us", id, ts, false, body);
+        m.from = None;
+        m
     }
 
     fn known(page: &[Message], watermark: i64) -> ChatState {

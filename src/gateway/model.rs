@@ -149,6 +149,25 @@ pub struct Message {
 }
 
 impl Message {
+    /// A text message (`type: chat`) in chat `remote`, as the reader makes it from a reply:
+    /// for tests, benchmarks and tools that build pages by hand. Change fields after.
+    pub fn text(remote: &str, id: &str, timestamp: i64, from_me: bool, body: &str) -> Message {
+        Message {
+            key: MessageKey {
+                from_me,
+                id: id.into(),
+            },
+            serialized_id: format!("{from_me}_{remote}_{id}"),
+            body: body.into(),
+            kind: "chat".into(),
+            timestamp,
+            from: (!from_me).then(|| remote.to_string()),
+            to: None,
+            author: None,
+            has_media: false,
+        }
+    }
+
     /// What makes an already-seen id an update when it changes (type and body).
     pub fn fingerprint(&self) -> u64 {
         // FNV-1a: stable across builds and platforms (it is stored).

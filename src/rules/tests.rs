@@ -1,5 +1,4 @@
 use super::*;
-use crate::gateway::model::MessageKey;
 
 fn compile_one(path: &str, yaml: &str) -> Result<RuleSet, Diagnostics> {
     let parsed = parse_file(Path::new(path), yaml)?;
@@ -15,20 +14,10 @@ fn errors(path: &str, yaml: &str) -> Vec<String> {
 }
 
 fn msg(body: &str, from_me: bool, kind: &str) -> Message {
-    Message {
-        key: MessageKey {
-            from_me,
-            id: "ID1".into(),
-        },
-        serialized_id: format!("{from_me}_966500000000@c.us_ID1"),
-        body: body.into(),
-        kind: kind.into(),
-        timestamp: 1_700_000_000,
-        from: Some("966500000000@c.us".into()),
-        to: None,
-        author: None,
-        has_media: false,
-    }
+    let mut m = Message::text("966500000000@c.us", "ID1", 1_700_000_000, from_me, body);
+    m.kind = kind.into();
+    m.from = Some("966500000000@c.us".into());
+    m
 }
 
 fn fires(set: &RuleSet, chat: &Chat, m: &Message) -> Vec<String> {

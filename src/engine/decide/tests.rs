@@ -9,20 +9,9 @@ fn set(yaml: &str) -> RuleSet {
 }
 
 fn msg(id: &str, ts: i64, from_me: bool, body: &str) -> Message {
-    Message {
-        key: MessageKey {
-            from_me,
-            id: id.into(),
-        },
-        serialized_id: format!("{from_me}_966500000000@c.us_{id}"),
-        body: body.into(),
-        kind: "chat".into(),
-        timestamp: ts,
-        from: None,
-        to: None,
-        author: None,
-        has_media: false,
-    }
+    let mut m = Message::text("966500000000@c.us", id, ts, from_me, body);
+    m.from = None;
+    m
 }
 
 fn chat(unread: i64) -> Chat {
