@@ -8,7 +8,7 @@
 //! run (the seed is printed).
 
 use crate::delivery::{
-    bot_rule, chat_ids, outbox, spawn_with_env, wait_first_sight, wait_logged, write_config,
+    chat_ids, outbox, spawn_with_env, wait_first_sight, wait_logged, write_config,
 };
 use crate::support::*;
 use cartat_rules::failpoint::POINTS;

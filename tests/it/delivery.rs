@@ -33,17 +33,6 @@ pub fn write_config(
     ws.write("cartat.yaml", &text)
 }
 
-/// A rule firing on inbound messages containing `bot`, with one webhook action per url.
-pub fn bot_rule(id: &str, urls: &[String]) -> String {
-    let actions: String = urls
-        .iter()
-        .map(|u| format!("  - webhook: {{ url: \"{u}\" }}\n"))
-        .collect();
-    format!(
-        "id: {id}\nmatch:\n  from_me: false\n  body:\n    any: [\"bot\", \"بوت\"]\n    words: true\nactions:\n{actions}"
-    )
-}
-
 /// The real daemon with extra environment variables (fail points).
 pub fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
     let log = config.with_file_name(format!(

@@ -4,20 +4,9 @@ use crate::support::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
-const BOT_RULE: &str = r#"
-id: bot-keyword
-match:
-  from_me: false
-  body:
-    any: ["بوت", "bot"]
-    words: true
-actions:
-  - webhook:
-      url: RECEIVER/hooks/bot
-"#;
-
+/// The suite's bot rule as `bot-keyword`, delivering to the receiver's `/hooks/bot`.
 fn bot_rule(receiver: &cartat_rules::receiver::Receiver) -> String {
-    BOT_RULE.replace("RECEIVER", &receiver.url(""))
+    crate::support::bot_rule("bot-keyword", &[receiver.url("/hooks/bot")])
 }
 
 const THREE_CHATS: &str = r#"

@@ -22,13 +22,9 @@ pub fn config_text(gw: &MockGateway, chats: &[&str], api_extra: &str, rest: &str
     .yaml()
 }
 
-/// The bot rule, delivering to `rx`.
+/// The suite's bot rule ([`crate::support::bot_rule`]) as `bot-keyword`, delivering to `rx`.
 pub fn bot_rule(rx: &cartat_rules::receiver::Receiver) -> String {
-    format!(
-        "id: bot-keyword\nmatch:\n  from_me: false\n  body:\n    any: [\"bot\", \"بوت\"]\n    words: true\n\
-         actions:\n  - webhook:\n      url: {}\n",
-        rx.url("/hooks/bot")
-    )
+    crate::support::bot_rule("bot-keyword", &[rx.url("/hooks/bot")])
 }
 
 /// What most poller, fault and metrics tests start from: a mock gateway on `scenario`, a

@@ -268,6 +268,18 @@ pub fn word_rule(rx: &Receiver, id: &str, words: &str) -> String {
     )
 }
 
+/// The suite's rule: `id` fires on inbound messages with the word `bot` or `بوت`, one webhook
+/// action per url. (Other rules are written out where a test is about them.)
+pub fn bot_rule(id: &str, urls: &[String]) -> String {
+    let actions: String = urls
+        .iter()
+        .map(|u| format!("  - webhook: {{ url: \"{u}\" }}\n"))
+        .collect();
+    format!(
+        "id: {id}\nmatch:\n  from_me: false\n  body:\n    any: [\"bot\", \"بوت\"]\n    words: true\nactions:\n{actions}"
+    )
+}
+
 /// The `message.body` of every standard envelope received, in order.
 pub fn bodies(received: &[Received]) -> Vec<String> {
     received
