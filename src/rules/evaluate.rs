@@ -295,21 +295,20 @@ where
                 .map(|(_, k)| k.as_str()),
         );
         if m.keywords.len() == before {
-            return Err(ctx.why(|| match glued_keyword(b, &b.any, ctx) {
-                Some(k) => format!("body.any: `{k}` occurs, but not as a whole word (words: true)"),
-                None => "body.any: no keyword occurs".into(),
+            return Err(ctx.why(|| {
+                match glued_keyword(b, b.any.iter().map(|(_, k)| k.as_str()), ctx) {
+                    Some(k) => {
+                        format!("body.any: `{k}` occurs, but not as a whole word (words: true)")
+                    }
+                    None => "body.any: no keyword occurs".into(),
+                }
             }));
         }
     }
-    if let Some((id, k)) = b.all.iter().find(|(id, _)| !hits.contains(*id)) {
-        return Err(ctx.why(|| {
-            let missing = [(*id, k.clone())];
-            match glued_keyword(b, &missing, ctx) {
-                Some(_) => {
-                    format!("body.all: `{k}` occurs, but not as a whole word (words: true)")
-                }
-                None => format!("body.all: `{k}` does not occur"),
-            }
+    if let Some((_, k)) = b.all.iter().find(|(id, _)| !hits.contains(*id)) {
+        return Err(ctx.why(|| match glued_keyword(b, [k.as_str()], ctx) {
+            Some(_) => format!("body.all: `{k}` occurs, but not as a whole word (words: true)"),
+            None => format!("body.all: `{k}` does not occur"),
         }));
     }
     m.keywords.extend(b.all.iter().map(|(_, k)| k.as_str()));
@@ -338,24 +337,24 @@ where
 /// word, when the condition asks for whole words.
 fn glued_keyword<'k>(
     b: &BodyCond,
-    keywords: &'k [(KeywordId, String)],
+    keywords: impl IntoIterator<Item = &'k str>,
     ctx: &Ctx,
 ) -> Option<&'k str> {
     if !b.words {
         return None;
     }
     let text = if b.normalized {
-        ctx.p.normalized().to_string()
+        ctx.p.normalized()
     } else {
-        ctx.p.raw.to_string()
+        ctx.p.raw
     };
-    keywords.iter().map(|(_, k)| k.as_str()).find(|k| {
+    keywords.into_iter().find(|k| {
         let k = if b.normalized {
-            crate::text::normalize::normalize(k).into_owned()
+            crate::text::normalize::normalize(k)
         } else {
-            (*k).to_owned()
+            std::borrow::Cow::Borrowed(*k)
         };
-        !k.is_empty() && text.contains(&k)
+        !k.is_empty() && text.contains(k.as_ref())
     })
 }
 
