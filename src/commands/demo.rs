@@ -3,7 +3,7 @@ use crate::config::{self, EnvMode};
 use crate::mock::{MockGateway, Scenario};
 use crate::receiver::{Received, Receiver};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,28 +11,95 @@ use std::time::Duration;
 /// The conversation the demo plays unless `--scenario` names another.
 pub(super) const DEMO_SCENARIO: &str = include_str!("../../examples/demo-scenario.yaml");
 
+/// The demo's config, unless `--config` names another (its paths are relative to
+/// `examples/`, as in the repository).
+const DEMO_CONFIG: &str = include_str!("../../examples/demo.yaml");
+
+/// The rule files the demo runs: the repository's `rules/` folder, built into the binary so an
+/// installed `cartat-rules demo` runs anywhere. A test checks the list is the whole folder.
+pub(crate) const DEMO_RULES: [(&str, &str); 7] = [
+    (
+        "bot-keyword.yaml",
+        include_str!("../../rules/bot-keyword.yaml"),
+    ),
+    (
+        "escalation.rhai",
+        include_str!("../../rules/escalation.rhai"),
+    ),
+    (
+        "order-number.yaml",
+        include_str!("../../rules/order-number.yaml"),
+    ),
+    (
+        "unanswered-sla.yaml",
+        include_str!("../../rules/unanswered-sla.yaml"),
+    ),
+    (
+        "unread-pileup.yaml",
+        include_str!("../../rules/unread-pileup.yaml"),
+    ),
+    (
+        "urgent-group.yaml",
+        include_str!("../../rules/urgent-group.yaml"),
+    ),
+    (
+        "urgent-threshold.yaml",
+        include_str!("../../rules/urgent-threshold.yaml"),
+    ),
+];
+
+/// Writes the built-in config and rules under `dir` (as `examples/demo.yaml` and `rules/`);
+/// returns the config's path.
+fn write_builtin(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("examples"))?;
+    std::fs::create_dir_all(dir.join("rules"))?;
+    for (name, text) in DEMO_RULES {
+        std::fs::write(dir.join("rules").join(name), text)?;
+    }
+    let config = dir.join("examples").join("demo.yaml");
+    std::fs::write(&config, DEMO_CONFIG)?;
+    Ok(config)
+}
+
 pub(super) fn demo(
-    config_path: &Path,
+    config_path: Option<&Path>,
     scenario: Option<&Path>,
     duration: Duration,
     log: &LogArgs,
 ) -> u8 {
-    // The engine's own events (rule fired, delivered) are the demo's story; the rest is quiet.
-    if std::env::var_os("RUST_LOG").is_none() && log.verbose == 0 {
-        // SAFETY-free alternative to set_var: build the filter directly.
-        let args = LogArgs {
-            verbose: 0,
-            quiet: false,
-            log_format: log.log_format,
-        };
-        super::init_logging(
-            &args,
-            "warn,cartat_rules::events=info",
-            crate::config::LogFormat::Text,
-        );
-    } else {
-        super::init_logging(log, "info", crate::config::LogFormat::Text);
-    }
+    // What the demo prints on stdout is its story (every webhook the receiver gets); the
+    // engine's own log lines stay out of it unless asked for (`-v`: its events, `-vv`: debug).
+    let args = LogArgs {
+        verbose: log.verbose.saturating_sub(1),
+        quiet: false,
+        log_format: log.log_format,
+    };
+    let level = if log.verbose == 0 { "error" } else { "info" };
+    super::init_logging(&args, level, crate::config::LogFormat::Text);
+    let tmp = std::env::temp_dir().join(format!("cartat-rules-demo-{}", std::process::id()));
+    let builtin;
+    let config_path = match config_path {
+        Some(p) => p,
+        None => match write_builtin(&tmp) {
+            Ok(p) => {
+                builtin = p;
+                &builtin
+            }
+            Err(e) => {
+                eprintln!(
+                    "cartat-rules demo: cannot write the demo's files under {}: {e}",
+                    tmp.display()
+                );
+                return 1;
+            }
+        },
+    };
+    let code = demo_with(config_path, scenario, duration, &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    code
+}
+
+fn demo_with(config_path: &Path, scenario: Option<&Path>, duration: Duration, tmp: &Path) -> u8 {
     let scenario = match scenario {
         Some(p) => Scenario::from_file(p),
         None => Scenario::from_yaml(DEMO_SCENARIO),
@@ -49,7 +116,7 @@ pub(super) fn demo(
         Err(d) => {
             eprint!("{d}");
             eprintln!(
-                "cartat-rules demo: run it from the project folder (it reads {})",
+                "cartat-rules demo: the config {} is not valid (without --config the demo runs its built-in one)",
                 config_path.display()
             );
             return 1;
@@ -63,7 +130,6 @@ pub(super) fn demo(
             return 1;
         }
     };
-    let tmp = std::env::temp_dir().join(format!("cartat-rules-demo-{}", std::process::id()));
     config.state_path = tmp.join("state.db");
     let receiver_ports: BTreeSet<String> = rules
         .rules
@@ -81,7 +147,7 @@ pub(super) fn demo(
             return 1;
         }
     };
-    let code = rt.block_on(async move {
+    rt.block_on(async move {
         let gateway_addr = match loopback_authority(&config.api.base_url) {
             Some(a) => a,
             None => {
@@ -151,9 +217,7 @@ pub(super) fn demo(
         }
         gateway.shutdown().await;
         0
-    });
-    let _ = std::fs::remove_dir_all(&tmp);
-    code
+    })
 }
 
 /// `host:port` of an http URL on loopback, else None.
@@ -186,17 +250,75 @@ fn print_webhook(r: &Received, secret: Option<&crate::outbox::sign::SigningKey>)
         (Some(_), ..) => "UNSIGNED",
         (None, ..) => "unsigned",
     };
-    let rule = v["rule"].as_str().unwrap_or("(custom body)");
-    let chat = v["chat"]["name"]
-        .as_str()
-        .or(v["chat"].as_str())
-        .unwrap_or("");
-    let body = v["message"]["body"]
-        .as_str()
-        .or(v["text"].as_str())
-        .unwrap_or("");
-    println!(
-        "  webhook → {}  rule={rule}  chat=\"{chat}\"  text=\"{body}\"  matched={}  ({signed})",
-        r.path, v["matched"]
-    );
+    println!("  webhook → {}  {}  ({signed})", r.path, describe(&v));
+}
+
+/// One line for a webhook body: the standard envelope's rule, chat, text and what matched; a
+/// rule's own body (`webhook.body`) as the compact JSON it is.
+fn describe(v: &serde_json::Value) -> String {
+    let Some(rule) = v["rule"].as_str() else {
+        return format!("body={v}");
+    };
+    let chat = v["chat"]["name"].as_str().unwrap_or("");
+    let mut line = format!("rule={rule}  chat=\"{chat}\"");
+    if let Some(text) = v["message"]["body"].as_str() {
+        line.push_str(&format!("  text=\"{text}\""));
+    }
+    if !v["matched"].is_null() {
+        line.push_str(&format!("  matched={}", v["matched"]));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_webhook_is_described_by_its_rule_or_as_its_own_body() {
+        let envelope = json!({
+            "rule": "bot-keyword",
+            "chat": { "name": "Sarah" },
+            "message": { "body": "bot?" },
+            "matched": { "keywords": ["bot"] },
+        });
+        assert_eq!(
+            describe(&envelope),
+            r#"rule=bot-keyword  chat="Sarah"  text="bot?"  matched={"keywords":["bot"]}"#
+        );
+        let chat_rule = json!({ "rule": "unanswered-sla", "chat": { "name": "Abu Fahad" } });
+        assert_eq!(
+            describe(&chat_rule),
+            r#"rule=unanswered-sla  chat="Abu Fahad""#
+        );
+        let custom = json!({ "order": "4521", "text": "Order 4521 from Sarah" });
+        let line = describe(&custom);
+        assert!(line.starts_with("body={"), "{line}");
+        assert!(
+            line.contains(r#""order":"4521""#) && !line.contains("null"),
+            "{line}"
+        );
+    }
+
+    /// The built-in rules are the repository's whole `rules/` folder, byte for byte.
+    #[test]
+    fn the_built_in_rules_are_the_rules_folder() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        on_disk.sort();
+        let built_in: Vec<String> = DEMO_RULES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(built_in, on_disk);
+        for (name, text) in DEMO_RULES {
+            assert_eq!(
+                std::fs::read_to_string(dir.join(name)).unwrap(),
+                text,
+                "{name}"
+            );
+        }
+    }
 }

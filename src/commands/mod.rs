@@ -4,7 +4,7 @@
 mod check;
 mod demo;
 mod health;
-mod init;
+pub(crate) mod init;
 mod mock_gateway;
 mod outbox;
 mod run;
@@ -101,9 +101,10 @@ pub enum Command {
         /// How long to run.
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
-        /// The demo config.
-        #[arg(short, long, default_value = "examples/demo.yaml")]
-        config: PathBuf,
+        /// A config to run instead of the built-in one (`examples/demo.yaml` with the rules of
+        /// `rules/`, both built into the binary).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// The mock gateway's scenario (default: the built-in conversation).
         #[arg(long)]
         scenario: Option<PathBuf>,
@@ -117,9 +118,14 @@ pub enum Command {
         #[arg(long)]
         scenario: Option<PathBuf>,
     },
-    /// Print the JSON Schema of a rule file (one rule or a list), for editors' YAML language
-    /// servers: `cartat-rules schema > rule.schema.json`.
-    Schema,
+    /// Print the JSON Schema of a rule file (one rule or a list), or of `cartat.yaml` with
+    /// `schema config`, for editors' YAML language servers:
+    /// `cartat-rules schema > rule.schema.json`, `cartat-rules schema config > cartat.schema.json`.
+    Schema {
+        /// Which file's schema.
+        #[arg(value_enum, default_value = "rules")]
+        of: SchemaOf,
+    },
     /// Write a commented `cartat.yaml` and an example rule (`rules/bot-keyword.yaml`) into a
     /// folder, to start from; existing files are never overwritten.
     Init {
@@ -256,11 +262,11 @@ pub fn main(cli: Cli) -> ExitCode {
             duration,
             config,
             scenario,
-        } => demo::demo(&config, scenario.as_deref(), duration, &cli.log),
+        } => demo::demo(config.as_deref(), scenario.as_deref(), duration, &cli.log),
         Command::MockGateway { listen, scenario } => {
             mock_gateway::mock_gateway(listen, scenario.as_deref(), &cli.log)
         }
-        Command::Schema => schema::schema(),
+        Command::Schema { of } => schema::schema(of),
         Command::Init { dir } => init::init(&dir),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -279,6 +285,15 @@ pub fn main(cli: Cli) -> ExitCode {
         } => health::health(&config, url.as_deref(), timeout),
     };
     ExitCode::from(code)
+}
+
+/// The files `schema` describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaOf {
+    /// A rule file: one rule, or a list of rules.
+    Rules,
+    /// The config file, `cartat.yaml`.
+    Config,
 }
 
 /// The runtime of a long-running command: `workers` threads for its tasks, unless

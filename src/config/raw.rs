@@ -2,17 +2,20 @@
 //! Every field's doc comment is its user-facing description.
 
 use crate::duration::HumanDuration;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 /// `cartat.yaml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "cartat-rules config (cartat.yaml)")]
 pub struct RawConfig {
     /// The Cartat gateway.
     pub api: RawApi,
     /// The watched chats: a phone number with country code, or `{id, interval}`.
     #[serde(default)]
+    #[schemars(with = "Vec<RawChat>")]
     pub chats: Vec<Spanned<RawChat>>,
     /// Polling defaults.
     pub poll: Option<RawPoll>,
@@ -28,18 +31,21 @@ pub struct RawConfig {
     pub server: Option<RawServer>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawApi {
     /// e.g. `https://api.cartat.net`.
+    #[schemars(with = "String")]
     pub base_url: Spanned<String>,
     /// Bearer token; write `${CARTAT_TOKEN}` to read it from the environment. Never logged.
+    #[schemars(with = "Option<String>")]
     pub token: Option<Spanned<String>>,
     /// Per request (default 10s).
     pub timeout: Option<HumanDuration>,
     /// Every call to the API, all chats together.
     pub rate_limit: Option<RawRate>,
     /// The first `limit` asked (default 50); grown when a gap is suspected.
+    #[schemars(with = "Option<u32>")]
     pub message_limit: Option<Spanned<u32>>,
     /// The largest `limit` gap recovery may ask for (default 32 × message_limit, at least 1000).
     pub max_message_limit: Option<u32>,
@@ -48,13 +54,15 @@ pub struct RawApi {
     /// A proxy for the gateway's requests (`http://host:port`). Default: none; the
     /// `HTTP(S)_PROXY` variables are ignored, so the token never goes through a proxy nobody
     /// configured here.
+    #[schemars(with = "Option<String>")]
     pub proxy: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRate {
     /// Sustained requests per second (default 5).
+    #[schemars(with = "u32")]
     pub per_second: Spanned<u32>,
     /// Requests allowed at once after a quiet spell (default: per_second).
     pub burst: Option<u32>,
@@ -83,11 +91,35 @@ pub enum RawChat {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawChatFull {
+    /// The chat: a phone number with country code, or a group id (`…@g.us`).
     id: String,
+    /// How often this chat is polled (default: `poll.interval`).
     interval: Option<HumanDuration>,
+}
+
+impl JsonSchema for RawChat {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Chat".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let full = generator.subschema_for::<RawChatFull>();
+        schemars::json_schema!({
+            "description": "A watched chat: a phone number with country code (`\"966500000000\"`), or `{ id, interval }`.",
+            "anyOf": [{ "type": "string" }, { "type": "integer", "minimum": 0 }, full]
+        })
+    }
+}
+
+/// The JSON Schema (draft 7) of `cartat.yaml`.
+pub fn config_schema() -> serde_json::Value {
+    schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<RawConfig>()
+        .to_value()
 }
 
 impl<'de> Deserialize<'de> for RawChat {
@@ -120,7 +152,7 @@ impl<'de> Deserialize<'de> for RawChat {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoll {
     /// Default per chat (10s).
@@ -136,14 +168,14 @@ pub struct RawPoll {
     pub coalesce: Option<HumanDuration>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     /// SQLite file, created if missing; relative to the config file.
     pub path: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRules {
     /// Files or folders of `*.yaml`, `*.yml`, `*.rhai`; relative to the config file.
@@ -156,29 +188,31 @@ pub struct RawRules {
 }
 
 /// `false`, `true`, or a list of CIDRs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum AllowPrivate {
     All(bool),
     List(Vec<String>),
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhooks {
     /// Signs every delivery (Standard Webhooks); raw or `whsec_<base64>`.
+    #[schemars(with = "Option<String>")]
     pub secret: Option<Spanned<String>>,
     /// Per attempt (default 10s).
     pub timeout: Option<HumanDuration>,
     /// Then dead-lettered (default 12).
     pub max_attempts: Option<u32>,
     /// Loopback, private, link-local and metadata targets are refused unless allowed here.
+    #[schemars(with = "Option<AllowPrivate>")]
     pub allow_private_networks: Option<Spanned<AllowPrivate>>,
     /// Multiplies every retry delay (default 1; tests and demos compress the schedule).
     pub retry_scale: Option<f64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     /// `text` (default) or `json`.
@@ -187,9 +221,71 @@ pub struct RawLog {
     pub mask_phone_numbers: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     /// `GET /healthz` and `GET /metrics` (default 127.0.0.1:9464); `off` disables.
+    #[schemars(with = "Option<String>")]
     pub listen: Option<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::validator_for(&config_schema()).expect("the schema is a valid JSON Schema")
+    }
+
+    fn errors(v: &jsonschema::Validator, doc: &Value) -> Vec<String> {
+        v.iter_errors(doc).map(|e| e.to_string()).collect()
+    }
+
+    /// Every config the project ships (and the one `init` writes) passes the schema.
+    #[test]
+    fn every_shipped_config_is_valid_against_the_schema() {
+        let v = validator();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut texts: Vec<(String, String)> = ["examples/demo.yaml", "deploy/cartat.yaml"]
+            .iter()
+            .map(|p| {
+                (
+                    p.to_string(),
+                    std::fs::read_to_string(root.join(p)).unwrap(),
+                )
+            })
+            .collect();
+        texts.push(("init".into(), crate::commands::init::CONFIG.to_string()));
+        for (name, text) in texts {
+            let doc: Value = serde_saphyr::from_str(&text).expect("YAML");
+            let e = errors(&v, &doc);
+            assert!(e.is_empty(), "{name}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn the_config_schema_refuses_mistakes_and_describes_fields() {
+        let v = validator();
+        let good = json!({
+            "api": { "base_url": "https://api.cartat.net", "token": "${CARTAT_TOKEN}",
+                     "rate_limit": { "per_second": 5, "burst": 10 } },
+            "chats": ["966500000000", 971500000002u64, { "id": "1203@g.us", "interval": "30s" }],
+            "webhooks": { "allow_private_networks": ["10.0.0.0/8"] },
+        });
+        assert!(v.is_valid(&good), "{:?}", errors(&v, &good));
+        for bad in [
+            json!({}),
+            json!({ "api": { "base_url": "x", "tokn": "y" } }),
+            json!({ "api": { "base_url": "x" }, "poll": { "interval": "10 seconds" } }),
+            json!({ "api": { "base_url": "x" }, "chats": [{ "id": "1", "every": "5s" }] }),
+            json!({ "api": { "base_url": "x" }, "log": { "format": "xml" } }),
+            json!({ "api": { "base_url": "x" }, "stat": { "path": "s.db" } }),
+        ] {
+            assert!(!v.is_valid(&bad), "{bad}");
+        }
+        let text = config_schema().to_string();
+        assert!(text.contains("Reload on change."), "{text}");
+        assert!(text.contains("cartat-rules config (cartat.yaml)"), "{text}");
+    }
 }

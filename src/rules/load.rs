@@ -76,31 +76,92 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, d: &mut Diagnostics) {
     }
 }
 
-/// Parses one YAML rule file: one rule, or a list of rules.
+/// Parses one YAML rule file: one rule, or a list of rules; every problem found, or the rules.
 pub fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, Diagnostics> {
+    let (rules, problems) = parse_file_partly(path, text);
+    if problems.is_empty() {
+        Ok(ParsedFile {
+            path: path.to_path_buf(),
+            rules,
+        })
+    } else {
+        Err(Diagnostics(problems))
+    }
+}
+
+/// As [`parse_file`], keeping the rules that read well next to the problems of the others: the
+/// parser stops at a file's first error, so a list's rules are then read one by one, and the
+/// good ones still go on to be compiled (their regexes, templates and urls checked), so `check`
+/// reports every rule's problems, not only the file's first.
+pub(super) fn parse_file_partly(path: &Path, text: &str) -> (Vec<RawRule>, Vec<Diagnostic>) {
     let first = text
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#') && *l != "---")
         .unwrap_or("");
     // A key written twice in one mapping is an error, never silently "last one wins".
-    let options = serde_saphyr::options! {
-        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+    let options = || {
+        serde_saphyr::options! {
+            duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+        }
     };
     let result = if first.starts_with("- ") || first == "-" {
-        serde_saphyr::from_str_with_options::<Vec<RawRule>>(text, options)
+        serde_saphyr::from_str_with_options::<Vec<RawRule>>(text, options())
     } else if first.is_empty() {
         Ok(Vec::new())
     } else {
-        serde_saphyr::from_str_with_options::<RawRule>(text, options).map(|r| vec![r])
+        serde_saphyr::from_str_with_options::<RawRule>(text, options()).map(|r| vec![r])
     };
-    match result {
-        Ok(rules) => Ok(ParsedFile {
-            path: path.to_path_buf(),
-            rules,
-        }),
-        Err(e) => Err(Diagnostics(vec![Diagnostic::from_yaml(path, &e)])),
+    let whole = match result {
+        Ok(rules) => return (rules, Vec::new()),
+        Err(e) => Diagnostic::from_yaml(path, &e),
+    };
+    let Some(items) = list_items(text).filter(|items| items.len() > 1) else {
+        return (Vec::new(), vec![whole]);
+    };
+    let mut rules = Vec::new();
+    let mut problems = Vec::new();
+    for item in &items {
+        match serde_saphyr::from_str_with_options::<Vec<RawRule>>(item, options()) {
+            Ok(r) => rules.extend(r),
+            Err(e) => problems.push(Diagnostic::from_yaml(path, &e)),
+        }
     }
+    if problems.is_empty() {
+        // Every rule reads alone: the problem is between them (an anchor, say).
+        return (Vec::new(), vec![whole]);
+    }
+    (rules, problems)
+}
+
+/// The items of a file that is a block list at its top level (`- ` at column 0), each as a
+/// text of its own that keeps the item's lines where they are in the file (the lines before it
+/// are left empty), so positions in errors stay right. `None` for any other shape.
+fn list_items(text: &str) -> Option<Vec<String>> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let starts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("- ") || l.trim_end() == "-")
+        .map(|(i, _)| i)
+        .collect();
+    let first = *starts.first()?;
+    // Only comments, blank lines or a document start may come before the first item.
+    let head_ok = lines[..first].iter().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#') || t == "---"
+    });
+    if !head_ok {
+        return None;
+    }
+    let mut items = Vec::with_capacity(starts.len());
+    for (k, &start) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(lines.len());
+        let mut item = "\n".repeat(start);
+        item.extend(lines[start..end].iter().copied());
+        items.push(item);
+    }
+    Some(items)
 }
 
 /// Loads every rule file under `paths` and compiles the set. Warnings come back with the set.
@@ -123,20 +184,19 @@ pub fn load_for(
             Ok(text) if f.extension().and_then(|e| e.to_str()) == Some("rhai") => {
                 scripts.push((f, text))
             }
-            Ok(text) => match parse_file(&f, &text) {
-                Ok(p) => {
-                    if p.rules.is_empty() {
-                        d.push(Diagnostic::warning(
-                            &f,
-                            0,
-                            0,
-                            "the file holds no rule (it is empty or only comments)",
-                        ));
-                    }
-                    parsed.push(p)
+            Ok(text) => {
+                let (rules, problems) = parse_file_partly(&f, &text);
+                if rules.is_empty() && problems.is_empty() {
+                    d.push(Diagnostic::warning(
+                        &f,
+                        0,
+                        0,
+                        "the file holds no rule (it is empty or only comments)",
+                    ));
                 }
-                Err(e) => d.extend(e),
-            },
+                d.extend(Diagnostics(problems));
+                parsed.push(ParsedFile { path: f, rules });
+            }
             Err(e) => d.push(Diagnostic::error(&f, 0, 0, format!("cannot read: {e}"))),
         }
     }

@@ -153,9 +153,19 @@ fn test_json_lines_carry_the_exact_webhook_bodies() {
 }
 
 #[test]
-fn the_demo_runs_offline_and_shows_the_arabic_matches() {
-    let (code, out, err) = run_cli(&["demo", "--duration", "10s"], &root());
+fn the_demo_runs_offline_from_any_folder_and_shows_the_arabic_matches() {
+    // Not from the project folder: the config, rules and conversation are built in.
+    let elsewhere = Workspace::new();
+    let (code, out, err) = run_cli(&["demo", "--duration", "10s"], elsewhere.path());
     assert_eq!(code, 0, "{out}{err}");
+    // The readable story is stdout; the engine's log lines stay out of it without -v.
+    assert!(!err.contains("INFO") && !err.contains("WARN"), "{err}");
+    // A chat rule judges the chat as it stands: the hour-old unanswered message.
+    let first = out.lines().find(|l| l.contains("webhook →")).unwrap_or("");
+    assert!(first.contains("rule=unanswered-sla"), "{out}");
+    // The order desk's own body, the number extracted; never `matched=null`.
+    assert!(out.contains(r#""order":"4521""#), "{out}");
+    assert!(!out.contains("null"), "{out}");
     assert!(out.contains("text=\"بُوت\""), "tashkeel: {out}\n{err}");
     assert!(
         out.contains("text=\"ابغى اكلم البـوت لو سمحت\""),
@@ -332,6 +342,25 @@ fn schema_prints_the_rule_file_json_schema() {
         rule["properties"]["cooldown"]["description"],
         "After firing for a chat, stay silent for that chat this long."
     );
+}
+
+#[test]
+fn schema_config_prints_the_config_json_schema() {
+    let (code, out, err) = run_cli(&["schema", "config"], &root());
+    assert_eq!(code, 0, "{err}");
+    let schema: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(schema["title"], "cartat-rules config (cartat.yaml)");
+    assert_eq!(schema["additionalProperties"], false, "{out}");
+    assert_eq!(schema["required"], serde_json::json!(["api"]), "{out}");
+    assert!(
+        schema["definitions"]["RawApi"]["properties"]["token"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Never logged")),
+        "{out}"
+    );
+    let (code, _, err) = run_cli(&["schema", "cartat.yaml"], &root());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("possible values: rules, config"), "{err}");
 }
 
 #[test]
@@ -720,6 +749,31 @@ fn check_errors_say_what_to_write_instead() {
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+}
+
+#[test]
+fn check_reports_every_rule_s_problem_not_only_a_file_s_first() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/many.yaml",
+        "# four rules, four different problems, and a good one\n\
+         - id: bad-bool\n  match:\n    from_me: nope\n  actions: [ { log: { message: x } } ]\n\
+         - id: bad-regex\n  match:\n    body: { regex: '(unclosed' }\n  actions: [ { log: { message: x } } ]\n\
+         - id: bad-duration\n  cooldown: 5 minutes\n  actions: [ { log: { message: x } } ]\n\
+         - id: good\n  actions: [ { log: { message: x } } ]\n\
+         - id: bad-template\n  actions:\n    - log: { message: \"{{ mesage.body }}\" }\n",
+    );
+    let (code, out, _) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "rules/many.yaml:4:14: invalid boolean",
+        "rules/many.yaml:8:20: body.regex: error: unclosed group",
+        "rules/many.yaml:11:13: `5 minutes` has an unknown unit",
+        "rules/many.yaml:17:23: log.message: `mesage` is not a template variable",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert_eq!(out.matches("rules/many.yaml:").count(), 4, "{out}");
 }
 
 #[test]
