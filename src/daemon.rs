@@ -53,7 +53,7 @@ pub fn prepare(
             .chain(rules.script_rules.iter().map(|r| r.id.as_str())),
     );
     let commits = crate::store::group::CommitQueue::start(store.clone())
-        .map_err(|e| anyhow::anyhow!("cannot start the store's writer thread: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot start the store's writer: {e}"))?;
     let mut dispatcher = Dispatcher::new(
         store.clone(),
         commits.clone(),

@@ -89,6 +89,7 @@ pub struct Metrics {
     matches: Family<[(&'static str, String); 1], Counter>,
     rule_errors: Family<[(&'static str, String); 1], Counter>,
     deliveries: Family<Outcome, Counter>,
+    outbox_scans: Family<Outcome, Counter>,
     gaps: Counter,
     budget_wait: FloatCounter,
     outbox_depth: Gauge,
@@ -155,6 +156,12 @@ impl Metrics {
             "Webhook delivery attempts, by outcome (delivered, retry, dead)",
             deliveries.clone(),
         );
+        let outbox_scans = Family::<Outcome, Counter>::default();
+        registry.register(
+            "outbox_scans",
+            "The dispatcher's outbox reads, by kind: full (every chat and url's oldest row; once a second, and when a slot frees for a row that waited) and groups (the rows a poll or a delivery changed)",
+            outbox_scans.clone(),
+        );
         let gaps = Counter::default();
         registry.register(
             "gaps_detected",
@@ -208,6 +215,9 @@ impl Metrics {
         for o in DELIVERY_OUTCOMES {
             let _ = deliveries.get_or_create(&[("outcome", o)]);
         }
+        for k in ["full", "groups"] {
+            let _ = outbox_scans.get_or_create(&[("kind", k)]);
+        }
         let started_ms = now_ms();
         Metrics {
             registry,
@@ -217,6 +227,7 @@ impl Metrics {
             matches,
             rule_errors,
             deliveries,
+            outbox_scans,
             gaps,
             budget_wait,
             outbox_depth,
@@ -286,6 +297,12 @@ impl Metrics {
     /// One webhook attempt ended: `delivered`, `retry` or `dead`.
     pub fn delivery(&self, outcome: &'static str) {
         self.deliveries.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// The dispatcher read the outbox: a full scan, or the groups that changed.
+    pub fn outbox_scan(&self, full: bool) {
+        let kind = if full { "full" } else { "groups" };
+        self.outbox_scans.get_or_create(&[("kind", kind)]).inc();
     }
 
     pub fn gap_detected(&self) {

@@ -299,11 +299,17 @@ pub enum SchemaOf {
 /// The runtime of a long-running command: `workers` threads for its tasks, unless
 /// `TOKIO_WORKER_THREADS` says otherwise (tokio reads it when no count is given).
 ///
-/// The daemon runs on one: measured side by side (README, "Side by side"), a second worker
-/// cost a third more CPU at idle and at workload A (tasks woken across threads), and the work
-/// that blocks (SQLite, the commit thread) has threads of its own. A rule set of heavy rhai
-/// scripts can ask for more with `TOKIO_WORKER_THREADS=2`.
+/// The daemon runs on one, the thread that starts it (tokio's current-thread runtime):
+/// measured side by side (README, "the cost of a poll"), a second worker cost a third more CPU
+/// at idle and at workload A (tasks woken across threads), and the store's writes are short
+/// enough to run inline ([`crate::store::group`]). A rule set of heavy rhai scripts can ask
+/// for more with `TOKIO_WORKER_THREADS=2`.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(workers);

@@ -64,7 +64,7 @@ pub struct Poller {
     pub config: Arc<Config>,
     pub gateway: Gateway,
     pub store: Store,
-    /// Where polls commit: the store's writer thread, several polls per transaction.
+    /// Where polls commit: the store's writer task, several polls per transaction.
     pub commits: CommitQueue,
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub wake_dispatcher: Arc<crate::outbox::dispatcher::Wake>,

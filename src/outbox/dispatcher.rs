@@ -37,7 +37,7 @@ pub const PER_ENDPOINT: usize = 8;
 /// Sends webhooks from the outbox.
 pub struct Dispatcher {
     pub store: Store,
-    /// Where outcomes are recorded: the store's writer thread, shared with the poller.
+    /// Where outcomes are recorded: the store's writer task, shared with the poller.
     commits: CommitQueue,
     http: reqwest::Client,
     pub policy: RetryPolicy,
@@ -304,6 +304,7 @@ impl Dispatcher {
             // Saturated urls are left out by the query; what remains is blocked by at most
             // CONCURRENCY in-flight heads, so this many rows always reach a free one.
             let scan = 2 * CONCURRENCY;
+            self.metrics.outbox_scan(full);
             let rows = self.commits.read(move |store| {
                 if full {
                     let due = store.due_excluding(now, scan, &saturated)?;
@@ -338,10 +339,25 @@ impl Dispatcher {
             if full {
                 scan_at = tokio::time::Instant::now() + Duration::from_secs(1);
             }
-            if let Some(t) = next_ms {
-                let soon = tokio::time::Instant::now()
-                    + Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64);
-                scan_at = scan_at.min(soon);
+            match next_ms {
+                // Due heads the full scan left out: their urls have no free slot. The next slot
+                // freed asks for a full scan; scanning again at once would spin until one is
+                // (profiled at workload A: hundreds of scans a second, half the daemon's CPU).
+                Some(t) if full && t <= now => {
+                    let mut f = lock(&self.in_flight);
+                    if f.released.is_empty() {
+                        f.starved = true;
+                    } else {
+                        // A slot was freed while the scan ran: its release found nobody waiting.
+                        scan_at = tokio::time::Instant::now();
+                    }
+                }
+                Some(t) => {
+                    let soon = tokio::time::Instant::now()
+                        + Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64);
+                    scan_at = scan_at.min(soon);
+                }
+                None => {}
             }
             for row in &due {
                 let Some(slot) = Slot::claim(&self.in_flight, row) else {

@@ -1,44 +1,44 @@
-//! Group commit: the polls' transactions and the deliveries' outcomes, written by one thread,
+//! Group commit: the polls' transactions and the deliveries' outcomes, written by one task,
 //! several per SQLite transaction.
 //!
 //! A poll that found something hands its [`PollCommit`] to the queue and waits for the answer;
-//! a finished delivery hands its [`Outcome`] the same way. The writer thread takes every job
+//! a finished delivery hands its [`Outcome`] the same way. The writer task takes every job
 //! waiting at that moment (up to [`MAX_BATCH`]) and writes them in one transaction for the
 //! polls ([`Store::commit_polls`]) and one for the outcomes ([`Store::record_outcomes`]), each
 //! job its own savepoint. Polls that finish together — the coalesced bunches of the scheduler —
-//! and the webhooks they fire then share one lock, one write of the pages they touch, and one
-//! hand-off to and from the writer, instead of one of each per job (a delivery's outcome went
-//! through the runtime's blocking pool before: a thread woken per webhook). Nothing waits for
-//! a batch to fill: a lone job is written at once.
+//! and the webhooks they fire then share one lock and one write of the pages they touch,
+//! instead of one of each per job. Nothing waits for a batch to fill: a lone job is written as
+//! soon as the tasks that were ready with it have run.
+//!
+//! The writer is a task on the daemon's own runtime, and it writes inline: SQLite answers a
+//! transaction of a bunch in well under a millisecond here (WAL, `synchronous = NORMAL`: no
+//! fsync at commit). Measured at workload A (README, "the cost of a poll"), a writer thread of
+//! its own cost more than the writes: every job woke it (a futex wake and two context
+//! switches on a 2-core VM), and every answer woke the runtime back. On one thread a job and
+//! its answer are a push and a local wake-up.
 //!
 //! The guarantees are unchanged: a poll learns its commit succeeded only after the
 //! transaction holding it is committed, and only then are its webhooks released; a delivery's
 //! slot is freed only after its outcome is committed.
 //!
-//! A batch lingers: after a job, the writer waits up to [`LINGER`] for the next one, for at most
-//! [`LINGER_MAX`] in all. The answers of a bunch of polls come back over some milliseconds,
-//! and a transaction per answer wrote the same pages of the chat table once per answer
-//! (profiled at workload A: 730 page writes a second); lingering puts a bunch in a few
-//! transactions, for a few milliseconds of latency on a webhook that waits a poll interval.
+//! A batch gathers for a turn of the runtime: after the first job the writer yields, so the
+//! other tasks that are ready — the other answers of the same bunch, read on the same tick of
+//! [`crate::gateway`]'s grid — run and queue their jobs first; it yields again while jobs keep
+//! coming, at most [`MAX_YIELDS`] times. A read (the dispatcher's outbox queries,
+//! [`CommitQueue::read`]) waits for nobody: it is answered with the writes gathered so far.
 //!
-//! The dispatcher's outbox queries run here too ([`CommitQueue::read`]): the store has one
-//! connection, and a query through the runtime's blocking pool woke a thread of its own each
-//! time (about 200 a second at workload A) only to wait for this one's lock.
-//!
-//! Owns: the writer thread and the batching. Must not: decide what a commit holds.
+//! Owns: the writer task and the batching. Must not: decide what a commit holds, or await
+//! anything while it writes (the store's connection is held only between two awaits).
 
 use super::{Outcome, PollCommit, Store};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// The most commits written in one transaction.
 pub const MAX_BATCH: usize = 64;
-/// How long the writer waits for the next job before it writes what it has.
-pub const LINGER: Duration = Duration::from_millis(2);
-/// The longest a job waits for others to join its batch.
-pub const LINGER_MAX: Duration = Duration::from_millis(10);
+/// How many turns of the runtime a batch waits for more jobs, at most.
+pub const MAX_YIELDS: usize = 8;
 
-/// A read of the store, run on the writer thread between batches.
+/// A read of the store, run by the writer between batches.
 type Read = Box<dyn FnOnce(&Store) + Send>;
 
 /// What the writer is asked to write, and where the answer goes.
@@ -54,19 +54,18 @@ enum Job {
     Read(Read),
 }
 
-/// The queue to the writer thread; the thread ends when the queue is dropped.
+/// The queue to the writer task; the task ends when every queue is dropped.
 #[derive(Clone)]
 pub struct CommitQueue {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl CommitQueue {
-    /// Starts the writer thread on `store`.
+    /// Starts the writer task on `store`, on the runtime this is called from.
     pub fn start(store: Store) -> std::io::Result<CommitQueue> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("cartat-commit".into())
-            .spawn(move || write_batches(&store, &queue))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
+        runtime.spawn(write_batches(store, queue));
         Ok(CommitQueue { jobs })
     }
 
@@ -74,7 +73,7 @@ impl CommitQueue {
     /// deliveries queued, or the store's error.
     pub async fn commit(&self, commit: PollCommit) -> (PollCommit, Result<usize, String>) {
         let (done, answer) = tokio::sync::oneshot::channel();
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job::Poll { commit, done }) {
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job::Poll { commit, done }) {
             let Job::Poll { commit, .. } = job else {
                 unreachable!("the job sent was a poll")
             };
@@ -102,8 +101,8 @@ impl CommitQueue {
             .unwrap_or_else(|_| Err("the store's writer stopped while recording".into()))
     }
 
-    /// Runs `read` on the writer thread (after the writes waiting before it) and returns its
-    /// result; `None` if the writer has stopped or `read` panicked.
+    /// Runs `read` in the writer (after the writes waiting before it) and returns its result;
+    /// `None` if the writer has stopped or `read` panicked.
     pub async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Store) -> T + Send + 'static,
@@ -117,44 +116,48 @@ impl CommitQueue {
     }
 }
 
-/// The jobs waiting now, and those that come while the batch lingers: each wait for the next
-/// job lasts at most `linger`, all of them together at most `linger_max`.
-fn gather(
-    queue: &mpsc::Receiver<Job>,
-    first: Job,
-    linger: Duration,
-    linger_max: Duration,
-) -> Vec<Job> {
-    let mut batch = vec![first];
-    let deadline = Instant::now() + linger_max;
+/// Takes what is queued into `batch` (up to the cap); false when the queue is closed.
+fn take_queued(queue: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) -> bool {
     while batch.len() < MAX_BATCH {
         match queue.try_recv() {
-            Ok(job) => {
-                batch.push(job);
-                continue;
-            }
-            Err(mpsc::TryRecvError::Disconnected) => break,
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        let wait = linger.min(deadline.saturating_duration_since(Instant::now()));
-        // A read waits for nobody: it is answered with the writes gathered so far.
-        if wait.is_zero() || batch.iter().any(|j| matches!(j, Job::Read(_))) {
-            break;
-        }
-        match queue.recv_timeout(wait) {
             Ok(job) => batch.push(job),
-            Err(_) => break,
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
     }
-    batch
+    true
 }
 
-fn write_batches(store: &Store, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
+/// The jobs waiting now, and those the tasks ready at the same time queue: the writer yields
+/// while new jobs come, at most `max_yields` times.
+async fn gather(
+    queue: &mut mpsc::UnboundedReceiver<Job>,
+    first: Job,
+    max_yields: usize,
+) -> Vec<Job> {
+    let mut batch = vec![first];
+    let mut yields = 0;
+    loop {
+        let before = batch.len();
+        let open = take_queued(queue, &mut batch);
+        let full = batch.len() >= MAX_BATCH;
+        // A read waits for nobody: it is answered with the writes gathered so far.
+        let has_read = batch.iter().any(|j| matches!(j, Job::Read(_)));
+        let quiet = yields > 0 && batch.len() == before;
+        if !open || full || has_read || quiet || yields >= max_yields {
+            return batch;
+        }
+        tokio::task::yield_now().await;
+        yields += 1;
+    }
+}
+
+async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = queue.recv().await {
         let mut polls = Vec::new();
         let mut outcomes = Vec::new();
         let mut reads = Vec::new();
-        for job in gather(queue, first, LINGER, LINGER_MAX) {
+        for job in gather(&mut queue, first, MAX_YIELDS).await {
             match job {
                 Job::Poll { commit, done } => polls.push((commit, done)),
                 Job::Outcome { outcome, done } => outcomes.push((outcome, done)),
@@ -177,7 +180,7 @@ fn write_batches(store: &Store, queue: &mpsc::Receiver<Job>) {
         }
         for read in reads {
             // A read that panics drops its answer (the caller sees None); the writer goes on.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(store)));
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&store)));
         }
     }
 }
@@ -198,116 +201,112 @@ mod tests {
         Job::Read(Box::new(|_| {}))
     }
 
-    /// Sends `n` polls, one every `every`, from another thread.
-    fn feed(jobs: mpsc::Sender<Job>, n: usize, every: Duration) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || {
-            for _ in 0..n {
-                std::thread::sleep(every);
-                if jobs.send(poll()).is_err() {
-                    return;
-                }
-            }
-        })
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     #[test]
     fn what_is_queued_goes_in_one_batch_up_to_the_cap() {
-        let (jobs, queue) = mpsc::channel();
-        for _ in 0..MAX_BATCH + 5 {
-            jobs.send(poll()).unwrap();
-        }
-        let first = queue.recv().unwrap();
-        let batch = gather(&queue, first, Duration::ZERO, Duration::ZERO);
-        assert_eq!(batch.len(), MAX_BATCH);
-        let first = queue.recv().unwrap();
-        assert_eq!(
-            gather(&queue, first, Duration::ZERO, Duration::ZERO).len(),
-            5
-        );
+        runtime().block_on(async {
+            let (jobs, mut queue) = mpsc::unbounded_channel();
+            for _ in 0..MAX_BATCH + 5 {
+                let _ = jobs.send(poll());
+            }
+            let first = queue.recv().await.unwrap();
+            assert_eq!(gather(&mut queue, first, 0).await.len(), MAX_BATCH);
+            let first = queue.recv().await.unwrap();
+            assert_eq!(gather(&mut queue, first, 0).await.len(), 5);
+        });
     }
 
     #[test]
-    fn a_job_that_comes_while_the_batch_lingers_joins_it() {
-        let (jobs, queue) = mpsc::channel();
-        jobs.send(poll()).unwrap();
-        let feeder = feed(jobs, 2, Duration::from_millis(50));
-        let first = queue.recv().unwrap();
-        // Generous waits: the feeder's 50 ms sleeps may run late on a loaded machine.
-        let batch = gather(
-            &queue,
-            first,
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-        );
-        assert_eq!(batch.len(), 3);
-        feeder.join().unwrap();
+    fn the_jobs_of_tasks_ready_at_the_same_time_join_the_batch() {
+        runtime().block_on(async {
+            let (jobs, mut queue) = mpsc::unbounded_channel();
+            let _ = jobs.send(poll());
+            // One task queues at once, one a turn later: both are ready with the first job.
+            let now = jobs.clone();
+            tokio::spawn(async move {
+                let _ = now.send(poll());
+            });
+            let later = jobs.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let _ = later.send(poll());
+            });
+            let first = queue.recv().await.unwrap();
+            assert_eq!(gather(&mut queue, first, MAX_YIELDS).await.len(), 3);
+            // Without yielding, the batch is what was queued.
+            let _ = jobs.send(poll());
+            let other = jobs.clone();
+            tokio::spawn(async move {
+                let _ = other.send(poll());
+            });
+            let first = queue.recv().await.unwrap();
+            assert_eq!(gather(&mut queue, first, 0).await.len(), 1);
+        });
     }
 
     #[test]
-    fn lingering_ends_at_the_cap_while_jobs_keep_coming() {
-        let (jobs, queue) = mpsc::channel();
-        jobs.send(poll()).unwrap();
-        let feeder = feed(jobs, 40, Duration::from_millis(50));
-        let first = queue.recv().unwrap();
-        let start = Instant::now();
-        let batch = gather(
-            &queue,
-            first,
-            Duration::from_secs(1),
-            Duration::from_millis(300),
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            start.elapsed()
-        );
-        assert!(
-            batch.len() < 20,
-            "{} jobs: the cap did not end the batch",
-            batch.len()
-        );
-        drop(queue);
-        feeder.join().unwrap();
+    fn gathering_ends_after_the_last_yield_while_jobs_keep_coming() {
+        runtime().block_on(async {
+            let (jobs, mut queue) = mpsc::unbounded_channel();
+            let _ = jobs.send(poll());
+            tokio::spawn(async move {
+                for _ in 0..1000 {
+                    if jobs.send(poll()).is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            });
+            let first = queue.recv().await.unwrap();
+            let batch = gather(&mut queue, first, 3).await;
+            assert!(
+                (2..=5).contains(&batch.len()),
+                "{} jobs: the yields did not end the batch",
+                batch.len()
+            );
+        });
     }
 
     #[test]
-    fn a_read_is_answered_without_lingering() {
-        let (jobs, queue) = mpsc::channel();
-        jobs.send(poll()).unwrap();
-        jobs.send(read()).unwrap();
-        let first = queue.recv().unwrap();
-        let start = Instant::now();
-        let batch = gather(
-            &queue,
-            first,
-            Duration::from_secs(5),
-            Duration::from_secs(10),
-        );
-        assert_eq!(batch.len(), 2);
-        assert!(
-            start.elapsed() < Duration::from_secs(4),
-            "{:?}",
-            start.elapsed()
-        );
+    fn a_read_is_answered_without_waiting_for_more_jobs() {
+        runtime().block_on(async {
+            let (jobs, mut queue) = mpsc::unbounded_channel();
+            let _ = jobs.send(poll());
+            let _ = jobs.send(read());
+            let more = jobs.clone();
+            tokio::spawn(async move {
+                let _ = more.send(poll());
+            });
+            let first = queue.recv().await.unwrap();
+            assert_eq!(gather(&mut queue, first, MAX_YIELDS).await.len(), 2);
+        });
     }
 
     #[test]
-    fn a_read_runs_on_the_writer_and_a_panicking_one_does_not_stop_it() {
+    fn the_writer_runs_on_the_runtime_and_a_panicking_read_does_not_stop_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let queue = CommitQueue::start(store).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        assert!(
+            CommitQueue::start(store.clone()).is_err(),
+            "outside a runtime there is nowhere to run the writer"
+        );
+        runtime().block_on(async {
+            let queue = CommitQueue::start(store).unwrap();
             let panicked: Option<()> = queue.read(|_| panic!("a read that panics")).await;
             assert_eq!(panicked, None);
-            let name = queue
-                .read(|_| std::thread::current().name().map(str::to_string))
-                .await;
-            assert_eq!(name, Some(Some("cartat-commit".to_string())));
+            let here = std::thread::current().id();
+            let there = queue.read(|_| std::thread::current().id()).await;
+            assert_eq!(there, Some(here));
             let due = queue.read(|s| s.due(i64::MAX, 10).map(|r| r.len())).await;
             assert!(matches!(due, Some(Ok(0))), "{due:?}");
+            let (_, committed) = queue.commit(PollCommit::default()).await;
+            assert!(committed.is_ok(), "{committed:?}");
         });
     }
 }

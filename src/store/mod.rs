@@ -11,12 +11,12 @@
 //! `match` that the compiler checks for every operation is the whole cost of a second one,
 //! and the callers keep calling inherent methods with no trait to import, no `dyn`, and no
 //! boxed futures. The operations are synchronous: SQLite answers on the calling thread, and
-//! every write of the daemon goes through one writer thread ([`group`]), which is also where
+//! every write of the daemon goes through one writer task ([`group`]), which is also where
 //! a backend with a network round trip belongs. Nothing in the tests stands in for the store:
 //! they open real files, so a trait for test doubles would buy nothing.
 //!
 //! By job: [`sqlite`] (the SQLite backend: schema, lock, the polls' transactions, the outbox
-//! queries), [`group`] (the writer thread and group commit).
+//! queries), [`group`] (the writer task and group commit).
 
 use crate::model::{ChatRuleState, ChatState, Delivery, Memory, MessageKey, SeenId};
 use crate::outbox::lifecycle::{DeadReason, Lifecycle};
@@ -231,7 +231,7 @@ pub struct PollCommit {
 }
 
 #[cfg(test)]
-use sqlite::outbox::HEADS;
+use sqlite::outbox::{DUE, HEADS, NEXT_DUE};
 
 /// Which rows `outbox retry` puts back.
 #[derive(Clone, Copy, Debug)]

@@ -1002,3 +1002,64 @@ async fn secrets_in_the_token_and_in_webhook_urls_reach_no_log_and_no_cli_output
     assert!(!all.contains("CANARY"), "a secret leaked:\n{all}");
     gw.shutdown().await;
 }
+
+/// While every slot of an endpoint is taken, the rows waiting for it are not scanned for again
+/// and again: the next freed slot asks for them. (The dispatcher once rescanned at once
+/// whenever a due row waited behind a full endpoint: a busy loop while a receiver was slow.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_waiting_for_a_full_endpoint_are_not_rescanned_in_a_loop() {
+    use crate::metrics::{metric, scrape};
+    let per_endpoint = cartat_rules::outbox::dispatcher::PER_ENDPOINT;
+    let chats = chat_ids("9665000044", per_endpoint + 4);
+    let gw = gateway(&scenario(&chats)).await;
+    let slow = receiver().await;
+    slow.set_default(Some(Reply {
+        status: 200,
+        delay: Duration::from_secs(3),
+        headers: Vec::new(),
+    }));
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &bot_rule("bot", &[slow.url("/slow")]));
+    let text = Config {
+        rate_limit: Some("{ per_second: 50, burst: 10 }"),
+        poll: "  interval: 200ms\n",
+        watch_rules: false,
+        webhook_timeout: "10s",
+        server: Some("127.0.0.1:0"),
+        ..Config::new(&gw, &chats)
+    }
+    .yaml();
+    let cfg = ws.write("cartat.yaml", &text);
+    let daemon = Daemon::spawn(&cfg);
+    wait_first_sight(&gw, &chats).await;
+    for c in &chats {
+        gw.push_message(c, "bot please", false);
+    }
+    wait_logged(
+        "the endpoint's slots all taken",
+        Duration::from_secs(10),
+        &daemon,
+        || slow.received().len() >= per_endpoint,
+    )
+    .await;
+    let scans = |text: &str| metric(text, "cartat_outbox_scans_total{kind=\"full\"}").unwrap();
+    let before = scans(&scrape(&daemon.output()).await);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let during = scans(&scrape(&daemon.output()).await) - before;
+    // The periodic scan runs once a second: two in two seconds, a few more at most.
+    assert!(
+        during <= 6.0,
+        "{during} full scans in 2 s while the endpoint was full"
+    );
+    // The rows that waited go as soon as slots free.
+    wait_logged(
+        "the waiting rows, once slots freed",
+        Duration::from_secs(10),
+        &daemon,
+        || slow.received().len() >= chats.len(),
+    )
+    .await;
+    assert_eq!(slow.received().len(), chats.len());
+    daemon.kill();
+    gw.shutdown().await;
+}

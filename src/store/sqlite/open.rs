@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at      INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, chat_id, url, id);
+-- The pending rows in id order (an index on state ends with the rowid, the id): the due scan
+-- walks it oldest first and stops at its limit, with no sort and no temporary table.
+CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state);
 ";
 
 /// Endpoints disabled by a 410, with the fingerprint of the config (and rules) in force when it

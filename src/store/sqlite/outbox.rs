@@ -4,6 +4,24 @@
 use super::*;
 
 /// The oldest pending row of one (chat, url).
+/// The oldest pending row of each (chat, url), if due, oldest first, leaving out the urls of
+/// the JSON list `?3`. Written for a plan with no temporary table or sort (the pending rows
+/// walked in id order by `outbox_by_state`, each checked against the row before it in its
+/// group by `outbox_pending`): the dispatcher runs it on every full scan, and SQLite builds
+/// each temporary table with a page cache of its own, allocated and freed every time.
+pub(in crate::store) const DUE: &str = "SELECT o.* FROM outbox o
+     WHERE o.state = 'pending' AND o.next_attempt_at <= ?1
+       AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending'
+                       AND p.chat_id = o.chat_id AND p.url = o.url AND p.id < o.id)
+       AND NOT EXISTS (SELECT 1 FROM json_each(?3) WHERE value = o.url)
+     ORDER BY o.id LIMIT ?2";
+
+/// When the next head is due (see [`DUE`]).
+pub(in crate::store) const NEXT_DUE: &str = "SELECT MIN(o.next_attempt_at) FROM outbox o
+     WHERE o.state = 'pending'
+       AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending'
+                       AND p.chat_id = o.chat_id AND p.url = o.url AND p.id < o.id)";
+
 pub(in crate::store) const HEADS: &str = "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = ?1 AND url = ?2 ORDER BY id LIMIT 1";
 
 impl Sqlite {
@@ -44,12 +62,7 @@ impl Sqlite {
         urls: &[String],
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT o.* FROM outbox o
-             JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id
-             WHERE o.next_attempt_at <= ?1 AND o.url NOT IN (SELECT value FROM json_each(?3))
-             ORDER BY o.id LIMIT ?2",
-        )?;
+        let mut stmt = conn.prepare_cached(DUE)?;
         let urls = serde_json::to_string(urls).unwrap_or_else(|_| "[]".into());
         let rows = stmt
             .query_map(params![now_ms, limit as i64, urls], Self::row)?
@@ -75,16 +88,11 @@ impl Sqlite {
     /// the rows behind it wait for it whatever their own time).
     pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         let conn = self.conn();
-        Ok(conn
-            .prepare_cached(
-                "SELECT MIN(o.next_attempt_at) FROM outbox o
-                 JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending' GROUP BY chat_id, url) h ON o.id = h.id",
-            )?
-            .query_row([], |r| r.get(0))?)
+        Ok(conn.prepare_cached(NEXT_DUE)?.query_row([], |r| r.get(0))?)
     }
 
     /// Records the outcome of one attempt: the row moves to `record.outcome` (never InFlight).
-    /// One [`Sqlite::record_outcomes`], as the dispatcher's writer thread does it.
+    /// One [`Sqlite::record_outcomes`], as the store's writer does it.
     pub fn record_attempt(
         &self,
         id: i64,
