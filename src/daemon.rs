@@ -23,6 +23,8 @@ pub struct Running {
     pub stats: Arc<Stats>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// The state file's background checkpoints, for as long as this is held.
+    pub checkpointer: crate::store::Checkpointer,
 }
 
 /// Opens the store (refusing a locked or broken one) and builds the parts.
@@ -31,6 +33,7 @@ pub fn prepare(
     rules: RuleSet,
 ) -> anyhow::Result<(Arc<Poller>, Arc<Dispatcher>, Running)> {
     let store = Store::open(&config.state_path)?;
+    let checkpointer = store.start_checkpointer()?;
     let budget = Arc::new(RateBudget::new(
         config.api.rate_per_second,
         config.api.burst,
@@ -87,6 +90,7 @@ pub fn prepare(
             stats,
             store,
             metrics,
+            checkpointer,
         },
     ))
 }

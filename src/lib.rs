@@ -32,6 +32,7 @@ pub(crate) mod net;
 pub mod outbox;
 pub mod receiver;
 pub(crate) mod reload;
+pub(crate) mod resident;
 pub mod rules;
 pub(crate) mod server;
 pub mod store;

@@ -224,13 +224,17 @@ impl Poller {
         }
     }
 
-    /// Reads a chat's stored state (its first poll, or the first after a failed one).
+    /// Reads a chat's stored state (its first poll, or the first after a failed one), in the
+    /// store's writer like every other store call of the daemon: through the runtime's
+    /// blocking pool, the first polls of 100 chats started 20 threads only to wait for the
+    /// store's one connection, each keeping an allocator heap and a stack of its own.
     async fn load_snapshot(&self, chat_key: &str) -> Result<ChatSnapshot, PollError> {
-        let store = self.store.clone();
         let ck = chat_key.to_string();
-        let (state, memory) = tokio::task::spawn_blocking(move || store.load_chat(&ck))
+        let (state, memory) = self
+            .commits
+            .read(move |store| store.load_chat(&ck))
             .await
-            .map_err(|e| PollError::Store(e.to_string()))?
+            .ok_or_else(|| PollError::Store("the store's writer has stopped".into()))?
             .map_err(|e| PollError::Store(e.to_string()))?;
         Ok(ChatSnapshot { state, memory })
     }

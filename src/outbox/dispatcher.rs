@@ -269,10 +269,9 @@ impl Dispatcher {
     /// Sends until `shutdown`; deliveries in flight then finish (each bounded by the webhook
     /// timeout), the rest stay pending in the outbox.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let me = self.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || me.refresh_fingerprint()).await {
-            tracing::error!("reading the disabled endpoints panicked: {e}");
-        }
+        // Once, at start, on the runtime's thread (a few small files and one query): a
+        // blocking-pool thread for it stayed alive, with an allocator heap of its own.
+        self.refresh_fingerprint();
         let tracker = TaskTracker::new();
         // The full scan reads every (chat, url)'s head; it runs at start, once a second (rows
         // re-queued by `outbox retry` from another process, retries coming due), when a retry

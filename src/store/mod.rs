@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub mod sqlite;
+pub use sqlite::Checkpointer;
 
 /// The state store; cheap to clone, safe to share. One variant per backend.
 #[derive(Clone, Debug)]
@@ -54,6 +55,13 @@ impl Store {
     /// Where the state lives.
     pub fn path(&self) -> &Path {
         backend!(self, s => s.path())
+    }
+
+    /// Folds the backend's log into its main storage from now on in the background, off the
+    /// committing thread, until the handle is dropped (the daemon; short-lived commands leave
+    /// it to the backend's own rules).
+    pub fn start_checkpointer(&self) -> Result<Checkpointer, StoreError> {
+        backend!(self, s => s.start_checkpointer())
     }
 
     /// Folds what the backend holds in its log into its main storage (on a clean stop).

@@ -566,3 +566,44 @@ async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>)
     }
     out
 }
+
+#[test]
+fn the_log_is_checkpointed_by_its_own_thread_not_by_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Store::open(&path).unwrap();
+    let checkpointer = store.start_checkpointer().unwrap();
+    let auto: i64 = store
+        .sqlite()
+        .conn()
+        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(auto, 0, "a commit never checkpoints");
+    let db_len = || std::fs::metadata(&path).unwrap().len();
+    let before = db_len();
+    // Commits until the log is past the threshold: nothing reaches the state file itself yet.
+    let mut n = 0;
+    let wal = dir.path().join("s.db-wal");
+    while std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) <= sqlite::CHECKPOINT_LOG_BYTES {
+        let seen = (0..500)
+            .map(|i| (key(&format!("{n}-{i}-{}", "x".repeat(40))), i as i64, 0))
+            .collect();
+        store
+            .commit_poll(&PollCommit {
+                chat_id: format!("c{n}"),
+                watermark: 1,
+                seen,
+                ..PollCommit::default()
+            })
+            .unwrap();
+        n += 1;
+    }
+    assert!(db_len() < before + 1_000_000, "a commit checkpointed");
+    // The checkpoint thread moves the log into the file within a few of its rounds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db_len() < before + 1_000_000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(db_len() >= before + 1_000_000, "no checkpoint in 10 s");
+    drop(checkpointer);
+}

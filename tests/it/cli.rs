@@ -103,12 +103,20 @@ fn test_reads_a_saved_reply_with_half_an_emoji_as_the_daemon_does() {
 #[test]
 fn test_json_lines_carry_the_exact_webhook_bodies() {
     let input = "tests/data/fixtures/12_constructed_arabic_seed_quirks_revoked_reaction.json";
-    let (code, out, err) = run_cli(
-        &[
-            "test", "--rules", "rules", "--input", input, "--format", "json",
-        ],
-        &root(),
-    );
+    // Chat rules are judged as of `--at` (default: now, which would differ between two runs
+    // a second apart).
+    let args = [
+        "test",
+        "--rules",
+        "rules",
+        "--input",
+        input,
+        "--format",
+        "json",
+        "--at",
+        "2023-08-06T19:30:00Z",
+    ];
+    let (code, out, err) = run_cli(&args, &root());
     assert_eq!(code, 0, "{err}");
     let lines: Vec<serde_json::Value> = out
         .lines()
@@ -143,12 +151,7 @@ fn test_json_lines_carry_the_exact_webhook_bodies() {
         .unwrap();
     assert_eq!(log["level"], "info");
     // Same input, same output.
-    let (_, again, _) = run_cli(
-        &[
-            "test", "--rules", "rules", "--input", input, "--format", "json",
-        ],
-        &root(),
-    );
+    let (_, again, _) = run_cli(&args, &root());
     assert_eq!(out, again);
 }
 

@@ -24,6 +24,9 @@ impl std::fmt::Debug for Sqlite {
 }
 
 mod open;
+#[cfg(test)]
+pub(crate) use open::CHECKPOINT_LOG_BYTES;
+pub use open::Checkpointer;
 pub(super) mod outbox;
 mod poll;
 

@@ -244,6 +244,44 @@ impl Sqlite {
         })
     }
 
+    /// Moves the write-ahead log into the state file from a thread of its own, so no commit
+    /// waits for it: SQLite's automatic checkpoint ran inside the commit that crossed 1,000
+    /// pages of log, with an fsync of the state file, and the daemon's commits run on its one
+    /// runtime thread. Every [`CHECKPOINT_EVERY`], when the log holds more than
+    /// [`CHECKPOINT_LOG_BYTES`], a passive checkpoint (it never waits for a writer) runs on a
+    /// connection of its own. The thread ends when the returned handle is dropped.
+    pub fn start_checkpointer(&self) -> Result<Checkpointer, StoreError> {
+        let own = Connection::open(&self.path)?;
+        own.busy_timeout(std::time::Duration::from_secs(5))?;
+        self.conn().pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let wal = {
+            let mut p = self.path.clone().into_os_string();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        std::thread::Builder::new()
+            .name("cartat-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                    if size > CHECKPOINT_LOG_BYTES
+                        && let Err(e) =
+                            own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!("checkpoint of the state file's log failed: {e}");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: format!("cannot start the checkpoint thread: {e}"),
+            })?;
+        Ok(Checkpointer { _stop: stop })
+    }
+
     /// Moves everything the write-ahead log holds into the state file and empties the log.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let conn = self.conn();
@@ -259,4 +297,14 @@ impl Sqlite {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// How often the checkpoint thread looks at the log's size.
+pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The log size past which it is checkpointed (SQLite's own default: 1,000 pages of 4 KiB).
+pub(crate) const CHECKPOINT_LOG_BYTES: u64 = 4_096_000;
+
+/// The checkpoint thread's handle: dropping it stops the thread (within [`CHECKPOINT_EVERY`]).
+pub struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
 }
