@@ -10,23 +10,15 @@ use crate::duration::HumanDuration;
 use crate::gateway::model::ChatId;
 use crate::outbox::sign::SigningKey;
 use crate::outbox::ssrf::{Cidr, NetPolicy};
+use schemars::JsonSchema;
 use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What to do with the messages a chat already has when it is first seen.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    serde::Deserialize,
-    serde::Serialize,
-    Default,
-    schemars::JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FirstSight {
     /// Mark them seen without firing (the default).
@@ -37,17 +29,7 @@ pub enum FirstSight {
 }
 
 /// How the poller orders polls within the rate budget.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    serde::Deserialize,
-    serde::Serialize,
-    Default,
-    schemars::JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SchedulerKind {
     /// Every chat at least once per its interval; spare budget goes to chats with recent
@@ -64,17 +46,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_COALESCE: Duration = Duration::from_millis(250);
 
 /// Log line format.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    serde::Deserialize,
-    serde::Serialize,
-    Default,
-    schemars::JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]

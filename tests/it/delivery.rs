@@ -360,12 +360,7 @@ async fn a_slow_endpoint_does_not_hold_the_others() {
     let per_endpoint = cartat_rules::outbox::dispatcher::PER_ENDPOINT;
     let chats = chat_ids("9665000043", per_endpoint + 4);
     let gw = gateway(&scenario(&chats)).await;
-    let slow = receiver().await;
-    slow.set_default(Some(Reply {
-        status: 200,
-        delay: Duration::from_secs(3),
-        headers: Vec::new(),
-    }));
+    let slow = slow_receiver(Duration::from_secs(3)).await;
     let fast = receiver().await;
     let ws = Workspace::new();
     ws.write(
@@ -1003,6 +998,17 @@ async fn secrets_in_the_token_and_in_webhook_urls_reach_no_log_and_no_cli_output
     gw.shutdown().await;
 }
 
+/// A receiver that answers 200 after `delay`.
+async fn slow_receiver(delay: Duration) -> Receiver {
+    let slow = receiver().await;
+    slow.set_default(Some(Reply {
+        status: 200,
+        delay,
+        headers: Vec::new(),
+    }));
+    slow
+}
+
 /// While every slot of an endpoint is taken, the rows waiting for it are not scanned for again
 /// and again: the next freed slot asks for them. (The dispatcher once rescanned at once
 /// whenever a due row waited behind a full endpoint: a busy loop while a receiver was slow.)
@@ -1012,12 +1018,7 @@ async fn rows_waiting_for_a_full_endpoint_are_not_rescanned_in_a_loop() {
     let per_endpoint = cartat_rules::outbox::dispatcher::PER_ENDPOINT;
     let chats = chat_ids("9665000044", per_endpoint + 4);
     let gw = gateway(&scenario(&chats)).await;
-    let slow = receiver().await;
-    slow.set_default(Some(Reply {
-        status: 200,
-        delay: Duration::from_secs(3),
-        headers: Vec::new(),
-    }));
+    let slow = slow_receiver(Duration::from_secs(3)).await;
     let ws = Workspace::new();
     ws.write("rules/bot.yaml", &bot_rule("bot", &[slow.url("/slow")]));
     let text = Config {
