@@ -148,6 +148,48 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The GitHub Actions workflow command that annotates this diagnostic's line in a pull
+    /// request: `::error file=…,line=…,col=…::message` (`::warning` for a warning), escaped as
+    /// the runner expects; a diagnostic of a whole file names no line.
+    pub fn github(&self) -> String {
+        fn data(s: &str) -> String {
+            s.replace('%', "%25")
+                .replace('\r', "%0D")
+                .replace('\n', "%0A")
+        }
+        fn property(s: &str) -> String {
+            data(s).replace(':', "%3A").replace(',', "%2C")
+        }
+        let kind = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        let file = property(&self.path.display().to_string());
+        let at = if self.line == 0 {
+            String::new()
+        } else {
+            format!(",line={},col={}", self.line, self.col)
+        };
+        format!("::{kind} file={file}{at}::{}", data(&self.message))
+    }
+
+    /// This diagnostic as JSON: `path`, `line` and `column` (0 for the whole file),
+    /// `severity` (`error` or `warning`) and `message`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path.display().to_string(),
+            "line": self.line,
+            "column": self.col,
+            "severity": match self.severity {
+                Severity::Warning => "warning",
+                Severity::Error => "error",
+            },
+            "message": self.message,
+        })
+    }
+}
+
 /// Every diagnostic of a load, errors and warnings together.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
@@ -283,4 +325,31 @@ mod tests {
         assert_eq!(did_you_mean("action", &keys), Some("actions"));
         assert_eq!(did_you_mean("zzzzzz", &keys), None);
     }
+}
+
+#[cfg(test)]
+#[test]
+fn diagnostics_become_github_annotations_and_json() {
+    let cases = [
+        (
+            Diagnostic::error(Path::new("rules/a.yaml"), 3, 12, "invalid boolean"),
+            "::error file=rules/a.yaml,line=3,col=12::invalid boolean",
+        ),
+        (
+            Diagnostic::warning(Path::new("rules/b.json"), 0, 0, "not read: 100% sure"),
+            "::warning file=rules/b.json::not read: 100%25 sure",
+        ),
+        (
+            Diagnostic::error(Path::new("a,b:c.yaml"), 1, 1, "two\nlines"),
+            "::error file=a%2Cb%3Ac.yaml,line=1,col=1::two%0Alines",
+        ),
+    ];
+    for (d, want) in cases {
+        assert_eq!(d.github(), want);
+    }
+    let d = Diagnostic::warning(Path::new("r.yaml"), 2, 5, "redundant");
+    assert_eq!(
+        d.to_json(),
+        serde_json::json!({"path": "r.yaml", "line": 2, "column": 5, "severity": "warning", "message": "redundant"})
+    );
 }

@@ -1,8 +1,14 @@
+use super::CheckFormat;
 use crate::config::{self, EnvMode};
 use crate::diag::Diagnostics;
 use std::path::{Path, PathBuf};
 
-pub(super) fn check(config_path: &Path, paths: &[PathBuf]) -> u8 {
+pub(super) fn check(
+    config_path: &Path,
+    paths: &[PathBuf],
+    format: CheckFormat,
+    strict: bool,
+) -> u8 {
     let mut all = Diagnostics::default();
     let mut rule_paths: Vec<PathBuf> = paths.to_vec();
     let check_config = paths.is_empty() || config_path.exists();
@@ -31,19 +37,42 @@ pub(super) fn check(config_path: &Path, paths: &[PathBuf]) -> u8 {
         }
     }
     let all = all.sorted();
-    print!("{all}");
     let errors = all.errors().count();
     let warnings = all.0.len() - errors;
-    if errors > 0 {
-        println!("{errors} error(s), {warnings} warning(s)");
-        1
+    let failed = errors > 0 || (strict && warnings > 0);
+    let summary = if errors > 0 {
+        format!("{errors} error(s), {warnings} warning(s)")
+    } else if failed {
+        format!("{warnings} warning(s), and --strict makes them fail")
     } else {
         let what = if check_config {
             format!("{} and ", config_path.display())
         } else {
             String::new()
         };
-        println!("ok: {what}{rule_count} rule(s) valid, {warnings} warning(s)");
-        0
+        format!("ok: {what}{rule_count} rule(s) valid, {warnings} warning(s)")
+    };
+    match format {
+        CheckFormat::Text => {
+            print!("{all}");
+            println!("{summary}");
+        }
+        CheckFormat::Github => {
+            for d in &all.0 {
+                println!("{}", d.github());
+            }
+            println!("{summary}");
+        }
+        CheckFormat::Json => {
+            let doc = serde_json::json!({
+                "ok": !failed,
+                "errors": errors,
+                "warnings": warnings,
+                "rules": rule_count,
+                "diagnostics": all.0.iter().map(|d| d.to_json()).collect::<Vec<_>>(),
+            });
+            println!("{doc}");
+        }
     }
+    u8::from(failed)
 }

@@ -65,6 +65,13 @@ pub enum Command {
         /// Rule files or folders to check instead of the config's `rules.paths`. With paths
         /// and no config file present, only the rules are checked.
         paths: Vec<PathBuf>,
+        /// How to print the findings: `text`, `json` (for machines) or `github` (annotations
+        /// on the pull request's lines in GitHub Actions).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
+        /// Warnings fail the check too (exit 1), not only errors.
+        #[arg(long)]
+        strict: bool,
     },
     /// Dry run: evaluate rules against a saved `/chats` reply (or a JSON array of them) and
     /// print which rule fired on which message and the exact webhook bodies. Sends nothing,
@@ -249,7 +256,12 @@ pub fn init_logging(args: &LogArgs, default: &str, format: crate::config::LogFor
 pub fn main(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Run { config } => run::run(&config, &cli.log),
-        Command::Check { config, paths } => check::check(&config, &paths),
+        Command::Check {
+            config,
+            paths,
+            format,
+            strict,
+        } => check::check(&config, &paths, format, strict),
         Command::Test {
             rules,
             input,
@@ -285,6 +297,17 @@ pub fn main(cli: Cli) -> ExitCode {
         } => health::health(&config, url.as_deref(), timeout),
     };
     ExitCode::from(code)
+}
+
+/// How `check` prints what it found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// `path:line:col: message`, as a compiler prints, then a summary line.
+    Text,
+    /// One JSON document: `ok`, `errors`, `warnings`, `rules` and every diagnostic.
+    Json,
+    /// GitHub Actions annotations (`::error file=…,line=…,col=…::…`), then a summary line.
+    Github,
 }
 
 /// The files `schema` describes.

@@ -780,6 +780,50 @@ fn check_reports_every_rule_s_problem_not_only_a_file_s_first() {
 }
 
 #[test]
+fn check_speaks_json_and_github_annotations_and_strict_fails_on_warnings() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/bad.yaml",
+        "id: a\nmatch:\n  from_me: nope\nactions: [ { log: { message: x } } ]\n",
+    );
+    ws.write("rules/notes.json", "{}");
+    let (code, out, _) = run_cli(&["check", "--format", "github", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("::error file=rules/bad.yaml,line=3,col=12::invalid boolean"),
+        "{out}"
+    );
+    assert!(
+        out.contains("::warning file=rules/notes.json::not read"),
+        "{out}"
+    );
+
+    let (code, out, _) = run_cli(&["check", "--format", "json", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["errors"], 1);
+    assert_eq!(doc["warnings"], 1);
+    let first = &doc["diagnostics"][0];
+    assert_eq!(first["path"], "rules/bad.yaml");
+    assert_eq!(first["line"], 3);
+    assert_eq!(first["column"], 12);
+    assert_eq!(first["severity"], "error");
+
+    // Warnings alone pass, unless --strict.
+    std::fs::remove_file(ws.path().join("rules/bad.yaml")).unwrap();
+    ws.write(
+        "rules/ok.yaml",
+        "id: b\nactions: [ { log: { message: x } } ]\n",
+    );
+    let (code, out, _) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = run_cli(&["check", "--strict", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--strict makes them fail"), "{out}");
+}
+
+#[test]
 fn init_writes_a_config_and_a_rule_that_check_passes_and_never_overwrites() {
     let ws = Workspace::new();
     let (code, out, err) = run_cli(&["init", "project"], ws.path());
