@@ -109,6 +109,64 @@ fn blocking_call(ast: &AST) -> Option<(String, rhai::Position)> {
     found
 }
 
+/// Names the engine resolves itself, with no registered function behind them.
+const ENGINE_KEYWORDS: [&str; 9] = [
+    "print",
+    "debug",
+    "type_of",
+    "Fn",
+    "call",
+    "curry",
+    "is_shared",
+    "is_def_var",
+    "is_def_fn",
+];
+
+/// The first call in `ast` to a function the engine does not have (neither registered, nor
+/// defined by the script, nor a variable holding a function pointer), with its position: such
+/// a call compiles, and fails on every evaluation ("function not found").
+fn unknown_call(engine: &Engine, ast: &AST) -> Option<(String, rhai::Position, Vec<String>)> {
+    let mut known: Vec<String> =
+        engine.collect_fn_metadata(None, |info| Some(info.metadata.name.to_string()), true);
+    known.extend(ast.iter_functions().map(|f| f.name.to_string()));
+    known.extend(ENGINE_KEYWORDS.iter().map(|k| k.to_string()));
+    let mut variables = std::collections::HashSet::new();
+    let mut calls = Vec::new();
+    ast.walk(&mut |path: &[rhai::ASTNode]| {
+        match path.last() {
+            Some(rhai::ASTNode::Stmt(rhai::Stmt::Var(var, ..))) => {
+                variables.insert(var.0.name.to_string());
+            }
+            Some(rhai::ASTNode::Expr(
+                rhai::Expr::FnCall(call, pos) | rhai::Expr::MethodCall(call, pos),
+            )) => calls.push((call.name.to_string(), *pos)),
+            _ => {}
+        }
+        true
+    });
+    // Operators are calls too (`+`, `==`): only names are checked.
+    let is_name = |n: &str| n.starts_with(|c: char| c.is_alphabetic() || c == '_');
+    calls
+        .into_iter()
+        .find(|(name, _)| {
+            is_name(name) && !variables.contains(name) && !known.iter().any(|k| k == name)
+        })
+        .map(|(name, pos)| (name, pos, known))
+}
+
+/// The message for a call to a function the sandbox does not have.
+fn unknown_call_message(name: &str, known: &[String]) -> String {
+    let names: Vec<&str> = known.iter().map(String::as_str).collect();
+    match crate::diag::did_you_mean(name, &names) {
+        Some(close) => format!(
+            "`{name}` is not a function rule scripts have (every evaluation would fail); did you mean `{close}`?"
+        ),
+        None => {
+            format!("`{name}` is not a function rule scripts have (every evaluation would fail)")
+        }
+    }
+}
+
 fn refused_call(name: &str) -> String {
     format!("`{name}` is not available to rule scripts: a rule must never wait")
 }
@@ -255,15 +313,21 @@ impl Sandbox {
         match catch_unwind(AssertUnwindSafe(|| {
             self.engine.compile_expression_with_scope(&scope, src)
         })) {
-            Ok(Ok(ast)) => match blocking_call(&ast) {
-                Some((name, pos)) => Err(match (pos.line(), pos.position()) {
-                    (Some(l), Some(c)) => {
-                        format!("{} (at {l}:{c} of the expression)", refused_call(&name))
-                    }
-                    _ => refused_call(&name),
-                }),
-                None => Ok(ast),
-            },
+            Ok(Ok(ast)) => {
+                let refused = blocking_call(&ast)
+                    .map(|(name, pos)| (refused_call(&name), pos))
+                    .or_else(|| {
+                        unknown_call(&self.engine, &ast)
+                            .map(|(name, pos, known)| (unknown_call_message(&name, &known), pos))
+                    });
+                match refused {
+                    Some((message, pos)) => Err(match (pos.line(), pos.position()) {
+                        (Some(l), Some(c)) => format!("{message} (at {l}:{c} of the expression)"),
+                        _ => message,
+                    }),
+                    None => Ok(ast),
+                }
+            }
             Ok(Err(e)) => {
                 let pos = e.position();
                 let kind = e.err_type().to_string();
@@ -344,13 +408,21 @@ impl Sandbox {
             ));
         }
         match catch_unwind(AssertUnwindSafe(|| self.engine.compile(src))) {
-            Ok(Ok(ast)) => match blocking_call(&ast) {
-                Some((name, pos)) => Err((
-                    refused_call(&name),
-                    pos.line().map(|l| (l, pos.position().unwrap_or(1))),
-                )),
-                None => Ok(ast),
-            },
+            Ok(Ok(ast)) => {
+                let refused = blocking_call(&ast)
+                    .map(|(name, pos)| (refused_call(&name), pos))
+                    .or_else(|| {
+                        unknown_call(&self.engine, &ast)
+                            .map(|(name, pos, known)| (unknown_call_message(&name, &known), pos))
+                    });
+                match refused {
+                    Some((message, pos)) => Err((
+                        message,
+                        pos.line().map(|l| (l, pos.position().unwrap_or(1))),
+                    )),
+                    None => Ok(ast),
+                }
+            }
             Ok(Err(e)) => {
                 let pos = e.position();
                 let at = pos.line().map(|l| (l, pos.position().unwrap_or(1)));
@@ -491,6 +563,39 @@ mod tests {
             "an unknown variable is a compile error: {e}"
         );
         assert!(sandbox().compile_expression("  ").is_err());
+    }
+
+    #[test]
+    fn a_call_to_a_function_the_sandbox_lacks_is_a_compile_error() {
+        // `parse_int` is in a package the sandbox does not load: it compiled, then failed
+        // on every message.
+        let e = sandbox()
+            .compile_expression("parse_int(msg.body) > 3")
+            .unwrap_err();
+        assert!(
+            e.contains("`parse_int` is not a function rule scripts have")
+                && e.contains("(at 1:1 of the expression)"),
+            "{e}"
+        );
+        let e = sandbox()
+            .compile_expression(r#"msg.body.contain("x")"#)
+            .unwrap_err();
+        assert!(e.contains("did you mean `contains`?"), "{e}");
+        // What the sandbox has, what a script defines, and a closure held in a variable.
+        for ok in [
+            r#"msg.body.contains("x") && msg.body.len() < 5"#,
+            r#"type_of(msg) == "map" && [1, 2].map(|x| x + 1).len() == 2"#,
+        ] {
+            assert!(sandbox().compile_expression(ok).is_ok(), "{ok}");
+        }
+        let script = "fn twice(x) { x * 2 }\nfn on_message() { let f = |x| x + 1; twice(f.call(1)) == f(3) }";
+        let result = Sandbox::default().compile_script(script);
+        assert!(result.is_ok(), "{:?}", result.err());
+        let (e, at) = Sandbox::default()
+            .compile_script("fn on_message() {\n  parse_float(\"1.5\") > 1.0\n}")
+            .unwrap_err();
+        assert!(e.contains("`parse_float`"), "{e}");
+        assert_eq!(at, Some((2, 3)));
     }
 
     #[test]

@@ -824,6 +824,22 @@ fn check_speaks_json_and_github_annotations_and_strict_fails_on_warnings() {
 }
 
 #[test]
+fn check_refuses_a_script_that_calls_a_function_rule_scripts_lack() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/script.yaml",
+        "id: big-order\nmatch:\n  script: 'parse_int(msg.body) > 1000'\nactions: [ { log: { message: x } } ]\n",
+    );
+    let (code, out, _) = run_cli(&["check", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("rules/script.yaml:3:")
+            && out.contains("`parse_int` is not a function rule scripts have"),
+        "{out}"
+    );
+}
+
+#[test]
 fn init_writes_a_config_and_a_rule_that_check_passes_and_never_overwrites() {
     let ws = Workspace::new();
     let (code, out, err) = run_cli(&["init", "project"], ws.path());
