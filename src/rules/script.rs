@@ -293,6 +293,17 @@ impl Sandbox {
         &self.limits
     }
 
+    /// What a compiled script may not do, said, with where: a blocking call, or a call to a
+    /// function the sandbox does not have.
+    fn refused(&self, ast: &AST) -> Option<(String, rhai::Position)> {
+        blocking_call(ast)
+            .map(|(name, pos)| (refused_call(&name), pos))
+            .or_else(|| {
+                unknown_call(&self.engine, ast)
+                    .map(|(name, pos, known)| (unknown_call_message(&name, &known), pos))
+            })
+    }
+
     /// Compiles one expression. The error says what is wrong and where in the expression
     /// (`line:col` of the script text itself), without the file position (the caller adds it).
     pub fn compile_expression(&self, src: &str) -> Result<AST, String> {
@@ -313,21 +324,13 @@ impl Sandbox {
         match catch_unwind(AssertUnwindSafe(|| {
             self.engine.compile_expression_with_scope(&scope, src)
         })) {
-            Ok(Ok(ast)) => {
-                let refused = blocking_call(&ast)
-                    .map(|(name, pos)| (refused_call(&name), pos))
-                    .or_else(|| {
-                        unknown_call(&self.engine, &ast)
-                            .map(|(name, pos, known)| (unknown_call_message(&name, &known), pos))
-                    });
-                match refused {
-                    Some((message, pos)) => Err(match (pos.line(), pos.position()) {
-                        (Some(l), Some(c)) => format!("{message} (at {l}:{c} of the expression)"),
-                        _ => message,
-                    }),
-                    None => Ok(ast),
-                }
-            }
+            Ok(Ok(ast)) => match self.refused(&ast) {
+                Some((message, pos)) => Err(match (pos.line(), pos.position()) {
+                    (Some(l), Some(c)) => format!("{message} (at {l}:{c} of the expression)"),
+                    _ => message,
+                }),
+                None => Ok(ast),
+            },
             Ok(Err(e)) => {
                 let pos = e.position();
                 let kind = e.err_type().to_string();
@@ -408,21 +411,13 @@ impl Sandbox {
             ));
         }
         match catch_unwind(AssertUnwindSafe(|| self.engine.compile(src))) {
-            Ok(Ok(ast)) => {
-                let refused = blocking_call(&ast)
-                    .map(|(name, pos)| (refused_call(&name), pos))
-                    .or_else(|| {
-                        unknown_call(&self.engine, &ast)
-                            .map(|(name, pos, known)| (unknown_call_message(&name, &known), pos))
-                    });
-                match refused {
-                    Some((message, pos)) => Err((
-                        message,
-                        pos.line().map(|l| (l, pos.position().unwrap_or(1))),
-                    )),
-                    None => Ok(ast),
-                }
-            }
+            Ok(Ok(ast)) => match self.refused(&ast) {
+                Some((message, pos)) => Err((
+                    message,
+                    pos.line().map(|l| (l, pos.position().unwrap_or(1))),
+                )),
+                None => Ok(ast),
+            },
             Ok(Err(e)) => {
                 let pos = e.position();
                 let at = pos.line().map(|l| (l, pos.position().unwrap_or(1)));
