@@ -229,7 +229,7 @@ pub enum ReplyError {
 
 /// Parses a `/chats/{id}` reply. `watched` fills in the chat id when the reply lacks one.
 ///
-/// One streaming pass ([`super::wire`]): no JSON tree is built, and only the fields a rule can
+/// One streaming pass (`gateway::wire`): no JSON tree is built, and only the fields a rule can
 /// read are copied out of the reply.
 pub fn parse_reply(bytes: &[u8], watched: &ChatId) -> Result<Page, ReplyError> {
     // Invalid UTF-8 in one message's text must not fail the page: replace it. The strict check

@@ -1,8 +1,8 @@
 //! Rules: loaded from files ([`raw`]), compiled once into a [`RuleSet`] that holds the
 //! keyword automaton, regexes and templates, then evaluated purely ([`RuleSet::eval_message`]).
 //!
-//! The parts: [`load`] finds and parses the files, [`compile`] turns them into a [`RuleSet`],
-//! [`evaluate`] runs it on a message; this module holds the compiled types they share.
+//! The parts: [`load`] finds and parses the files, `compile` turns them into a [`RuleSet`],
+//! `evaluate` runs it on a message; this module holds the compiled types they share.
 //!
 //! Owns: the rule language for message rules. Must not: do I/O after loading,
 //! keep per-chat state (cooldowns and watermarks belong to the engine and the store).

@@ -1,8 +1,8 @@
 //! The SQLite backend: one file in WAL mode, one connection, the writes made by the store's
 //! writer task ([`super::group`]).
 //!
-//! By job: [`open`] (the schema, the lock, the checks), [`poll`] (a chat's stored state and
-//! the polls' transactions), [`outbox`] (the dispatcher's and the CLI's queries).
+//! By job: `open` (the schema, the lock, the checks), `poll` (a chat's stored state and
+//! the polls' transactions), `outbox` (the dispatcher's and the CLI's queries).
 
 use super::*;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};

@@ -247,8 +247,8 @@ impl Sqlite {
     /// Moves the write-ahead log into the state file from a thread of its own, so no commit
     /// waits for it: SQLite's automatic checkpoint ran inside the commit that crossed 1,000
     /// pages of log, with an fsync of the state file, and the daemon's commits run on its one
-    /// runtime thread. Every [`CHECKPOINT_EVERY`], when the log holds more than
-    /// [`CHECKPOINT_LOG_BYTES`], a passive checkpoint (it never waits for a writer) runs on a
+    /// runtime thread. Every `CHECKPOINT_EVERY` (1 s), when the log holds more than
+    /// `CHECKPOINT_LOG_BYTES` (4 MB), a passive checkpoint (it never waits for a writer) runs on a
     /// connection of its own. The thread ends when the returned handle is dropped.
     pub fn start_checkpointer(&self) -> Result<Checkpointer, StoreError> {
         let own = Connection::open(&self.path)?;
@@ -304,7 +304,7 @@ pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::fr
 /// The log size past which it is checkpointed (SQLite's own default: 1,000 pages of 4 KiB).
 pub(crate) const CHECKPOINT_LOG_BYTES: u64 = 4_096_000;
 
-/// The checkpoint thread's handle: dropping it stops the thread (within [`CHECKPOINT_EVERY`]).
+/// The checkpoint thread's handle: dropping it stops the thread (within `CHECKPOINT_EVERY`).
 pub struct Checkpointer {
     _stop: std::sync::mpsc::Sender<()>,
 }
