@@ -7,6 +7,7 @@ mod health;
 pub(crate) mod init;
 mod mock_gateway;
 mod outbox;
+mod ruletest;
 mod run;
 mod schema;
 mod test;
@@ -73,25 +74,32 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Dry run: evaluate rules against a saved `/chats` reply (or a JSON array of them) and
-    /// print which rule fired on which message and the exact webhook bodies. Sends nothing,
-    /// writes no state.
+    /// Test rules offline. Without `--input`: run the rule tests (`RULES/tests/*.yaml`, or
+    /// `--tests`), which poll a chat at given times and say exactly what must fire; prints a
+    /// diff of what did not go as expected and exits 1. With `--input`: a dry run on a saved
+    /// `/chats` reply (or a JSON array of them) that prints which rule fired on which message
+    /// and the exact webhook bodies. Either way nothing is sent and no state is written.
     Test {
         /// A rule file or folder.
         #[arg(long)]
         rules: PathBuf,
-        /// A saved `/chats/{id}` reply, or a JSON array of replies.
+        /// Rule tests to run, a file or a folder (default: the `tests` folder of `--rules`).
+        #[arg(long, conflicts_with_all = ["input", "explain", "at"])]
+        tests: Option<PathBuf>,
+        /// A saved `/chats/{id}` reply, or a JSON array of replies: a dry run instead of tests.
         #[arg(long)]
-        input: PathBuf,
-        /// `text` for people, `json` for one JSON object per line and firing.
+        input: Option<PathBuf>,
+        /// `text` for people; `json`: with tests, one document (ok, counts, every test's polls
+        /// and problems), with `--input`, one object per line and firing.
         #[arg(long, value_enum, default_value = "text")]
         format: TestFormat,
-        /// Also show, per message and rule, the normalized text and the first condition that failed.
-        #[arg(long)]
+        /// With `--input`: also show, per message and rule, the normalized text and the first
+        /// condition that failed.
+        #[arg(long, requires = "input")]
         explain: bool,
-        /// Evaluate chat rules (`on: chat`) as of this time (RFC 3339, e.g.
+        /// With `--input`: evaluate chat rules (`on: chat`) as of this time (RFC 3339, e.g.
         /// 2026-11-28T10:00:00Z); default: now. `for:` is reported, not waited for.
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = parse_time, requires = "input")]
         at: Option<i64>,
     },
     /// Inspect the delivery queue and re-send dead-lettered deliveries (same delivery_id).
@@ -264,11 +272,15 @@ pub fn main(cli: Cli) -> ExitCode {
         } => check::check(&config, &paths, format, strict),
         Command::Test {
             rules,
+            tests,
             input,
             format,
             explain,
             at,
-        } => test::test(&rules, &input, format, explain, at),
+        } => match input {
+            Some(input) => test::test(&rules, &input, format, explain, at),
+            None => ruletest::run(&rules, tests.as_deref(), format),
+        },
         Command::Outbox { config, action } => outbox::outbox(&config, action),
         Command::Demo {
             duration,

@@ -16,6 +16,8 @@ pub use crate::model::{ChatRuleState, Delivery, Memory};
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogLine {
     pub rule_id: String,
+    /// What it fired on, as in [`Delivery::message_key`].
+    pub message_key: String,
     pub level: Level,
     pub text: String,
 }
@@ -371,6 +373,7 @@ fn apply_script_output(
     for (level, text) in out.logs {
         d.logs.push(LogLine {
             rule_id: rule.to_string(),
+            message_key: key.compact(),
             level,
             text,
         });
@@ -410,6 +413,7 @@ fn run_actions(
             Action::Log { level, message } => match rules.templates.render(message, &base_ctx) {
                 Ok(text) => d.logs.push(LogLine {
                     rule_id: rule_id.to_string(),
+                    message_key: key.compact(),
                     level: *level,
                     text,
                 }),

@@ -5,4 +5,5 @@ pub mod decide;
 pub mod poller;
 pub mod schedule;
 pub mod snapshot;
+pub mod step;
 pub mod watermark;

@@ -8,19 +8,18 @@
 //! state the store does not have (a crash at any point loses nothing).
 
 use crate::config::{Config, WatchedChat};
-use crate::engine::decide::{
-    ChatFiring, Clock, RuleError, RuleOnMessage, ScriptFiring, decide_chat, decide_with,
-};
+use crate::engine::decide::{ChatFiring, RuleError, RuleOnMessage, ScriptFiring};
 use crate::engine::schedule::{Finished, Schedule};
 use crate::engine::snapshot::ChatSnapshot;
+use crate::engine::step::{commit_of, decide_poll};
 use crate::engine::watermark::diff;
 use crate::events;
 use crate::gateway::client::{FetchError, Gateway};
 use crate::gateway::model::Message;
 use crate::metrics::{Metrics, PollOutcome};
 use crate::rules::RuleSet;
+use crate::store::Store;
 use crate::store::group::CommitQueue;
-use crate::store::{PollCommit, Store};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,10 +39,6 @@ fn max_in_flight(burst: u32) -> usize {
 }
 /// How often the adaptive scheduler shares the spare budget anew.
 const RECOMPUTE_EVERY: Duration = Duration::from_secs(1);
-/// How long one poll's rule scripts may run in all (each evaluation also has its own
-/// deadline): a page of many messages times several slow scripts holds its chat this long at
-/// most; the scripts left over fail as rule errors, counted and logged.
-pub const SCRIPT_BUDGET_PER_POLL: Duration = Duration::from_millis(250);
 /// How many skipped-message identities are remembered (so each is logged once).
 const SKIPPED_MEMORY: usize = 100_000;
 
@@ -327,57 +322,9 @@ impl Poller {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let new_msgs: Vec<&Message> = d.new.iter().map(|&i| &page.messages[i]).collect();
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let decision = crate::rules::script::with_poll_budget(SCRIPT_BUDGET_PER_POLL, || {
-            let mut decision = decide_with(
-                &rules,
-                &chat.id,
-                &page.chat,
-                &new_msgs,
-                &snapshot.memory,
-                Clock::Now(now_ms / 1000),
-            );
-            decide_chat(
-                &rules,
-                &chat.id,
-                &page.chat,
-                &page.messages,
-                &snapshot.memory,
-                now_ms / 1000,
-                &mut decision,
-            );
-            decision
-        });
-
-        let mut seen = Vec::with_capacity(d.new.len() + d.updated.len() + d.history.len());
-        for &i in d.new.iter().chain(&d.updated).chain(&d.history) {
-            let m = &page.messages[i];
-            seen.push((m.key.clone(), m.timestamp, m.fingerprint()));
-        }
-        let commit = PollCommit {
-            chat_id: chat_key.clone(),
-            watermark: d.watermark,
-            low_water: d.low_water,
-            seen,
-            deliveries: decision.deliveries.clone(),
-            cooldowns: decision.cooldowns.clone(),
-            thresholds: decision.thresholds.clone(),
-            chat_rules: decision.chat_rules.clone(),
-            script_state: decision.script_state.clone(),
-            first_seen: snapshot.state.first_seen,
-            now_ms,
-        };
+        let decision = decide_poll(&rules, &chat.id, &page, &d, &snapshot.memory, now_ms);
         // A poll that changes nothing needs no write (most polls of idle chats).
-        let state = &snapshot.state;
-        let changes_nothing = state.known
-            && commit.seen.is_empty()
-            && commit.deliveries.is_empty()
-            && commit.cooldowns.is_empty()
-            && commit.thresholds.is_empty()
-            && commit.chat_rules.is_empty()
-            && commit.script_state.is_empty()
-            && commit.watermark <= state.watermark
-            && commit.low_water <= state.low_water;
-        if !changes_nothing {
+        if let Some(commit) = commit_of(&chat_key, &page, &d, &decision, &snapshot.state, now_ms) {
             let (commit, result) = self.commits.commit(commit).await;
             if let Err(e) = result {
                 events::store_failed(&chat_key, &e);

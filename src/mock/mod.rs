@@ -82,6 +82,31 @@ pub use scenario::*;
 use wire::*;
 use world::*;
 
+/// A scenario's chats as the mock serves them at any moment, without a server: what rule test
+/// files (`cartat-rules test`) poll. Generated message ids carry no random run tag
+/// (`MOCK_{chat}_{message}`), so the same file gives the same ids, delivery ids and bodies.
+pub struct Replay {
+    world: World,
+    start_unix_ms: i64,
+}
+
+impl Replay {
+    /// Compiles `scenario` (its ids and schedules checked as the mock checks them) with time 0
+    /// at `start_unix_ms`.
+    pub fn new(scenario: &Scenario, start_unix_ms: i64) -> Result<Replay, String> {
+        Ok(Replay {
+            world: World::compile_with_run(scenario, String::new())?,
+            start_unix_ms,
+        })
+    }
+
+    /// The `/chats/{chat}` reply at `at_ms` after time 0, serialized as the gateway sends it;
+    /// `None` for a chat the scenario does not have.
+    pub fn reply(&self, chat: &str, limit: Option<u64>, at_ms: i64) -> Option<String> {
+        self.world.reply(chat, limit, at_ms, self.start_unix_ms)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP.
 // ---------------------------------------------------------------------------------------------

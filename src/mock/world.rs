@@ -399,10 +399,15 @@ pub(super) enum ChatRef {
 
 impl World {
     pub(super) fn compile(scenario: &Scenario) -> Result<World, String> {
+        World::compile_with_run(scenario, run_tag())
+    }
+
+    /// As [`World::compile`], with generated message ids tagged `run` (fixed for reproducible
+    /// output, random per start otherwise).
+    pub(super) fn compile_with_run(scenario: &Scenario, run: String) -> Result<World, String> {
         if scenario.token.trim().is_empty() {
             return Err("token must not be empty".to_owned());
         }
-        let run = run_tag();
         let synthetic = scenario
             .synthetic
             .as_ref()

@@ -64,7 +64,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, d: &mut Diagnostics) {
             continue;
         }
         if p.is_dir() {
-            walk(&p, out, d);
+            // A rules folder's `tests` folder holds rule tests (`cartat-rules test`), not rules.
+            if name != "tests" {
+                walk(&p, out, d);
+            }
         } else if matches!(
             p.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "rhai")

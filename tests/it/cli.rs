@@ -884,3 +884,96 @@ fn completions_are_printed_for_each_shell() {
         assert!(out.contains("outbox"), "{shell}: subcommands listed");
     }
 }
+
+#[test]
+fn rule_tests_pass_on_the_shipped_rules_and_a_wrong_expectation_fails_with_a_diff() {
+    // The shipped rules and their tests: every one passes, and `run`/`check` do not read the
+    // tests folder as rules.
+    let (code, out, err) = run_cli(&["test", "--rules", "rules"], &root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("7 files, 16 tests: all passed"), "{out}");
+    let (code, out, _) = run_cli(&["check", "rules"], &root());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("7 rule(s) valid"), "{out}");
+
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("rules")).unwrap();
+    std::fs::copy(
+        root().join("rules/bot-keyword.yaml"),
+        ws.path().join("rules/bot-keyword.yaml"),
+    )
+    .unwrap();
+    // Wrong on purpose: the tatweel form fires (it is the same word), and the webhook body
+    // carries the message as written, not normalized.
+    ws.write(
+        "rules/tests/bot.yaml",
+        r#"start: 2026-11-28T10:00:00Z
+tests:
+  - name: right
+    chat: { id: "966500000001", messages: [ { at: 1s, body: "بوت" } ] }
+    polls: [ { at: 2s, fires: [bot-keyword] } ]
+  - name: wrong
+    chat:
+      id: "966500000001"
+      messages:
+        - { at: 1s, body: "البـوت" }
+        - { at: 2s, body: "روبوت" }
+    polls:
+      - at: 5s
+        fires: [ { rule: bot-keyword, webhook: { message: { body: "بوت" } } } ]
+      - { at: 6s, fires: [bot-keyword] }
+"#,
+    );
+    let (code, out, err) = run_cli(&["test", "--rules", "rules"], ws.path());
+    assert_eq!(code, 1, "{out}{err}");
+    let expected_diff = concat!(
+        "  FAIL  wrong\n",
+        "        poll 1 at 5s (2026-11-28T10:00:05Z):\n",
+        "          ~ bot-keyword on \"البـوت\": webhook body at /message/body: expected \"بوت\", got \"البـوت\"\n",
+        "          fired: bot-keyword on \"البـوت\"\n",
+        "        poll 2 at 6s (2026-11-28T10:00:06Z):\n",
+        "          - bot-keyword    expected, did not fire\n",
+        "          fired: nothing\n",
+    );
+    assert!(out.contains("  ok    right (1 poll)\n"), "{out}");
+    assert!(out.contains(expected_diff), "{out}");
+    assert!(
+        out.ends_with("1 file, 2 tests: 1 passed, 1 failed\n"),
+        "{out}"
+    );
+
+    let (code, out, _) = run_cli(&["test", "--rules", "rules", "--format", "json"], ws.path());
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(
+        (
+            doc["ok"].clone(),
+            doc["passed"].clone(),
+            doc["failed"].clone()
+        ),
+        (false.into(), 1.into(), 1.into())
+    );
+    let wrong = &doc["results"][1];
+    assert_eq!(wrong["name"], "wrong");
+    assert_eq!(wrong["polls"][0]["problems"][0]["kind"], "mismatch");
+    assert_eq!(wrong["polls"][1]["problems"][0]["kind"], "missing");
+    assert_eq!(wrong["polls"][0]["fired"][0]["message"], "البـوت");
+
+    // A typo in a test file names the file, line and column.
+    ws.write(
+        "rules/tests/typo.yaml",
+        "tests:\n  - name: t\n    chat: { id: \"966500000001\" }\n    pols: []\n",
+    );
+    let (code, out, _) = run_cli(
+        &[
+            "test",
+            "--rules",
+            "rules",
+            "--tests",
+            "rules/tests/typo.yaml",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("  FAIL  (the file)\n        4:5: "), "{out}");
+}
