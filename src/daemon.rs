@@ -100,7 +100,7 @@ pub fn prepare(
 pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     let chats = poller.config.chats.len();
     let store = poller.store.clone();
-    tracing::info!(chats, state = %poller.store.path().display(), "cartat-rules started");
+    tracing::info!(event = "daemon.started", chats, state = %poller.store.path().display(), "cartat-rules started");
     let reloader = tokio::spawn(crate::reload::watch(
         poller.config.rule_paths.clone(),
         poller.rules.clone(),
@@ -118,7 +118,10 @@ pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: Can
     let p = tokio::spawn(poller.run(shutdown.clone()));
     let d = tokio::spawn(dispatcher.run(shutdown.clone()));
     shutdown.cancelled().await;
-    tracing::info!("stopping: finishing in-flight polls and deliveries");
+    tracing::info!(
+        event = "daemon.stopping",
+        "stopping: finishing in-flight polls and deliveries"
+    );
     let both = async {
         let _ = reloader.await;
         let _ = p.await;
@@ -126,6 +129,7 @@ pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: Can
     };
     if tokio::time::timeout(STOP_DEADLINE, both).await.is_err() {
         tracing::warn!(
+            event = "daemon.stop_deadline",
             "stop deadline reached; unfinished deliveries stay pending and are re-sent on the next start"
         );
     }
@@ -134,9 +138,12 @@ pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: Can
     // thread's close, then misses nothing).
     let checkpoint = tokio::task::spawn_blocking(move || store.checkpoint()).await;
     if let Ok(Err(e)) = checkpoint {
-        tracing::warn!("could not fold the write-ahead log into the state file: {e}");
+        tracing::warn!(
+            event = "store.checkpoint_failed",
+            "could not fold the write-ahead log into the state file: {e}"
+        );
     }
-    tracing::info!("stopped");
+    tracing::info!(event = "daemon.stopped", "stopped");
 }
 
 /// Binds the health and metrics server's address (`server.listen`); a failure is logged and
@@ -146,7 +153,7 @@ pub async fn bind_server(addr: Option<std::net::SocketAddr>) -> Option<tokio::ne
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => Some(l),
         Err(e) => {
-            tracing::error!(%addr, "cannot listen for /healthz and /metrics ({e}); running without them (set server.listen to a free address, or `off`)");
+            tracing::error!(event = "server.listen_failed", %addr, "cannot listen for /healthz and /metrics ({e}); running without them (set server.listen to a free address, or `off`)");
             None
         }
     }
@@ -164,7 +171,10 @@ pub fn spawn_server(
     };
     tokio::spawn(async move {
         if let Err(e) = crate::server::run(listener, state, shutdown).await {
-            tracing::error!("the health and metrics server stopped: {e}");
+            tracing::error!(
+                event = "server.stopped",
+                "the health and metrics server stopped: {e}"
+            );
         }
     })
 }

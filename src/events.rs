@@ -67,8 +67,10 @@ pub(crate) fn poll_failed(
     // Error texts may quote the request URL, which names the chat: mask it too.
     let error = mask(&error.to_string());
     match retry_in {
-        Some(d) => tracing::warn!(chat = %mask(chat), retry_in = ?d, "poll failed: {error}"),
-        None => tracing::warn!(chat = %mask(chat), "poll failed: {error}"),
+        Some(d) => {
+            tracing::warn!(event = "poll.failed", chat = %mask(chat), retry_in = ?d, "poll failed: {error}")
+        }
+        None => tracing::warn!(event = "poll.failed", chat = %mask(chat), "poll failed: {error}"),
     }
 }
 
@@ -81,13 +83,13 @@ pub(crate) fn unauthorized(
     use crate::engine::schedule::AuthVerdict;
     match verdict {
         AuthVerdict::ThisChat => {
-            tracing::warn!(chat = %mask(chat), ?retry_in, "the gateway refused this chat (401) while no other chat was refused: backing this chat off; if a second chat is refused, the token is taken as bad")
+            tracing::warn!(event = "gateway.chat_refused", chat = %mask(chat), ?retry_in, "the gateway refused this chat (401) while no other chat was refused: backing this chat off; if a second chat is refused, the token is taken as bad")
         }
         AuthVerdict::TokenRefused => {
-            tracing::error!(chat = %mask(chat), "the gateway refused the API token (401) for two chats: check api.token; every chat is paused and one probe, with another chat, retries slowly (30s, doubling up to 5m)")
+            tracing::error!(event = "gateway.token_refused", chat = %mask(chat), "the gateway refused the API token (401) for two chats: check api.token; every chat is paused and one probe, with another chat, retries slowly (30s, doubling up to 5m)")
         }
         AuthVerdict::StillRefused => {
-            tracing::error!(chat = %mask(chat), "the gateway still refuses the API token (401): every chat stays paused; the next probe asks another chat after a longer pause")
+            tracing::error!(event = "gateway.token_refused", chat = %mask(chat), "the gateway still refuses the API token (401): every chat stays paused; the next probe asks another chat after a longer pause")
         }
     }
 }
@@ -95,7 +97,7 @@ pub(crate) fn unauthorized(
 /// One message the gateway sent could not be used: logged once per message (the caller
 /// remembers which were logged).
 pub(crate) fn message_skipped(chat: &str, skipped: &crate::gateway::model::Skipped) {
-    tracing::warn!(chat = %mask(chat), index = skipped.index, "skipped a message the gateway sent (logged once): {}", mask(&skipped.reason));
+    tracing::warn!(event = "message.skipped", chat = %mask(chat), index = skipped.index, "skipped a message the gateway sent (logged once): {}", mask(&skipped.reason));
 }
 
 /// Unix seconds as RFC 3339, or the number when it is out of range.
@@ -106,7 +108,7 @@ fn rfc3339(ts: i64) -> String {
 /// More messages arrived between two polls than the largest `limit` returns: those between
 /// `from_ts` (the last one known) and `to_ts` (the oldest one returned) may be missed.
 pub(crate) fn gap_detected(chat: &str, from_ts: i64, to_ts: i64, limit: u32) {
-    tracing::error!(
+    tracing::error!(event = "poll.gap_detected",
         chat = %mask(chat),
         from = %rfc3339(from_ts),
         to = %rfc3339(to_ts),
@@ -120,15 +122,15 @@ pub(crate) fn gap_detected(chat: &str, from_ts: i64, to_ts: i64, limit: u32) {
 }
 
 pub(crate) fn chat_first_seen(chat: &str, history: usize) {
-    tracing::info!(chat = %mask(chat), history, "first sight of the chat: existing messages recorded as history");
+    tracing::info!(event = "chat.first_seen", chat = %mask(chat), history, "first sight of the chat: existing messages recorded as history");
 }
 
 pub(crate) fn rule_fired(rule: &str, chat: &str, message: &str) {
-    tracing::info!(rule, chat = %mask(chat), message = %mask(message), "rule fired");
+    tracing::info!(event = "rule.fired", rule, chat = %mask(chat), message_id = %mask(message), "rule fired");
 }
 
 pub(crate) fn chat_rule_fired(rule: &str, chat: &str) {
-    tracing::info!(rule, chat = %mask(chat), "chat rule fired");
+    tracing::info!(event = "chat_rule.fired", rule, chat = %mask(chat), "chat rule fired");
 }
 
 /// Control characters (CR, LF, NUL, ESC, …) and bidi overrides and isolates written as
@@ -158,10 +160,10 @@ pub(crate) fn rule_log(rule: &str, level: crate::rules::raw::Level, text: &str) 
     use crate::rules::raw::Level;
     let text = escape_controls(&mask_text(text)).into_owned();
     match level {
-        Level::Debug => tracing::debug!(rule, "{text}"),
-        Level::Info => tracing::info!(rule, "{text}"),
-        Level::Warn => tracing::warn!(rule, "{text}"),
-        Level::Error => tracing::error!(rule, "{text}"),
+        Level::Debug => tracing::debug!(event = "rule.log", rule, "{text}"),
+        Level::Info => tracing::info!(event = "rule.log", rule, "{text}"),
+        Level::Warn => tracing::warn!(event = "rule.log", rule, "{text}"),
+        Level::Error => tracing::error!(event = "rule.log", rule, "{text}"),
     }
 }
 
@@ -201,9 +203,9 @@ pub(crate) fn rule_error(rule: &str, chat: &str, error: &str) {
     };
     let error = escape_controls(error);
     if since > 0 {
-        tracing::error!(rule, chat = %mask(chat), suppressed = since, "rule action failed: {error} ({since} more failures of this rule for this chat in the last minute were not logged)");
+        tracing::error!(event = "rule.action_failed", rule, chat = %mask(chat), suppressed = since, "rule action failed: {error} ({since} more failures of this rule for this chat in the last minute were not logged)");
     } else {
-        tracing::error!(rule, chat = %mask(chat), "rule action failed: {error}");
+        tracing::error!(event = "rule.action_failed", rule, chat = %mask(chat), "rule action failed: {error}");
     }
 }
 
@@ -217,22 +219,29 @@ pub(crate) fn script_failed(
     first: bool,
 ) {
     if first {
-        tracing::warn!(rule, file = %source.display(), chat = %mask(chat), "script condition failed (the rule does not fire; further failures of this rule are logged at debug level): {error}");
+        tracing::warn!(event = "script.failed", rule, file = %source.display(), chat = %mask(chat), "script condition failed (the rule does not fire; further failures of this rule are logged at debug level): {error}");
     } else {
-        tracing::debug!(rule, file = %source.display(), chat = %mask(chat), "script condition failed: {error}");
+        tracing::debug!(event = "script.failed", rule, file = %source.display(), chat = %mask(chat), "script condition failed: {error}");
     }
 }
 
 pub(crate) fn stale(rule: &str, chat: &str, message: &str) {
-    tracing::info!(rule, chat = %mask(chat), message = %mask(message), "stale: matched but older than max_age when first seen; not fired");
+    tracing::info!(event = "rule.stale", rule, chat = %mask(chat), message_id = %mask(message), "stale: matched but older than max_age when first seen; not fired");
 }
 
 pub(crate) fn store_failed(chat: &str, error: &dyn std::fmt::Display) {
-    tracing::error!(chat = %mask(chat), "state store error; the poll will be retried: {error}");
+    tracing::error!(event = "store.failed", chat = %mask(chat), "state store error; the poll will be retried: {error}");
 }
 
 pub(crate) fn delivered(delivery_id: &str, rule: &str, status: u16, attempt: u32) {
-    tracing::info!(delivery_id, rule, status, attempt, "webhook delivered");
+    tracing::info!(
+        event = "delivery.delivered",
+        delivery_id,
+        rule,
+        status,
+        attempt,
+        "webhook delivered"
+    );
 }
 
 pub(crate) fn delivery_retry(
@@ -242,11 +251,12 @@ pub(crate) fn delivery_retry(
     attempt: u32,
     retry_in: std::time::Duration,
 ) {
-    tracing::warn!(delivery_id, rule, attempt, retry_in = ?retry_in, "webhook failed, will retry: {reason}");
+    tracing::warn!(event = "delivery.retry", delivery_id, rule, attempt, retry_in = ?retry_in, "webhook failed, will retry: {reason}");
 }
 
 pub(crate) fn dead_lettered(delivery_id: &str, rule: &str, reason: &str, attempt: u32) {
     tracing::error!(
+        event = "delivery.dead_lettered",
         delivery_id,
         rule,
         attempt,
@@ -257,6 +267,7 @@ pub(crate) fn dead_lettered(delivery_id: &str, rule: &str, reason: &str, attempt
 /// A 410: loud, because every later delivery to this url is parked until the config changes.
 pub(crate) fn endpoint_gone(url: &str, delivery_id: &str, rule: &str, parked: usize) {
     tracing::error!(
+        event = "endpoint.gone",
         url,
         delivery_id,
         rule,
@@ -267,6 +278,7 @@ pub(crate) fn endpoint_gone(url: &str, delivery_id: &str, rule: &str, parked: us
 
 pub(crate) fn endpoint_reenabled(url: &str) {
     tracing::warn!(
+        event = "endpoint.reenabled",
         url,
         "endpoint enabled again: the config changed since it answered 410 Gone"
     );

@@ -43,11 +43,12 @@ pub(crate) fn reload(
     match rules::load_for(paths, policy) {
         Ok((set, warnings)) => {
             for w in &warnings.0 {
-                tracing::warn!("{w}");
+                tracing::warn!(event = "rules.warning", "{w}");
             }
             let before = rule_count(&target.read().unwrap_or_else(|e| e.into_inner()));
             if rule_count(&set) == 0 && before > 0 && !allow_empty {
                 tracing::error!(
+                    event = "rules.reload_refused",
                     rules_in_force = before,
                     "rules not reloaded: the new rule set is empty (were the rule files deleted?); the last set stays in force — set `rules.allow_empty: true` to allow running without rules"
                 );
@@ -55,14 +56,20 @@ pub(crate) fn reload(
             }
             let (n, c) = (set.rules.len(), set.chat_rules.len());
             *target.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
-            tracing::info!(message_rules = n, chat_rules = c, "rules reloaded");
+            tracing::info!(
+                event = "rules.reloaded",
+                message_rules = n,
+                chat_rules = c,
+                "rules reloaded"
+            );
             true
         }
         Err(d) => {
             for e in &d.0 {
-                tracing::error!("{e}");
+                tracing::error!(event = "rules.error", "{e}");
             }
             tracing::error!(
+                event = "rules.reload_refused",
                 "rules not reloaded: the last good set stays in force until the errors above are fixed"
             );
             false
@@ -109,7 +116,10 @@ pub(crate) async fn watch(
         let now = snapshot(&paths);
         if forced || now != last {
             if forced {
-                tracing::info!("SIGHUP: reloading the rules");
+                tracing::info!(
+                    event = "rules.reload_requested",
+                    "SIGHUP: reloading the rules"
+                );
             }
             let p = paths.clone();
             let t = target.clone();

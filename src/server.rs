@@ -28,7 +28,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "health and metrics server listening (GET /healthz, GET /metrics)");
+        tracing::info!(event = "server.listening", %addr, "health and metrics server listening (GET /healthz, GET /metrics)");
     }
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())

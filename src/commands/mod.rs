@@ -254,7 +254,9 @@ pub fn init_logging(args: &LogArgs, default: &str, format: crate::config::LogFor
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if json {
-        builder.json().try_init()
+        // One flat object per line: `timestamp`, `level`, `event` (stable, for machines),
+        // `message` (for people), then the event's own fields (README, "Logs").
+        builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };

@@ -50,11 +50,19 @@ pub(super) fn run(path: &Path, log: &LogArgs) -> u8 {
         // code) is given back before the polls start, and once more when the first polls (and
         // their first loads of each chat's state) have run (`resident`).
         let bytes = crate::resident::drop_startup_pages();
-        tracing::debug!(bytes, "dropped the startup code's pages");
+        tracing::debug!(
+            event = "daemon.pages_dropped",
+            bytes,
+            "dropped the startup code's pages"
+        );
         tokio::spawn(async {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             let bytes = crate::resident::drop_startup_pages();
-            tracing::debug!(bytes, "dropped the startup code's pages");
+            tracing::debug!(
+                event = "daemon.pages_dropped",
+                bytes,
+                "dropped the startup code's pages"
+            );
         });
         if let Some(listener) = crate::daemon::bind_server(listen).await {
             crate::daemon::spawn_server(listener, &running, shutdown.clone());

@@ -199,7 +199,7 @@ impl App {
         } else {
             format!("{from_me}_{served}_{id}")
         };
-        tracing::debug!(chat = %served, id = %id, "mock gateway: message pushed");
+        tracing::debug!(event = "mock.message_pushed", chat = %served, id = %id, "mock gateway: message pushed");
         Ok(PushedMessage {
             id,
             serialized,
@@ -325,7 +325,11 @@ async fn chats_handler(
     let limit = request_limit(&uri, &body);
     if !authorized(&headers, &app.token) {
         app.record(now_ms, &chat, limit.clone().ok().flatten(), 401, None);
-        tracing::debug!(status = 401, "mock gateway: unauthorized request");
+        tracing::debug!(
+            event = "mock.unauthorized",
+            status = 401,
+            "mock gateway: unauthorized request"
+        );
         return error_response(StatusCode::UNAUTHORIZED, "unauthorized");
     }
     let limit = match limit {
@@ -347,7 +351,7 @@ async fn chats_handler(
     let response = match action {
         FaultAction::Hang => {
             app.record(now_ms, &chat, limit, 0, fault_index);
-            tracing::debug!(fault = ?fault_index, "mock gateway: hanging a request");
+            tracing::debug!(event = "mock.hanging", fault = ?fault_index, "mock gateway: hanging a request");
             app.shutdown.cancelled().await;
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
@@ -380,7 +384,7 @@ async fn chats_handler(
     };
     let status = response.status().as_u16();
     app.record(now_ms, &chat, limit, status, fault_index);
-    tracing::debug!(status, fault = ?fault_index, "mock gateway: answered");
+    tracing::debug!(event = "mock.answered", status, fault = ?fault_index, "mock gateway: answered");
     if let Some(d) = delay {
         tokio::select! {
             () = tokio::time::sleep(d) => {}
@@ -455,7 +459,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Arc::new(App::new(&scenario, shutdown)?);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "mock gateway listening");
+        tracing::info!(event = "mock.listening", %addr, "mock gateway listening");
     }
     run(listener, app).await
 }
@@ -485,7 +489,7 @@ impl MockGateway {
     ) -> std::io::Result<MockGateway> {
         let addr = listener.local_addr()?;
         let app = Arc::new(App::new(&scenario, CancellationToken::new())?);
-        tracing::info!(%addr, "mock gateway listening");
+        tracing::info!(event = "mock.listening", %addr, "mock gateway listening");
         let task = tokio::spawn(run(listener, app.clone()));
         Ok(MockGateway {
             addr,
@@ -566,8 +570,12 @@ impl MockGateway {
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "mock gateway stopped with an error"),
-                Err(e) => tracing::warn!(error = %e, "mock gateway task failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(event = "mock.stopped", error = %e, "mock gateway stopped with an error")
+                }
+                Err(e) => {
+                    tracing::warn!(event = "mock.stopped", error = %e, "mock gateway task failed")
+                }
             }
         }
     }

@@ -262,7 +262,10 @@ impl Dispatcher {
                     events::endpoint_reenabled(&redact_url(&url));
                 }
             }
-            Err(e) => tracing::error!("cannot read the disabled endpoints: {e}"),
+            Err(e) => tracing::error!(
+                event = "outbox.query_failed",
+                "cannot read the disabled endpoints: {e}"
+            ),
         }
     }
 
@@ -327,11 +330,14 @@ impl Dispatcher {
             let (due, next_ms) = match rows.await {
                 Some(Ok(rows)) => rows,
                 Some(Err(e)) => {
-                    tracing::error!("outbox query failed: {e}");
+                    tracing::error!(event = "outbox.query_failed", "outbox query failed: {e}");
                     (Vec::new(), None)
                 }
                 None => {
-                    tracing::error!("outbox query panicked or the store's writer stopped");
+                    tracing::error!(
+                        event = "outbox.query_failed",
+                        "outbox query panicked or the store's writer stopped"
+                    );
                     (Vec::new(), None)
                 }
             };
@@ -365,7 +371,7 @@ impl Dispatcher {
                 let state = match row.lifecycle().map(|l| l.claim(now)) {
                     Some(Ok(state)) => state,
                     other => {
-                        tracing::error!(delivery_id = %row.delivery.delivery_id, "outbox row not sendable: {other:?}");
+                        tracing::error!(event = "outbox.row_unsendable", delivery_id = %row.delivery.delivery_id, "outbox row not sendable: {other:?}");
                         continue;
                     }
                 };
@@ -390,6 +396,7 @@ impl Dispatcher {
         let in_flight = lock(&self.in_flight).total;
         if in_flight > 0 {
             tracing::info!(
+                event = "dispatcher.stopping",
                 in_flight,
                 "dispatcher stopping: waiting for the deliveries in flight"
             );
@@ -409,17 +416,18 @@ impl Dispatcher {
             _ => None,
         };
         let d = &row.delivery;
-        let outcome =
-            match state
-                .clone()
-                .after_attempt(&verdict, &self.policy, now, &mut rand::rng())
-            {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::error!(delivery_id = %d.delivery_id, "{e}");
-                    return;
-                }
-            };
+        let outcome = match state.clone().after_attempt(
+            &verdict,
+            &self.policy,
+            now,
+            &mut rand::rng(),
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(event = "delivery.unsendable", delivery_id = %d.delivery_id, "{e}");
+                return;
+            }
+        };
         let error = match &verdict {
             Verdict::Retry { reason, .. } => Some(reason.clone()),
             _ => None,
@@ -485,7 +493,7 @@ impl Dispatcher {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(delivery_id = %d.delivery_id, "cannot record the delivery outcome (it will be re-sent): {e}")
+                tracing::error!(event = "outbox.record_failed", delivery_id = %d.delivery_id, "cannot record the delivery outcome (it will be re-sent): {e}")
             }
         }
     }

@@ -251,12 +251,12 @@ impl Sandbox {
         let max_chars = limits.max_print_chars;
         engine.on_print(move |s| {
             if take_print() {
-                tracing::info!(target: "cartat_rules::script", text = %cap(s, max_chars), "script print");
+                tracing::info!(target: "cartat_rules::script", event = "script.print", text = %cap(s, max_chars), "script print");
             }
         });
         engine.on_debug(move |s, src, pos| {
             if take_print() {
-                tracing::debug!(target: "cartat_rules::script", text = %cap(s, max_chars), source = src.unwrap_or(""), position = %pos, "script debug");
+                tracing::debug!(target: "cartat_rules::script", event = "script.debug", text = %cap(s, max_chars), source = src.unwrap_or(""), position = %pos, "script debug");
             }
         });
         let max_ops = limits.max_operations;

@@ -271,7 +271,10 @@ impl Sqlite {
                         && let Err(e) =
                             own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
-                        tracing::warn!("checkpoint of the state file's log failed: {e}");
+                        tracing::warn!(
+                            event = "store.checkpoint_failed",
+                            "checkpoint of the state file's log failed: {e}"
+                        );
                     }
                 }
             })
