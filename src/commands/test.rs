@@ -173,6 +173,32 @@ pub(super) fn evaluate_page(
                     for rule in d.stale.iter().map(|s| &s.rule_id) {
                         let _ = writeln!(out, "    ✗ {rule}: matched, but older than max_age");
                     }
+                    for c in &d.counted {
+                        let _ = writeln!(
+                            out,
+                            "    ✗ {}: matched, {} of {} within {} so far (it fires on the {})",
+                            c.rule_id,
+                            c.hits,
+                            c.count,
+                            crate::duration::format(c.within),
+                            ordinal(c.count)
+                        );
+                    }
+                    for rule in d.script_quiet.iter().map(|q| &q.rule_id) {
+                        let state = d
+                            .script_state
+                            .iter()
+                            .rev()
+                            .find(|(r, _)| r == rule)
+                            .map(|(_, s)| {
+                                format!("; its state is now {}", Value::Object(s.clone()))
+                            })
+                            .unwrap_or_default();
+                        let _ = writeln!(
+                            out,
+                            "    ✗ {rule}: the rule file ran and asked for nothing (no webhook, no log){state}"
+                        );
+                    }
                 }
                 for (rule_id, matched) in &fired {
                     let _ = writeln!(out, "    ✓ {rule_id} fired, matched {matched}");
@@ -304,6 +330,18 @@ pub(super) fn evaluate_chat_rules(
             }
         }
     }
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, … `11th`, `21st`.
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// One webhook as `test` prints it: method, url and headers (credentials masked), then the

@@ -53,7 +53,9 @@ pub struct Decision {
     /// Rules that matched a message but were silenced by a cooldown.
     pub suppressed: Vec<RuleOnMessage>,
     /// Rules that matched a message counted towards a threshold not reached yet.
-    pub counted: Vec<RuleOnMessage>,
+    pub counted: Vec<Counted>,
+    /// Rule files that ran on a message and asked for nothing (no webhook, no log line).
+    pub script_quiet: Vec<RuleOnMessage>,
     /// Rendering failures; the other actions still run.
     pub errors: Vec<RuleError>,
 }
@@ -77,6 +79,16 @@ pub struct ScriptFiring {
 pub struct RuleOnMessage {
     pub rule_id: String,
     pub message_index: usize,
+}
+
+/// A match counted towards a rule's threshold: `hits` of `count` within `within` so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    pub rule_id: String,
+    pub message_index: usize,
+    pub hits: usize,
+    pub count: u32,
+    pub within: std::time::Duration,
 }
 
 /// What failed in a rule's actions.
@@ -151,9 +163,12 @@ pub fn decide_with(
                 list.retain(|t| *t > window_start);
                 list.push(msg.timestamp);
                 if (list.len() as u32) < count {
-                    d.counted.push(RuleOnMessage {
+                    d.counted.push(Counted {
                         rule_id: rule.id.clone(),
                         message_index: index,
+                        hits: list.len(),
+                        count,
+                        within,
                     });
                     continue;
                 }
@@ -368,6 +383,11 @@ fn apply_script_output(
         d.script_firings.push(ScriptFiring {
             rule_id: rule.to_string(),
             message_index: index,
+        });
+    } else if let Some(message_index) = index {
+        d.script_quiet.push(RuleOnMessage {
+            rule_id: rule.to_string(),
+            message_index,
         });
     }
     for (level, text) in out.logs {

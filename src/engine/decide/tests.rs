@@ -50,6 +50,13 @@ fn threshold_fires_on_the_nth_match_within_the_window_and_remembers_across_polls
     );
     assert!(d.firings.is_empty());
     assert_eq!(d.counted.len(), 2);
+    assert_eq!(
+        d.counted
+            .iter()
+            .map(|c| (c.hits, c.count, c.within.as_secs()))
+            .collect::<Vec<_>>(),
+        [(1, 3, 600), (2, 3, 600)]
+    );
     assert_eq!(d.thresholds, [("urgent3".to_string(), vec![1000, 1100])]);
     // Poll 2 (after a restart: the memory comes from the store): the third fires.
     let memory = Memory {
