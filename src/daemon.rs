@@ -25,6 +25,10 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The state file's background checkpoints, for as long as this is held.
     pub checkpointer: crate::store::Checkpointer,
+    /// Reloads the rules: the file watcher, SIGHUP and `POST /api/reload` share it.
+    pub(crate) reloader: Arc<crate::reload::Reloader>,
+    /// The admin API's token (`server.admin_token`); None: the admin API is off.
+    pub(crate) admin_token: Option<secrecy::SecretString>,
 }
 
 /// Opens the store (refusing a locked or broken one) and builds the parts.
@@ -47,6 +51,7 @@ pub fn prepare(
     .scaled(config.webhooks.retry_scale);
     let metrics = Arc::new(Metrics::new(config.chats.len()));
     metrics.set_rules_loaded(true);
+    metrics.set_rule_set(&rules.fingerprint);
     metrics.known_rules(
         rules
             .rules
@@ -70,6 +75,7 @@ pub fn prepare(
     .with_config_fingerprint(&config);
     dispatcher.metrics = metrics.clone();
     let stats = Arc::new(Stats::default());
+    let admin_token = config.admin_token.clone();
     let poller = Poller {
         config: Arc::new(config),
         gateway,
@@ -83,37 +89,53 @@ pub fn prepare(
         snapshots: Default::default(),
         started_s: jiff::Timestamp::now().as_second(),
     };
+    let dispatcher = Arc::new(dispatcher);
+    let reloader = Arc::new(crate::reload::Reloader {
+        paths: poller.config.rule_paths.clone(),
+        target: poller.rules.clone(),
+        allow_empty: poller.config.allow_empty_rules,
+        policy: poller.config.webhooks.net_policy.clone(),
+        then: Box::new({
+            let dispatcher = dispatcher.clone();
+            let metrics = metrics.clone();
+            move |set| {
+                metrics.set_rule_set(&set.fingerprint);
+                // New rules are a new fingerprint: urls a 410 disabled get another chance.
+                dispatcher.refresh_fingerprint();
+            }
+        }),
+        one_at_a_time: Default::default(),
+    });
     Ok((
         Arc::new(poller),
-        Arc::new(dispatcher),
+        dispatcher,
         Running {
             stats,
             store,
             metrics,
             checkpointer,
+            reloader,
+            admin_token,
         },
     ))
 }
 
 /// Runs until `shutdown` is cancelled, then lets in-flight work finish within
 /// [`STOP_DEADLINE`]; whatever is not delivered stays pending in the outbox.
-pub async fn run(poller: Arc<Poller>, dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    poller: Arc<Poller>,
+    dispatcher: Arc<Dispatcher>,
+    reloader: Arc<crate::reload::Reloader>,
+    shutdown: CancellationToken,
+) {
     let chats = poller.config.chats.len();
     let store = poller.store.clone();
     tracing::info!(event = "daemon.started", chats, state = %poller.store.path().display(), "cartat-rules started");
     let reloader = tokio::spawn(crate::reload::watch(
-        poller.config.rule_paths.clone(),
-        poller.rules.clone(),
+        reloader,
         poller.config.watch_rules,
-        poller.config.allow_empty_rules,
-        poller.config.webhooks.net_policy.clone(),
         Duration::from_secs(1),
         shutdown.clone(),
-        {
-            // New rules are a new fingerprint: urls a 410 disabled get another chance.
-            let dispatcher = dispatcher.clone();
-            move || dispatcher.refresh_fingerprint()
-        },
     ));
     let p = tokio::spawn(poller.run(shutdown.clone()));
     let d = tokio::spawn(dispatcher.run(shutdown.clone()));
@@ -168,6 +190,8 @@ pub fn spawn_server(
     let state = crate::server::ServerState {
         metrics: running.metrics.clone(),
         store: running.store.clone(),
+        reloader: running.reloader.clone(),
+        admin_token: running.admin_token.clone().map(Arc::new),
     };
     tokio::spawn(async move {
         if let Err(e) = crate::server::run(listener, state, shutdown).await {

@@ -100,6 +100,9 @@ pub struct Metrics {
     last_ok_ms: Vec<AtomicI64>,
     started_ms: i64,
     rules_loaded: AtomicBool,
+    /// The rule set in force: its fingerprint, and the series that says it.
+    rule_set: std::sync::Mutex<String>,
+    rule_set_info: Family<[(&'static str, String); 1], Gauge>,
     store_errors_in_a_row: AtomicU32,
 }
 
@@ -204,6 +207,12 @@ impl Metrics {
             "The running build (always 1), by version",
             build_info,
         );
+        let rule_set_info = Family::<[(&'static str, String); 1], Gauge>::default();
+        registry.register(
+            "rule_set",
+            "The rule set in force (always 1), by fingerprint (`cartat-rules check` prints a folder's)",
+            rule_set_info.clone(),
+        );
         // Every series with a fixed label set exists from the start, at 0: a dashboard's rate()
         // and an alert on `increase(...) > 0` see the first event, not a series appearing.
         for o in PollOutcome::ALL {
@@ -237,6 +246,8 @@ impl Metrics {
             last_ok_ms: (0..chats).map(|_| AtomicI64::new(started_ms)).collect(),
             started_ms,
             rules_loaded: AtomicBool::new(false),
+            rule_set: Default::default(),
+            rule_set_info,
             store_errors_in_a_row: AtomicU32::new(0),
         }
     }
@@ -313,6 +324,27 @@ impl Metrics {
         self.budget_wait.inc_by(d.as_secs_f64());
     }
 
+    /// The rule set now in force, by its fingerprint (`/healthz`, `cartat_rule_set`).
+    pub fn set_rule_set(&self, fingerprint: &str) {
+        let mut current = self.rule_set.lock().unwrap_or_else(|e| e.into_inner());
+        if !current.is_empty() {
+            self.rule_set_info
+                .remove(&[("fingerprint", current.clone())]);
+        }
+        self.rule_set_info
+            .get_or_create(&[("fingerprint", fingerprint.to_string())])
+            .set(1);
+        *current = fingerprint.to_string();
+    }
+
+    /// The fingerprint of the rule set in force ("" before one is set).
+    pub fn rule_set(&self) -> String {
+        self.rule_set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn set_rules_loaded(&self, loaded: bool) {
         self.rules_loaded.store(loaded, Ordering::Relaxed);
     }
@@ -342,9 +374,10 @@ impl Metrics {
             ));
         }
         Ok(format!(
-            "ok: {} chats watched, up {}s",
+            "ok: {} chats watched, up {}s, rule set {}",
             self.chats.get(),
-            (now_ms() - self.started_ms) / 1000
+            (now_ms() - self.started_ms) / 1000,
+            self.rule_set()
         ))
     }
 

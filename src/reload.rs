@@ -32,14 +32,38 @@ fn rule_count(set: &RuleSet) -> usize {
     set.rules.len() + set.chat_rules.len() + set.script_rules.len()
 }
 
-/// Recompiles and swaps; returns whether the new set is in force. A set with no rule at all
-/// replaces one with rules only when `allow_empty`.
+/// How a reload ended.
+#[derive(Debug)]
+pub(crate) enum Reloaded {
+    /// The new set is in force.
+    InForce {
+        fingerprint: String,
+        rules: usize,
+        warnings: crate::diag::Diagnostics,
+    },
+    /// The last good set stays in force: why, and the new set's problems (if it had any).
+    Refused {
+        why: String,
+        errors: crate::diag::Diagnostics,
+        in_force: String,
+    },
+}
+
+/// Recompiles and swaps. A set with no rule at all replaces one with rules only when
+/// `allow_empty`.
 pub(crate) fn reload(
     paths: &[PathBuf],
     target: &RwLock<Arc<RuleSet>>,
     allow_empty: bool,
     policy: &crate::outbox::ssrf::NetPolicy,
-) -> bool {
+) -> Reloaded {
+    let in_force = || {
+        target
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .fingerprint
+            .clone()
+    };
     match rules::load_for(paths, policy) {
         Ok((set, warnings)) => {
             for w in &warnings.0 {
@@ -52,17 +76,28 @@ pub(crate) fn reload(
                     rules_in_force = before,
                     "rules not reloaded: the new rule set is empty (were the rule files deleted?); the last set stays in force — set `rules.allow_empty: true` to allow running without rules"
                 );
-                return false;
+                return Reloaded::Refused {
+                    why: "the new rule set is empty (were the rule files deleted?); set `rules.allow_empty: true` to allow running without rules".into(),
+                    errors: crate::diag::Diagnostics::default(),
+                    in_force: in_force(),
+                };
             }
             let (n, c) = (set.rules.len(), set.chat_rules.len());
+            let rules = rule_count(&set);
+            let fingerprint = set.fingerprint.clone();
             *target.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
             tracing::info!(
                 event = "rules.reloaded",
                 message_rules = n,
                 chat_rules = c,
+                fingerprint = %fingerprint,
                 "rules reloaded"
             );
-            true
+            Reloaded::InForce {
+                fingerprint,
+                rules,
+                warnings,
+            }
         }
         Err(d) => {
             for e in &d.0 {
@@ -72,25 +107,61 @@ pub(crate) fn reload(
                 event = "rules.reload_refused",
                 "rules not reloaded: the last good set stays in force until the errors above are fixed"
             );
-            false
+            Reloaded::Refused {
+                why: "the new rule set has errors".into(),
+                errors: d,
+                in_force: in_force(),
+            }
         }
     }
 }
 
-/// Watches until `shutdown`: every `every`, and on SIGHUP. `reloaded` runs (blocking, off the
-/// runtime) after each reload that put a new set in force.
-#[allow(clippy::too_many_arguments)]
+/// Reloads the daemon's rule set — for the watcher (files changed, SIGHUP) and the admin API
+/// (`POST /api/reload`) alike, one at a time — and tells the rest of the daemon.
+pub(crate) struct Reloader {
+    pub paths: Vec<PathBuf>,
+    pub target: Arc<RwLock<Arc<RuleSet>>>,
+    pub allow_empty: bool,
+    pub policy: crate::outbox::ssrf::NetPolicy,
+    /// Runs after each reload that put a new set in force (blocking).
+    pub then: Box<dyn Fn(&RuleSet) + Send + Sync>,
+    /// One reload at a time: two at once could leave the older set in force.
+    pub one_at_a_time: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Reloads now (blocking: reads and compiles the rule files).
+    pub(crate) fn reload(&self) -> Reloaded {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+        let r = reload(&self.paths, &self.target, self.allow_empty, &self.policy);
+        if matches!(r, Reloaded::InForce { .. }) {
+            let set = self
+                .target
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            (self.then)(&set);
+        }
+        r
+    }
+}
+
+/// Watches until `shutdown`: every `every` (when `poll_files`), and on SIGHUP.
 pub(crate) async fn watch(
-    paths: Vec<PathBuf>,
-    target: Arc<RwLock<Arc<RuleSet>>>,
+    reloader: Arc<Reloader>,
     poll_files: bool,
-    allow_empty: bool,
-    policy: crate::outbox::ssrf::NetPolicy,
     every: Duration,
     shutdown: CancellationToken,
-    reloaded: impl Fn() + Clone + Send + 'static,
 ) {
-    let mut last = snapshot(&paths);
+    let mut last = snapshot(&reloader.paths);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -113,7 +184,7 @@ pub(crate) async fn watch(
         if !forced && !poll_files {
             continue;
         }
-        let now = snapshot(&paths);
+        let now = snapshot(&reloader.paths);
         if forced || now != last {
             if forced {
                 tracing::info!(
@@ -121,16 +192,8 @@ pub(crate) async fn watch(
                     "SIGHUP: reloading the rules"
                 );
             }
-            let p = paths.clone();
-            let t = target.clone();
-            let then = reloaded.clone();
-            let policy = policy.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if reload(&p, &t, allow_empty, &policy) {
-                    then();
-                }
-            })
-            .await;
+            let r = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload()).await;
             last = now;
         }
     }

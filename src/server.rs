@@ -1,8 +1,11 @@
-//! The health and metrics server: `GET /healthz` and `GET /metrics` (Prometheus text).
+//! The health and metrics server: `GET /healthz` and `GET /metrics` (Prometheus text), and
+//! the admin API when `server.admin_token` is set: `POST /api/reload` reloads the rules and
+//! answers with the new set's fingerprint, or its errors as `path:line:col` (the last good set
+//! stays in force).
 //!
 //! Bind outside, run inside: [`run`] takes an already bound listener and a shutdown token, so
-//! tests bind `127.0.0.1:0`. Owns: the two routes. Must not: expose anything secret (the
-//! token, webhook secrets, URLs, message content) or write to the store.
+//! tests bind `127.0.0.1:0`. Owns: the routes, the admin token check. Must not: expose
+//! anything secret (the token, webhook secrets, URLs, message content) or write to the store.
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -19,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct ServerState {
     pub metrics: Arc<Metrics>,
     pub store: Store,
+    pub reloader: Arc<crate::reload::Reloader>,
+    /// `server.admin_token`; None: the admin API answers 404.
+    pub admin_token: Option<Arc<secrecy::SecretString>>,
 }
 
 /// Serves until `shutdown`.
@@ -40,6 +46,7 @@ pub(crate) fn router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/reload", axum::routing::post(reload))
         .with_state(state)
 }
 
@@ -115,4 +122,115 @@ async fn metrics(State(s): State<ServerState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(headers: &axum::http::HeaderMap, token: &secrecy::SecretString) -> bool {
+    use secrecy::ExposeSecret;
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let want = token.expose_secret().as_bytes();
+    let given = given.as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+/// `POST /api/reload`: 200 with the new set's fingerprint and warnings, 422 with its errors
+/// (the set in force stays, and its fingerprint is said), 401 without the token, 404 when the
+/// admin API is off.
+async fn reload(State(s): State<ServerState>, headers: axum::http::HeaderMap) -> Response {
+    use crate::reload::Reloaded;
+    use serde_json::json;
+    let Some(token) = &s.admin_token else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"ok": false, "error": "the admin API is off: set server.admin_token"}),
+        );
+    };
+    if !authorized(&headers, token) {
+        let mut r = json_reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"ok": false, "error": "a bearer token (server.admin_token) is required"}),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let reloader = s.reloader.clone();
+    let outcome = match tokio::task::spawn_blocking(move || reloader.reload()).await {
+        Ok(o) => o,
+        Err(e) => {
+            return json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"ok": false, "error": format!("the reload failed: {e}")}),
+            );
+        }
+    };
+    let diagnostics =
+        |d: &crate::diag::Diagnostics| d.0.iter().map(|x| x.to_json()).collect::<Vec<_>>();
+    match outcome {
+        Reloaded::InForce {
+            fingerprint,
+            rules,
+            warnings,
+        } => json_reply(
+            StatusCode::OK,
+            json!({"ok": true, "fingerprint": fingerprint, "rules": rules, "warnings": diagnostics(&warnings)}),
+        ),
+        Reloaded::Refused {
+            why,
+            errors,
+            in_force,
+        } => json_reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"ok": false, "error": why, "errors": diagnostics(&errors), "fingerprint": in_force}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_authorized() {
+        let token = secrecy::SecretString::from("s3cret");
+        let with = |value: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            authorized(&h, &token)
+        };
+        assert!(with("Bearer s3cret"));
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "bearer s3cret",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer ",
+        ] {
+            assert!(!with(wrong), "{wrong}");
+        }
+        assert!(!authorized(&axum::http::HeaderMap::new(), &token));
+    }
 }

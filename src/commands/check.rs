@@ -27,10 +27,12 @@ pub(super) fn check(
         }
     }
     let mut rule_count = 0;
+    let mut fingerprint = None;
     if !rule_paths.is_empty() {
         match crate::rules::load_for(&rule_paths, &policy) {
             Ok((set, warnings)) => {
                 rule_count = set.rules.len() + set.chat_rules.len() + set.script_rules.len();
+                fingerprint = Some(set.fingerprint.clone());
                 all.extend(warnings);
             }
             Err(d) => all.extend(d),
@@ -50,7 +52,11 @@ pub(super) fn check(
         } else {
             String::new()
         };
-        format!("ok: {what}{rule_count} rule(s) valid, {warnings} warning(s)")
+        let name = fingerprint
+            .as_deref()
+            .map(|f| format!("; rule set {f}"))
+            .unwrap_or_default();
+        format!("ok: {what}{rule_count} rule(s) valid, {warnings} warning(s){name}")
     };
     match format {
         CheckFormat::Text => {
@@ -69,6 +75,7 @@ pub(super) fn check(
                 "errors": errors,
                 "warnings": warnings,
                 "rules": rule_count,
+                "fingerprint": fingerprint,
                 "diagnostics": all.0.iter().map(|d| d.to_json()).collect::<Vec<_>>(),
             });
             println!("{doc}");

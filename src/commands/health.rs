@@ -62,13 +62,13 @@ pub(super) fn health(config_path: &Path, url: Option<&str>, timeout: Duration) -
 
 /// Where to send the request: `host:port` and the path.
 #[derive(Debug, PartialEq)]
-struct Target {
-    host: String,
-    path: String,
+pub(super) struct Target {
+    pub(super) host: String,
+    pub(super) path: String,
 }
 
 /// `http://host:port/path` (https is refused: the daemon's server speaks plain HTTP).
-fn parse_url(url: &str) -> Result<Target, String> {
+pub(super) fn parse_url(url: &str) -> Result<Target, String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| {
         format!("`{url}`: only http:// urls (the daemon's server speaks plain HTTP)")
     })?;
@@ -90,7 +90,7 @@ fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+pub(super) fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => {
             SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
@@ -104,6 +104,17 @@ fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
 
 /// One GET; the status and at most 4 KiB of the body.
 fn get(target: &Target, timeout: Duration) -> Result<(u16, String), String> {
+    request(target, "GET", &[], timeout)
+        .map(|(status, body)| (status, body.chars().take(4096).collect()))
+}
+
+/// One request with an empty body; the status and at most 64 KiB of the answer's body.
+pub(super) fn request(
+    target: &Target,
+    method: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<SocketAddr> = target
         .host
@@ -120,12 +131,17 @@ fn get(target: &Target, timeout: Duration) -> Result<(u16, String), String> {
     stream
         .set_write_timeout(Some(left()))
         .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: cartat-rules-health\r\n\r\n",
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: cartat-rules\r\nContent-Length: 0\r\n",
         target.path, target.host
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -136,7 +152,7 @@ fn get(target: &Target, timeout: Duration) -> Result<(u16, String), String> {
             Ok(0) => break,
             Ok(n) => {
                 reply.extend_from_slice(&buf[..n]);
-                if reply.len() > 8192 {
+                if reply.len() > 70 * 1024 {
                     break;
                 }
             }
@@ -161,7 +177,7 @@ fn parse_reply(reply: &[u8]) -> Result<(u16, String), String> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)
         .unwrap_or_default();
-    Ok((status, body.chars().take(4096).collect()))
+    Ok((status, body.chars().take(64 * 1024).collect()))
 }
 
 #[cfg(test)]

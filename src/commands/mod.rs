@@ -7,6 +7,8 @@ mod health;
 pub(crate) mod init;
 mod mock_gateway;
 mod outbox;
+mod plan;
+mod reload;
 mod ruletest;
 mod run;
 mod schema;
@@ -169,6 +171,51 @@ pub enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Reload a running daemon's rules now (`POST /api/reload` with the admin token) and say
+    /// what it answered: the new rule set's fingerprint, or its errors as `path:line:col`
+    /// while the last good set stays in force (exit 1). The address and token come from the
+    /// config's `server.listen` and `server.admin_token`.
+    Reload {
+        /// The config file (for `server.listen` and `server.admin_token`).
+        #[arg(short, long, default_value = "cartat.yaml", env = "CARTAT_CONFIG")]
+        config: PathBuf,
+        /// Ask this url instead, e.g. http://127.0.0.1:9464/api/reload.
+        #[arg(long)]
+        url: Option<String>,
+        /// The admin token, instead of the config's.
+        #[arg(long, env = "CARTAT_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// `text`, or `json` (the daemon's answer as it came).
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextOrJson,
+        /// Give up after this long (a big rule set takes a while to compile).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Before a deploy: what the new rules change against the rules deployed now, rule by rule
+    /// (added, removed, renamed, and the paths inside a rule that changed, old → new), and
+    /// what each change does to the state kept per rule (cooldowns, threshold counts, timers).
+    /// Formatting, comments, file names and order are not changes. Exit 1 when either set
+    /// does not load.
+    Plan {
+        /// The new rules: a rule file or folder.
+        #[arg(long)]
+        rules: PathBuf,
+        /// The rules deployed now: a rule file or folder (e.g. a checkout of the deployed
+        /// commit, or the daemon's rules folder).
+        #[arg(long)]
+        against: PathBuf,
+        /// `text` for people, `json`: one document (every change, its fields and warnings).
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextOrJson,
+    },
+}
+
+/// `text` for people, `json` for machines.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TextOrJson {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -266,6 +313,18 @@ pub fn init_logging(args: &LogArgs, default: &str, format: crate::config::LogFor
 pub fn main(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Run { config } => run::run(&config, &cli.log),
+        Command::Reload {
+            config,
+            url,
+            token,
+            format,
+            timeout,
+        } => reload::reload(&config, url.as_deref(), token.as_deref(), format, timeout),
+        Command::Plan {
+            rules,
+            against,
+            format,
+        } => plan::run(&rules, &against, format),
         Command::Check {
             config,
             paths,

@@ -67,7 +67,7 @@ pub(super) fn run(path: &Path, log: &LogArgs) -> u8 {
         if let Some(listener) = crate::daemon::bind_server(listen).await {
             crate::daemon::spawn_server(listener, &running, shutdown.clone());
         }
-        crate::daemon::run(poller, dispatcher, shutdown).await;
+        crate::daemon::run(poller, dispatcher, running.reloader.clone(), shutdown).await;
         0
     })
 }

@@ -110,6 +110,8 @@ pub struct Config {
     pub mask_phone_numbers: bool,
     /// `GET /healthz` and `GET /metrics`; None: `server.listen: off`.
     pub listen: Option<std::net::SocketAddr>,
+    /// The admin API's bearer token (`server.admin_token`); None: the admin API is off.
+    pub admin_token: Option<SecretString>,
 }
 
 /// How strictly to treat `${VAR}` that is not set: `run` needs it, `check` only warns.
@@ -436,6 +438,22 @@ fn compile(
         },
     };
 
+    let admin_token = match &server.admin_token {
+        None => None,
+        Some(spec) => match interpolate(path, spec, env, lookup, &mut d) {
+            Some(t) if t.trim().is_empty() && !references_unset(&spec.value, lookup) => {
+                d.push(Diagnostic::at(
+                    path,
+                    spec.referenced,
+                    "server.admin_token is empty: set it (the admin API then asks for it), or remove the key to leave the admin API off",
+                ));
+                None
+            }
+            Some(t) if !t.is_empty() => Some(SecretString::from(t)),
+            _ => None,
+        },
+    };
+
     if d.has_errors() {
         return Err(d);
     }
@@ -478,6 +496,7 @@ fn compile(
         log_format: log.format.unwrap_or_default(),
         mask_phone_numbers: log.mask_phone_numbers.unwrap_or(true),
         listen,
+        admin_token,
     };
     Ok((config, d))
 }

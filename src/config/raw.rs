@@ -227,6 +227,11 @@ pub struct RawServer {
     /// `GET /healthz` and `GET /metrics` (default 127.0.0.1:9464); `off` disables.
     #[schemars(with = "Option<String>")]
     pub listen: Option<Spanned<String>>,
+    /// The bearer token of the admin API on the same address (`POST /api/reload`, what
+    /// `cartat-rules reload` calls); without it the admin API is off. A secret: write
+    /// `${CARTAT_ADMIN_TOKEN}`.
+    #[schemars(with = "Option<String>")]
+    pub admin_token: Option<Spanned<String>>,
 }
 
 #[cfg(test)]

@@ -210,6 +210,7 @@ pub fn compile_rules_for(
             sandbox,
             gate_of,
             ungated,
+            fingerprint: String::new(),
         },
         d,
     )

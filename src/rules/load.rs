@@ -180,6 +180,11 @@ pub fn load_for(
     policy: &crate::net::ssrf::NetPolicy,
 ) -> Result<(RuleSet, Diagnostics), Diagnostics> {
     let (files, mut d) = discover(paths)?;
+    // Named by what is written, before anything is compiled (a set that does not load has no
+    // name to report).
+    let fingerprint = super::docs::read_docs(&files)
+        .map(|docs| super::docs::fingerprint(&docs))
+        .unwrap_or_default();
     let mut parsed = Vec::new();
     let mut scripts = Vec::new();
     for f in files {
@@ -204,6 +209,7 @@ pub fn load_for(
         }
     }
     let (mut set, more) = compile_rules_for(parsed, policy);
+    set.fingerprint = fingerprint;
     d.extend(more);
     for (path, text) in scripts {
         match set.host.compile(&path, &text) {

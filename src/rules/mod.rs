@@ -9,6 +9,7 @@
 
 pub mod chat;
 mod compile;
+pub(crate) mod docs;
 mod evaluate;
 mod load;
 pub mod raw;
@@ -182,6 +183,9 @@ pub struct RuleSet {
     gate_of: Vec<u32>,
     /// Bitset of the rules that are not gated (evaluated on every message).
     ungated: Vec<u64>,
+    /// The set's name ([`docs::fingerprint`]): set by [`load`], empty for a set compiled from
+    /// parsed files.
+    pub fingerprint: String,
 }
 
 impl std::fmt::Debug for RuleSet {

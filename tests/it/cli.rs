@@ -977,3 +977,130 @@ tests:
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("  FAIL  (the file)\n        4:5: "), "{out}");
 }
+
+#[test]
+fn explain_says_how_far_a_threshold_is_and_when_a_rule_file_did_nothing() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("rules")).unwrap();
+    for f in ["urgent-threshold.yaml", "escalation.rhai"] {
+        std::fs::copy(
+            root().join("rules").join(f),
+            ws.path().join("rules").join(f),
+        )
+        .unwrap();
+    }
+    let input = ws.write(
+        "reply.json",
+        r#"{"status":"success","chat":{"id":"966500000000@c.us","name":"Noura","unreadCount":2},"messages":[
+{"id":{"fromMe":false,"id":"A","_serialized":"false_966500000000@c.us_A"},"timestamp":1700000000,"body":"urgent","type":"chat"},
+{"id":{"fromMe":false,"id":"B","_serialized":"false_966500000000@c.us_B"},"timestamp":1700000060,"body":"عاجل","type":"chat"}]}"#,
+    );
+    let (code, out, err) = explain(&input, ws.path());
+    assert_eq!(code, 0, "{err}");
+    let (first, second) = out
+        .split_once("  message false_966500000000@c.us_B")
+        .expect("two messages");
+    assert!(
+        first.contains(
+            "✗ urgent-threshold: matched, 1 of 3 within 10m so far (it fires on the 3rd)"
+        ),
+        "{out}"
+    );
+    assert!(
+        first.contains(
+            "✗ escalation: the rule file ran and asked for nothing (no webhook, no log); its state is now {\"pending\":1}"
+        ),
+        "{out}"
+    );
+    assert!(second.contains("2 of 3 within 10m so far"), "{out}");
+    assert!(second.contains("✓ escalation fired"), "{out}");
+    assert!(!second.contains("✗ escalation"), "{out}");
+}
+
+#[test]
+fn plan_shows_what_a_deploy_changes_rule_by_rule() {
+    let ws = Workspace::new();
+    for set in ["old", "new"] {
+        std::fs::create_dir_all(ws.path().join(set)).unwrap();
+        for entry in std::fs::read_dir(root().join("rules")).unwrap().flatten() {
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), ws.path().join(set).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let new = ws.path().join("new");
+    let edit = |file: &str, from: &str, to: &str| {
+        let text = std::fs::read_to_string(new.join(file)).unwrap();
+        assert!(text.contains(from), "{file}: {from}");
+        std::fs::write(new.join(file), text.replace(from, to)).unwrap();
+    };
+    edit(
+        "bot-keyword.yaml",
+        r#"any: ["بوت", "bot"]"#,
+        r#"any: ["بوت", "bot", "روبوت"]"#,
+    );
+    edit("bot-keyword.yaml", "47812/hooks/bot", "47812/hooks/bot-v2");
+    edit(
+        "urgent-group.yaml",
+        "- id: urgent-group",
+        "- id: urgent-groups",
+    );
+    edit("unanswered-sla.yaml", "cooldown: 30m", "cooldown: 1h");
+    std::fs::remove_file(new.join("unread-pileup.yaml")).unwrap();
+    // Moved to another file and reformatted: not a change.
+    let order = std::fs::read_to_string(new.join("order-number.yaml")).unwrap();
+    std::fs::remove_file(new.join("order-number.yaml")).unwrap();
+    std::fs::write(new.join("orders.yaml"), format!("# moved\n{order}\n\n")).unwrap();
+
+    let (code, out, err) = run_cli(&["plan", "--rules", "new", "--against", "old"], ws.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let expected = [
+        "plan: old (7 rules) → new (6 rules)\n",
+        "~ change   bot-keyword  (new/bot-keyword.yaml)\n",
+        "    actions[1].webhook.url: \"http://127.0.0.1:47812/hooks/bot\" → \"http://127.0.0.1:47812/hooks/bot-v2\"\n",
+        "    match.body.any: [\"بوت\",\"bot\"] → [\"بوت\",\"bot\",\"روبوت\"]\n",
+        "~ change   unanswered-sla  (new/unanswered-sla.yaml)\n",
+        "    cooldown: \"30m\" → \"1h\"\n",
+        "    ! cooldowns already running keep the end they had; the new length applies from the next firing\n",
+        "- remove   unread-pileup  (chat rule, old/unread-pileup.yaml)\n",
+        "    ! its timers (how long its condition has held), its running cooldowns stay in the state unused",
+        "~ rename   urgent-group → urgent-groups  (same conditions and actions; new/urgent-group.yaml)\n",
+        "    ! state is kept by rule id: its running cooldowns under `urgent-group` do not carry over, so `urgent-groups` starts from nothing",
+        "4 change(s), 3 rule(s) unchanged\n",
+    ];
+    let mut at = 0;
+    for line in expected {
+        let found = out[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("no {line:?} after byte {at} in\n{out}"));
+        at += found + line.len();
+    }
+
+    let (code, out, _) = run_cli(
+        &[
+            "plan",
+            "--rules",
+            "new",
+            "--against",
+            "old",
+            "--format",
+            "json",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["unchanged"], 3);
+    assert_eq!(
+        doc["changes"][0]["fields"][0]["path"],
+        "actions[1].webhook.url"
+    );
+    assert_eq!(doc["changes"][3]["change"], "rename");
+
+    // A new set that would not deploy is refused with its errors.
+    edit("bot-keyword.yaml", "words: true", "words: sure");
+    let (code, _, err) = run_cli(&["plan", "--rules", "new", "--against", "old"], ws.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("the new rules (new) do not load"), "{err}");
+    assert!(err.contains("new/bot-keyword.yaml:10:"), "{err}");
+}

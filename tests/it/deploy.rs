@@ -6,6 +6,7 @@
 use crate::support::*;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 fn deploy(file: &str) -> String {
     std::fs::read_to_string(root().join("deploy").join(file))
@@ -223,4 +224,111 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
+}
+
+/// A free port on 127.0.0.1 (bound, then let go) for a config that scripts read.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_deploy_script_checks_tests_plans_reloads_and_waits_for_the_new_set() {
+    let gw = gateway("chats:\n  - id: \"966500000001\"\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/old.yaml", &word_rule(&rx, "old", "hello"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}\n  admin_token: deploy-token");
+    let text = Config {
+        watch_rules: false,
+        server: Some(&listen),
+        ..Config::new(&gw, &["966500000001"])
+    }
+    .yaml();
+    let cfg = ws.write("cartat.yaml", &text);
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the server", Duration::from_secs(10), || {
+        daemon
+            .output()
+            .contains("health and metrics server listening")
+    })
+    .await;
+
+    // The repo's rules and their tests, deployed over the one rule running now.
+    let new = root().join("rules");
+    let (_, out, _) = run_cli(
+        &["check", "--format", "json", new.to_str().unwrap()],
+        ws.path(),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let want = doc["fingerprint"].as_str().unwrap().to_string();
+    let script = root().join("examples/deploy-rules.sh");
+    let deploy = |new: &Path| {
+        Command::new("bash")
+            .arg(&script)
+            .arg(new)
+            .arg(ws.path().join("rules"))
+            .arg(&cfg)
+            .env("YES", "1")
+            .env("CARTAT_RULES", BIN)
+            .current_dir(ws.path())
+            .output()
+            .unwrap()
+    };
+    let run = deploy(&new);
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    for step in [
+        "== check",
+        "== test",
+        "7 files, 16 tests: all passed",
+        "== plan",
+        "+ add      bot-keyword",
+        "- remove   old",
+        "== reload",
+        &format!("reloaded: rule set {want} in force (7 rule(s))"),
+    ] {
+        assert!(out.contains(step), "no {step:?} in\n{out}");
+    }
+    assert!(
+        out.ends_with(&format!("deployed: the daemon runs rule set {want}\n")),
+        "{out}"
+    );
+    let live: Vec<String> = std::fs::read_dir(ws.path().join("rules"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(live.len(), 7, "the rules, not their tests: {live:?}");
+    assert!(!live.contains(&"tests".to_string()));
+
+    // A rule test that fails stops the deploy before anything is copied.
+    let broken = ws.path().join("broken");
+    std::fs::create_dir_all(broken.join("tests")).unwrap();
+    for f in ["bot-keyword.yaml", "order-number.yaml"] {
+        std::fs::copy(new.join(f), broken.join(f)).unwrap();
+    }
+    std::fs::write(
+        broken.join("tests/t.yaml"),
+        "tests:\n  - name: wrong\n    chat: { id: \"966500000001\", messages: [ { at: 1s, body: hi } ] }\n    polls: [ { at: 2s, fires: [bot-keyword] } ]\n",
+    )
+    .unwrap();
+    let run = deploy(&broken);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(!run.status.success(), "{out}");
+    assert!(
+        out.contains("- bot-keyword    expected, did not fire"),
+        "{out}"
+    );
+    assert!(!out.contains("== copy"), "{out}");
+    let (code, health, _) = run_cli(&["health", "-c", cfg.to_str().unwrap()], ws.path());
+    assert_eq!(code, 0);
+    assert!(health.contains(&format!("rule set {want}")), "{health}");
+    assert_eq!(daemon.stop(), 0);
+    gw.shutdown().await;
 }

@@ -259,3 +259,121 @@ async fn json_logs_mask_every_phone_number_the_poller_logs() {
     assert!(out.contains("9665*****404@c.us"), "{out}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_over_the_api_reports_the_new_fingerprint_or_the_errors_and_keeps_the_last_good_set()
+{
+    let gw = gateway("chats:\n  - id: \"966500000001\"\n").await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &word_rule(&rx, "bot", "bot"));
+    let text = Config {
+        watch_rules: false,
+        server: Some("127.0.0.1:0\n  admin_token: s3cret-admin-token"),
+        ..Config::new(&gw, &["966500000001"])
+    }
+    .yaml();
+    let cfg = ws.write("cartat.yaml", &text);
+    let fingerprint_of = |dir: &str| {
+        let (code, out, _) = run_cli(&["check", "--format", "json", dir], ws.path());
+        assert_eq!(code, 0, "{out}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        doc["fingerprint"].as_str().unwrap().to_string()
+    };
+    let first = fingerprint_of("rules");
+    assert_eq!(first.len(), 16);
+
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the server", Duration::from_secs(10), || {
+        server_addr(&daemon.output()).is_some()
+    })
+    .await;
+    let log = daemon.output();
+    let addr = server_addr(&log).unwrap();
+    let (status, health) = get(&log, "/healthz").await;
+    assert_eq!(status, 200);
+    assert!(health.contains(&format!("rule set {first}")), "{health}");
+    let series = |fp: &str| format!("cartat_rule_set{{fingerprint=\"{fp}\"}}");
+    assert_eq!(metric(&scrape(&log).await, &series(&first)), Some(1.0));
+
+    // Without the token: refused, nothing reloaded.
+    let url = format!("http://{addr}/api/reload");
+    let (code, _, err) = run_cli(
+        &[
+            "reload",
+            "-c",
+            "cartat.yaml",
+            "--url",
+            &url,
+            "--token",
+            "wrong",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("the daemon answered 401"), "{err}");
+
+    // A second rule: reloaded, and the answer names the set check names.
+    ws.write("rules/order.yaml", &word_rule(&rx, "order", "order"));
+    let second = fingerprint_of("rules");
+    assert_ne!(second, first);
+    let (code, out, err) = run_cli(&["reload", "-c", "cartat.yaml", "--url", &url], ws.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.ends_with(&format!(
+            "reloaded: rule set {second} in force (2 rule(s))\n"
+        )),
+        "{out}"
+    );
+    // The new set's warnings come back with it, as `check` prints them.
+    assert!(
+        out.contains("/rules/order.yaml:3:30: warning: rule `order` sends a webhook"),
+        "{out}"
+    );
+    let (_, health) = get(&log, "/healthz").await;
+    assert!(health.contains(&format!("rule set {second}")), "{health}");
+    let scraped = scrape(&log).await;
+    assert_eq!(metric(&scraped, &series(&second)), Some(1.0));
+    assert_eq!(metric(&scraped, &series(&first)), None, "{scraped}");
+
+    // A bad set: its errors with path:line:col, and the last good set stays in force.
+    ws.write(
+        "rules/bad.yaml",
+        "id: bad\nmatch:\n  from_me: nope\nactions: [ { log: { message: x } } ]\n",
+    );
+    let (code, out, _) = run_cli(&["reload", "-c", "cartat.yaml", "--url", &url], ws.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("rules/bad.yaml:3:12: error: invalid boolean"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(&format!(
+            "not reloaded: the new rule set has errors; rule set {second} stays in force\n"
+        )),
+        "{out}"
+    );
+    let (code, out, _) = run_cli(
+        &[
+            "reload",
+            "-c",
+            "cartat.yaml",
+            "--url",
+            &url,
+            "--format",
+            "json",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 1);
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["ok"], false);
+    assert_eq!(answer["fingerprint"], second.as_str());
+    assert_eq!(answer["errors"][0]["line"], 3);
+    let (_, health) = get(&log, "/healthz").await;
+    assert!(health.contains(&format!("rule set {second}")), "{health}");
+    // The token never reaches the log.
+    assert!(!daemon.output().contains("s3cret-admin-token"));
+    assert_eq!(daemon.stop(), 0);
+    gw.shutdown().await;
+}
