@@ -76,6 +76,12 @@ pub fn prepare(
     dispatcher.metrics = metrics.clone();
     let stats = Arc::new(Stats::default());
     let admin_token = config.admin_token.clone();
+    // Config reloads reach the poller's loop through this channel.
+    let (updates, chat_updates) = tokio::sync::mpsc::unbounded_channel();
+    let config_source = config
+        .path
+        .is_file()
+        .then(|| crate::reload::ConfigSource::new(&config, updates));
     let poller = Poller {
         config: Arc::new(config),
         gateway,
@@ -88,6 +94,7 @@ pub fn prepare(
         skipped_seen: Default::default(),
         snapshots: Default::default(),
         started_s: jiff::Timestamp::now().as_second(),
+        chat_updates: std::sync::Mutex::new(Some(chat_updates)),
     };
     let dispatcher = Arc::new(dispatcher);
     let reloader = Arc::new(crate::reload::Reloader {
@@ -105,6 +112,7 @@ pub fn prepare(
             }
         }),
         one_at_a_time: Default::default(),
+        config: config_source,
     });
     Ok((
         Arc::new(poller),

@@ -125,6 +125,16 @@ pub(crate) fn chat_first_seen(chat: &str, history: usize) {
     tracing::info!(event = "chat.first_seen", chat = %mask(chat), history, "first sight of the chat: existing messages recorded as history");
 }
 
+/// A config reload added a chat: polled from now on.
+pub(crate) fn chat_watched(chat: &str, interval: std::time::Duration) {
+    tracing::info!(event = "chat.watched", chat = %mask(chat), interval = ?interval, "config reload: now watching the chat");
+}
+
+/// A config reload removed a chat: no longer polled (its state stays in the store).
+pub(crate) fn chat_unwatched(chat: &str) {
+    tracing::info!(event = "chat.unwatched", chat = %mask(chat), "config reload: no longer watching the chat");
+}
+
 pub(crate) fn rule_fired(rule: &str, chat: &str, message: &str) {
     tracing::info!(event = "rule.fired", rule, chat = %mask(chat), message_id = %mask(message), "rule fired");
 }

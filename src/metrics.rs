@@ -96,8 +96,9 @@ pub struct Metrics {
     dead_letters: Gauge,
     max_lag: FloatGauge,
     chats: Gauge,
-    /// Unix ms of each chat's last successful poll (index = position in `chats:`).
-    last_ok_ms: Vec<AtomicI64>,
+    /// Unix ms of each chat's last successful poll (index = the poller's chat index; a chat a
+    /// reload removed holds `i64::MAX`: never late).
+    last_ok_ms: std::sync::RwLock<Vec<AtomicI64>>,
     started_ms: i64,
     rules_loaded: AtomicBool,
     /// The rule set in force: its fingerprint, and the series that says it.
@@ -243,7 +244,9 @@ impl Metrics {
             dead_letters,
             max_lag,
             chats: chats_gauge,
-            last_ok_ms: (0..chats).map(|_| AtomicI64::new(started_ms)).collect(),
+            last_ok_ms: std::sync::RwLock::new(
+                (0..chats).map(|_| AtomicI64::new(started_ms)).collect(),
+            ),
             started_ms,
             rules_loaded: AtomicBool::new(false),
             rule_set: Default::default(),
@@ -260,7 +263,8 @@ impl Metrics {
         self.poll_duration.observe(seconds);
         match outcome {
             PollOutcome::Ok => {
-                if let Some(t) = self.last_ok_ms.get(index) {
+                let last_ok = self.last_ok_ms.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(t) = last_ok.get(index) {
                     t.store(now_ms(), Ordering::Relaxed);
                 }
                 self.store_errors_in_a_row.store(0, Ordering::Relaxed);
@@ -349,11 +353,35 @@ impl Metrics {
         self.rules_loaded.store(loaded, Ordering::Relaxed);
     }
 
+    /// A chat a config reload added (index = the next one): late from now if never polled.
+    pub fn add_chat(&self) {
+        self.last_ok_ms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(AtomicI64::new(now_ms()));
+        self.chats.inc();
+    }
+
+    /// A chat a config reload removed: no longer counted, never late.
+    pub fn retire_chat(&self, index: usize) {
+        if let Some(t) = self
+            .last_ok_ms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(index)
+            && t.swap(i64::MAX, Ordering::Relaxed) != i64::MAX
+        {
+            self.chats.dec();
+        }
+    }
+
     /// The largest time since a chat's last successful poll (since start for one never polled).
     pub fn max_lag_seconds(&self) -> f64 {
         let now = now_ms();
         let oldest = self
             .last_ok_ms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|t| t.load(Ordering::Relaxed))
             .min()

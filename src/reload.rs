@@ -1,12 +1,18 @@
-//! Hot reload of the rule set: a change under `rules.paths` (checked every second) or a
-//! SIGHUP recompiles every rule file and swaps the whole set atomically. A bad edit keeps
-//! the last good set and logs every problem as `path:line:col`.
+//! Hot reload of the rule set and the config: a change under `rules.paths` or of the config
+//! file (checked every second), a SIGHUP or `POST /api/reload` recompiles every rule file and
+//! swaps the whole set atomically, and applies what the config can change live (the chats and
+//! their intervals, the API rate limit). A bad edit of either keeps the last good state and
+//! says every problem as `path:line:col`; a config change that only a restart applies
+//! (`api.base_url`, `state.path`, …) is named, not silently ignored.
 //!
 //! Polling modification times instead of inotify: no dependency, and it works on the
 //! network and bind-mounted folders where rule repos are often deployed.
 
+use crate::config::{Config, EnvMode, WatchedChat};
+use crate::engine::poller::ChatsUpdate;
+use crate::events;
 use crate::rules::{self, RuleSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -32,14 +38,27 @@ fn rule_count(set: &RuleSet) -> usize {
     set.rules.len() + set.chat_rules.len() + set.script_rules.len()
 }
 
+/// What a reload changed in the config.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ConfigChanges {
+    pub chats_added: Vec<String>,
+    pub chats_removed: Vec<String>,
+    /// Chats still watched whose interval changed.
+    pub intervals_changed: Vec<String>,
+    pub rate_limit_changed: bool,
+    /// Settings that changed in the file but apply only at the next start.
+    pub restart_needed: Vec<String>,
+}
+
 /// How a reload ended.
 #[derive(Debug)]
 pub(crate) enum Reloaded {
-    /// The new set is in force.
+    /// The new set is in force (and what the config could change live, changed).
     InForce {
         fingerprint: String,
         rules: usize,
         warnings: crate::diag::Diagnostics,
+        config: ConfigChanges,
     },
     /// The last good set stays in force: why, and the new set's problems (if it had any).
     Refused {
@@ -97,6 +116,7 @@ pub(crate) fn reload(
                 fingerprint,
                 rules,
                 warnings,
+                config: ConfigChanges::default(),
             }
         }
         Err(d) => {
@@ -116,8 +136,145 @@ pub(crate) fn reload(
     }
 }
 
-/// Reloads the daemon's rule set — for the watcher (files changed, SIGHUP) and the admin API
-/// (`POST /api/reload`) alike, one at a time — and tells the rest of the daemon.
+/// The config file as a reload sees it: what was last applied, and where the poller learns
+/// of changes.
+pub(crate) struct ConfigSource {
+    pub path: PathBuf,
+    /// The file as written when last applied (formatting and comments gone), the chats and the
+    /// rate limit (per second, burst) in force.
+    pub applied: std::sync::Mutex<(serde_json::Value, Vec<WatchedChat>, u32, u32)>,
+    pub updates: tokio::sync::mpsc::UnboundedSender<ChatsUpdate>,
+}
+
+/// Settings a reload applies live; every other change waits for a restart.
+const LIVE: &[&str] = &["chats", "api.rate_limit", "poll.interval"];
+
+/// The config file read and checked, not applied yet.
+struct Staged {
+    config: Config,
+    written: serde_json::Value,
+}
+
+impl ConfigSource {
+    /// Starts from the config the daemon runs with.
+    pub(crate) fn new(
+        config: &Config,
+        updates: tokio::sync::mpsc::UnboundedSender<ChatsUpdate>,
+    ) -> ConfigSource {
+        ConfigSource {
+            path: config.path.clone(),
+            applied: std::sync::Mutex::new((
+                written(&config.path),
+                config.chats.clone(),
+                config.api.rate_per_second,
+                config.api.burst,
+            )),
+            updates,
+        }
+    }
+
+    /// Reads and checks the file as `run` does (every `${VAR}` must be set).
+    fn stage(&self) -> Result<Staged, crate::diag::Diagnostics> {
+        let (config, _) = crate::config::load(&self.path, EnvMode::Required)?;
+        Ok(Staged {
+            written: written(&self.path),
+            config,
+        })
+    }
+
+    /// Applies what can change live and names what cannot.
+    fn apply(&self, staged: Staged) -> ConfigChanges {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let (old_written, old_chats, old_rate, old_burst) = &*applied;
+        let new = &staged.config;
+        let strip = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            for path in LIVE {
+                let (head, tail) = path.split_once('.').unwrap_or((path, ""));
+                match (v.get_mut(head), tail) {
+                    (Some(serde_json::Value::Object(m)), t) if !t.is_empty() => {
+                        m.remove(t);
+                    }
+                    _ if tail.is_empty() => {
+                        if let serde_json::Value::Object(m) = &mut v {
+                            m.remove(head);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            v
+        };
+        let mut diffs = Vec::new();
+        crate::rules::docs::differences(
+            "",
+            Some(&strip(old_written)),
+            Some(&strip(&staged.written)),
+            &mut diffs,
+        );
+        let interval_of = |chats: &[WatchedChat], id: &str| {
+            chats
+                .iter()
+                .find(|c| c.id.as_str() == id)
+                .map(|c| c.interval)
+        };
+        let mut changes = ConfigChanges {
+            restart_needed: diffs.into_iter().map(|(path, _, _)| path).collect(),
+            rate_limit_changed: (new.api.rate_per_second, new.api.burst) != (*old_rate, *old_burst),
+            ..ConfigChanges::default()
+        };
+        for c in &new.chats {
+            match interval_of(old_chats, c.id.as_str()) {
+                None => changes.chats_added.push(events::mask(c.id.as_str())),
+                Some(i) if i != c.interval => {
+                    changes.intervals_changed.push(events::mask(c.id.as_str()))
+                }
+                Some(_) => {}
+            }
+        }
+        for c in old_chats {
+            if interval_of(&new.chats, c.id.as_str()).is_none() {
+                changes.chats_removed.push(events::mask(c.id.as_str()));
+            }
+        }
+        let live_change = changes.rate_limit_changed
+            || !changes.chats_added.is_empty()
+            || !changes.chats_removed.is_empty()
+            || !changes.intervals_changed.is_empty();
+        if live_change {
+            let _ = self.updates.send(ChatsUpdate {
+                chats: new.chats.clone(),
+                per_second: new.api.rate_per_second,
+                burst: new.api.burst,
+            });
+        }
+        if !changes.restart_needed.is_empty() {
+            tracing::warn!(
+                event = "config.restart_needed",
+                settings = %changes.restart_needed.join(", "),
+                "config reload: these settings apply only at the next start"
+            );
+        }
+        *applied = (
+            staged.written,
+            new.chats.clone(),
+            new.api.rate_per_second,
+            new.api.burst,
+        );
+        changes
+    }
+}
+
+/// The config file as written (JSON; `null` when it cannot be read or parsed).
+fn written(path: &Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_saphyr::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Reloads the daemon's rule set and config — for the watcher (files changed, SIGHUP) and the
+/// admin API (`POST /api/reload`) alike, one at a time — and tells the rest of the daemon.
 pub(crate) struct Reloader {
     pub paths: Vec<PathBuf>,
     pub target: Arc<RwLock<Arc<RuleSet>>>,
@@ -127,6 +284,8 @@ pub(crate) struct Reloader {
     pub then: Box<dyn Fn(&RuleSet) + Send + Sync>,
     /// One reload at a time: two at once could leave the older set in force.
     pub one_at_a_time: std::sync::Mutex<()>,
+    /// The config file; None when the daemon runs without one on disk (the demo).
+    pub config: Option<ConfigSource>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -141,16 +300,52 @@ impl Reloader {
     /// Reloads now (blocking: reads and compiles the rule files).
     pub(crate) fn reload(&self) -> Reloaded {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
-        let r = reload(&self.paths, &self.target, self.allow_empty, &self.policy);
-        if matches!(r, Reloaded::InForce { .. }) {
+        // The config is read and checked first: a bad one changes nothing, rules included.
+        let staged = match self.config.as_ref().map(ConfigSource::stage) {
+            Some(Err(errors)) => {
+                for e in &errors.0 {
+                    tracing::error!(event = "config.error", "{e}");
+                }
+                tracing::error!(
+                    event = "config.reload_refused",
+                    "config not reloaded (nor the rules): the running config stays until the errors above are fixed"
+                );
+                return Reloaded::Refused {
+                    why: "the config has errors".into(),
+                    errors,
+                    in_force: self
+                        .target
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .fingerprint
+                        .clone(),
+                };
+            }
+            Some(Ok(staged)) => Some(staged),
+            None => None,
+        };
+        let mut r = reload(&self.paths, &self.target, self.allow_empty, &self.policy);
+        if let Reloaded::InForce { config, .. } = &mut r {
             let set = self
                 .target
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             (self.then)(&set);
+            if let (Some(source), Some(staged)) = (&self.config, staged) {
+                *config = source.apply(staged);
+            }
         }
         r
+    }
+
+    /// The files a reload reads: the rule files and the config.
+    fn watched(&self) -> Snapshot {
+        let mut files = snapshot(&self.paths);
+        if let Some(c) = &self.config {
+            files.extend(snapshot(std::slice::from_ref(&c.path)));
+        }
+        files
     }
 }
 
@@ -161,7 +356,7 @@ pub(crate) async fn watch(
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut last = snapshot(&reloader.paths);
+    let mut last = reloader.watched();
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -184,12 +379,12 @@ pub(crate) async fn watch(
         if !forced && !poll_files {
             continue;
         }
-        let now = snapshot(&reloader.paths);
+        let now = reloader.watched();
         if forced || now != last {
             if forced {
                 tracing::info!(
                     event = "rules.reload_requested",
-                    "SIGHUP: reloading the rules"
+                    "SIGHUP: reloading the rules and the config"
                 );
             }
             let r = reloader.clone();

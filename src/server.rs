@@ -193,9 +193,22 @@ async fn reload(State(s): State<ServerState>, headers: axum::http::HeaderMap) ->
             fingerprint,
             rules,
             warnings,
+            config,
         } => json_reply(
             StatusCode::OK,
-            json!({"ok": true, "fingerprint": fingerprint, "rules": rules, "warnings": diagnostics(&warnings)}),
+            json!({
+                "ok": true,
+                "fingerprint": fingerprint,
+                "rules": rules,
+                "warnings": diagnostics(&warnings),
+                "config": {
+                    "chats_added": config.chats_added,
+                    "chats_removed": config.chats_removed,
+                    "intervals_changed": config.intervals_changed,
+                    "rate_limit_changed": config.rate_limit_changed,
+                    "restart_needed": config.restart_needed,
+                },
+            }),
         ),
         Reloaded::Refused {
             why,

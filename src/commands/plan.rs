@@ -15,7 +15,7 @@
 //! Owns: the rule-by-rule diff and its report. Must not: write anything or reach the network.
 
 use super::TextOrJson;
-use crate::rules::docs::{Body, RuleDoc, read_docs};
+use crate::rules::docs::{Body, RuleDoc, differences, read_docs};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -90,38 +90,6 @@ struct Plan {
     unchanged: usize,
     old_count: usize,
     new_count: usize,
-}
-
-/// The paths where `old` and `new` differ, with both values. Objects are compared key by key,
-/// arrays of the same length element by element; anything else as a whole.
-fn differences(
-    path: &str,
-    old: Option<&Value>,
-    new: Option<&Value>,
-    out: &mut Vec<(String, Option<Value>, Option<Value>)>,
-) {
-    match (old, new) {
-        (Some(a), Some(b)) if a == b => {}
-        (Some(Value::Object(a)), Some(Value::Object(b))) => {
-            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            for k in keys {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                differences(&p, a.get(k), b.get(k), out);
-            }
-        }
-        (Some(Value::Array(a)), Some(Value::Array(b)))
-            if a.len() == b.len() && a.iter().chain(b).all(Value::is_object) =>
-        {
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                differences(&format!("{path}[{i}]"), Some(x), Some(y), out);
-            }
-        }
-        (a, b) => out.push((path.to_string(), a.cloned(), b.cloned())),
-    }
 }
 
 /// The plan from `old` to `new` (each a rule set's rules, ids unique within a set).

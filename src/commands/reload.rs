@@ -1,6 +1,7 @@
-//! `cartat-rules reload`: asks a running daemon to reload its rules now (`POST /api/reload`
-//! with the admin token) and says what it answered: the fingerprint of the set in force, or
-//! the new set's errors as `path:line:col` while the last good set stays in force. Exit 0
+//! `cartat-rules reload`: asks a running daemon to reload its rules and config now
+//! (`POST /api/reload` with the admin token) and says what it answered: the fingerprint of the
+//! set in force and what the config changed (chats, rate limit, and what waits for a restart),
+//! or the errors as `path:line:col` while the last good state stays in force. Exit 0
 //! when the new set is in force, 1 otherwise — so a deploy script can stop on it.
 //!
 //! The address and the token come from the config (`server.listen`, `server.admin_token`)
@@ -102,6 +103,35 @@ pub(super) fn reload(
         200 => {
             for w in answer["warnings"].as_array().into_iter().flatten() {
                 println!("{}", diagnostic_line(w));
+            }
+            let config = &answer["config"];
+            let list = |key: &str| -> Vec<String> {
+                config[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            };
+            for (key, what) in [
+                ("chats_added", "config: now watching"),
+                ("chats_removed", "config: no longer watching"),
+                ("intervals_changed", "config: new poll interval for"),
+            ] {
+                let ids = list(key);
+                if !ids.is_empty() {
+                    println!("{what} {}", ids.join(", "));
+                }
+            }
+            if config["rate_limit_changed"] == true {
+                println!("config: the API rate limit changed");
+            }
+            let restart = list("restart_needed");
+            if !restart.is_empty() {
+                println!(
+                    "config: changed, but applied only at the next start: {}",
+                    restart.join(", ")
+                );
             }
             println!(
                 "reloaded: rule set {fingerprint} in force ({} rule(s))",

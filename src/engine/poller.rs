@@ -73,6 +73,18 @@ pub struct Poller {
     /// When this daemon started (unix seconds): with `skip_history`, a chat first polled
     /// later still gets what arrived since then.
     pub started_s: i64,
+    /// What config reloads change in the polling ([`ChatsUpdate`]); taken by [`Poller::run`].
+    pub chat_updates: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ChatsUpdate>>>,
+}
+
+/// What a config reload changes in the polling: the chats to watch (each with its interval)
+/// and the API rate budget. Chats not in the list stop being polled (a poll in flight
+/// finishes); chats new to it are polled at once, then on their interval.
+#[derive(Clone, Debug)]
+pub struct ChatsUpdate {
+    pub chats: Vec<WatchedChat>,
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// What one poll found, for the scheduler.
@@ -91,7 +103,13 @@ struct Done {
 impl Poller {
     /// Polls until `shutdown`; in-flight polls finish (each bounded by the API timeout).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let chats = self.config.chats.clone();
+        let mut chats = self.config.chats.clone();
+        let mut per_second = self.config.api.rate_per_second;
+        let mut updates = self
+            .chat_updates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let intervals: Vec<Duration> = chats.iter().map(|c| c.interval).collect();
         let mut schedule = Schedule::new(
             &intervals,
@@ -107,22 +125,23 @@ impl Poller {
         let mut tick = tokio::time::interval(RECOMPUTE_EVERY);
         let mut last_recompute = Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let finish = |schedule: &mut Schedule, done: Done, failures: &mut [u32]| {
-            failures[done.index] = match done.how {
-                Finished::Failed { .. } | Finished::Unauthorized { .. } => {
-                    failures[done.index].saturating_add(1)
-                }
-                Finished::Ok { .. } => 0,
-                _ => failures[done.index],
-            };
-            if let Some(verdict) = schedule.finished(done.index, Instant::now(), done.how) {
-                let retry_in = match done.how {
-                    Finished::Unauthorized { retry_in } => retry_in,
-                    _ => Duration::ZERO,
+        let finish =
+            |schedule: &mut Schedule, done: Done, failures: &mut [u32], chats: &[WatchedChat]| {
+                failures[done.index] = match done.how {
+                    Finished::Failed { .. } | Finished::Unauthorized { .. } => {
+                        failures[done.index].saturating_add(1)
+                    }
+                    Finished::Ok { .. } => 0,
+                    _ => failures[done.index],
                 };
-                events::unauthorized(chats[done.index].id.as_str(), verdict, retry_in);
-            }
-        };
+                if let Some(verdict) = schedule.finished(done.index, Instant::now(), done.how) {
+                    let retry_in = match done.how {
+                        Finished::Unauthorized { retry_in } => retry_in,
+                        _ => Duration::ZERO,
+                    };
+                    events::unauthorized(chats[done.index].id.as_str(), verdict, retry_in);
+                }
+            };
         loop {
             let next_due = schedule.next_at();
             // A chat already due goes without a trip through the timer (which rounds up to its
@@ -141,7 +160,11 @@ impl Poller {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     Some(done) = done_rx.recv() => {
-                        finish(&mut schedule, done, &mut failures);
+                        finish(&mut schedule, done, &mut failures, &chats);
+                        continue;
+                    }
+                    Some(update) = recv_opt(&mut updates) => {
+                        self.apply_update(update, &mut schedule, &mut chats, &mut failures, &mut per_second);
                         continue;
                     }
                     _ = tick.tick() => {
@@ -163,7 +186,7 @@ impl Poller {
             };
             self.metrics.budget_waited(waited);
             while let Ok(done) = done_rx.try_recv() {
-                finish(&mut schedule, done, &mut failures);
+                finish(&mut schedule, done, &mut failures, &chats);
             }
             let Some(index) = schedule.pop_due(Instant::now()) else {
                 continue;
@@ -180,6 +203,59 @@ impl Poller {
         }
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// Applies a config reload's chats and rate: removed chats are retired (never due again),
+    /// new ones added (due at once), changed intervals and the budget take effect now.
+    fn apply_update(
+        &self,
+        update: ChatsUpdate,
+        schedule: &mut Schedule,
+        chats: &mut Vec<WatchedChat>,
+        failures: &mut Vec<u32>,
+        per_second: &mut u32,
+    ) {
+        let now = Instant::now();
+        *per_second = update.per_second;
+        self.gateway
+            .budget
+            .set_rate(update.per_second, update.burst);
+        schedule.set_rate(update.per_second);
+        let wanted: HashMap<&str, &WatchedChat> =
+            update.chats.iter().map(|c| (c.id.as_str(), c)).collect();
+        let mut kept = HashSet::new();
+        for (i, chat) in chats.iter_mut().enumerate() {
+            if !schedule.is_live(i) {
+                continue;
+            }
+            match wanted.get(chat.id.as_str()) {
+                Some(w) => {
+                    schedule.set_interval(i, w.interval, update.per_second, now);
+                    *chat = (*w).clone();
+                    kept.insert(chat.id.as_str().to_string());
+                }
+                None => {
+                    schedule.retire(i, update.per_second);
+                    self.metrics.retire_chat(i);
+                    self.snapshots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(chat.id.as_str());
+                    events::chat_unwatched(chat.id.as_str());
+                }
+            }
+        }
+        for chat in &update.chats {
+            if kept.contains(chat.id.as_str()) {
+                continue;
+            }
+            let index = schedule.add(chat.interval, update.per_second, now);
+            debug_assert_eq!(index, chats.len());
+            chats.push(chat.clone());
+            failures.push(0);
+            self.metrics.add_chat();
+            events::chat_watched(chat.id.as_str(), chat.interval);
+        }
     }
 
     /// Polls one chat once (with gap recovery; the first request's budget is already taken);
@@ -427,6 +503,14 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
     let capped = base.min(300.0);
     let jitter = 0.8 + rand::random::<f64>() * 0.4;
     Duration::from_secs_f64(capped * jitter)
+}
+
+/// The next update from `rx`; pending forever without one.
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

@@ -76,6 +76,9 @@ struct Slot {
     polls: u64,
     /// A moment the chat's periodic (hard) polls are aligned to.
     phase: Option<Instant>,
+    /// No longer watched (a config reload removed it): never due again. Its index is not
+    /// reused, so a poll of it still in flight finishes into its own slot.
+    retired: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -139,6 +142,7 @@ impl Schedule {
                     soft_period: None,
                     polls: 0,
                     phase: None,
+                    retired: false,
                 })
                 .collect(),
             hard: Heap::new(),
@@ -153,6 +157,83 @@ impl Schedule {
             s.hard.push(Reverse((now, i, 0)));
         }
         s
+    }
+
+    /// Watches one more chat (a config reload added it), due at `now`; returns its index.
+    pub fn add(&mut self, interval: Duration, per_second: u32, now: Instant) -> usize {
+        let index = self.chats.len();
+        self.chats.push(Slot {
+            interval,
+            last_start: None,
+            in_flight: false,
+            failed: false,
+            hard_gen: 0,
+            soft_gen: 0,
+            score: 0.0,
+            score_at: now,
+            soft_period: None,
+            polls: 0,
+            phase: None,
+            retired: false,
+        });
+        self.hard.push(Reverse((now, index, 0)));
+        self.set_rate(per_second);
+        index
+    }
+
+    /// Stops watching chat `index` (a config reload removed it): it is never due again.
+    pub fn retire(&mut self, index: usize, per_second: u32) {
+        if let Some(c) = self.chats.get_mut(index) {
+            c.retired = true;
+            c.hard_gen += 1;
+            c.soft_gen += 1;
+            c.soft_period = None;
+        }
+        self.set_rate(per_second);
+    }
+
+    /// A new interval for chat `index`, from its next poll on (its phase is chosen anew).
+    pub fn set_interval(
+        &mut self,
+        index: usize,
+        interval: Duration,
+        per_second: u32,
+        now: Instant,
+    ) {
+        let Some(c) = self.chats.get_mut(index) else {
+            return;
+        };
+        if c.retired || c.interval == interval {
+            return;
+        }
+        c.interval = interval;
+        c.phase = None;
+        c.hard_gen += 1;
+        if !c.in_flight {
+            let at = c
+                .last_start
+                .map_or(now, |s| s + interval - slack(interval))
+                .max(now);
+            self.hard.push(Reverse((at, index, c.hard_gen)));
+        }
+        self.set_rate(per_second);
+    }
+
+    /// The budget is `per_second` polls a second (at start, or after a config reload): the
+    /// share left for soft polls is what the chats' intervals do not take.
+    pub fn set_rate(&mut self, per_second: u32) {
+        let base: f64 = self
+            .chats
+            .iter()
+            .filter(|c| !c.retired)
+            .map(|c| 1.0 / c.interval.as_secs_f64().max(0.001))
+            .sum();
+        self.spare_per_second = f64::from(per_second) * PLANNED_SHARE - base;
+    }
+
+    /// Whether chat `index` is watched (not retired by a config reload).
+    pub fn is_live(&self, index: usize) -> bool {
+        self.chats.get(index).is_some_and(|c| !c.retired)
     }
 
     /// Aligns the chats' periodic polls to a grid of step `window`: those whose phase falls in
@@ -172,7 +253,7 @@ impl Schedule {
             } else {
                 g == c.hard_gen
             };
-            if gen_ok && !c.in_flight {
+            if gen_ok && !c.in_flight && !c.retired {
                 return Some((at, i));
             }
             heap.pop();
@@ -231,7 +312,7 @@ impl Schedule {
         let mut best: Option<(Instant, usize)> = None;
         for &Reverse((at, i, g)) in self.hard.iter() {
             let c = &self.chats[i];
-            if g != c.hard_gen || c.in_flight || (i == avoid && self.chats.len() > 1) {
+            if g != c.hard_gen || c.in_flight || c.retired || (i == avoid && self.chats.len() > 1) {
                 continue;
             }
             if best.is_none_or(|b| (at, i) < b) {
@@ -250,6 +331,9 @@ impl Schedule {
         };
         let c = self.chats.get_mut(index)?;
         c.in_flight = false;
+        if c.retired {
+            return None;
+        }
         c.polls += 1;
         c.hard_gen += 1;
         c.soft_gen += 1;
@@ -353,7 +437,7 @@ impl Schedule {
             .iter()
             .map(|c| {
                 let s = decayed(c.score, c.score_at, now);
-                (!c.failed && s >= ACTIVE_MIN_SCORE)
+                (!c.failed && !c.retired && s >= ACTIVE_MIN_SCORE)
                     .then(|| (s / ACTIVITY_TAU.as_secs_f64()).sqrt())
             })
             .collect();
@@ -462,6 +546,47 @@ mod tests {
             now += step;
         }
         starts
+    }
+
+    #[test]
+    fn chats_a_reload_adds_removes_or_gives_a_new_interval_are_polled_accordingly() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&[S, S], SchedulerKind::RoundRobin, 10, t0);
+        let mut polled = vec![0u32; 3];
+        let mut now = t0;
+        let run =
+            |s: &mut Schedule, until: Instant, polled: &mut Vec<u32>, now: &mut Instant| {
+                while *now < until {
+                    while let Some(i) = s.pop_due(*now) {
+                        polled[i] += 1;
+                        s.finished(i, *now, Finished::Ok { inbound: 0 });
+                    }
+                    *now += Duration::from_millis(10);
+                }
+            };
+        run(&mut s, t0 + S * 3, &mut polled, &mut now);
+        assert!(
+            (3..=4).contains(&polled[0]) && polled[0] == polled[1],
+            "{polled:?}"
+        );
+        // Chat 2 comes, chat 0 goes, chat 1 is polled every 500 ms from now.
+        assert_eq!(s.add(S, 10, now), 2);
+        s.retire(0, 10);
+        s.set_interval(1, S / 2, 10, now);
+        assert!(!s.is_live(0) && s.is_live(1) && s.is_live(2));
+        let before = polled.clone();
+        run(&mut s, now + S * 4, &mut polled, &mut now);
+        assert_eq!(
+            polled[0], before[0],
+            "a retired chat is not polled: {polled:?}"
+        );
+        assert!((7..=10).contains(&(polled[1] - before[1])), "{polled:?}");
+        assert!((4..=5).contains(&(polled[2] - before[2])), "{polled:?}");
+        // A poll of a retired chat that was in flight finishes without being scheduled again.
+        assert_eq!(s.finished(0, now, Finished::Ok { inbound: 0 }), None);
+        assert!(s.next_at().is_some());
+        run(&mut s, now + S * 2, &mut polled, &mut now);
+        assert_eq!(polled[0], before[0]);
     }
 
     fn max_gap(starts: &[Instant]) -> Duration {

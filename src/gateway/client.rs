@@ -94,6 +94,18 @@ impl BudgetState {
         t
     }
 
+    /// A new rate and burst from now on (a config reload). What was reserved keeps counting:
+    /// a lower rate never lets the window it already holds take more than the new rate.
+    pub fn set_rate(&mut self, per_second: u32, burst: u32) {
+        let fresh = BudgetState::new(per_second, burst);
+        self.per_second = fresh.per_second;
+        self.emission = fresh.emission;
+        self.tolerance = fresh.tolerance;
+        while self.recent.len() > self.per_second {
+            self.recent.pop_front();
+        }
+    }
+
     /// Pauses every caller until `until` (never shortens an existing pause).
     pub fn pause_until(&mut self, until: Instant) {
         if self.paused_until.is_none_or(|old| old < until) {
@@ -116,6 +128,11 @@ impl RateBudget {
 
     fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See [`BudgetState::set_rate`].
+    pub fn set_rate(&self, per_second: u32, burst: u32) {
+        self.state().set_rate(per_second, burst);
     }
 
     /// The pause in force now, if any.
@@ -422,6 +439,30 @@ mod tests {
             );
         }
         assert!(max_in_window(&times, Duration::from_secs(1)) <= 10);
+    }
+
+    #[test]
+    fn a_new_rate_holds_from_the_next_reservation_and_counts_what_went_before() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new(10, 10);
+        let mut times: Vec<Instant> = (0..10).map(|_| b.reserve(t0)).collect();
+        assert!(times.iter().all(|&t| t == t0));
+        // Lowered to 2 a second: the window the first 10 hold is full for the new rate too.
+        b.set_rate(2, 2);
+        let later: Vec<Instant> = (0..10).map(|_| b.reserve(t0)).collect();
+        assert!(
+            later[0] >= t0 + Duration::from_secs(1),
+            "{:?}",
+            later[0] - t0
+        );
+        assert!(max_in_window(&later, Duration::from_secs(1)) <= 2);
+        // Raised to 20: more per window than before.
+        b.set_rate(20, 20);
+        let last = *later.last().unwrap();
+        let raised: Vec<Instant> = (0..20).map(|_| b.reserve(last)).collect();
+        assert!(max_in_window(&raised, Duration::from_secs(1)) > 2);
+        times.extend(later.iter().chain(&raised));
+        assert!(max_in_window(&times, Duration::from_secs(1)) <= 20);
     }
 
     #[test]

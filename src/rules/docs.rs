@@ -93,6 +93,38 @@ pub(crate) fn fingerprint(docs: &[RuleDoc]) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The paths where `old` and `new` differ, with both values. Objects are compared key by key,
+/// arrays of the same length element by element; anything else as a whole.
+pub(crate) fn differences(
+    path: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    out: &mut Vec<(String, Option<Value>, Option<Value>)>,
+) {
+    match (old, new) {
+        (Some(a), Some(b)) if a == b => {}
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                differences(&p, a.get(k), b.get(k), out);
+            }
+        }
+        (Some(Value::Array(a)), Some(Value::Array(b)))
+            if a.len() == b.len() && a.iter().chain(b).all(Value::is_object) =>
+        {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                differences(&format!("{path}[{i}]"), Some(x), Some(y), out);
+            }
+        }
+        (a, b) => out.push((path.to_string(), a.cloned(), b.cloned())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -377,3 +377,96 @@ async fn reload_over_the_api_reports_the_new_fingerprint_or_the_errors_and_keeps
     assert_eq!(daemon.stop(), 0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_watches_a_new_chat_drops_a_removed_one_and_names_what_needs_a_restart() {
+    let gw = gateway(
+        "chats:\n  - id: \"966500000001\"\n  - id: \"966500000002\"\n    messages:\n      - { at: 2s, body: \"bot please\" }\n",
+    )
+    .await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    ws.write("rules/bot.yaml", &word_rule(&rx, "bot", "bot"));
+    let config = |chat: &str, rate: &'static str, webhook_timeout: &'static str| {
+        Config {
+            watch_rules: false,
+            rate_limit: Some(rate),
+            webhook_timeout,
+            server: Some("127.0.0.1:0\n  admin_token: s3cret-admin-token"),
+            ..Config::new(&gw, &[chat])
+        }
+        .yaml()
+    };
+    let cfg = ws.write(
+        "cartat.yaml",
+        &config("966500000001", "{ per_second: 20, burst: 5 }", "2s"),
+    );
+    let daemon = Daemon::spawn(&cfg);
+    wait_for("the first chat's polls", Duration::from_secs(10), || {
+        server_addr(&daemon.output()).is_some()
+            && gw.requests().iter().any(|r| r.chat == "966500000001")
+    })
+    .await;
+    let log = daemon.output();
+    let url = format!("http://{}/api/reload", server_addr(&log).unwrap());
+    assert!(gw.requests().iter().all(|r| r.chat != "966500000002"));
+
+    // The other chat instead, another rate, and a setting only a restart applies.
+    ws.write(
+        "cartat.yaml",
+        &config("966500000002", "{ per_second: 10, burst: 5 }", "3s"),
+    );
+    let (code, out, err) = run_cli(&["reload", "-c", "cartat.yaml", "--url", &url], ws.path());
+    assert_eq!(code, 0, "{out}{err}");
+    for line in [
+        "config: now watching 966500000002@c.us\n",
+        "config: no longer watching 966500000001@c.us\n",
+        "config: the API rate limit changed\n",
+        "config: changed, but applied only at the next start: webhooks.timeout\n",
+    ] {
+        assert!(out.contains(line), "no {line:?} in\n{out}");
+    }
+    // The new chat is polled and its message fires; the removed one is not polled again.
+    wait_for("the new chat's webhook", Duration::from_secs(15), || {
+        bodies(&rx.received()).iter().any(|b| b == "bot please")
+    })
+    .await;
+    let polled_before = gw
+        .requests()
+        .iter()
+        .filter(|r| r.chat == "966500000001")
+        .count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let polled_after = gw
+        .requests()
+        .iter()
+        .filter(|r| r.chat == "966500000001")
+        .count();
+    assert_eq!(
+        polled_before, polled_after,
+        "a removed chat is polled no more"
+    );
+    let (_, health) = get(&log, "/healthz").await;
+    assert!(health.starts_with("ok: 1 chats watched"), "{health}");
+    assert_eq!(
+        metric(&scrape(&log).await, "cartat_chats_watched"),
+        Some(1.0)
+    );
+
+    // A config with an error changes nothing, and says where the error is.
+    let broken = config("966500000001", "{ per_second: 10, burst: 5 }", "3s")
+        .replace("retry_scale: 0.01", "retry_scale: lots");
+    ws.write("cartat.yaml", &broken);
+    // (With --url and --token the command does not read the config itself.)
+    let (code, out, _) = run_cli(
+        &["reload", "--url", &url, "--token", "s3cret-admin-token"],
+        ws.path(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cartat.yaml:"), "{out}");
+    assert!(out.contains("not reloaded: the config has errors"), "{out}");
+    let (_, health) = get(&log, "/healthz").await;
+    assert!(health.starts_with("ok: 1 chats watched"), "{health}");
+    assert_eq!(daemon.stop(), 0);
+    gw.shutdown().await;
+}
