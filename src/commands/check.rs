@@ -28,11 +28,13 @@ pub(super) fn check(
     }
     let mut rule_count = 0;
     let mut fingerprint = None;
+    let mut disabled = Vec::new();
     if !rule_paths.is_empty() {
         match crate::rules::load_for(&rule_paths, &policy) {
             Ok((set, warnings)) => {
                 rule_count = set.rules.len() + set.chat_rules.len() + set.script_rules.len();
                 fingerprint = Some(set.fingerprint.clone());
+                disabled = set.disabled.clone();
                 all.extend(warnings);
             }
             Err(d) => all.extend(d),
@@ -56,7 +58,16 @@ pub(super) fn check(
             .as_deref()
             .map(|f| format!("; rule set {f}"))
             .unwrap_or_default();
-        format!("ok: {what}{rule_count} rule(s) valid, {warnings} warning(s){name}")
+        let off = if disabled.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} disabled, not run: {})",
+                disabled.len(),
+                disabled.join(", ")
+            )
+        };
+        format!("ok: {what}{rule_count} rule(s) valid{off}, {warnings} warning(s){name}")
     };
     match format {
         CheckFormat::Text => {
@@ -76,6 +87,7 @@ pub(super) fn check(
                 "warnings": warnings,
                 "rules": rule_count,
                 "fingerprint": fingerprint,
+                "disabled": disabled,
                 "diagnostics": all.0.iter().map(|d| d.to_json()).collect::<Vec<_>>(),
             });
             println!("{doc}");

@@ -554,16 +554,15 @@ mod tests {
         let mut s = Schedule::new(&[S, S], SchedulerKind::RoundRobin, 10, t0);
         let mut polled = vec![0u32; 3];
         let mut now = t0;
-        let run =
-            |s: &mut Schedule, until: Instant, polled: &mut Vec<u32>, now: &mut Instant| {
-                while *now < until {
-                    while let Some(i) = s.pop_due(*now) {
-                        polled[i] += 1;
-                        s.finished(i, *now, Finished::Ok { inbound: 0 });
-                    }
-                    *now += Duration::from_millis(10);
+        let run = |s: &mut Schedule, until: Instant, polled: &mut Vec<u32>, now: &mut Instant| {
+            while *now < until {
+                while let Some(i) = s.pop_due(*now) {
+                    polled[i] += 1;
+                    s.finished(i, *now, Finished::Ok { inbound: 0 });
                 }
-            };
+                *now += Duration::from_millis(10);
+            }
+        };
         run(&mut s, t0 + S * 3, &mut polled, &mut now);
         assert!(
             (3..=4).contains(&polled[0]) && polled[0] == polled[1],

@@ -42,6 +42,7 @@ pub fn compile_rules_for(
     let sandbox = Sandbox::default().with_variables(SCRIPT_VARIABLES);
     let mut rules = Vec::new();
     let mut chat_rules = Vec::new();
+    let mut disabled = Vec::new();
     let mut ids: HashMap<String, (PathBuf, Location)> = HashMap::new();
     for file in files {
         for raw in file.rules {
@@ -110,7 +111,11 @@ pub fn compile_rules_for(
                 if raw.max_age.is_some() {
                     d.push(Diagnostic::warning(&file.path, raw.id.referenced.line(), raw.id.referenced.column(), format!("rule `{id}`: max_age applies to message rules; it has no effect on a chat rule")));
                 }
-                if raw.enabled == Some(false) || d.errors().count() > before {
+                if d.errors().count() > before {
+                    continue;
+                }
+                if raw.enabled == Some(false) {
+                    disabled.push(id);
                     continue;
                 }
                 if let Some((unread_count, unanswered_for, hold_for, filter)) = compiled {
@@ -155,7 +160,11 @@ pub fn compile_rules_for(
                 ));
             }
             let capture_names = std::mem::take(&mut c.captures);
-            if raw.enabled == Some(false) || d.errors().count() > before {
+            if d.errors().count() > before {
+                continue;
+            }
+            if raw.enabled == Some(false) {
+                disabled.push(id);
                 continue;
             }
             rules.push(Rule {
@@ -211,6 +220,7 @@ pub fn compile_rules_for(
             gate_of,
             ungated,
             fingerprint: String::new(),
+            disabled,
         },
         d,
     )

@@ -186,6 +186,8 @@ pub struct RuleSet {
     /// The set's name ([`docs::fingerprint`]): set by [`load`], empty for a set compiled from
     /// parsed files.
     pub fingerprint: String,
+    /// Rules written with `enabled: false` (valid, never evaluated), by id.
+    pub disabled: Vec<String>,
 }
 
 impl std::fmt::Debug for RuleSet {

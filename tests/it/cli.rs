@@ -1104,3 +1104,23 @@ fn plan_shows_what_a_deploy_changes_rule_by_rule() {
     assert!(err.contains("the new rules (new) do not load"), "{err}");
     assert!(err.contains("new/bot-keyword.yaml:10:"), "{err}");
 }
+
+#[test]
+fn check_mentions_disabled_rules_without_failing_on_them() {
+    let ws = Workspace::new();
+    ws.write(
+        "rules/r.yaml",
+        "- id: on\n  actions: [ { log: { message: x } } ]\n- id: parked\n  enabled: false\n  actions: [ { log: { message: y } } ]\n",
+    );
+    let (code, out, _) = run_cli(&["check", "--strict", "rules"], ws.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(
+            "ok: 1 rule(s) valid (1 disabled, not run: parked), 0 warning(s); rule set "
+        ),
+        "{out}"
+    );
+    let (_, out, _) = run_cli(&["check", "--format", "json", "rules"], ws.path());
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["disabled"], serde_json::json!(["parked"]));
+}
