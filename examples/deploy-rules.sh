@@ -11,8 +11,16 @@
 #            from CARTAT_ADMIN_TOKEN instead). Default /etc/cartat-rules/cartat.yaml.
 # YES=1 skips the question after the plan; CARTAT_RULES names the binary (default: on PATH).
 # Exit 0 when the daemon runs the new set; non-zero, with the reason, at the first step that
-# fails (the daemon keeps its last good set).
+# fails. When the daemon refuses the new rules, the previous ones are put back on disk too (a
+# restart would otherwise load the refused set); the previous set stays next to the live
+# folder as .rules-previous until the next deploy.
+#
+# The new rules replace the live folder with two renames, so the daemon's file watch never
+# reads half a deploy. A live folder that is a mount point cannot be renamed: its contents are
+# replaced in place instead. If the daemon runs in a container with LIVE_RULES bind-mounted on
+# its own, mount its parent folder instead (a renamed folder is not what the container sees).
 set -euo pipefail
+umask 022
 new="${1:?usage: deploy-rules.sh NEW_RULES LIVE_RULES [CONFIG]}"
 live="${2:?usage: deploy-rules.sh NEW_RULES LIVE_RULES [CONFIG]}"
 config="${3:-/etc/cartat-rules/cartat.yaml}"
@@ -29,27 +37,51 @@ if [ -d "$new/tests" ]; then
 fi
 
 echo "== plan"
-"$bin" plan --rules "$new" --against "$live"
+if [ -d "$live" ]; then
+    "$bin" plan --rules "$new" --against "$live"
+else
+    echo "(first deploy: $live does not exist yet)"
+fi
 if [ "${YES:-}" != 1 ]; then
     read -r -p "deploy rule set $want? [y/N] " answer
     [ "$answer" = y ] || { echo "deploy: not deployed" >&2; exit 1; }
 fi
 
 echo "== copy"
-# Into a fresh folder next to the live one, then swapped in with two renames, so the daemon's
-# file watch never reads half a deploy.
 parent=$(dirname "$live")
+mkdir -p "$parent"
 staged=$(mktemp -d "$parent/.rules-new.XXXXXX")
-old="$parent/.rules-old.$$"
-(cd "$new" && find . -path ./tests -prune -o -type f \( -name '*.yaml' -o -name '*.yml' -o -name '*.rhai' \) -print) |
-    while read -r f; do mkdir -p "$staged/$(dirname "$f")"; cp "$new/$f" "$staged/$f"; done
+previous="$parent/.rules-previous"
+trap 'rm -rf "$staged"' EXIT
+# Rule files only (tests stay behind), following symlinks as `check` does.
+(cd "$new" && find -L . -path ./tests -prune -o -type f \( -name '*.yaml' -o -name '*.yml' -o -name '*.rhai' \) -print) |
+    while read -r f; do mkdir -p "$staged/$(dirname "$f")"; cp -L "$new/$f" "$staged/$f"; done
 chmod 755 "$staged"
-mv "$live" "$old"
-mv "$staged" "$live"
-rm -rf "$old"
+rm -rf "$previous"
+in_place() { [ -d "$live" ] && mountpoint -q "$live" 2>/dev/null; }
+if in_place; then
+    cp -a "$live" "$previous"
+    find "$live" -mindepth 1 -delete
+    cp -a "$staged"/. "$live"/
+else
+    if [ -e "$live" ]; then mv "$live" "$previous"; fi
+    mv "$staged" "$live"
+fi
 
 echo "== reload"
-"$bin" reload -c "$config"
+if ! "$bin" reload -c "$config"; then
+    echo "deploy: the daemon refused the new rules; putting the previous ones back" >&2
+    if [ -d "$previous" ]; then
+        if in_place; then
+            find "$live" -mindepth 1 -delete
+            cp -a "$previous"/. "$live"/
+        else
+            rm -rf "$live"
+            mv "$previous" "$live"
+        fi
+    fi
+    exit 1
+fi
 
 echo "== wait for rule set $want"
 for _ in $(seq 30); do

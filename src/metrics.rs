@@ -265,7 +265,11 @@ impl Metrics {
             PollOutcome::Ok => {
                 let last_ok = self.last_ok_ms.read().unwrap_or_else(|e| e.into_inner());
                 if let Some(t) = last_ok.get(index) {
-                    t.store(now_ms(), Ordering::Relaxed);
+                    // A chat a reload removed stays "never late", whatever answers late.
+                    let now = now_ms();
+                    let _ = t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        (v != i64::MAX).then_some(now)
+                    });
                 }
                 self.store_errors_in_a_row.store(0, Ordering::Relaxed);
             }
@@ -372,6 +376,19 @@ impl Metrics {
             && t.swap(i64::MAX, Ordering::Relaxed) != i64::MAX
         {
             self.chats.dec();
+        }
+    }
+
+    /// A chat a reload removed and added back: counted again, late from now if not polled.
+    pub fn revive_chat(&self, index: usize) {
+        if let Some(t) = self
+            .last_ok_ms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(index)
+            && t.swap(now_ms(), Ordering::Relaxed) == i64::MAX
+        {
+            self.chats.inc();
         }
     }
 

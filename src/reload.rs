@@ -182,6 +182,11 @@ impl ConfigSource {
         })
     }
 
+    /// Whether `staged` says anything else than what was last applied.
+    fn would_change(&self, staged: &Staged) -> bool {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).0 != staged.written
+    }
+
     /// Applies what can change live and names what cannot.
     fn apply(&self, staged: Staged) -> ConfigChanges {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,6 +308,17 @@ impl Reloader {
         // The config is read and checked first: a bad one changes nothing, rules included.
         let staged = match self.config.as_ref().map(ConfigSource::stage) {
             Some(Err(errors)) => {
+                // Config errors may quote a chat id: masked like every other log line.
+                let errors = crate::diag::Diagnostics(
+                    errors
+                        .0
+                        .into_iter()
+                        .map(|mut d| {
+                            d.message = events::mask_text(&d.message);
+                            d
+                        })
+                        .collect(),
+                );
                 for e in &errors.0 {
                     tracing::error!(event = "config.error", "{e}");
                 }
@@ -325,6 +341,13 @@ impl Reloader {
             None => None,
         };
         let mut r = reload(&self.paths, &self.target, self.allow_empty, &self.policy);
+        if let (Reloaded::Refused { why, .. }, Some(source), Some(staged)) =
+            (&mut r, &self.config, &staged)
+            && source.would_change(staged)
+        {
+            // Rules and config go together: a refused rule set leaves the config as it was.
+            why.push_str(" (the config's changes were not applied either)");
+        }
         if let Reloaded::InForce { config, .. } = &mut r {
             let set = self
                 .target

@@ -130,7 +130,12 @@ fn authorized(headers: &axum::http::HeaderMap, token: &secrecy::SecretString) ->
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110); the token is not.
+            v.get(..7)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
     else {
         return false;
     };
@@ -234,10 +239,11 @@ mod tests {
             authorized(&h, &token)
         };
         assert!(with("Bearer s3cret"));
+        assert!(with("bearer s3cret"));
         for wrong in [
             "Bearer s3cre",
             "Bearer s3cret2",
-            "bearer s3cret",
+            "Bearer S3CRET",
             "Basic s3cret",
             "s3cret",
             "Bearer ",

@@ -52,6 +52,11 @@ pub(super) fn reload(
     };
     let target = match url {
         Some(u) => match parse_url(u) {
+            // `http://host:port` alone means the admin API of that daemon.
+            Ok(t) if !u.trim_start_matches("http://").contains('/') => Target {
+                path: "/api/reload".into(),
+                ..t
+            },
             Ok(t) => t,
             Err(e) => return fail(e),
         },

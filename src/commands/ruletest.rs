@@ -253,33 +253,49 @@ fn detail_mismatch(detail: &ExpectDetail, fired: &Fired) -> Option<String> {
     None
 }
 
-/// Pairs the expected firings with the actual ones (in order, each used once) and lists the
-/// differences.
+/// Pairs the expected firings with the actual ones (each used once; expectations with details
+/// choose first, so a plain rule id never takes the firing a detailed one needs) and lists the
+/// differences, in the order the expectations are written, then what fired unexpected.
 fn compare(expected: &[Expect], actual: &[Fired]) -> Vec<Problem> {
     let mut used = vec![false; actual.len()];
-    let mut problems = Vec::new();
-    for e in expected {
-        let candidates: Vec<usize> = (0..actual.len())
-            .filter(|&i| !used[i] && actual[i].rule == e.rule())
-            .collect();
-        let hit = candidates.iter().copied().find(|&i| match e {
-            Expect::Rule(_) => true,
-            Expect::Detailed(d) => detail_mismatch(d, &actual[i]).is_none(),
+    let mut outcome: Vec<Option<Problem>> = vec![None; expected.len()];
+    let detailed_first = (0..expected.len())
+        .filter(|&k| matches!(expected[k], Expect::Detailed(_)))
+        .chain((0..expected.len()).filter(|&k| matches!(expected[k], Expect::Rule(_))));
+    let mut unmatched = Vec::new();
+    for k in detailed_first {
+        let e = &expected[k];
+        let hit = (0..actual.len()).find(|&i| {
+            !used[i]
+                && actual[i].rule == e.rule()
+                && match e {
+                    Expect::Rule(_) => true,
+                    Expect::Detailed(d) => detail_mismatch(d, &actual[i]).is_none(),
+                }
         });
-        match (hit, candidates.first(), e) {
-            (Some(i), _, _) => used[i] = true,
-            (None, Some(&i), Expect::Detailed(d)) => {
-                used[i] = true;
-                problems.push(Problem::Mismatch {
-                    fired: actual[i].describe(),
-                    why: detail_mismatch(d, &actual[i]).unwrap_or_default(),
-                });
-            }
-            _ => problems.push(Problem::Missing {
-                expected: e.rule().to_string(),
-            }),
+        match hit {
+            Some(i) => used[i] = true,
+            None => unmatched.push(k),
         }
     }
+    // What is left: the closest firing of the same rule (a mismatch), else nothing (missing).
+    for k in unmatched {
+        let e = &expected[k];
+        let candidate = (0..actual.len()).find(|&i| !used[i] && actual[i].rule == e.rule());
+        outcome[k] = Some(match (candidate, e) {
+            (Some(i), Expect::Detailed(d)) => {
+                used[i] = true;
+                Problem::Mismatch {
+                    fired: actual[i].describe(),
+                    why: detail_mismatch(d, &actual[i]).unwrap_or_default(),
+                }
+            }
+            _ => Problem::Missing {
+                expected: e.rule().to_string(),
+            },
+        });
+    }
+    let mut problems: Vec<Problem> = outcome.into_iter().flatten().collect();
     for (i, f) in actual.iter().enumerate() {
         if !used[i] {
             problems.push(Problem::Unexpected {
@@ -774,6 +790,16 @@ mod tests {
         );
         // Nothing expected.
         assert_eq!(compare(&[], &actual).len(), 2);
+        // A plain id written before a detailed one of the same rule does not take its firing.
+        let twice = vec![
+            fired("bot", Some("a"), json!({}), ""),
+            fired("bot", Some("b"), json!({}), ""),
+        ];
+        let ok = [
+            Expect::Rule("bot".into()),
+            detailed("{ rule: bot, message: a }"),
+        ];
+        assert_eq!(compare(&ok, &twice), []);
     }
 
     const BOT: &str = "id: bot\nmatch: { from_me: false, body: { any: [بوت], words: true } }\ncooldown: 1m\nactions: [ { log: { message: '{{ message.body }}' } }, { webhook: { url: 'http://127.0.0.1:9/h' } } ]\n";

@@ -188,6 +188,17 @@ impl Poller {
             while let Ok(done) = done_rx.try_recv() {
                 finish(&mut schedule, done, &mut failures, &chats);
             }
+            // A reload is applied even while chats are due back to back (a backlog is when a
+            // higher rate or fewer chats is most wanted).
+            while let Some(update) = updates.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                self.apply_update(
+                    update,
+                    &mut schedule,
+                    &mut chats,
+                    &mut failures,
+                    &mut per_second,
+                );
+            }
             let Some(index) = schedule.pop_due(Instant::now()) else {
                 continue;
             };
@@ -247,6 +258,18 @@ impl Poller {
         }
         for chat in &update.chats {
             if kept.contains(chat.id.as_str()) {
+                continue;
+            }
+            // Watched before and removed: its slot comes back (a poll of it still in flight
+            // finishes first, so the chat is never polled twice at once).
+            if let Some(i) =
+                (0..chats.len()).find(|&i| !schedule.is_live(i) && chats[i].id == chat.id)
+            {
+                schedule.revive(i, chat.interval, update.per_second, now);
+                chats[i] = chat.clone();
+                failures[i] = 0;
+                self.metrics.revive_chat(i);
+                events::chat_watched(chat.id.as_str(), chat.interval);
                 continue;
             }
             let index = schedule.add(chat.interval, update.per_second, now);

@@ -189,6 +189,27 @@ impl Schedule {
             c.soft_gen += 1;
             c.soft_period = None;
         }
+        if self.suspect == Some(index) {
+            self.suspect = None;
+        }
+        self.set_rate(per_second);
+    }
+
+    /// Watches a retired chat again (a reload added back a chat it had removed), due at
+    /// `now`, or once a poll of it still in flight finishes.
+    pub fn revive(&mut self, index: usize, interval: Duration, per_second: u32, now: Instant) {
+        let Some(c) = self.chats.get_mut(index) else {
+            return;
+        };
+        c.retired = false;
+        c.failed = false;
+        c.interval = interval;
+        c.phase = None;
+        c.hard_gen += 1;
+        c.soft_gen += 1;
+        if !c.in_flight {
+            self.hard.push(Reverse((now, index, c.hard_gen)));
+        }
         self.set_rate(per_second);
     }
 
@@ -309,10 +330,11 @@ impl Schedule {
     /// The chat to probe the token with: the earliest due by its hard time that is not
     /// `avoid` (unless it is the only one), whatever its due time (the gate's pause is over).
     fn probe_pick(&mut self, avoid: usize) -> Option<usize> {
+        let live = self.chats.iter().filter(|c| !c.retired).count();
         let mut best: Option<(Instant, usize)> = None;
         for &Reverse((at, i, g)) in self.hard.iter() {
             let c = &self.chats[i];
-            if g != c.hard_gen || c.in_flight || c.retired || (i == avoid && self.chats.len() > 1) {
+            if g != c.hard_gen || c.in_flight || c.retired || (i == avoid && live > 1) {
                 continue;
             }
             if best.is_none_or(|b| (at, i) < b) {
@@ -332,6 +354,14 @@ impl Schedule {
         let c = self.chats.get_mut(index)?;
         c.in_flight = false;
         if c.retired {
+            // Its answer says nothing any more: a probe it was is over without a verdict (the
+            // next one asks a chat still watched).
+            if let Some(g) = &mut self.auth {
+                g.probing = false;
+            }
+            if self.suspect == Some(index) {
+                self.suspect = None;
+            }
             return None;
         }
         c.polls += 1;
@@ -693,6 +723,50 @@ mod tests {
     }
 
     const REFUSED: Finished = Finished::Unauthorized { retry_in: S };
+
+    #[test]
+    fn a_probe_whose_chat_a_reload_removed_does_not_stall_the_token_gate() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&[S; 3], SchedulerKind::RoundRobin, 100, t0);
+        let (a, b) = (s.pop_due(t0).unwrap(), s.pop_due(t0).unwrap());
+        s.finished(a, t0, REFUSED);
+        assert_eq!(s.finished(b, t0, REFUSED), Some(AuthVerdict::TokenRefused));
+        let t1 = t0 + AUTH_PAUSE_FIRST;
+        let probe = s.pop_due(t1).unwrap();
+        // The probing chat is removed while its request is out; its answer arrives later.
+        s.retire(probe, 100);
+        assert_eq!(s.finished(probe, t1, Finished::Ok { inbound: 0 }), None);
+        let next = s.pop_due(t1).expect("another chat probes");
+        assert_ne!(next, probe);
+        // With one live chat left, the probe asks it even though it was refused last.
+        s.finished(next, t1, REFUSED);
+        for i in 0..3 {
+            if i != next {
+                s.retire(i, 100);
+            }
+        }
+        let t2 = t1 + 4 * AUTH_PAUSE_FIRST;
+        assert_eq!(s.pop_due(t2), Some(next));
+    }
+
+    #[test]
+    fn a_chat_added_back_reuses_its_slot_after_its_poll_in_flight() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&[S, S], SchedulerKind::RoundRobin, 100, t0);
+        let a = s.pop_due(t0).unwrap();
+        s.retire(a, 100);
+        s.revive(a, S, 100, t0);
+        assert!(s.is_live(a));
+        let other = s.pop_due(t0).unwrap();
+        assert_ne!(other, a);
+        assert_eq!(
+            s.pop_due(t0),
+            None,
+            "a is still in flight: not twice at once"
+        );
+        s.finished(a, t0, Finished::Ok { inbound: 0 });
+        assert_eq!(s.pop_due(t0 + S), Some(a));
+    }
 
     #[test]
     fn a_401_from_two_chats_pauses_everyone_and_another_chat_probes_slowly() {

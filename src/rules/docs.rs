@@ -28,10 +28,19 @@ pub(crate) enum Body {
 
 /// The rules in `files` (as [`super::discover`] lists them), in file order.
 pub(crate) fn read_docs(files: &[PathBuf]) -> Result<Vec<RuleDoc>, String> {
-    let mut docs = Vec::new();
+    let mut texts = Vec::with_capacity(files.len());
     for f in files {
         let text =
             std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+        texts.push((f.clone(), text));
+    }
+    docs_of(&texts)
+}
+
+/// The rules in these (path, text) pairs, in order.
+pub(crate) fn docs_of(files: &[(PathBuf, String)]) -> Result<Vec<RuleDoc>, String> {
+    let mut docs = Vec::new();
+    for (f, text) in files {
         if f.extension().and_then(|e| e.to_str()) == Some("rhai") {
             let id = f
                 .file_stem()
@@ -40,12 +49,12 @@ pub(crate) fn read_docs(files: &[PathBuf]) -> Result<Vec<RuleDoc>, String> {
             docs.push(RuleDoc {
                 id,
                 path: f.clone(),
-                body: Body::Script(text),
+                body: Body::Script(text.clone()),
             });
             continue;
         }
         let value: Value =
-            serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            serde_saphyr::from_str(text).map_err(|e| format!("{}: {e}", f.display()))?;
         let rules = match value {
             Value::Array(items) => items,
             Value::Null => Vec::new(),

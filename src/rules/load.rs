@@ -180,15 +180,17 @@ pub fn load_for(
     policy: &crate::net::ssrf::NetPolicy,
 ) -> Result<(RuleSet, Diagnostics), Diagnostics> {
     let (files, mut d) = discover(paths)?;
-    // Named by what is written, before anything is compiled (a set that does not load has no
-    // name to report).
-    let fingerprint = super::docs::read_docs(&files)
-        .map(|docs| super::docs::fingerprint(&docs))
-        .unwrap_or_default();
+    // Named by the very texts compiled below (read once: a file replaced between two reads
+    // would give a name to another set).
+    let mut texts = Vec::with_capacity(files.len());
     let mut parsed = Vec::new();
     let mut scripts = Vec::new();
     for f in files {
-        match std::fs::read_to_string(&f) {
+        let read = std::fs::read_to_string(&f);
+        if let Ok(text) = &read {
+            texts.push((f.clone(), text.clone()));
+        }
+        match read {
             Ok(text) if f.extension().and_then(|e| e.to_str()) == Some("rhai") => {
                 scripts.push((f, text))
             }
@@ -209,7 +211,9 @@ pub fn load_for(
         }
     }
     let (mut set, more) = compile_rules_for(parsed, policy);
-    set.fingerprint = fingerprint;
+    set.fingerprint = super::docs::docs_of(&texts)
+        .map(|docs| super::docs::fingerprint(&docs))
+        .unwrap_or_default();
     d.extend(more);
     for (path, text) in scripts {
         match set.host.compile(&path, &text) {
