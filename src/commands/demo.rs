@@ -17,7 +17,7 @@ const DEMO_CONFIG: &str = include_str!("../../examples/demo.yaml");
 
 /// The rule files the demo runs: the repository's `rules/` folder, built into the binary so an
 /// installed `cartat-rules demo` runs anywhere. A test checks the list is the whole folder.
-pub(crate) const DEMO_RULES: [(&str, &str); 7] = [
+pub(crate) const DEMO_RULES: [(&str, &str); 8] = [
     (
         "bot-keyword.yaml",
         include_str!("../../rules/bot-keyword.yaml"),
@@ -25,6 +25,10 @@ pub(crate) const DEMO_RULES: [(&str, &str); 7] = [
     (
         "escalation.rhai",
         include_str!("../../rules/escalation.rhai"),
+    ),
+    (
+        "large-payment.yaml",
+        include_str!("../../rules/large-payment.yaml"),
     ),
     (
         "order-number.yaml",

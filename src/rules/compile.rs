@@ -13,6 +13,8 @@ pub(super) struct Compiler<'a> {
     pub(super) sees: Vec<String>,
     /// Regex capture group names of the rule being compiled (named, else numbered).
     pub(super) captures: Vec<String>,
+    /// The rule being compiled compares a number (`matched.number` exists for its templates).
+    pub(super) number: bool,
     /// Compiling a chat rule: the `matched` its templates will see (only the keys its
     /// conditions produce).
     pub(super) chat_matched: Option<Value>,
@@ -87,6 +89,7 @@ pub fn compile_rules_for(
                 d: &mut d,
                 sees: Vec::new(),
                 captures: Vec::new(),
+                number: false,
                 chat_matched: None,
                 sandbox: &sandbox,
                 keywords: HashMap::new(),
@@ -278,13 +281,14 @@ impl Compiler<'_> {
             let says_nothing = b.value.any.is_empty()
                 && b.value.all.is_empty()
                 && b.value.none.is_empty()
-                && b.value.regex.is_none();
+                && b.value.regex.is_none()
+                && b.value.number.is_none();
             if says_nothing {
                 // `any: []` read as "no keyword required": the rule would fire on every message.
                 self.d.push(Diagnostic::at(
                     self.path,
                     b.referenced,
-                    "body: no keyword and no regex, so it would match every message; list keywords in `any`, `all` or `none`, give a `regex`, or remove `body`",
+                    "body: no keyword, no regex and no number, so it would match every message; list keywords in `any`, `all` or `none`, give a `regex` or a `number`, or remove `body`",
                 ));
             }
             all.push(self.body(b.value));
@@ -347,9 +351,20 @@ impl Compiler<'_> {
         // keyword in two branches of an `any_of` is legitimate.
         self.keywords.clear();
         let normalized = b.normalize.unwrap_or(true);
+        let words = b.words.unwrap_or(false);
+        let suffixes = b.suffixes.as_ref().is_some_and(|s| s.value);
+        if let Some(s) = b.suffixes.as_ref().filter(|s| s.value && !words) {
+            self.d.push(Diagnostic::warning(
+                self.path,
+                s.referenced.line(),
+                s.referenced.column(),
+                "body.suffixes: has effect only with `words: true` (without it, keywords match inside any word, suffixed or not)",
+            ));
+        }
         let mode = MatchMode {
-            words: b.words.unwrap_or(false),
+            words,
             normalized,
+            suffixes: suffixes && words,
         };
         let mut kw = |list: Vec<Spanned<String>>, what: &str| -> Vec<(KeywordId, String)> {
             let mut out = Vec::new();
@@ -444,7 +459,7 @@ impl Compiler<'_> {
                 }
             }
         });
-        let capture_keys = regex
+        let capture_keys: Vec<String> = regex
             .as_ref()
             .map(|re| {
                 re.capture_names()
@@ -453,6 +468,47 @@ impl Compiler<'_> {
                     .collect()
             })
             .unwrap_or_default();
+        let number = b.number.and_then(|n| {
+            let at = n.referenced;
+            let n = n.value;
+            let cmp: Vec<(crate::rules::NumberOp, f64)> = [
+                (crate::rules::NumberOp::Gt, n.gt),
+                (crate::rules::NumberOp::Gte, n.gte),
+                (crate::rules::NumberOp::Lt, n.lt),
+                (crate::rules::NumberOp::Lte, n.lte),
+                (crate::rules::NumberOp::Eq, n.eq),
+            ]
+            .into_iter()
+            .filter_map(|(op, v)| v.map(|v| (op, v)))
+            .collect();
+            if cmp.is_empty() {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    at,
+                    "body.number: give a comparison: gt, gte, lt, lte or eq",
+                ));
+                return None;
+            }
+            if let Some(name) = &n.capture
+                && !capture_keys.iter().any(|k| k == name)
+            {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    at,
+                    if regex.is_some() {
+                        format!("body.number.capture: the regex has no group named `{name}` (write it as (?P<{name}>…))")
+                    } else {
+                        format!("body.number.capture: `{name}` names a capture, but the body has no `regex`")
+                    },
+                ));
+                return None;
+            }
+            self.number = true;
+            Some(crate::rules::NumberCond {
+                capture: n.capture,
+                cmp,
+            })
+        });
         Cond::Body(Box::new(BodyCond {
             any,
             all,
@@ -461,6 +517,8 @@ impl Compiler<'_> {
             capture_keys,
             normalized,
             words: mode.words,
+            suffixes: mode.suffixes,
+            number,
         }))
     }
 
@@ -484,6 +542,9 @@ impl Compiler<'_> {
         let mut ctx = template::sample_context();
         for name in &self.captures {
             ctx["matched"]["captures"][name] = Value::String("sample".into());
+        }
+        if self.number {
+            ctx["matched"]["number"] = serde_json::json!(1500);
         }
         if let Some(matched) = &self.chat_matched {
             ctx["matched"] = matched.clone();

@@ -79,6 +79,8 @@ impl Ctx<'_, '_> {
 struct Acc<'r, 't> {
     keywords: Vec<&'r str>,
     captures: Vec<(&'r str, &'t str)>,
+    /// The number a `body.number` condition compared.
+    number: Option<f64>,
 }
 
 impl Acc<'_, '_> {
@@ -91,6 +93,7 @@ impl Acc<'_, '_> {
     }
     fn into_matched(self) -> Matched {
         Matched {
+            number: self.number,
             keywords: self.keywords.into_iter().map(str::to_string).collect(),
             captures: self
                 .captures
@@ -297,9 +300,10 @@ where
         if m.keywords.len() == before {
             return Err(ctx.why(|| {
                 match glued_keyword(b, b.any.iter().map(|(_, k)| k.as_str()), ctx) {
-                    Some(k) => {
-                        format!("body.any: `{k}` occurs, but not as a whole word (words: true)")
-                    }
+                    Some(k) => format!(
+                        "body.any: `{k}` occurs, but not as a whole word ({})",
+                        word_rule(b)
+                    ),
                     None => "body.any: no keyword occurs".into(),
                 }
             }));
@@ -307,7 +311,10 @@ where
     }
     if let Some((_, k)) = b.all.iter().find(|(id, _)| !hits.contains(*id)) {
         return Err(ctx.why(|| match glued_keyword(b, [k.as_str()], ctx) {
-            Some(_) => format!("body.all: `{k}` occurs, but not as a whole word (words: true)"),
+            Some(_) => format!(
+                "body.all: `{k}` occurs, but not as a whole word ({})",
+                word_rule(b)
+            ),
             None => format!("body.all: `{k}` does not occur"),
         }));
     }
@@ -330,7 +337,38 @@ where
             }
         }
     }
+    if let Some(n) = &b.number {
+        let value = match &n.capture {
+            Some(name) => m
+                .captures
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == name.as_str())
+                .and_then(|(_, v)| crate::text::number::first_number(v)),
+            // Digits of every system read the same, normalized or not.
+            None => crate::text::number::first_number(ctx.p.raw),
+        };
+        let Some(value) = value else {
+            return Err(ctx.why(|| match &n.capture {
+                Some(name) => format!("body.number: the capture `{name}` holds no number"),
+                None => "body.number: the text has no number".into(),
+            }));
+        };
+        if let Some((op, bound)) = n.cmp.iter().find(|(op, bound)| !op.holds(value, *bound)) {
+            return Err(ctx.why(|| format!("body.number: {value} is not {} {bound}", op.symbol())));
+        }
+        m.number = Some(value);
+    }
     Ok(())
+}
+
+/// The whole-word rule a body uses, as the rule writes it.
+fn word_rule(b: &BodyCond) -> &'static str {
+    if b.suffixes {
+        "words: true, suffixes: true"
+    } else {
+        "words: true"
+    }
 }
 
 /// For an explanation only: the first of `keywords` that occurs in the text but not as a whole
@@ -343,6 +381,7 @@ fn glued_keyword<'k>(
     if !b.words {
         return None;
     }
+    // (With suffixes, a keyword followed by something other than a pronoun is glued too.)
     let text = if b.normalized {
         ctx.p.normalized()
     } else {

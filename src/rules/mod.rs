@@ -78,6 +78,49 @@ struct BodyCond {
     normalized: bool,
     /// `words: true`: keywords count only as whole words (for `test --explain` to say so).
     words: bool,
+    /// `suffixes: true` (with `words`): an attached pronoun may end the word.
+    suffixes: bool,
+    /// `number:` — a comparison on a number in the text.
+    number: Option<NumberCond>,
+}
+
+/// A compiled `body.number` condition: every comparison must hold.
+#[derive(Debug)]
+struct NumberCond {
+    /// A named regex capture to read the number from (else the first number in the text).
+    capture: Option<String>,
+    cmp: Vec<(NumberOp, f64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NumberOp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Eq,
+}
+
+impl NumberOp {
+    fn holds(self, value: f64, bound: f64) -> bool {
+        match self {
+            NumberOp::Gt => value > bound,
+            NumberOp::Gte => value >= bound,
+            NumberOp::Lt => value < bound,
+            NumberOp::Lte => value <= bound,
+            NumberOp::Eq => value == bound,
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            NumberOp::Gt => ">",
+            NumberOp::Gte => ">=",
+            NumberOp::Lt => "<",
+            NumberOp::Lte => "<=",
+            NumberOp::Eq => "==",
+        }
+    }
 }
 
 /// A compiled `script` condition: the rhai AST, compiled once at load.
@@ -145,6 +188,8 @@ pub struct Rule {
 pub struct Matched {
     pub keywords: Vec<String>,
     pub captures: BTreeMap<String, String>,
+    /// The number a `body.number` condition compared (`matched.number`).
+    pub number: Option<f64>,
 }
 
 impl Matched {
@@ -153,6 +198,14 @@ impl Matched {
         m.insert("keywords".into(), json!(self.keywords));
         if !self.captures.is_empty() {
             m.insert("captures".into(), json!(self.captures));
+        }
+        if let Some(n) = self.number {
+            // A whole number reads as one (`1500`, not `1500.0`).
+            let whole = n.fract() == 0.0 && n.abs() < 9.0e15;
+            m.insert(
+                "number".into(),
+                if whole { json!(n as i64) } else { json!(n) },
+            );
         }
         Value::Object(m)
     }

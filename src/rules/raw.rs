@@ -159,11 +159,37 @@ pub struct RawBody {
     pub none: Vec<Spanned<String>>,
     /// Whole words only (default: substring); Arabic proclitics in front are allowed.
     pub words: Option<bool>,
+    /// With `words: true`: an Arabic attached pronoun may end the word (`بوتي`, `بوتك`,
+    /// `طلبهم`); plurals and other words (`بوتات`, `روبوت`) still do not match.
+    #[schemars(with = "Option<bool>")]
+    pub suffixes: Option<Spanned<bool>>,
+    /// A comparison on the first number in the text (digits in any script: `1500`, `١٥٠٠`,
+    /// `۱۵۰۰`, `1,500`), or on a named regex capture: `{ capture: amount, gte: 1000 }`.
+    #[schemars(with = "Option<RawNumber>")]
+    pub number: Option<Spanned<RawNumber>>,
     /// A Rust regex; sees the normalized text unless `normalize: false`.
     #[schemars(with = "Option<String>")]
     pub regex: Option<Spanned<String>>,
     /// `false` turns case and Arabic folding off for this rule.
     pub normalize: Option<bool>,
+}
+
+/// `{ gte: 1000 }` — any of gt, gte, lt, lte, eq — on a number in the text.
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNumber {
+    /// Compare this named capture of `regex` instead of the first number in the text.
+    pub capture: Option<String>,
+    /// Greater than.
+    pub gt: Option<f64>,
+    /// Greater than or equal.
+    pub gte: Option<f64>,
+    /// Less than.
+    pub lt: Option<f64>,
+    /// Less than or equal.
+    pub lte: Option<f64>,
+    /// Equal.
+    pub eq: Option<f64>,
 }
 
 /// `{ count: 3, within: 10m }`.

@@ -237,6 +237,25 @@ impl Sandbox {
         // between operations, and a sleep is one): refused when a script names it (see
         // `blocking_call`), and an error at once when reached through a function pointer
         // (`Fn("sleep")`): these natives shadow rhai's own.
+        // Numbers as customers write them: digits in any script (`١٥٠٠`, `۱۵۰۰`), thousands
+        // groups; `()` when the text is not one, so `(parse_int(msg.body) ?? 0) > 1000` works.
+        engine.register_fn("parse_int", |s: &str| -> Dynamic {
+            crate::text::number::parse_int(s).map_or(Dynamic::UNIT, Dynamic::from_int)
+        });
+        engine.register_fn("parse_float", |s: &str| -> Dynamic {
+            crate::text::number::parse_float(s).map_or(Dynamic::UNIT, Dynamic::from_float)
+        });
+        engine.register_fn("first_number", |s: &str| -> Dynamic {
+            crate::text::number::first_number(s).map_or(Dynamic::UNIT, Dynamic::from_float)
+        });
+        engine.register_fn("to_int", |f: rhai::FLOAT| -> rhai::INT {
+            f.trunc() as rhai::INT
+        });
+        engine.register_fn("to_int", |i: rhai::INT| -> rhai::INT { i });
+        engine.register_fn("to_float", |i: rhai::INT| -> rhai::FLOAT {
+            i as rhai::FLOAT
+        });
+        engine.register_fn("to_float", |f: rhai::FLOAT| -> rhai::FLOAT { f });
         for blocked in BLOCKING {
             engine.register_fn(*blocked, |_: rhai::INT| -> Result<(), Box<EvalAltResult>> {
                 Err("`sleep` is not available to rule scripts: a rule must never wait".into())
@@ -561,14 +580,27 @@ mod tests {
     }
 
     #[test]
+    fn scripts_read_numbers_as_customers_write_them() {
+        let engine = &sandbox().engine;
+        let eval = |expr: &str| engine.eval::<Dynamic>(expr).unwrap().to_string();
+        assert_eq!(eval(r#"parse_int("١٬٥٠٠")"#), "1500");
+        assert_eq!(eval(r#"parse_int(" ۴۲ ")"#), "42");
+        assert_eq!(eval(r#"parse_int("42 SAR") ?? -1"#), "-1");
+        assert_eq!(eval(r#"parse_float("٣٫٥")"#), "3.5");
+        assert_eq!(eval(r#"first_number("order #٤٥٢١ please")"#), "4521.0");
+        assert_eq!(eval(r#"to_int(first_number("3.9 kg"))"#), "3");
+        assert_eq!(eval("to_float(2) / 4"), "0.5");
+    }
+
+    #[test]
     fn a_call_to_a_function_the_sandbox_lacks_is_a_compile_error() {
-        // `parse_int` is in a package the sandbox does not load: it compiled, then failed
+        // `parse_xml` is in a package the sandbox does not load: it compiled, then failed
         // on every message.
         let e = sandbox()
-            .compile_expression("parse_int(msg.body) > 3")
+            .compile_expression("parse_xml(msg.body) > 3")
             .unwrap_err();
         assert!(
-            e.contains("`parse_int` is not a function rule scripts have")
+            e.contains("`parse_xml` is not a function rule scripts have")
                 && e.contains("(at 1:1 of the expression)"),
             "{e}"
         );
@@ -587,9 +619,9 @@ mod tests {
         let result = Sandbox::default().compile_script(script);
         assert!(result.is_ok(), "{:?}", result.err());
         let (e, at) = Sandbox::default()
-            .compile_script("fn on_message() {\n  parse_float(\"1.5\") > 1.0\n}")
+            .compile_script("fn on_message() {\n  parse_xml(\"1.5\") > 1.0\n}")
             .unwrap_err();
-        assert!(e.contains("`parse_float`"), "{e}");
+        assert!(e.contains("`parse_xml`"), "{e}");
         assert_eq!(at, Some((2, 3)));
     }
 

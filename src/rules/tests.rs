@@ -832,3 +832,108 @@ fn keywords_and_regexes_see_the_same_normalized_text_on_both_paths() {
         assert_eq!(p.normalized(), normalize(body), "{body:?}");
     }
 }
+
+#[test]
+fn numbers_in_the_body_compare_in_three_digit_systems() {
+    let set = compile_one(
+        "r.yaml",
+        "id: big\nmatch: { body: { number: { gte: 1000 } } }\nactions: [ { log: { message: '{{ matched.number }}' } } ]\n",
+    )
+    .unwrap();
+    let chat = private_chat();
+    let id = ChatId::from_gateway(&chat.id);
+    for (body, fires_or_why) in [
+        ("order of 1500 SAR", Ok(1500.0)),
+        ("طلب بقيمة ١٬٥٠٠ ريال", Ok(1500.0)),
+        ("سفارش ۲۰۰۰", Ok(2000.0)),
+        ("only 750", Err("body.number: 750 is not >= 1000")),
+        ("no amount", Err("body.number: the text has no number")),
+    ] {
+        let m = msg(body, false, "chat");
+        let p = set.prepare(&m.body);
+        match (
+            set.eval_message(&set.rules[0], &id, &chat, &m, &p),
+            fires_or_why,
+        ) {
+            (Verdict::Fired(matched), Ok(n)) => assert_eq!(matched.number, Some(n), "{body}"),
+            (Verdict::Failed(why), Err(want)) => assert_eq!(why, want, "{body}"),
+            (v, want) => panic!("{body}: {v:?}, expected {want:?}"),
+        }
+    }
+    // A named capture, compared as a number; the rest of the body does not count.
+    let set = compile_one(
+        "r.yaml",
+        "id: big-order\nmatch:\n  body:\n    regex: '(?:order|طلب)\\s*#?(?P<order>\\d+)'\n    number: { capture: order, gt: 5000, lt: 9000 }\nactions: [ { log: { message: x } } ]\n",
+    )
+    .unwrap();
+    for (body, fired) in [
+        ("order #7000 costs 12 SAR", true),
+        ("12 items, order #4000", false),
+        ("طلب ٨٠٠٠", true),
+        ("order #9500", false),
+    ] {
+        let m = msg(body, false, "chat");
+        let p = set.prepare(&m.body);
+        assert_eq!(
+            matches!(
+                set.eval_message(&set.rules[0], &id, &chat, &m, &p),
+                Verdict::Fired(_)
+            ),
+            fired,
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn check_refuses_a_number_condition_that_cannot_hold() {
+    let e = errors(
+        "r.yaml",
+        "id: a\nmatch:\n  body:\n    number: { capture: amount }\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert_eq!(
+        e,
+        ["r.yaml:4:13: body.number: give a comparison: gt, gte, lt, lte or eq"]
+    );
+    let e = errors(
+        "r.yaml",
+        "id: a\nmatch:\n  body:\n    regex: '(?P<total>\\d+)'\n    number: { capture: amount, gt: 1 }\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert!(
+        e[0].starts_with("r.yaml:5:13: body.number.capture: the regex has no group named `amount`"),
+        "{e:?}"
+    );
+    let w = warnings(
+        "r.yaml",
+        "id: a\nmatch:\n  body: { any: [بوت], suffixes: true }\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("body.suffixes: has effect only with `words: true`")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn suffixes_reach_the_rule_and_explain_names_the_word_rule() {
+    let set = compile_one(
+        "r.yaml",
+        "id: bot\nmatch: { body: { any: [بوت], words: true, suffixes: true } }\nactions: [ { log: { message: x } } ]\n",
+    )
+    .unwrap();
+    let chat = private_chat();
+    let id = ChatId::from_gateway(&chat.id);
+    assert_eq!(
+        fires(&set, &chat, &msg("ابي بوتكم", false, "chat")),
+        ["bot"]
+    );
+    assert!(fires(&set, &chat, &msg("عندكم بوتات؟", false, "chat")).is_empty());
+    let m = msg("بوتات", false, "chat");
+    let p = set.prepare(&m.body);
+    assert_eq!(
+        set.eval_message(&set.rules[0], &id, &chat, &m, &p),
+        Verdict::Failed(
+            "body.any: `بوت` occurs, but not as a whole word (words: true, suffixes: true)".into()
+        )
+    );
+}

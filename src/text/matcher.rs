@@ -33,6 +33,9 @@ pub struct MatchMode {
     pub words: bool,
     /// match against normalized text (true, the default) or the raw text as written (false)
     pub normalized: bool,
+    /// with `words`: an Arabic attached pronoun after the word is allowed (`بوتي`, `بوتك`,
+    /// `طلبهم`): see [`ENCLITICS`]
+    pub suffixes: bool,
 }
 
 impl Default for MatchMode {
@@ -41,6 +44,7 @@ impl Default for MatchMode {
         Self {
             words: false,
             normalized: true,
+            suffixes: false,
         }
     }
 }
@@ -163,7 +167,7 @@ impl MatcherBuilder {
             } else {
                 &mut raw
             };
-            side.add(&entry.searched, id, entry.mode.words);
+            side.add(&entry.searched, id, entry.mode);
         }
         let normalized = normalized.build(Encoding::Compact)?;
         let raw = raw.build(Encoding::Utf8)?;
@@ -185,11 +189,13 @@ fn entry_text(entries: &[Entry], id: KeywordId) -> &str {
         .map_or("", |entry| entry.searched.as_ref())
 }
 
-/// The keyword ids that share one distinct pattern, split by whether they need whole words.
+/// The keyword ids that share one distinct pattern, split by whether they need whole words
+/// (and whether an attached pronoun may follow).
 #[derive(Debug, Default)]
 struct Targets {
     substring: Vec<KeywordId>,
     words: Vec<KeywordId>,
+    suffixed: Vec<KeywordId>,
 }
 
 #[derive(Default)]
@@ -200,17 +206,17 @@ struct SideBuilder<'a> {
 }
 
 impl<'a> SideBuilder<'a> {
-    fn add(&mut self, pattern: &'a str, id: KeywordId, words: bool) {
+    fn add(&mut self, pattern: &'a str, id: KeywordId, mode: MatchMode) {
         let at = *self.index.entry(pattern).or_insert_with(|| {
             self.patterns.push(pattern);
             self.targets.push(Targets::default());
             self.patterns.len() - 1
         });
         if let Some(targets) = self.targets.get_mut(at) {
-            if words {
-                targets.words.push(id);
-            } else {
-                targets.substring.push(id);
+            match (mode.words, mode.suffixes) {
+                (true, true) => targets.suffixed.push(id),
+                (true, false) => targets.words.push(id),
+                (false, _) => targets.substring.push(id),
             }
         }
     }
@@ -252,6 +258,7 @@ impl Targets {
     fn shrink(mut self) -> Self {
         self.substring.shrink_to_fit();
         self.words.shrink_to_fit();
+        self.suffixed.shrink_to_fit();
         self
     }
 }
@@ -278,10 +285,11 @@ impl Text<'_> {
         }
     }
 
-    /// [`is_whole_word`] for a match at `start..end` of this text.
-    fn is_whole_word(&self, start: usize, end: usize) -> bool {
+    /// [`is_whole_word`] (or, with `suffixes`, [`is_whole_word_suffixed`]) for a match at
+    /// `start..end` of this text.
+    fn is_whole_word(&self, start: usize, end: usize, suffixes: bool) -> bool {
         match *self {
-            Text::Utf8(text) => is_whole_word(text, start, end),
+            Text::Utf8(text) => whole_word_in(text, start, end, suffixes),
             Text::Compact(text) => {
                 let mut back = start;
                 let before = std::iter::from_fn(|| {
@@ -295,7 +303,7 @@ impl Text<'_> {
                     ahead += len;
                     Some(c)
                 });
-                whole_word(before, after)
+                whole_word(before, after, suffixes)
             }
         }
     }
@@ -329,9 +337,15 @@ impl Side {
             }
             if let Some(&first) = targets.words.first()
                 && !hits.contains(first)
-                && text.is_whole_word(m.start(), m.end())
+                && text.is_whole_word(m.start(), m.end(), false)
             {
                 targets.words.iter().for_each(|&id| hits.insert(id));
+            }
+            if let Some(&first) = targets.suffixed.first()
+                && !hits.contains(first)
+                && text.is_whole_word(m.start(), m.end(), true)
+            {
+                targets.suffixed.iter().for_each(|&id| hits.insert(id));
             }
         }
     }
@@ -501,21 +515,73 @@ impl Hits {
 ///
 /// `start`/`end` that are out of range, reversed, or not on character boundaries give `false`.
 pub fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
+    whole_word_in(text, start, end, false)
+}
+
+/// As [`is_whole_word`], and the word may also end in one Arabic attached pronoun
+/// ([`ENCLITICS`]): `بوتي` (my bot), `بوتك`, `طلبهم` have `بوت`/`طلب` as a word; `بوتات`
+/// (another word, the plural) and `بوتين` do not. The pronoun is read as `normalize` writes it
+/// (`ى` counts as `ي`), with tashkeel and tatweel transparent.
+pub fn is_whole_word_suffixed(text: &str, start: usize, end: usize) -> bool {
+    whole_word_in(text, start, end, true)
+}
+
+fn whole_word_in(text: &str, start: usize, end: usize, suffixes: bool) -> bool {
     if start > end {
         return false;
     }
     let (Some(before), Some(after)) = (text.get(..start), text.get(end..)) else {
         return false;
     };
-    whole_word(before.chars().rev(), after.chars())
+    whole_word(before.chars().rev(), after.chars(), suffixes)
+}
+
+/// The Arabic attached (enclitic) pronouns `suffixes: true` lets follow a word, as normalized
+/// text writes them: my/me, your (m., f., pl., dual), his, her, our, their (m., f., dual).
+pub const ENCLITICS: &[&str] = &[
+    "ي", "ني", "ك", "كم", "كما", "كن", "ه", "ها", "هم", "هما", "هن", "نا",
+];
+
+/// Whether the letters after a match are one attached pronoun.
+fn is_enclitic(letters: &[char]) -> bool {
+    ENCLITICS.iter().any(|e| {
+        e.chars().count() == letters.len()
+            && e.chars().zip(letters).all(|(a, &b)| {
+                let b = match b {
+                    'ى' | 'ی' => 'ي',
+                    'ک' => 'ك',
+                    other => other,
+                };
+                a == b
+            })
+    })
 }
 
 /// [`is_whole_word`] given the characters before the match (nearest first) and after it.
-fn whole_word(before: impl Iterator<Item = char>, mut after: impl Iterator<Item = char>) -> bool {
-    if after
-        .find(|&c| !is_removed(c))
-        .is_some_and(char::is_alphanumeric)
-    {
+fn whole_word(
+    before: impl Iterator<Item = char>,
+    after: impl Iterator<Item = char>,
+    suffixes: bool,
+) -> bool {
+    // The letters glued after the match: none, or (with `suffixes`) one attached pronoun.
+    let mut tail = ['\0'; 4];
+    let mut t = 0;
+    for c in after {
+        if is_removed(c) {
+            continue;
+        }
+        if !c.is_alphanumeric() {
+            break;
+        }
+        match tail.get_mut(t) {
+            Some(slot) if suffixes => {
+                *slot = c;
+                t += 1;
+            }
+            _ => return false,
+        }
+    }
+    if t > 0 && !is_enclitic(&tail[..t]) {
         return false;
     }
     // Longest proclitic sequence: conjunction + preposition + article = 4 letters (فبال).

@@ -4,3 +4,4 @@
 pub mod compact;
 pub mod matcher;
 pub mod normalize;
+pub mod number;

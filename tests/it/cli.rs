@@ -714,7 +714,7 @@ fn the_shipped_saved_reply_explains_a_keyword_glued_to_a_word() {
     assert!(out.contains("✓ order-number fired"), "{out}");
     assert!(
         out.contains(
-            "✗ bot-keyword: body.any: `بوت` occurs, but not as a whole word (words: true)"
+            "✗ bot-keyword: body.any: `بوت` occurs, but not as a whole word (words: true, suffixes: true)"
         ),
         "{out}"
     );
@@ -828,13 +828,13 @@ fn check_refuses_a_script_that_calls_a_function_rule_scripts_lack() {
     let ws = Workspace::new();
     ws.write(
         "rules/script.yaml",
-        "id: big-order\nmatch:\n  script: 'parse_int(msg.body) > 1000'\nactions: [ { log: { message: x } } ]\n",
+        "id: big-order\nmatch:\n  script: 'parse_xml(msg.body) > 1000'\nactions: [ { log: { message: x } } ]\n",
     );
     let (code, out, _) = run_cli(&["check", "rules"], ws.path());
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("rules/script.yaml:3:")
-            && out.contains("`parse_int` is not a function rule scripts have"),
+            && out.contains("`parse_xml` is not a function rule scripts have"),
         "{out}"
     );
 }
@@ -891,10 +891,10 @@ fn rule_tests_pass_on_the_shipped_rules_and_a_wrong_expectation_fails_with_a_dif
     // tests folder as rules.
     let (code, out, err) = run_cli(&["test", "--rules", "rules"], &root());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("7 files, 16 tests: all passed"), "{out}");
+    assert!(out.contains("8 files, 18 tests: all passed"), "{out}");
     let (code, out, _) = run_cli(&["check", "rules"], &root());
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("7 rule(s) valid"), "{out}");
+    assert!(out.contains("8 rule(s) valid"), "{out}");
 
     let ws = Workspace::new();
     std::fs::create_dir_all(ws.path().join("rules")).unwrap();
@@ -1055,7 +1055,7 @@ fn plan_shows_what_a_deploy_changes_rule_by_rule() {
     let (code, out, err) = run_cli(&["plan", "--rules", "new", "--against", "old"], ws.path());
     assert_eq!(code, 0, "{out}{err}");
     let expected = [
-        "plan: old (7 rules) → new (6 rules)\n",
+        "plan: old (8 rules) → new (7 rules)\n",
         "~ change   bot-keyword  (new/bot-keyword.yaml)\n",
         "    actions[1].webhook.url: \"http://127.0.0.1:47812/hooks/bot\" → \"http://127.0.0.1:47812/hooks/bot-v2\"\n",
         "    match.body.any: [\"بوت\",\"bot\"] → [\"بوت\",\"bot\",\"روبوت\"]\n",
@@ -1066,7 +1066,7 @@ fn plan_shows_what_a_deploy_changes_rule_by_rule() {
         "    ! its timers (how long its condition has held), its running cooldowns stay in the state unused",
         "~ rename   urgent-group → urgent-groups  (same conditions and actions; new/urgent-group.yaml)\n",
         "    ! state is kept by rule id: its running cooldowns under `urgent-group` do not carry over, so `urgent-groups` starts from nothing",
-        "4 change(s), 3 rule(s) unchanged\n",
+        "4 change(s), 4 rule(s) unchanged\n",
     ];
     let mut at = 0;
     for line in expected {
@@ -1090,7 +1090,7 @@ fn plan_shows_what_a_deploy_changes_rule_by_rule() {
     );
     assert_eq!(code, 0);
     let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
-    assert_eq!(doc["unchanged"], 3);
+    assert_eq!(doc["unchanged"], 4);
     assert_eq!(
         doc["changes"][0]["fields"][0]["path"],
         "actions[1].webhook.url"

@@ -286,12 +286,12 @@ async fn the_example_deploy_script_checks_tests_plans_reloads_and_waits_for_the_
     for step in [
         "== check",
         "== test",
-        "7 files, 16 tests: all passed",
+        "8 files, 18 tests: all passed",
         "== plan",
         "+ add      bot-keyword",
         "- remove   old",
         "== reload",
-        &format!("reloaded: rule set {want} in force (7 rule(s))"),
+        &format!("reloaded: rule set {want} in force (8 rule(s))"),
     ] {
         assert!(out.contains(step), "no {step:?} in\n{out}");
     }
@@ -304,7 +304,7 @@ async fn the_example_deploy_script_checks_tests_plans_reloads_and_waits_for_the_
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(live.len(), 7, "the rules, not their tests: {live:?}");
+    assert_eq!(live.len(), 8, "the rules, not their tests: {live:?}");
     assert!(!live.contains(&"tests".to_string()));
 
     // A rule test that fails stops the deploy before anything is copied.
@@ -328,6 +328,28 @@ async fn the_example_deploy_script_checks_tests_plans_reloads_and_waits_for_the_
     assert!(!out.contains("== copy"), "{out}");
     let (code, health, _) = run_cli(&["health", "-c", cfg.to_str().unwrap()], ws.path());
     assert_eq!(code, 0);
+    assert!(health.contains(&format!("rule set {want}")), "{health}");
+
+    // A set the daemon refuses — an empty folder, a deploy that lost its files: `check` finds
+    // nothing wrong in no rules, the daemon refuses to run without any — and the previous
+    // rules are put back on disk too (a restart would otherwise load nothing).
+    let refused = ws.path().join("refused");
+    std::fs::create_dir_all(&refused).unwrap();
+    let run = deploy(&refused);
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{out}");
+    assert!(
+        out.contains("== reload") && out.contains("not reloaded"),
+        "{out}"
+    );
+    assert!(err.contains("putting the previous ones back"), "{err}");
+    let live = ws.path().join("rules");
+    assert!(
+        live.join("bot-keyword.yaml").exists(),
+        "the previous rules are back"
+    );
+    let (_, health, _) = run_cli(&["health", "-c", cfg.to_str().unwrap()], ws.path());
     assert!(health.contains(&format!("rule set {want}")), "{health}");
     assert_eq!(daemon.stop(), 0);
     gw.shutdown().await;

@@ -4,19 +4,85 @@ use proptest::prelude::*;
 const WORDS: MatchMode = MatchMode {
     words: true,
     normalized: true,
+    suffixes: false,
 };
 const SUBSTRING: MatchMode = MatchMode {
     words: false,
     normalized: true,
+    suffixes: false,
 };
 const RAW: MatchMode = MatchMode {
     words: false,
     normalized: false,
+    suffixes: false,
 };
 const RAW_WORDS: MatchMode = MatchMode {
     words: true,
     normalized: false,
+    suffixes: false,
 };
+const SUFFIXED: MatchMode = MatchMode {
+    words: true,
+    normalized: true,
+    suffixes: true,
+};
+const RAW_SUFFIXED: MatchMode = MatchMode {
+    words: true,
+    normalized: false,
+    suffixes: true,
+};
+
+#[test]
+fn attached_pronouns_end_a_word_only_when_the_rule_says_suffixes() {
+    let cases: &[(&str, MatchMode, &str, bool)] = &[
+        // Every attached pronoun, with and without proclitics in front.
+        ("بوت", SUFFIXED, "بوتي", true),
+        ("بوت", SUFFIXED, "بوتك", true),
+        ("بوت", SUFFIXED, "بوته", true),
+        ("بوت", SUFFIXED, "بوتها", true),
+        ("بوت", SUFFIXED, "بوتنا", true),
+        ("بوت", SUFFIXED, "بوتكم", true),
+        ("بوت", SUFFIXED, "بوتكما", true),
+        ("بوت", SUFFIXED, "بوتكن", true),
+        ("بوت", SUFFIXED, "بوتهم", true),
+        ("بوت", SUFFIXED, "بوتهما", true),
+        ("بوت", SUFFIXED, "بوتهن", true),
+        ("بوت", SUFFIXED, "وبوتكم؟", true),
+        ("بوت", SUFFIXED, "ابي اكلم بوتكم لو سمحت", true),
+        ("بوت", SUFFIXED, "بوت", true),
+        ("طلب", SUFFIXED, "وين طلبي؟", true),
+        // Spelled with alef maqsura, with tashkeel or tatweel inside: the same pronoun.
+        ("بوت", SUFFIXED, "بوتى", true),
+        ("بوت", SUFFIXED, "بُوتـكُم", true),
+        ("بوت", RAW_SUFFIXED, "بوتى", true),
+        ("بوت", RAW_SUFFIXED, "بوتكم", true),
+        // Not a pronoun: plurals, duals, other words.
+        ("بوت", SUFFIXED, "بوتات", false),
+        ("بوت", SUFFIXED, "بوتين", false),
+        ("بوت", SUFFIXED, "بوتان", false),
+        ("بوت", SUFFIXED, "روبوت", false),
+        ("بوت", SUFFIXED, "روبوتي", false),
+        ("بوت", SUFFIXED, "بوتكمم", false),
+        ("bot", SUFFIXED, "bots", false),
+        // Without suffixes: true, a pronoun glues the word as before.
+        ("بوت", WORDS, "بوتي", false),
+        ("بوت", WORDS, "بوتكم", false),
+        ("بوت", RAW_WORDS, "بوتى", false),
+    ];
+    for &(keyword, mode, text, want) in cases {
+        assert_eq!(
+            matches(keyword, mode, text),
+            want,
+            "{keyword:?} in {text:?} with {mode:?}"
+        );
+    }
+    // The same word in one rule with suffixes and in another without: each gets its own verdict.
+    let m = matcher(&[("بوت", WORDS), ("بوت", SUFFIXED)]);
+    assert_eq!(hits_in(&m, "بوتي"), [1]);
+    assert_eq!(hits_in(&m, "بوت"), [0, 1]);
+    assert!(is_whole_word_suffixed("بوتي", 0, "بوت".len()));
+    assert!(!is_whole_word("بوتي", 0, "بوت".len()));
+}
 
 fn matcher(keywords: &[(&str, MatchMode)]) -> Matcher {
     let mut builder = MatcherBuilder::new();
@@ -300,6 +366,8 @@ const PIECES: &[&str] = &[
     "ا",
     "بوت",
     "روبوت",
+    "ي",
+    "هم",
     "b",
     "o",
     "t",
@@ -336,6 +404,7 @@ fn mode(rng: &mut Rng) -> MatchMode {
     MatchMode {
         words: rng.below(2) == 0,
         normalized: rng.below(5) != 0,
+        suffixes: rng.below(3) == 0,
     }
 }
 
@@ -354,7 +423,12 @@ fn naive(keywords: &[(String, MatchMode)], raw: &str) -> Vec<KeywordId> {
             !pattern.is_empty()
                 && text.char_indices().any(|(i, _)| {
                     text[i..].starts_with(pattern.as_ref())
-                        && (!mode.words || is_whole_word(text, i, i + pattern.len()))
+                        && (!mode.words
+                            || if mode.suffixes {
+                                is_whole_word_suffixed(text, i, i + pattern.len())
+                            } else {
+                                is_whole_word(text, i, i + pattern.len())
+                            })
                 })
         })
         .map(|(id, _)| id)
@@ -404,8 +478,18 @@ fn keyword_strategy() -> impl Strategy<Value = (String, MatchMode)> {
         prop::collection::vec(prop::sample::select(PIECES), 1..4),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(pieces, words, normalized)| (pieces.concat(), MatchMode { words, normalized }))
+        .prop_map(|(pieces, words, normalized, suffixes)| {
+            (
+                pieces.concat(),
+                MatchMode {
+                    words,
+                    normalized,
+                    suffixes,
+                },
+            )
+        })
 }
 
 fn message_strategy() -> impl Strategy<Value = String> {
