@@ -1,6 +1,6 @@
 //! The daemon: opens the store, starts the poller and the dispatcher, stops them gracefully.
 //!
-//! Bind outside, run inside: [`run`] takes a compiled config and rules and a shutdown token,
+//! Bind outside, run inside: `run` takes a compiled config and rules and a shutdown token,
 //! so tests and the demo run it in-process.
 
 use crate::config::Config;
@@ -102,6 +102,7 @@ pub fn prepare(
         target: poller.rules.clone(),
         allow_empty: poller.config.allow_empty_rules,
         policy: poller.config.webhooks.net_policy.clone(),
+        timezone: poller.config.rules_timezone.clone(),
         then: Box::new({
             let dispatcher = dispatcher.clone();
             let metrics = metrics.clone();

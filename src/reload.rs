@@ -75,6 +75,7 @@ pub(crate) fn reload(
     target: &RwLock<Arc<RuleSet>>,
     allow_empty: bool,
     policy: &crate::outbox::ssrf::NetPolicy,
+    timezone: Option<&jiff::tz::TimeZone>,
 ) -> Reloaded {
     let in_force = || {
         target
@@ -83,7 +84,7 @@ pub(crate) fn reload(
             .fingerprint
             .clone()
     };
-    match rules::load_for(paths, policy) {
+    match rules::load_with(paths, policy, timezone) {
         Ok((set, warnings)) => {
             for w in &warnings.0 {
                 tracing::warn!(event = "rules.warning", "{w}");
@@ -285,6 +286,8 @@ pub(crate) struct Reloader {
     pub target: Arc<RwLock<Arc<RuleSet>>>,
     pub allow_empty: bool,
     pub policy: crate::outbox::ssrf::NetPolicy,
+    /// `rules.timezone` as the daemon started with it (a change waits for a restart).
+    pub timezone: Option<jiff::tz::TimeZone>,
     /// Runs after each reload that put a new set in force (blocking).
     pub then: Box<dyn Fn(&RuleSet) + Send + Sync>,
     /// One reload at a time: two at once could leave the older set in force.
@@ -340,7 +343,13 @@ impl Reloader {
             Some(Ok(staged)) => Some(staged),
             None => None,
         };
-        let mut r = reload(&self.paths, &self.target, self.allow_empty, &self.policy);
+        let mut r = reload(
+            &self.paths,
+            &self.target,
+            self.allow_empty,
+            &self.policy,
+            self.timezone.as_ref(),
+        );
         if let (Reloaded::Refused { why, .. }, Some(source), Some(staged)) =
             (&mut r, &self.config, &staged)
             && source.would_change(staged)

@@ -13,6 +13,7 @@ pub(super) fn check(
     let mut rule_paths: Vec<PathBuf> = paths.to_vec();
     let check_config = paths.is_empty() || config_path.exists();
     let mut policy = crate::outbox::ssrf::NetPolicy::AllowAll;
+    let mut timezone = None;
     if check_config {
         match config::load(config_path, EnvMode::Optional) {
             Ok((c, warnings)) => {
@@ -22,6 +23,7 @@ pub(super) fn check(
                 }
                 // Webhook urls the daemon would refuse are errors now, not dead letters later.
                 policy = c.webhooks.net_policy;
+                timezone = c.rules_timezone;
             }
             Err(d) => all.extend(d),
         }
@@ -30,7 +32,7 @@ pub(super) fn check(
     let mut fingerprint = None;
     let mut disabled = Vec::new();
     if !rule_paths.is_empty() {
-        match crate::rules::load_for(&rule_paths, &policy) {
+        match crate::rules::load_with(&rule_paths, &policy, timezone.as_ref()) {
             Ok((set, warnings)) => {
                 rule_count = set.rules.len() + set.chat_rules.len() + set.script_rules.len();
                 fingerprint = Some(set.fingerprint.clone());

@@ -127,7 +127,11 @@ fn demo_with(config_path: &Path, scenario: Option<&Path>, duration: Duration, tm
         }
     };
     crate::events::set_masking(config.mask_phone_numbers);
-    let (rules, _) = match crate::rules::load_for(&config.rule_paths, &config.webhooks.net_policy) {
+    let (rules, _) = match crate::rules::load_with(
+        &config.rule_paths,
+        &config.webhooks.net_policy,
+        config.rules_timezone.as_ref(),
+    ) {
         Ok(r) => r,
         Err(d) => {
             eprint!("{d}");

@@ -103,6 +103,10 @@ pub enum Command {
         /// 2026-11-28T10:00:00Z); default: now. `for:` is reported, not waited for.
         #[arg(long, value_parser = parse_time, requires = "input")]
         at: Option<i64>,
+        /// The time zone of `when:` conditions that name none, as the config's
+        /// `rules.timezone` (IANA, e.g. Asia/Riyadh); default UTC.
+        #[arg(long, value_parser = parse_timezone)]
+        timezone: Option<jiff::tz::TimeZone>,
     },
     /// Inspect the delivery queue and re-send dead-lettered deliveries (same delivery_id).
     Outbox {
@@ -267,6 +271,11 @@ pub enum OutboxAction {
     },
 }
 
+fn parse_timezone(s: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(s)
+        .map_err(|_| format!("`{s}` is not a time zone; write an IANA name such as Asia/Riyadh"))
+}
+
 fn parse_time(s: &str) -> Result<i64, String> {
     s.parse::<jiff::Timestamp>()
         .map(|t| t.as_second())
@@ -338,9 +347,10 @@ pub fn main(cli: Cli) -> ExitCode {
             format,
             explain,
             at,
+            timezone,
         } => match input {
-            Some(input) => test::test(&rules, &input, format, explain, at),
-            None => ruletest::run(&rules, tests.as_deref(), format),
+            Some(input) => test::test(&rules, &input, format, explain, at, timezone.as_ref()),
+            None => ruletest::run(&rules, tests.as_deref(), format, timezone.as_ref()),
         },
         Command::Outbox { config, action } => outbox::outbox(&config, action),
         Command::Demo {

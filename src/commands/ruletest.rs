@@ -526,7 +526,12 @@ fn test_files(path: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// `cartat-rules test` with test files: runs them all, prints the report, 0 if every test
 /// passed, 1 otherwise.
-pub(super) fn run(rules_path: &Path, tests: Option<&Path>, format: TestFormat) -> u8 {
+pub(super) fn run(
+    rules_path: &Path,
+    tests: Option<&Path>,
+    format: TestFormat,
+    timezone: Option<&jiff::tz::TimeZone>,
+) -> u8 {
     let tests_path = match tests {
         Some(p) => p.to_path_buf(),
         None if rules_path.is_dir() => rules_path.join("tests"),
@@ -552,7 +557,11 @@ pub(super) fn run(rules_path: &Path, tests: Option<&Path>, format: TestFormat) -
             return 1;
         }
     };
-    let rules = match crate::rules::load(&[rules_path.to_path_buf()]) {
+    let rules = match crate::rules::load_with(
+        &[rules_path.to_path_buf()],
+        &crate::net::ssrf::NetPolicy::AllowAll,
+        timezone,
+    ) {
         Ok((r, warnings)) => {
             eprint!("{warnings}");
             r
@@ -881,6 +890,36 @@ tests:
                 fired: "pileup (chat)".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_chat_rule_with_business_hours_waits_for_the_morning() {
+        let rules = rules(
+            "id: sla\non: chat\nmatch: { unanswered_for: 15m, when: { days: [sun, mon, tue, wed, thu], between: \"08:00-17:00\", tz: Asia/Riyadh } }\nactions: [ { log: { message: '{{ matched.waiting_since }}' } } ]\n",
+        );
+        // Time 0 is Thursday 16:50 in Riyadh; the customer writes then.
+        let start = "2026-12-03T13:50:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        let file = cases(
+            r#"
+tests:
+  - name: t
+    chat: { id: "966500000001", messages: [ { at: 1s, body: "hello?" } ] }
+    polls:
+      - { at: 5m, fires: [] }
+      - { at: 20m, fires: [] }
+      - { at: 62h, fires: [] }
+      - { at: 3795m, fires: [ { rule: sla, log: "2026-12-03T13:50:01Z" } ] }
+"#,
+        );
+        // 20m: 17:10 Thursday, after hours; 62h: Sunday 06:50, before hours; 3795m: Sunday
+        // 08:05 (3795m = 63h15m), open: the customer has waited since Thursday.
+        let polls = run_case(&rules, start, file.first_sight, &file.tests[0]).unwrap();
+        for p in &polls {
+            assert!(p.problems.is_empty(), "{:?}", p.problems);
+        }
     }
 
     #[test]

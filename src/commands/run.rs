@@ -14,15 +14,18 @@ pub(super) fn run(path: &Path, log: &LogArgs) -> u8 {
     eprint!("{warnings}");
     init_logging(log, "info", config.log_format);
     crate::events::set_masking(config.mask_phone_numbers);
-    let (rules, rule_warnings) =
-        match crate::rules::load_for(&config.rule_paths, &config.webhooks.net_policy) {
-            Ok(r) => r,
-            Err(d) => {
-                eprint!("{d}");
-                eprintln!("cartat-rules: the rules are not valid; nothing was started");
-                return 1;
-            }
-        };
+    let (rules, rule_warnings) = match crate::rules::load_with(
+        &config.rule_paths,
+        &config.webhooks.net_policy,
+        config.rules_timezone.as_ref(),
+    ) {
+        Ok(r) => r,
+        Err(d) => {
+            eprint!("{d}");
+            eprintln!("cartat-rules: the rules are not valid; nothing was started");
+            return 1;
+        }
+    };
     eprint!("{rule_warnings}");
     let rt = match runtime(1) {
         Ok(rt) => rt,

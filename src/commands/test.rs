@@ -11,9 +11,14 @@ pub(super) fn test(
     format: TestFormat,
     explain: bool,
     at: Option<i64>,
+    timezone: Option<&jiff::tz::TimeZone>,
 ) -> u8 {
     let now = at.unwrap_or_else(|| jiff::Timestamp::now().as_second());
-    let rules = match crate::rules::load(&[rules_path.to_path_buf()]) {
+    let rules = match crate::rules::load_with(
+        &[rules_path.to_path_buf()],
+        &crate::net::ssrf::NetPolicy::AllowAll,
+        timezone,
+    ) {
         Ok((r, warnings)) => {
             eprint!("{warnings}");
             r

@@ -105,6 +105,8 @@ pub struct Config {
     pub watch_rules: bool,
     /// A reload may leave no rule at all (`rules.allow_empty`).
     pub allow_empty_rules: bool,
+    /// `rules.timezone`: the time zone of `when:` conditions that name none (None: UTC).
+    pub rules_timezone: Option<jiff::tz::TimeZone>,
     pub webhooks: WebhookConfig,
     pub log_format: LogFormat,
     pub mask_phone_numbers: bool,
@@ -324,6 +326,22 @@ fn compile(
             .unwrap_or_else(|| "./state/cartat-rules.db".into()),
     );
     let rules = raw.rules.unwrap_or_default();
+    let rules_timezone = rules.timezone.as_ref().and_then(|tz| {
+        match jiff::tz::TimeZone::get(&tz.value) {
+            Ok(zone) => Some(zone),
+            Err(_) => {
+                d.push(Diagnostic::at(
+                    path,
+                    tz.referenced,
+                    format!(
+                        "rules.timezone: `{}` is not a time zone; write an IANA name such as Asia/Riyadh or Asia/Dubai",
+                        tz.value
+                    ),
+                ));
+                None
+            }
+        }
+    });
     let rule_paths = rules
         .paths
         .unwrap_or_else(|| vec!["./rules".into()])
@@ -486,6 +504,7 @@ fn compile(
         rule_paths,
         watch_rules: rules.watch.unwrap_or(true),
         allow_empty_rules: rules.allow_empty.unwrap_or(false),
+        rules_timezone,
         webhooks: WebhookConfig {
             secret,
             timeout: wh.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(10)),

@@ -185,6 +185,9 @@ pub struct RawRules {
     /// Accept a reload that leaves no rule at all (default false: a deploy that wiped the
     /// folder keeps the last set in force, loudly).
     pub allow_empty: Option<bool>,
+    /// The time zone of `when:` conditions that name none (IANA: `Asia/Riyadh`); default UTC.
+    #[schemars(with = "Option<String>")]
+    pub timezone: Option<Spanned<String>>,
 }
 
 /// `false`, `true`, or a list of CIDRs.

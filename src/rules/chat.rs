@@ -139,6 +139,10 @@ impl ChatRule {
                     Cond::Chats(ids) if !ids.contains(chat_id) => {
                         return ChatCheck::DoesNotHold(format!("chats: `{chat_id}` is not listed"));
                     }
+                    // A chat rule asks about the time of the poll.
+                    Cond::When(w) if !w.holds(now) => {
+                        return ChatCheck::DoesNotHold(w.why_not(now).unwrap_or_default());
+                    }
                     _ => {}
                 }
             }
@@ -256,6 +260,7 @@ impl Compiler<'_> {
         let filter = self.cond(RawMatch {
             is_group: m.is_group,
             chats: m.chats,
+            when: m.when,
             ..RawMatch::default()
         });
         Some((unread, unanswered, hold_for, filter))

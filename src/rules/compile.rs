@@ -26,6 +26,8 @@ pub(super) struct Compiler<'a> {
     pub(super) first_webhook: Option<Location>,
     /// The network policy webhook urls are vetted against.
     pub(super) policy: &'a crate::net::ssrf::NetPolicy,
+    /// The time zone of `when:` conditions that name none (`rules.timezone`); None: UTC.
+    pub(super) timezone: Option<&'a jiff::tz::TimeZone>,
 }
 
 /// Compiles parsed files into one set. Rules with errors are left out and reported.
@@ -37,6 +39,15 @@ pub fn compile_rules(files: Vec<ParsedFile>) -> (RuleSet, Diagnostics) {
 pub fn compile_rules_for(
     files: Vec<ParsedFile>,
     policy: &crate::net::ssrf::NetPolicy,
+) -> (RuleSet, Diagnostics) {
+    compile_rules_with(files, policy, None)
+}
+
+/// As [`compile_rules_for`], with the time zone of `when:` conditions that name none.
+pub fn compile_rules_with(
+    files: Vec<ParsedFile>,
+    policy: &crate::net::ssrf::NetPolicy,
+    timezone: Option<&jiff::tz::TimeZone>,
 ) -> (RuleSet, Diagnostics) {
     let mut d = Diagnostics::default();
     let mut builder = MatcherBuilder::new();
@@ -95,6 +106,7 @@ pub fn compile_rules_for(
                 keywords: HashMap::new(),
                 first_webhook: None,
                 policy,
+                timezone,
             };
             if is_chat_rule {
                 let compiled = c.chat_match(raw.match_.unwrap_or_default());
@@ -277,6 +289,11 @@ impl Compiler<'_> {
             }
             all.push(Cond::Chats(ids));
         }
+        if let Some(w) = m.when
+            && let Some(when) = self.when(w)
+        {
+            all.push(Cond::When(Box::new(when)));
+        }
         if let Some(b) = m.body {
             let says_nothing = b.value.any.is_empty()
                 && b.value.all.is_empty()
@@ -344,6 +361,120 @@ impl Compiler<'_> {
             all.push(Cond::Not(Box::new(self.cond(*n))));
         }
         Cond::All(all)
+    }
+
+    /// Compiles `when:`; every problem is reported at the key.
+    fn when(&mut self, w: Spanned<raw::RawWhen>) -> Option<crate::rules::WhenCond> {
+        let at = w.referenced;
+        let w = w.value;
+        let fail = |d: &mut Diagnostics, msg: String| d.push(Diagnostic::at(self.path, at, msg));
+        let mut ok = true;
+        let days = match &w.days {
+            None => 0x7f,
+            Some(list) => {
+                let mut mask = 0u8;
+                for day in list {
+                    match crate::rules::DAY_NAMES
+                        .iter()
+                        .position(|d| d.eq_ignore_ascii_case(day.trim()))
+                    {
+                        Some(i) => mask |= 1 << i,
+                        None => {
+                            fail(
+                                self.d,
+                                format!(
+                                    "when.days: `{day}` is not a day; write sun, mon, tue, wed, thu, fri or sat"
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                if list.is_empty() {
+                    fail(
+                        self.d,
+                        "when.days: the list is empty, so it would never hold".into(),
+                    );
+                    ok = false;
+                }
+                mask
+            }
+        };
+        let parse_hhmm = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let between = match &w.between {
+            None => None,
+            Some(text) => match text
+                .split_once('-')
+                .and_then(|(a, b)| Some((parse_hhmm(a)?, parse_hhmm(b)?)))
+            {
+                Some((a, b)) if a != b => Some((a, b)),
+                Some(_) => {
+                    fail(
+                        self.d,
+                        format!(
+                            "when.between: `{text}` starts and ends at the same time; leave `between` out for the whole day"
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+                None => {
+                    fail(
+                        self.d,
+                        format!(
+                            "when.between: `{text}` is not a window like 08:00-17:00 (24-hour local times; 22:00-06:00 spans midnight)"
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let (tz, tz_name) = match &w.tz {
+            Some(name) => match jiff::tz::TimeZone::get(name) {
+                Ok(tz) => (tz, name.clone()),
+                Err(_) => {
+                    fail(
+                        self.d,
+                        format!(
+                            "when.tz: `{name}` is not a time zone; write an IANA name such as Asia/Riyadh or Asia/Dubai"
+                        ),
+                    );
+                    return None;
+                }
+            },
+            None => match self.timezone {
+                Some(tz) => (
+                    tz.clone(),
+                    tz.iana_name().unwrap_or("rules.timezone").to_string(),
+                ),
+                None => (jiff::tz::TimeZone::UTC, "UTC".to_string()),
+            },
+        };
+        let mut holidays = Vec::new();
+        for day in w.holidays.iter().flatten() {
+            match day.trim().parse::<jiff::civil::Date>() {
+                Ok(date) => holidays.push(date),
+                Err(_) => {
+                    fail(
+                        self.d,
+                        format!("when.holidays: `{day}` is not a date like 2026-12-02"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(crate::rules::WhenCond {
+            days,
+            between,
+            tz,
+            tz_name,
+            holidays,
+        })
     }
 
     pub(super) fn body(&mut self, b: raw::RawBody) -> Cond {

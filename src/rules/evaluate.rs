@@ -280,6 +280,10 @@ where
         }
         Cond::Body(b) => eval_body(b, ctx, m),
         Cond::Script(s) => eval_script(s, ctx),
+        // A message rule asks about the message's own time, as cooldowns do.
+        Cond::When(w) if !w.holds(ctx.msg.timestamp) => {
+            Err(ctx.why(|| w.why_not(ctx.msg.timestamp).unwrap_or_default()))
+        }
         _ => Ok(()),
     }
 }

@@ -179,6 +179,16 @@ pub fn load_for(
     paths: &[PathBuf],
     policy: &crate::net::ssrf::NetPolicy,
 ) -> Result<(RuleSet, Diagnostics), Diagnostics> {
+    load_with(paths, policy, None)
+}
+
+/// As [`load_for`], with the time zone of `when:` conditions that name none
+/// (`rules.timezone`; None: UTC).
+pub fn load_with(
+    paths: &[PathBuf],
+    policy: &crate::net::ssrf::NetPolicy,
+    timezone: Option<&jiff::tz::TimeZone>,
+) -> Result<(RuleSet, Diagnostics), Diagnostics> {
     let (files, mut d) = discover(paths)?;
     // Named by the very texts compiled below (read once: a file replaced between two reads
     // would give a name to another set).
@@ -210,7 +220,7 @@ pub fn load_for(
             Err(e) => d.push(Diagnostic::error(&f, 0, 0, format!("cannot read: {e}"))),
         }
     }
-    let (mut set, more) = compile_rules_for(parsed, policy);
+    let (mut set, more) = super::compile::compile_rules_with(parsed, policy, timezone);
     set.fingerprint = super::docs::docs_of(&texts)
         .map(|docs| super::docs::fingerprint(&docs))
         .unwrap_or_default();

@@ -18,9 +18,9 @@ pub mod script;
 pub mod template;
 
 use compile::Compiler;
-pub use compile::{compile_rules, compile_rules_for};
+pub use compile::{compile_rules, compile_rules_for, compile_rules_with};
 pub use evaluate::{Prepared, SCRIPT_VARIABLES};
-pub use load::{ParsedFile, discover, load, load_for, parse_file};
+pub use load::{ParsedFile, discover, load, load_for, load_with, parse_file};
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::gateway::model::{Chat, ChatId, Message};
@@ -64,6 +64,74 @@ enum Cond {
     Chats(Vec<ChatId>),
     Body(Box<BodyCond>),
     Script(Box<ScriptCond>),
+    When(Box<WhenCond>),
+}
+
+/// A compiled `when:` condition: local days, a time window and holidays in one time zone.
+#[derive(Debug)]
+struct WhenCond {
+    /// Bit `n` set: weekday `n` (Sunday = 0) is in.
+    days: u8,
+    /// Minutes after local midnight, start included, end excluded; start > end spans midnight.
+    between: Option<(u16, u16)>,
+    tz: jiff::tz::TimeZone,
+    /// The zone's name, for explanations.
+    tz_name: String,
+    holidays: Vec<jiff::civil::Date>,
+}
+
+/// Day names as `when.days` takes them, Sunday first (the week of the Gulf).
+const DAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+impl WhenCond {
+    /// The local date, weekday (Sunday = 0) and minute of the day of `unix` seconds.
+    fn local(&self, unix: i64) -> Option<(jiff::civil::Date, usize, u16)> {
+        let zoned = jiff::Timestamp::from_second(unix)
+            .ok()?
+            .to_zoned(self.tz.clone());
+        let weekday = zoned.weekday().to_sunday_zero_offset() as usize;
+        let minute = zoned.hour() as u16 * 60 + zoned.minute() as u16;
+        Some((zoned.date(), weekday, minute))
+    }
+
+    /// Whether the condition holds at `unix` seconds.
+    fn holds(&self, unix: i64) -> bool {
+        self.why_not(unix).is_none()
+    }
+
+    /// Why it does not hold at `unix` seconds; `None` when it holds.
+    fn why_not(&self, unix: i64) -> Option<String> {
+        let Some((date, weekday, minute)) = self.local(unix) else {
+            return Some(format!("when: {unix} is not a time"));
+        };
+        let hhmm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        let zone = &self.tz_name;
+        if self.holidays.contains(&date) {
+            return Some(format!("when: {date} is a holiday ({zone})"));
+        }
+        if self.days & (1 << weekday) == 0 {
+            return Some(format!(
+                "when: {date} is a {} ({zone}), not one of the days",
+                DAY_NAMES[weekday]
+            ));
+        }
+        if let Some((from, to)) = self.between {
+            let inside = if from <= to {
+                (from..to).contains(&minute)
+            } else {
+                minute >= from || minute < to
+            };
+            if !inside {
+                return Some(format!(
+                    "when: {} ({zone}) is not between {} and {}",
+                    hhmm(minute),
+                    hhmm(from),
+                    hhmm(to)
+                ));
+            }
+        }
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -236,7 +304,7 @@ pub struct RuleSet {
     gate_of: Vec<u32>,
     /// Bitset of the rules that are not gated (evaluated on every message).
     ungated: Vec<u64>,
-    /// The set's name ([`docs::fingerprint`]): set by [`load`], empty for a set compiled from
+    /// The set's name (a hash of what its rules say, see `cartat-rules check`): set by [`load`], empty for a set compiled from
     /// parsed files.
     pub fingerprint: String,
     /// Rules written with `enabled: false` (valid, never evaluated), by id.

@@ -120,6 +120,26 @@ pub struct RawMatch {
     #[serde(rename = "for")]
     #[schemars(with = "Option<HumanDuration>")]
     pub for_: Option<Spanned<HumanDuration>>,
+    /// Only at these times (business hours): the message's time for message rules, the time
+    /// of the poll for chat rules. `not: { when: … }` for after hours.
+    #[schemars(with = "Option<RawWhen>")]
+    pub when: Option<Spanned<RawWhen>>,
+}
+
+/// `{ days: [sun, mon, tue, wed, thu], between: "08:00-17:00", tz: Asia/Riyadh }`.
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    /// Days of the week, local: sun, mon, tue, wed, thu, fri, sat (default: every day).
+    pub days: Option<Vec<String>>,
+    /// Local time of day, `HH:MM-HH:MM`, the end excluded; `22:00-06:00` spans midnight
+    /// (default: the whole day).
+    pub between: Option<String>,
+    /// An IANA time zone (`Asia/Riyadh`, `Asia/Dubai`); default: the config's
+    /// `rules.timezone`, else UTC.
+    pub tz: Option<String>,
+    /// Local dates (`2026-12-02`) on which this never holds: holidays.
+    pub holidays: Option<Vec<String>>,
 }
 
 /// A string or a list of strings.

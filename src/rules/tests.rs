@@ -937,3 +937,122 @@ fn suffixes_reach_the_rule_and_explain_names_the_word_rule() {
         )
     );
 }
+
+/// A rule that fires on any message within `when` (YAML flow map).
+fn when_rule(when: &str) -> RuleSet {
+    compile_one(
+        "r.yaml",
+        &format!(
+            "id: hours\nmatch: {{ when: {when} }}\nactions: [ {{ log: {{ message: x }} }} ]\n"
+        ),
+    )
+    .unwrap()
+}
+
+/// Whether the `when` rule fires on a message sent at `at` (RFC 3339), and why not.
+fn fires_at(set: &RuleSet, at: &str) -> Result<(), String> {
+    let chat = private_chat();
+    let id = ChatId::from_gateway(&chat.id);
+    let mut m = msg("hello", false, "chat");
+    m.timestamp = at.parse::<jiff::Timestamp>().unwrap().as_second();
+    let p = set.prepare(&m.body);
+    match set.eval_message(&set.rules[0], &id, &chat, &m, &p) {
+        Verdict::Fired(_) => Ok(()),
+        Verdict::Failed(why) => Err(why),
+    }
+}
+
+#[test]
+fn business_hours_in_riyadh_hold_on_the_local_week_and_clock() {
+    // Riyadh is UTC+3 all year; the Saudi week is Sunday to Thursday.
+    let set = when_rule(
+        "{ days: [sun, mon, tue, wed, thu], between: \"08:00-17:00\", tz: Asia/Riyadh, holidays: [2026-12-02] }",
+    );
+    let table: &[(&str, Result<(), &str>)] = &[
+        ("2026-11-29T05:00:00Z", Ok(())), // Sunday 08:00 local: the first minute
+        (
+            "2026-11-29T04:59:59Z",
+            Err("when: 07:59 (Asia/Riyadh) is not between 08:00 and 17:00"),
+        ),
+        ("2026-11-29T13:59:00Z", Ok(())), // 16:59
+        (
+            "2026-11-29T14:00:00Z",
+            Err("when: 17:00 (Asia/Riyadh) is not between 08:00 and 17:00"),
+        ),
+        // Thursday 23:00 UTC is already Friday 02:00 in Riyadh: the weekend.
+        (
+            "2026-11-26T23:00:00Z",
+            Err("when: 2026-11-27 is a fri (Asia/Riyadh), not one of the days"),
+        ),
+        (
+            "2026-11-28T10:00:00Z",
+            Err("when: 2026-11-28 is a sat (Asia/Riyadh), not one of the days"),
+        ),
+        // Saturday 21:30 UTC is Sunday 00:30 local: a working day, but before hours.
+        (
+            "2026-11-28T21:30:00Z",
+            Err("when: 00:30 (Asia/Riyadh) is not between 08:00 and 17:00"),
+        ),
+        (
+            "2026-12-02T09:00:00Z",
+            Err("when: 2026-12-02 is a holiday (Asia/Riyadh)"),
+        ),
+        ("2026-12-03T09:00:00Z", Ok(())),
+    ];
+    for (at, want) in table {
+        assert_eq!(fires_at(&set, at), want.map_err(str::to_string), "{at}");
+    }
+}
+
+#[test]
+fn a_zone_with_daylight_saving_follows_its_clock_and_night_windows_span_midnight() {
+    // Berlin: UTC+1 in winter, UTC+2 from 2026-03-29 02:00 local.
+    let set = when_rule("{ between: \"09:00-10:00\", tz: Europe/Berlin }");
+    assert_eq!(fires_at(&set, "2026-03-28T08:30:00Z"), Ok(())); // 09:30 CET
+    assert!(fires_at(&set, "2026-03-30T08:30:00Z").is_err()); // 10:30 CEST
+    assert_eq!(fires_at(&set, "2026-03-30T07:30:00Z"), Ok(())); // 09:30 CEST
+    // After hours in Dubai (UTC+4), across midnight.
+    let night = when_rule("{ between: \"22:00-06:00\", tz: Asia/Dubai }");
+    assert_eq!(fires_at(&night, "2026-11-28T18:00:00Z"), Ok(())); // 22:00
+    assert_eq!(fires_at(&night, "2026-11-29T01:59:00Z"), Ok(())); // 05:59
+    assert!(fires_at(&night, "2026-11-29T02:00:00Z").is_err()); // 06:00
+    assert!(fires_at(&night, "2026-11-29T12:00:00Z").is_err()); // 16:00
+    // Without a zone: UTC (or the config's rules.timezone).
+    let utc = when_rule("{ between: \"09:00-10:00\" }");
+    assert_eq!(fires_at(&utc, "2026-11-28T09:15:00Z"), Ok(()));
+    let set = compile_rules_with(
+        vec![parse_file(
+            Path::new("r.yaml"),
+            "id: hours\nmatch: { when: { between: \"09:00-10:00\" } }\nactions: [ { log: { message: x } } ]\n",
+        )
+        .unwrap()],
+        &crate::net::ssrf::NetPolicy::AllowAll,
+        Some(&jiff::tz::TimeZone::get("Asia/Riyadh").unwrap()),
+    )
+    .0;
+    assert_eq!(fires_at(&set, "2026-11-28T06:15:00Z"), Ok(())); // 09:15 in Riyadh
+    assert!(fires_at(&set, "2026-11-28T09:15:00Z").is_err());
+}
+
+#[test]
+fn check_names_a_bad_when_at_its_key() {
+    let e = |when: &str| {
+        errors(
+            "r.yaml",
+            &format!("id: a\nmatch:\n  when: {when}\nactions: [ {{ log: {{ message: x }} }} ]\n"),
+        )
+    };
+    assert_eq!(
+        e("{ days: [sun, funday] }"),
+        ["r.yaml:3:9: when.days: `funday` is not a day; write sun, mon, tue, wed, thu, fri or sat"]
+    );
+    assert!(
+        e("{ between: \"8-17\" }")[0]
+            .contains("when.between: `8-17` is not a window like 08:00-17:00")
+    );
+    assert!(e("{ between: \"09:00-09:00\" }")[0].contains("starts and ends at the same time"));
+    assert!(e("{ tz: Riyadh }")[0].contains("when.tz: `Riyadh` is not a time zone"));
+    assert!(
+        e("{ holidays: [2026-13-01] }")[0].contains("when.holidays: `2026-13-01` is not a date")
+    );
+}
