@@ -127,11 +127,7 @@ fn demo_with(config_path: &Path, scenario: Option<&Path>, duration: Duration, tm
         }
     };
     crate::events::set_masking(config.mask_phone_numbers);
-    let (rules, _) = match crate::rules::load_with(
-        &config.rule_paths,
-        &config.webhooks.net_policy,
-        config.rules_timezone.as_ref(),
-    ) {
+    let (rules, _) = match crate::rules::load_configured(&config) {
         Ok(r) => r,
         Err(d) => {
             eprint!("{d}");

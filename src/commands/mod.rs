@@ -271,6 +271,28 @@ pub enum OutboxAction {
     },
 }
 
+/// Loads the rules `test` runs on (no network policy: nothing is sent), printing the warnings;
+/// `None` (the errors printed) when they do not load.
+fn load_rules_to_test(
+    path: &std::path::Path,
+    timezone: Option<&jiff::tz::TimeZone>,
+) -> Option<crate::rules::RuleSet> {
+    match crate::rules::load_with(
+        &[path.to_path_buf()],
+        &crate::net::ssrf::NetPolicy::AllowAll,
+        timezone,
+    ) {
+        Ok((rules, warnings)) => {
+            eprint!("{warnings}");
+            Some(rules)
+        }
+        Err(d) => {
+            eprint!("{d}");
+            None
+        }
+    }
+}
+
 fn parse_timezone(s: &str) -> Result<jiff::tz::TimeZone, String> {
     jiff::tz::TimeZone::get(s)
         .map_err(|_| format!("`{s}` is not a time zone; write an IANA name such as Asia/Riyadh"))

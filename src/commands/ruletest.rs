@@ -557,19 +557,8 @@ pub(super) fn run(
             return 1;
         }
     };
-    let rules = match crate::rules::load_with(
-        &[rules_path.to_path_buf()],
-        &crate::net::ssrf::NetPolicy::AllowAll,
-        timezone,
-    ) {
-        Ok((r, warnings)) => {
-            eprint!("{warnings}");
-            r
-        }
-        Err(d) => {
-            eprint!("{d}");
-            return 1;
-        }
+    let Some(rules) = super::load_rules_to_test(rules_path, timezone) else {
+        return 1;
     };
     let results: Vec<(PathBuf, Vec<CaseResult>)> = files
         .into_iter()

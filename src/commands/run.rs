@@ -14,11 +14,7 @@ pub(super) fn run(path: &Path, log: &LogArgs) -> u8 {
     eprint!("{warnings}");
     init_logging(log, "info", config.log_format);
     crate::events::set_masking(config.mask_phone_numbers);
-    let (rules, rule_warnings) = match crate::rules::load_with(
-        &config.rule_paths,
-        &config.webhooks.net_policy,
-        config.rules_timezone.as_ref(),
-    ) {
+    let (rules, rule_warnings) = match crate::rules::load_configured(&config) {
         Ok(r) => r,
         Err(d) => {
             eprint!("{d}");

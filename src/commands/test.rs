@@ -14,19 +14,8 @@ pub(super) fn test(
     timezone: Option<&jiff::tz::TimeZone>,
 ) -> u8 {
     let now = at.unwrap_or_else(|| jiff::Timestamp::now().as_second());
-    let rules = match crate::rules::load_with(
-        &[rules_path.to_path_buf()],
-        &crate::net::ssrf::NetPolicy::AllowAll,
-        timezone,
-    ) {
-        Ok((r, warnings)) => {
-            eprint!("{warnings}");
-            r
-        }
-        Err(d) => {
-            eprint!("{d}");
-            return 1;
-        }
+    let Some(rules) = super::load_rules_to_test(rules_path, timezone) else {
+        return 1;
     };
     let text = match std::fs::read_to_string(input) {
         Ok(t) => t,

@@ -81,6 +81,26 @@ struct Slot {
     retired: bool,
 }
 
+impl Slot {
+    /// A chat never polled yet.
+    fn new(interval: Duration, now: Instant) -> Slot {
+        Slot {
+            interval,
+            last_start: None,
+            in_flight: false,
+            failed: false,
+            hard_gen: 0,
+            soft_gen: 0,
+            score: 0.0,
+            score_at: now,
+            soft_period: None,
+            polls: 0,
+            phase: None,
+            retired: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct AuthGate {
     until: Instant,
@@ -130,20 +150,7 @@ impl Schedule {
             kind,
             chats: intervals
                 .iter()
-                .map(|&interval| Slot {
-                    interval,
-                    last_start: None,
-                    in_flight: false,
-                    failed: false,
-                    hard_gen: 0,
-                    soft_gen: 0,
-                    score: 0.0,
-                    score_at: now,
-                    soft_period: None,
-                    polls: 0,
-                    phase: None,
-                    retired: false,
-                })
+                .map(|&interval| Slot::new(interval, now))
                 .collect(),
             hard: Heap::new(),
             soft: Heap::new(),
@@ -162,20 +169,7 @@ impl Schedule {
     /// Watches one more chat (a config reload added it), due at `now`; returns its index.
     pub fn add(&mut self, interval: Duration, per_second: u32, now: Instant) -> usize {
         let index = self.chats.len();
-        self.chats.push(Slot {
-            interval,
-            last_start: None,
-            in_flight: false,
-            failed: false,
-            hard_gen: 0,
-            soft_gen: 0,
-            score: 0.0,
-            score_at: now,
-            soft_period: None,
-            polls: 0,
-            phase: None,
-            retired: false,
-        });
+        self.chats.push(Slot::new(interval, now));
         self.hard.push(Reverse((now, index, 0)));
         self.set_rate(per_second);
         index

@@ -182,6 +182,17 @@ pub fn load_for(
     load_with(paths, policy, None)
 }
 
+/// The rules a config names, as `run` loads them (its network policy and `rules.timezone`).
+pub fn load_configured(
+    config: &crate::config::Config,
+) -> Result<(RuleSet, Diagnostics), Diagnostics> {
+    load_with(
+        &config.rule_paths,
+        &config.webhooks.net_policy,
+        config.rules_timezone.as_ref(),
+    )
+}
+
 /// As [`load_for`], with the time zone of `when:` conditions that name none
 /// (`rules.timezone`; None: UTC).
 pub fn load_with(

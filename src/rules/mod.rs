@@ -20,7 +20,7 @@ pub mod template;
 use compile::Compiler;
 pub use compile::{compile_rules, compile_rules_for, compile_rules_with};
 pub use evaluate::{Prepared, SCRIPT_VARIABLES};
-pub use load::{ParsedFile, discover, load, load_for, load_with, parse_file};
+pub use load::{ParsedFile, discover, load, load_configured, load_for, load_with, parse_file};
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::gateway::model::{Chat, ChatId, Message};
