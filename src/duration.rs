@@ -5,7 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Parses `500ms`, `10s`, `5m`, `1h`, `2d` (one number and one unit; `0` alone is zero).
+/// Parses `500ms`, `10s`, `5m`, `1h`, `2d`, and sums of them written together, largest first
+/// or not (`1h30m`, `2d12h`, `1m30s`); `0` alone is zero.
 ///
 /// ```
 /// use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 ///
 /// assert_eq!(parse("15m"), Ok(Duration::from_secs(900)));
 /// assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
 /// assert!(parse("15").unwrap_err().contains("no unit"));
 /// ```
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -20,33 +22,51 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{t}` has no unit: write it as 500ms, 10s, 5m, 1h or 2d"))?;
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "`{t}` is not a duration: write it as 500ms, 10s, 5m, 1h or 2d"
-        ));
+    if t.is_empty() {
+        return Err("an empty duration: write it as 500ms, 10s, 5m, 1h or 2d".into());
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{t}` is too large a duration"))?;
-    let ms_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
+    let mut rest = t;
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            if rest == t {
+                format!("`{t}` has no unit: write it as 500ms, 10s, 5m, 1h or 2d")
+            } else {
+                format!("`{t}` has no unit after `{rest}`: write it as 1h30m")
+            }
+        })?;
+        let (num, after) = rest.split_at(split);
+        if num.is_empty() {
             return Err(format!(
-                "`{t}` has an unknown unit `{unit}`: use ms, s, m, h or d"
+                "`{t}` is not a duration: write it as 500ms, 10s, 5m, 1h or 2d (or 1h30m)"
             ));
         }
-    };
-    n.checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{t}` is too large a duration"))
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{t}` is too large a duration"))?;
+        let ms_per_unit: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "`{t}` has an unknown unit `{unit}`: use ms, s, m, h or d"
+                ));
+            }
+        };
+        total = n
+            .checked_mul(ms_per_unit)
+            .and_then(|ms| total.checked_add(ms))
+            .ok_or_else(|| format!("`{t}` is too large a duration"))?;
+        rest = next;
+    }
+    Ok(Duration::from_millis(total))
 }
 
 /// Prints a duration back in the shortest exact unit (`90s` → `90s`, `900s` → `15m`).
@@ -110,6 +130,11 @@ mod tests {
             ("2d", Duration::from_secs(172_800)),
             ("0", Duration::ZERO),
             (" 15m ", Duration::from_secs(900)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("2d12h", Duration::from_secs(216_000)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1s500ms", Duration::from_millis(1500)),
+            ("30m1h", Duration::from_secs(5400)),
         ];
         for (text, want) in cases {
             assert_eq!(parse(text), Ok(want), "{text}");
@@ -126,6 +151,9 @@ mod tests {
             "10x",
             "-1s",
             "99999999999999999999s",
+            "1h30",
+            "1h 30m",
+            "1h-30m",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(bad.trim()), "{bad}: {err}");
