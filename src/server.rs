@@ -47,6 +47,7 @@ pub(crate) fn router(state: ServerState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/reload", axum::routing::post(reload))
+        .route("/api/rules", get(rules))
         .with_state(state)
 }
 
@@ -158,28 +159,58 @@ fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
+/// The admin API's gate: `None` to go on, or the answer for an API that is off (404) or a
+/// request without the token (401).
+fn admin_refusal(s: &ServerState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    use serde_json::json;
+    let Some(token) = &s.admin_token else {
+        return Some(json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"ok": false, "error": "the admin API is off: set server.admin_token"}),
+        ));
+    };
+    if authorized(headers, token) {
+        return None;
+    }
+    let mut r = json_reply(
+        StatusCode::UNAUTHORIZED,
+        json!({"ok": false, "error": "a bearer token (server.admin_token) is required"}),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    Some(r)
+}
+
+/// `GET /api/rules`: the rule set in force as written (what `plan --against URL` diffs).
+async fn rules(State(s): State<ServerState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(refused) = admin_refusal(&s, &headers) {
+        return refused;
+    }
+    let set = s
+        .reloader
+        .target
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    json_reply(
+        StatusCode::OK,
+        serde_json::json!({
+            "fingerprint": set.fingerprint,
+            "rules": set.docs.iter().map(crate::rules::docs::RuleDoc::to_json).collect::<Vec<_>>(),
+        }),
+    )
+}
+
 /// `POST /api/reload`: 200 with the new set's fingerprint and warnings, 422 with its errors
 /// (the set in force stays, and its fingerprint is said), 401 without the token, 404 when the
 /// admin API is off.
 async fn reload(State(s): State<ServerState>, headers: axum::http::HeaderMap) -> Response {
     use crate::reload::Reloaded;
     use serde_json::json;
-    let Some(token) = &s.admin_token else {
-        return json_reply(
-            StatusCode::NOT_FOUND,
-            json!({"ok": false, "error": "the admin API is off: set server.admin_token"}),
-        );
-    };
-    if !authorized(&headers, token) {
-        let mut r = json_reply(
-            StatusCode::UNAUTHORIZED,
-            json!({"ok": false, "error": "a bearer token (server.admin_token) is required"}),
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
-        return r;
+    if let Some(refused) = admin_refusal(&s, &headers) {
+        return refused;
     }
     let reloader = s.reloader.clone();
     let outcome = match tokio::task::spawn_blocking(move || reloader.reload()).await {

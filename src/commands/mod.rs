@@ -205,10 +205,14 @@ pub enum Command {
         /// The new rules: a rule file or folder.
         #[arg(long)]
         rules: PathBuf,
-        /// The rules deployed now: a rule file or folder (e.g. a checkout of the deployed
-        /// commit, or the daemon's rules folder).
+        /// The rules deployed now: a rule file or folder (a checkout of the deployed commit,
+        /// the daemon's rules folder), or a running daemon, `http://127.0.0.1:9464` (its admin
+        /// API: the set it has in force, whatever is on disk).
         #[arg(long)]
-        against: PathBuf,
+        against: String,
+        /// The admin token, when `--against` is a daemon.
+        #[arg(long, env = "CARTAT_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// `text` for people, `json`: one document (every change, its fields and warnings).
         #[arg(long, value_enum, default_value = "text")]
         format: TextOrJson,
@@ -354,8 +358,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Plan {
             rules,
             against,
+            token,
             format,
-        } => plan::run(&rules, &against, format),
+        } => plan::run(&rules, &against, token.as_deref(), format),
         Command::Check {
             config,
             paths,

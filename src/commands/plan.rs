@@ -257,12 +257,12 @@ fn script_lines(old: &str, new: &str) -> (usize, usize) {
     (gone, came)
 }
 
-fn report_text(p: &Plan, old: &Path, new: &Path) -> String {
+fn report_text(p: &Plan, old: &str, new: &Path) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "plan: {} ({} rules) → {} ({} rules)",
-        old.display(),
+        old,
         p.old_count,
         new.display(),
         p.new_count
@@ -368,18 +368,66 @@ fn read_set(path: &Path) -> Result<Vec<RuleDoc>, String> {
     read_docs(&files)
 }
 
+/// The rule set a running daemon has in force (`GET /api/rules`), and its fingerprint.
+fn daemon_set(url: &str, token: Option<&str>) -> Result<(Vec<RuleDoc>, String), String> {
+    let token = token
+        .ok_or("asking a daemon needs its admin token: pass --token or set CARTAT_ADMIN_TOKEN")?;
+    let mut target = super::health::parse_url(url)?;
+    if !url.trim_start_matches("http://").contains('/') {
+        target.path = "/api/rules".into();
+    }
+    let auth = format!("Bearer {token}");
+    let (status, body) = super::health::request(
+        &target,
+        "GET",
+        &[("Authorization", &auth)],
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| format!("no answer from {url}: {e}"))?;
+    let answer: Value = serde_json::from_str(&body)
+        .map_err(|_| format!("{url} answered {status}: {}", body.trim()))?;
+    if status != 200 {
+        return Err(format!(
+            "{url} answered {status}: {}",
+            answer["error"].as_str().unwrap_or(body.trim())
+        ));
+    }
+    let docs = answer["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            RuleDoc::from_json(r)
+                .ok_or_else(|| format!("{url}: a rule it sent is not readable: {r}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        docs,
+        answer["fingerprint"].as_str().unwrap_or("").to_string(),
+    ))
+}
+
 /// `cartat-rules plan`: prints the plan; 0 when both sets load, 1 otherwise.
-pub(super) fn run(new: &Path, against: &Path, format: TextOrJson) -> u8 {
-    let (old_docs, new_docs) = match (read_set(against), read_set(new)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) => {
-            eprint!(
-                "the rules deployed now ({}) do not load:\n{e}",
-                against.display()
-            );
+pub(super) fn run(new: &Path, against: &str, token: Option<&str>, format: TextOrJson) -> u8 {
+    let old = if against.starts_with("http://") {
+        daemon_set(against, token)
+            .map(|(docs, fingerprint)| (docs, format!("{against} (rule set {fingerprint})")))
+    } else {
+        read_set(Path::new(against)).map(|docs| (docs, against.to_string()))
+    };
+    let (old_docs, old_name) = match old {
+        Ok(o) => o,
+        Err(e) => {
+            eprint!("the rules deployed now ({against}) do not load:\n{e}");
+            if !e.ends_with('\n') {
+                eprintln!();
+            }
             return 1;
         }
-        (_, Err(e)) => {
+    };
+    let new_docs = match read_set(new) {
+        Ok(d) => d,
+        Err(e) => {
             eprint!(
                 "the new rules ({}) do not load, so they would not deploy:\n{e}",
                 new.display()
@@ -389,7 +437,7 @@ pub(super) fn run(new: &Path, against: &Path, format: TextOrJson) -> u8 {
     };
     let p = plan(&old_docs, &new_docs);
     let out = match format {
-        TextOrJson::Text => report_text(&p, against, new),
+        TextOrJson::Text => report_text(&p, &old_name, new),
         TextOrJson::Json => report_json(&p),
     };
     print!("{out}");
@@ -497,7 +545,7 @@ mod tests {
             &[script("fn on_message(m, c) {\n  log(\"a\");\n}\n")],
             &[script("fn on_message(m, c) {\n  log(\"b\");\n}\n")],
         );
-        let text = report_text(&p, Path::new("old"), Path::new("new"));
+        let text = report_text(&p, "old", Path::new("new"));
         assert!(
             text.contains("    script: 1 line(s) removed, 1 added\n"),
             "{text}"

@@ -235,6 +235,7 @@ pub fn compile_rules_with(
             gate_of,
             ungated,
             fingerprint: String::new(),
+            docs: Vec::new(),
             disabled,
         },
         d,

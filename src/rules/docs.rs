@@ -76,6 +76,32 @@ pub(crate) fn docs_of(files: &[(PathBuf, String)]) -> Result<Vec<RuleDoc>, Strin
     Ok(docs)
 }
 
+impl RuleDoc {
+    /// As `GET /api/rules` answers it.
+    pub(crate) fn to_json(&self) -> Value {
+        match &self.body {
+            Body::Yaml(v) => {
+                serde_json::json!({"id": self.id, "path": self.path.display().to_string(), "kind": "yaml", "rule": v})
+            }
+            Body::Script(text) => {
+                serde_json::json!({"id": self.id, "path": self.path.display().to_string(), "kind": "rhai", "script": text})
+            }
+        }
+    }
+
+    /// Reads one back from `GET /api/rules`.
+    pub(crate) fn from_json(v: &Value) -> Option<RuleDoc> {
+        let id = v.get("id")?.as_str()?.to_string();
+        let path = PathBuf::from(v.get("path")?.as_str()?);
+        let body = match v.get("kind")?.as_str()? {
+            "yaml" => Body::Yaml(v.get("rule")?.clone()),
+            "rhai" => Body::Script(v.get("script")?.as_str()?.to_string()),
+            _ => return None,
+        };
+        Some(RuleDoc { id, path, body })
+    }
+}
+
 /// A rule set's name: the first 16 hex digits of a SHA-256 over its rules in id order, each
 /// as canonical JSON (keys sorted) or a script's trimmed text. File names, folders, comments
 /// and formatting do not change it; any change to what a rule does, does.

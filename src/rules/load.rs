@@ -232,9 +232,10 @@ pub fn load_with(
         }
     }
     let (mut set, more) = super::compile::compile_rules_with(parsed, policy, timezone);
-    set.fingerprint = super::docs::docs_of(&texts)
-        .map(|docs| super::docs::fingerprint(&docs))
-        .unwrap_or_default();
+    if let Ok(docs) = super::docs::docs_of(&texts) {
+        set.fingerprint = super::docs::fingerprint(&docs);
+        set.docs = docs;
+    }
     d.extend(more);
     for (path, text) in scripts {
         match set.host.compile(&path, &text) {

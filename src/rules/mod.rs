@@ -309,6 +309,8 @@ pub struct RuleSet {
     pub fingerprint: String,
     /// Rules written with `enabled: false` (valid, never evaluated), by id.
     pub disabled: Vec<String>,
+    /// The rules as written (what the fingerprint names), for `GET /api/rules` and `plan`.
+    pub(crate) docs: Vec<docs::RuleDoc>,
 }
 
 impl std::fmt::Debug for RuleSet {

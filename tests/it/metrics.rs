@@ -336,6 +336,50 @@ async fn reload_over_the_api_reports_the_new_fingerprint_or_the_errors_and_keeps
     assert_eq!(metric(&scraped, &series(&second)), Some(1.0));
     assert_eq!(metric(&scraped, &series(&first)), None, "{scraped}");
 
+    // What a deploy would change against the set the daemon has in force (its admin API).
+    std::fs::create_dir_all(ws.path().join("next")).unwrap();
+    std::fs::copy(
+        ws.path().join("rules/bot.yaml"),
+        ws.path().join("next/bot.yaml"),
+    )
+    .unwrap();
+    let daemon_url = format!("http://{addr}");
+    let (code, out, err) = run_cli(
+        &[
+            "plan",
+            "--rules",
+            "next",
+            "--against",
+            &daemon_url,
+            "--token",
+            "s3cret-admin-token",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "plan: {daemon_url} (rule set {second}) (2 rules) → next (1 rules)\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("- remove   order  (message rule, "), "{out}");
+    assert!(out.ends_with("1 change(s), 1 rule(s) unchanged\n"), "{out}");
+    let (code, _, err) = run_cli(
+        &[
+            "plan",
+            "--rules",
+            "next",
+            "--against",
+            &daemon_url,
+            "--token",
+            "wrong",
+        ],
+        ws.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("answered 401"), "{err}");
+
     // A bad set: its errors with path:line:col, and the last good set stays in force.
     ws.write(
         "rules/bad.yaml",
