@@ -33,7 +33,7 @@ want=$("$bin" check --format json "$new" | sed -n 's/.*"fingerprint":"\([0-9a-f]
 
 if [ -d "$new/tests" ]; then
     echo "== test"
-    "$bin" test --rules "$new"
+    "$bin" test --rules "$new" -c "$config"      # in the config's rules.timezone
 fi
 
 echo "== plan"

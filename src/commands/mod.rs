@@ -104,9 +104,12 @@ pub enum Command {
         #[arg(long, value_parser = parse_time, requires = "input")]
         at: Option<i64>,
         /// The time zone of `when:` conditions that name none, as the config's
-        /// `rules.timezone` (IANA, e.g. Asia/Riyadh); default UTC.
+        /// `rules.timezone` (IANA, e.g. Asia/Riyadh); default: the `--config`'s, else UTC.
         #[arg(long, value_parser = parse_timezone)]
         timezone: Option<jiff::tz::TimeZone>,
+        /// A config to take `rules.timezone` from, so rules are tested in the zone they run in.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Inspect the delivery queue and re-send dead-lettered deliveries (same delivery_id).
     Outbox {
@@ -375,10 +378,26 @@ pub fn main(cli: Cli) -> ExitCode {
             explain,
             at,
             timezone,
-        } => match input {
-            Some(input) => test::test(&rules, &input, format, explain, at, timezone.as_ref()),
-            None => ruletest::run(&rules, tests.as_deref(), format, timezone.as_ref()),
-        },
+            config,
+        } => {
+            let timezone = match (timezone, config) {
+                (Some(tz), _) => Some(tz),
+                (None, Some(path)) => {
+                    match crate::config::load(&path, crate::config::EnvMode::Optional) {
+                        Ok((c, _)) => c.rules_timezone,
+                        Err(d) => {
+                            eprint!("{d}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                (None, None) => None,
+            };
+            match input {
+                Some(input) => test::test(&rules, &input, format, explain, at, timezone.as_ref()),
+                None => ruletest::run(&rules, tests.as_deref(), format, timezone.as_ref()),
+            }
+        }
         Command::Outbox { config, action } => outbox::outbox(&config, action),
         Command::Demo {
             duration,

@@ -373,7 +373,10 @@ fn daemon_set(url: &str, token: Option<&str>) -> Result<(Vec<RuleDoc>, String), 
     let token = token
         .ok_or("asking a daemon needs its admin token: pass --token or set CARTAT_ADMIN_TOKEN")?;
     let mut target = super::health::parse_url(url)?;
-    if !url.trim_start_matches("http://").contains('/') {
+    if matches!(
+        url.trim_start_matches("http://").split_once('/'),
+        None | Some((_, ""))
+    ) {
         target.path = "/api/rules".into();
     }
     let auth = format!("Bearer {token}");
@@ -401,15 +404,27 @@ fn daemon_set(url: &str, token: Option<&str>) -> Result<(Vec<RuleDoc>, String), 
                 .ok_or_else(|| format!("{url}: a rule it sent is not readable: {r}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((
-        docs,
-        answer["fingerprint"].as_str().unwrap_or("").to_string(),
-    ))
+    let fingerprint = answer["fingerprint"].as_str().unwrap_or("").to_string();
+    if fingerprint.is_empty() {
+        return Err(format!(
+            "{url} could not say which rules it runs (its rule files were not readable as written)"
+        ));
+    }
+    Ok((docs, fingerprint))
 }
 
 /// `cartat-rules plan`: prints the plan; 0 when both sets load, 1 otherwise.
 pub(super) fn run(new: &Path, against: &str, token: Option<&str>, format: TextOrJson) -> u8 {
-    let old = if against.starts_with("http://") {
+    let scheme = against
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
+    if scheme.as_deref().is_some_and(|s| s != "http") {
+        eprintln!(
+            "cartat-rules plan: `{against}`: the daemon's admin API speaks plain http:// (or give a folder)"
+        );
+        return 1;
+    }
+    let old = if scheme.is_some() {
         daemon_set(against, token)
             .map(|(docs, fingerprint)| (docs, format!("{against} (rule set {fingerprint})")))
     } else {

@@ -901,13 +901,22 @@ tests:
       - { at: 20m, fires: [] }
       - { at: 62h, fires: [] }
       - { at: 3795m, fires: [ { rule: sla, log: "2026-12-03T13:50:01Z" } ] }
+      - { at: 3830m, fires: [] }
+  - name: fired before closing, not again in the morning for the same wait
+    chat: { id: "966500000001", messages: [ { at: -30m, body: "hello?" } ] }
+    polls:
+      - { at: 5m, fires: [sla] }
+      - { at: 20m, fires: [] }
+      - { at: 3795m, fires: [] }
 "#,
         );
         // 20m: 17:10 Thursday, after hours; 62h: Sunday 06:50, before hours; 3795m: Sunday
         // 08:05 (3795m = 63h15m), open: the customer has waited since Thursday.
-        let polls = run_case(&rules, start, file.first_sight, &file.tests[0]).unwrap();
-        for p in &polls {
-            assert!(p.problems.is_empty(), "{:?}", p.problems);
+        for case in &file.tests {
+            let polls = run_case(&rules, start, file.first_sight, case).unwrap();
+            for p in &polls {
+                assert!(p.problems.is_empty(), "{}: {:?}", case.name, p.problems);
+            }
         }
     }
 

@@ -316,6 +316,9 @@ pub(super) fn evaluate_chat_rules(
                     ChatCheck::Unknown(_) => {
                         let _ = writeln!(out, "    ({} unknown: no unreadCount)", rule.id);
                     }
+                    ChatCheck::Outside(why) => {
+                        let _ = writeln!(out, "    ? {}: holds, but {why}", rule.id);
+                    }
                     _ if !explain => {
                         let _ = writeln!(out, "    ({} does not hold)", rule.id);
                     }

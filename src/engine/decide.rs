@@ -261,7 +261,7 @@ pub fn decide_chat(
             ChatCheck::DoesNotHold(_) if messages.is_empty() => continue,
             // The reply did not say how many messages are unread: the timer, the fired flag and
             // the cooldown stay exactly as they were — neither start, reset, re-arm nor fire.
-            ChatCheck::Unknown(_) => continue,
+            ChatCheck::Unknown(_) | ChatCheck::Outside(_) => continue,
             ChatCheck::DoesNotHold(_) => {
                 if prev != ChatRuleState::default() {
                     d.chat_rules

@@ -90,6 +90,10 @@ pub enum ChatCheck {
     /// messages are unread) and no other condition settles it: the rule's state for the chat
     /// must stay exactly as it was — no timer start or reset, no re-arm, no firing.
     Unknown(String),
+    /// It holds, but outside the rule's `when`: as with `Unknown`, the state stays as it was
+    /// (a customer waiting since 16:50 on Thursday is alerted once, on Sunday at 08:00, and a
+    /// rule that fired before 17:00 does not fire again in the morning for the same wait).
+    Outside(String),
 }
 
 /// The reason given when an `unread_count` rule meets a reply without `unreadCount`.
@@ -127,6 +131,7 @@ impl ChatRule {
         messages: &[Message],
         now: i64,
     ) -> ChatCheck {
+        let mut outside = None;
         if let Cond::All(filters) = &self.filter {
             for f in filters {
                 match f {
@@ -139,10 +144,8 @@ impl ChatRule {
                     Cond::Chats(ids) if !ids.contains(chat_id) => {
                         return ChatCheck::DoesNotHold(format!("chats: `{chat_id}` is not listed"));
                     }
-                    // A chat rule asks about the time of the poll.
-                    Cond::When(w) if !w.holds(now) => {
-                        return ChatCheck::DoesNotHold(w.why_not(now).unwrap_or_default());
-                    }
+                    // A chat rule asks about the time of the poll, once the rest holds (below).
+                    Cond::When(w) if !w.holds(now) => outside = w.why_not(now),
                     _ => {}
                 }
             }
@@ -186,6 +189,9 @@ impl ChatRule {
         if let Some(why) = unknown {
             return ChatCheck::Unknown(why.into());
         }
+        if let Some(why) = outside {
+            return ChatCheck::Outside(why);
+        }
         ChatCheck::Holds {
             matched: Value::Object(matched),
         }
@@ -203,7 +209,7 @@ impl Compiler<'_> {
                 c.d.push(Diagnostic::at(
                     c.path,
                     loc,
-                    format!("`{name}` is a message condition; a chat rule (`on: chat`) accepts unread_count, unanswered_for, for, is_group and chats"),
+                    format!("`{name}` is a message condition; a chat rule (`on: chat`) accepts unread_count, unanswered_for, for, when, is_group and chats"),
                 ));
             }
         };

@@ -84,12 +84,13 @@ struct Acc<'r, 't> {
 }
 
 impl Acc<'_, '_> {
-    fn mark(&self) -> (usize, usize) {
-        (self.keywords.len(), self.captures.len())
+    fn mark(&self) -> (usize, usize, Option<f64>) {
+        (self.keywords.len(), self.captures.len(), self.number)
     }
-    fn reset(&mut self, (k, c): (usize, usize)) {
+    fn reset(&mut self, (k, c, n): (usize, usize, Option<f64>)) {
         self.keywords.truncate(k);
         self.captures.truncate(c);
+        self.number = n;
     }
     fn into_matched(self) -> Matched {
         Matched {

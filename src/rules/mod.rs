@@ -106,6 +106,14 @@ impl WhenCond {
         };
         let hhmm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
         let zone = &self.tz_name;
+        // The small hours of a window across midnight belong to the night it started: with
+        // `days: [thu]` and 22:00-06:00, Friday 03:00 is Thursday's night.
+        let (date, weekday) = match self.between {
+            Some((from, to)) if from > to && minute < to => {
+                (date.yesterday().unwrap_or(date), (weekday + 6) % 7)
+            }
+            _ => (date, weekday),
+        };
         if self.holidays.contains(&date) {
             return Some(format!("when: {date} is a holiday ({zone})"));
         }

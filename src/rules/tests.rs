@@ -1056,3 +1056,35 @@ fn check_names_a_bad_when_at_its_key() {
         e("{ holidays: [2026-13-01] }")[0].contains("when.holidays: `2026-13-01` is not a date")
     );
 }
+
+#[test]
+fn the_small_hours_of_a_night_window_belong_to_the_night_it_started() {
+    // Thursday nights only, in Riyadh (UTC+3).
+    let set = when_rule(
+        "{ days: [thu], between: \"22:00-06:00\", tz: Asia/Riyadh, holidays: [2026-12-10] }",
+    );
+    assert_eq!(fires_at(&set, "2026-12-03T19:30:00Z"), Ok(())); // Thu 22:30
+    assert_eq!(fires_at(&set, "2026-12-04T00:00:00Z"), Ok(())); // Fri 03:00: Thursday's night
+    assert!(fires_at(&set, "2026-12-03T00:00:00Z").is_err()); // Thu 03:00: Wednesday's night
+    assert!(fires_at(&set, "2026-12-04T19:30:00Z").is_err()); // Fri 22:30
+    // A holiday Thursday: its night is off, into Friday's small hours.
+    assert!(fires_at(&set, "2026-12-10T19:30:00Z").is_err());
+    assert!(fires_at(&set, "2026-12-11T00:00:00Z").is_err());
+}
+
+#[test]
+fn a_number_seen_in_a_branch_that_failed_is_not_reported() {
+    let set = compile_one(
+        "r.yaml",
+        "id: r\nmatch:\n  any_of:\n    - all_of: [ { body: { number: { gt: 100 } } }, { from_me: true } ]\n    - { body: { any: [hello] } }\nactions: [ { log: { message: x } } ]\n",
+    )
+    .unwrap();
+    let chat = private_chat();
+    let id = ChatId::from_gateway(&chat.id);
+    let m = msg("hello 500", false, "chat");
+    let p = set.prepare(&m.body);
+    let Verdict::Fired(matched) = set.eval_message(&set.rules[0], &id, &chat, &m, &p) else {
+        panic!("the second branch holds")
+    };
+    assert_eq!(matched.number, None);
+}

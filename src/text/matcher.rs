@@ -537,9 +537,12 @@ fn whole_word_in(text: &str, start: usize, end: usize, suffixes: bool) -> bool {
 }
 
 /// The Arabic attached (enclitic) pronouns `suffixes: true` lets follow a word, as normalized
-/// text writes them: my/me, your (m., f., pl., dual), his, her, our, their (m., f., dual).
+/// text writes them: my/me, your (m., f., pl., dual), her, our, their (m., f., dual).
+///
+/// `ه` (his) alone is left out: normalized text writes `ة` as `ه`, so `طلبه` (his order) cannot
+/// be told from `طلبة` (students), a word of its own.
 pub const ENCLITICS: &[&str] = &[
-    "ي", "ني", "ك", "كم", "كما", "كن", "ه", "ها", "هم", "هما", "هن", "نا",
+    "ي", "ني", "ك", "كم", "كما", "كن", "ها", "هم", "هما", "هن", "نا",
 ];
 
 /// Whether the letters after a match are one attached pronoun.

@@ -7,7 +7,7 @@
 //! decimal part (`.` or `٫` followed by a digit: `3.5`, `٣٫٥`). `1,50` is the number 1 (a
 //! comma before two digits is not a thousands separator); `v2` is 2.
 //!
-//! Owns: reading numbers. Must not: allocate.
+//! Owns: reading numbers. Must not: read past the first number.
 
 /// The value of a digit in any of the three systems.
 fn digit(c: char) -> Option<u32> {
@@ -43,11 +43,12 @@ fn scan(text: &str) -> Option<Scanned> {
         && chars[first - 1].1 == '-'
         && (first < 2 || !chars[first - 2].1.is_alphanumeric());
     let is_digit = |j: usize| chars.get(j).is_some_and(|&(_, c)| digit(c).is_some());
-    let mut value = 0f64;
+    // The digits as ASCII, parsed once: summing `d * 0.1^k` rounds (0.3 would not be 0.3).
+    let mut ascii = String::new();
     let mut i = first;
     loop {
         while let Some(d) = chars.get(i).and_then(|&(_, c)| digit(c)) {
-            value = value * 10.0 + f64::from(d);
+            ascii.push(char::from(b'0' + d as u8));
             i += 1;
         }
         // A thousands group: a separator and exactly three digits.
@@ -66,14 +67,14 @@ fn scan(text: &str) -> Option<Scanned> {
         && is_digit(i + 1)
     {
         decimal = true;
-        let mut scale = 0.1;
+        ascii.push('.');
         i += 1;
         while let Some(d) = chars.get(i).and_then(|&(_, c)| digit(c)) {
-            value += f64::from(d) * scale;
-            scale /= 10.0;
+            ascii.push(char::from(b'0' + d as u8));
             i += 1;
         }
     }
+    let value: f64 = ascii.parse().ok().filter(|v: &f64| v.is_finite())?;
     let start = if negative { first - 1 } else { first };
     Some(Scanned {
         value: if negative { -value } else { value },
@@ -130,6 +131,10 @@ mod tests {
             ("", None),
             ("3.", Some(3.0)),
             ("x ٠٠٧", Some(7.0)),
+            // Decimals are exact as f64 reads them: what `eq` and `lte` compare.
+            ("0.3", Some(0.3)),
+            ("price 99.99", Some(99.99)),
+            ("١٢٫٣٥", Some(12.35)),
         ];
         for (text, want) in table {
             assert_eq!(first_number(text), *want, "{text:?}");

@@ -38,7 +38,9 @@ fn attached_pronouns_end_a_word_only_when_the_rule_says_suffixes() {
         // Every attached pronoun, with and without proclitics in front.
         ("بوت", SUFFIXED, "بوتي", true),
         ("بوت", SUFFIXED, "بوتك", true),
-        ("بوت", SUFFIXED, "بوته", true),
+        // `ه` alone (his) reads like `ة`, another word: طلبة are students.
+        ("بوت", SUFFIXED, "بوته", false),
+        ("طلب", SUFFIXED, "طلبة", false),
         ("بوت", SUFFIXED, "بوتها", true),
         ("بوت", SUFFIXED, "بوتنا", true),
         ("بوت", SUFFIXED, "بوتكم", true),
