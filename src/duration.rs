@@ -27,6 +27,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
     let mut rest = t;
     let mut total: u64 = 0;
+    let mut units_seen: Vec<&str> = Vec::new();
     while !rest.is_empty() {
         let split = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
             if rest == t {
@@ -60,6 +61,12 @@ pub fn parse(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
+        if units_seen.contains(&unit) {
+            return Err(format!(
+                "`{t}` names `{unit}` twice: write each unit once, e.g. 1h30m"
+            ));
+        }
+        units_seen.push(unit);
         total = n
             .checked_mul(ms_per_unit)
             .and_then(|ms| total.checked_add(ms))
@@ -154,6 +161,7 @@ mod tests {
             "1h30",
             "1h 30m",
             "1h-30m",
+            "1h1h",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(bad.trim()), "{bad}: {err}");

@@ -621,6 +621,28 @@ impl Compiler<'_> {
                 ));
                 return None;
             }
+            if cmp.iter().any(|(_, v)| !v.is_finite()) {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    at,
+                    "body.number: compare with a finite number",
+                ));
+                return None;
+            }
+            // Bounds no number meets (gt: 10 with lt: 5, eq: 3 with gt: 4) would never fire.
+            // The numbers that meet them, if any, form an interval whose ends are bounds: one
+            // of the bounds, or the float next to one, is in it.
+            let mut probes = cmp
+                .iter()
+                .flat_map(|(_, v)| [*v, v.next_up(), v.next_down()]);
+            if !probes.any(|x| cmp.iter().all(|(op, v)| op.holds(x, *v))) {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    at,
+                    "body.number: no number meets all of these bounds, so the rule would never fire",
+                ));
+                return None;
+            }
             if let Some(name) = &n.capture
                 && !capture_keys.iter().any(|k| k == name)
             {

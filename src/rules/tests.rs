@@ -903,6 +903,33 @@ fn check_refuses_a_number_condition_that_cannot_hold() {
         e[0].starts_with("r.yaml:5:13: body.number.capture: the regex has no group named `amount`"),
         "{e:?}"
     );
+    for bounds in ["{ gt: 10, lt: 5 }", "{ eq: 3, gt: 4 }", "{ gte: 5, lt: 5 }"] {
+        let e = errors(
+            "r.yaml",
+            &format!(
+                "id: a\nmatch:\n  body:\n    number: {bounds}\nactions: [ {{ log: {{ message: x }} }} ]\n"
+            ),
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.contains("no number meets all of these bounds")),
+            "{bounds}: {e:?}"
+        );
+    }
+    for bounds in [
+        "{ gt: 10, lt: 11 }",
+        "{ gte: 5, lte: 5 }",
+        "{ eq: 0.5 }",
+        "{ gt: 1000 }",
+    ] {
+        let e = errors(
+            "r.yaml",
+            &format!(
+                "id: a\nmatch:\n  body:\n    number: {bounds}\nactions: [ {{ log: {{ message: x }} }} ]\n"
+            ),
+        );
+        assert!(e.is_empty(), "{bounds}: {e:?}");
+    }
     let w = warnings(
         "r.yaml",
         "id: a\nmatch:\n  body: { any: [بوت], suffixes: true }\nactions: [ { log: { message: x } } ]\n",

@@ -38,13 +38,21 @@ struct Scanned {
 
 fn scan(text: &str) -> Option<Scanned> {
     let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let first = chars.iter().position(|&(_, c)| digit(c).is_some())?;
+    let mut first = chars.iter().position(|&(_, c)| digit(c).is_some())?;
+    // `.5` and `٫٥` are a half: the point belongs to the number when no digit precedes it.
+    let bare_point = first > 0
+        && is_decimal_point(chars[first - 1].1)
+        && (first < 2 || !chars[first - 2].1.is_alphanumeric());
+    let mut ascii = String::new();
+    if bare_point {
+        first -= 1;
+        ascii.push('0');
+    }
     let negative = first > 0
         && chars[first - 1].1 == '-'
         && (first < 2 || !chars[first - 2].1.is_alphanumeric());
     let is_digit = |j: usize| chars.get(j).is_some_and(|&(_, c)| digit(c).is_some());
     // The digits as ASCII, parsed once: summing `d * 0.1^k` rounds (0.3 would not be 0.3).
-    let mut ascii = String::new();
     let mut i = first;
     loop {
         while let Some(d) = chars.get(i).and_then(|&(_, c)| digit(c)) {
@@ -135,6 +143,9 @@ mod tests {
             ("0.3", Some(0.3)),
             ("price 99.99", Some(99.99)),
             ("١٢٫٣٥", Some(12.35)),
+            ("about .5 kg", Some(0.5)),
+            ("-.25", Some(-0.25)),
+            ("v.5", Some(5.0)),
         ];
         for (text, want) in table {
             assert_eq!(first_number(text), *want, "{text:?}");
@@ -154,5 +165,7 @@ mod tests {
         assert_eq!(parse_float("٣٫٥"), Some(3.5));
         assert_eq!(parse_float("2.25"), Some(2.25));
         assert_eq!(parse_float("2.25kg"), None);
+        assert_eq!(parse_float(".5"), Some(0.5));
+        assert_eq!(parse_int(".5"), None);
     }
 }
