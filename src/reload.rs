@@ -193,29 +193,11 @@ impl ConfigSource {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         let (old_written, old_chats, old_rate, old_burst) = &*applied;
         let new = &staged.config;
-        let strip = |v: &serde_json::Value| {
-            let mut v = v.clone();
-            for path in LIVE {
-                let (head, tail) = path.split_once('.').unwrap_or((path, ""));
-                match (v.get_mut(head), tail) {
-                    (Some(serde_json::Value::Object(m)), t) if !t.is_empty() => {
-                        m.remove(t);
-                    }
-                    _ if tail.is_empty() => {
-                        if let serde_json::Value::Object(m) = &mut v {
-                            m.remove(head);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            v
-        };
         let mut diffs = Vec::new();
         crate::rules::docs::differences(
             "",
-            Some(&strip(old_written)),
-            Some(&strip(&staged.written)),
+            Some(&without_live(old_written)),
+            Some(&without_live(&staged.written)),
             &mut diffs,
         );
         let interval_of = |chats: &[WatchedChat], id: &str| {
@@ -269,6 +251,31 @@ impl ConfigSource {
         );
         changes
     }
+}
+
+/// The config as written without the settings a reload applies live ([`LIVE`]); a section
+/// left empty goes too (`poll:` that held only `interval` is no other change).
+fn without_live(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    let Some(top) = v.as_object_mut() else {
+        return v;
+    };
+    for path in LIVE {
+        match path.split_once('.') {
+            Some((head, tail)) => {
+                if let Some(serde_json::Value::Object(m)) = top.get_mut(head) {
+                    m.remove(tail);
+                    if m.is_empty() {
+                        top.remove(head);
+                    }
+                }
+            }
+            None => {
+                top.remove(*path);
+            }
+        }
+    }
+    v
 }
 
 /// The config file as written (JSON; `null` when it cannot be read or parsed).
@@ -423,5 +430,28 @@ pub(crate) async fn watch(
             let _ = tokio::task::spawn_blocking(move || r.reload()).await;
             last = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn what_a_reload_applies_live_is_no_other_change() {
+        let before = json!({"api": {"base_url": "x", "rate_limit": {"per_second": 5}}, "chats": ["1"], "state": {"path": "a"}});
+        let after = json!({"api": {"base_url": "x", "rate_limit": {"per_second": 9}}, "chats": ["2"], "poll": {"interval": "5s"}, "state": {"path": "a"}});
+        assert_eq!(without_live(&before), without_live(&after));
+        let moved = json!({"api": {"base_url": "x"}, "state": {"path": "b"}, "poll": {"interval": "5s", "coalesce": "0s"}});
+        let mut diffs = Vec::new();
+        crate::rules::docs::differences(
+            "",
+            Some(&without_live(&before)),
+            Some(&without_live(&moved)),
+            &mut diffs,
+        );
+        let paths: Vec<&str> = diffs.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(paths, ["poll", "state.path"]);
     }
 }
