@@ -17,7 +17,7 @@
 use super::TestFormat;
 use crate::config::FirstSight;
 use crate::engine::snapshot::ChatSnapshot;
-use crate::engine::step::{commit_of, decide_poll};
+use crate::engine::step::{commit_of, decide_poll, new_messages};
 use crate::engine::watermark::diff;
 use crate::gateway::model::{ChatId, Message, parse_reply};
 use crate::mock::{ChatSpec, Offset, Replay, Scenario};
@@ -366,8 +366,8 @@ fn run_case(
         // Every visible message is on the page: it never hides more.
         let d = diff(&snap.state, &page.messages, usize::MAX, first_sight);
         let now_ms = start_s * 1000 + at_ms;
-        let decision = decide_poll(rules, &chat_id, &page, &d, &snap.memory, now_ms);
-        let new_msgs: Vec<&Message> = d.new.iter().map(|&i| &page.messages[i]).collect();
+        let new_msgs = new_messages(&page, &d);
+        let decision = decide_poll(rules, &chat_id, &page, &new_msgs, &snap.memory, now_ms);
         let webhooks_of = |rule: &str, key: Option<&str>| -> Vec<Value> {
             decision
                 .deliveries

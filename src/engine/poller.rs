@@ -11,11 +11,10 @@ use crate::config::{Config, WatchedChat};
 use crate::engine::decide::{ChatFiring, RuleError, RuleOnMessage, ScriptFiring};
 use crate::engine::schedule::{Finished, Schedule};
 use crate::engine::snapshot::ChatSnapshot;
-use crate::engine::step::{commit_of, decide_poll};
+use crate::engine::step::{commit_of, decide_poll, new_messages};
 use crate::engine::watermark::diff;
 use crate::events;
 use crate::gateway::client::{FetchError, Gateway};
-use crate::gateway::model::Message;
 use crate::metrics::{Metrics, PollOutcome};
 use crate::rules::RuleSet;
 use crate::store::Store;
@@ -104,7 +103,6 @@ impl Poller {
     /// Polls until `shutdown`; in-flight polls finish (each bounded by the API timeout).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut chats = self.config.chats.clone();
-        let mut per_second = self.config.api.rate_per_second;
         let mut updates = self
             .chat_updates
             .lock()
@@ -164,7 +162,7 @@ impl Poller {
                         continue;
                     }
                     Some(update) = recv_opt(&mut updates) => {
-                        self.apply_update(update, &mut schedule, &mut chats, &mut failures, &mut per_second);
+                        self.apply_update(update, &mut schedule, &mut chats, &mut failures);
                         continue;
                     }
                     _ = tick.tick() => {
@@ -191,13 +189,7 @@ impl Poller {
             // A reload is applied even while chats are due back to back (a backlog is when a
             // higher rate or fewer chats is most wanted).
             while let Some(update) = updates.as_mut().and_then(|rx| rx.try_recv().ok()) {
-                self.apply_update(
-                    update,
-                    &mut schedule,
-                    &mut chats,
-                    &mut failures,
-                    &mut per_second,
-                );
+                self.apply_update(update, &mut schedule, &mut chats, &mut failures);
             }
             let Some(index) = schedule.pop_due(Instant::now()) else {
                 continue;
@@ -224,10 +216,8 @@ impl Poller {
         schedule: &mut Schedule,
         chats: &mut Vec<WatchedChat>,
         failures: &mut Vec<u32>,
-        per_second: &mut u32,
     ) {
         let now = Instant::now();
-        *per_second = update.per_second;
         self.gateway
             .budget
             .set_rate(update.per_second, update.burst);
@@ -241,12 +231,12 @@ impl Poller {
             }
             match wanted.get(chat.id.as_str()) {
                 Some(w) => {
-                    schedule.set_interval(i, w.interval, update.per_second, now);
+                    schedule.set_interval(i, w.interval, now);
                     *chat = (*w).clone();
                     kept.insert(chat.id.as_str().to_string());
                 }
                 None => {
-                    schedule.retire(i, update.per_second);
+                    schedule.retire(i);
                     self.metrics.retire_chat(i);
                     self.snapshots
                         .lock()
@@ -265,14 +255,14 @@ impl Poller {
             if let Some(i) =
                 (0..chats.len()).find(|&i| !schedule.is_live(i) && chats[i].id == chat.id)
             {
-                schedule.revive(i, chat.interval, update.per_second, now);
+                schedule.revive(i, chat.interval, now);
                 chats[i] = chat.clone();
                 failures[i] = 0;
                 self.metrics.revive_chat(i);
                 events::chat_watched(chat.id.as_str(), chat.interval);
                 continue;
             }
-            let index = schedule.add(chat.interval, update.per_second, now);
+            let index = schedule.add(chat.interval, now);
             debug_assert_eq!(index, chats.len());
             chats.push(chat.clone());
             failures.push(0);
@@ -419,9 +409,9 @@ impl Poller {
             events::chat_first_seen(&chat_key, d.history.len());
         }
         let now_ms = jiff::Timestamp::now().as_millisecond();
-        let new_msgs: Vec<&Message> = d.new.iter().map(|&i| &page.messages[i]).collect();
+        let new_msgs = new_messages(&page, &d);
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let decision = decide_poll(&rules, &chat.id, &page, &d, &snapshot.memory, now_ms);
+        let decision = decide_poll(&rules, &chat.id, &page, &new_msgs, &snapshot.memory, now_ms);
         // A poll that changes nothing needs no write (most polls of idle chats).
         if let Some(commit) = commit_of(&chat_key, &page, &d, &decision, &snapshot.state, now_ms) {
             let (commit, result) = self.commits.commit(commit).await;

@@ -119,7 +119,9 @@ pub struct Schedule {
     chats: Vec<Slot>,
     hard: Heap,
     soft: Heap,
-    /// Polls per second left for soft polls.
+    /// The budget, polls a second (the config's `api.rate_limit`).
+    per_second: u32,
+    /// Polls per second left for soft polls: the budget less what the intervals take.
     spare_per_second: f64,
     auth: Option<AuthGate>,
     /// A chat refused with 401 while every other chat was fine so far.
@@ -142,10 +144,6 @@ impl Schedule {
         per_second: u32,
         now: Instant,
     ) -> Schedule {
-        let base: f64 = intervals
-            .iter()
-            .map(|i| 1.0 / i.as_secs_f64().max(0.001))
-            .sum();
         let mut s = Schedule {
             kind,
             chats: intervals
@@ -154,7 +152,8 @@ impl Schedule {
                 .collect(),
             hard: Heap::new(),
             soft: Heap::new(),
-            spare_per_second: f64::from(per_second) * PLANNED_SHARE - base,
+            per_second,
+            spare_per_second: 0.0,
             auth: None,
             suspect: None,
             coalesce: Duration::ZERO,
@@ -163,20 +162,21 @@ impl Schedule {
         for i in 0..intervals.len() {
             s.hard.push(Reverse((now, i, 0)));
         }
+        s.rebase();
         s
     }
 
     /// Watches one more chat (a config reload added it), due at `now`; returns its index.
-    pub fn add(&mut self, interval: Duration, per_second: u32, now: Instant) -> usize {
+    pub fn add(&mut self, interval: Duration, now: Instant) -> usize {
         let index = self.chats.len();
         self.chats.push(Slot::new(interval, now));
         self.hard.push(Reverse((now, index, 0)));
-        self.set_rate(per_second);
+        self.rebase();
         index
     }
 
     /// Stops watching chat `index` (a config reload removed it): it is never due again.
-    pub fn retire(&mut self, index: usize, per_second: u32) {
+    pub fn retire(&mut self, index: usize) {
         if let Some(c) = self.chats.get_mut(index) {
             c.retired = true;
             c.hard_gen += 1;
@@ -186,12 +186,12 @@ impl Schedule {
         if self.suspect == Some(index) {
             self.suspect = None;
         }
-        self.set_rate(per_second);
+        self.rebase();
     }
 
     /// Watches a retired chat again (a reload added back a chat it had removed), due at
     /// `now`, or once a poll of it still in flight finishes.
-    pub fn revive(&mut self, index: usize, interval: Duration, per_second: u32, now: Instant) {
+    pub fn revive(&mut self, index: usize, interval: Duration, now: Instant) {
         let Some(c) = self.chats.get_mut(index) else {
             return;
         };
@@ -204,17 +204,11 @@ impl Schedule {
         if !c.in_flight {
             self.hard.push(Reverse((now, index, c.hard_gen)));
         }
-        self.set_rate(per_second);
+        self.rebase();
     }
 
     /// A new interval for chat `index`, from its next poll on (its phase is chosen anew).
-    pub fn set_interval(
-        &mut self,
-        index: usize,
-        interval: Duration,
-        per_second: u32,
-        now: Instant,
-    ) {
+    pub fn set_interval(&mut self, index: usize, interval: Duration, now: Instant) {
         let Some(c) = self.chats.get_mut(index) else {
             return;
         };
@@ -231,19 +225,25 @@ impl Schedule {
                 .max(now);
             self.hard.push(Reverse((at, index, c.hard_gen)));
         }
-        self.set_rate(per_second);
+        self.rebase();
     }
 
-    /// The budget is `per_second` polls a second (at start, or after a config reload): the
-    /// share left for soft polls is what the chats' intervals do not take.
+    /// The budget is `per_second` polls a second from now (a config reload).
     pub fn set_rate(&mut self, per_second: u32) {
+        self.per_second = per_second;
+        self.rebase();
+    }
+
+    /// The share of the budget left for soft polls: what the watched chats' intervals do not
+    /// take.
+    fn rebase(&mut self) {
         let base: f64 = self
             .chats
             .iter()
             .filter(|c| !c.retired)
             .map(|c| 1.0 / c.interval.as_secs_f64().max(0.001))
             .sum();
-        self.spare_per_second = f64::from(per_second) * PLANNED_SHARE - base;
+        self.spare_per_second = f64::from(self.per_second) * PLANNED_SHARE - base;
     }
 
     /// Whether chat `index` is watched (not retired by a config reload).
@@ -593,9 +593,9 @@ mod tests {
             "{polled:?}"
         );
         // Chat 2 comes, chat 0 goes, chat 1 is polled every 500 ms from now.
-        assert_eq!(s.add(S, 10, now), 2);
-        s.retire(0, 10);
-        s.set_interval(1, S / 2, 10, now);
+        assert_eq!(s.add(S, now), 2);
+        s.retire(0);
+        s.set_interval(1, S / 2, now);
         assert!(!s.is_live(0) && s.is_live(1) && s.is_live(2));
         let before = polled.clone();
         run(&mut s, now + S * 4, &mut polled, &mut now);
@@ -728,7 +728,7 @@ mod tests {
         let t1 = t0 + AUTH_PAUSE_FIRST;
         let probe = s.pop_due(t1).unwrap();
         // The probing chat is removed while its request is out; its answer arrives later.
-        s.retire(probe, 100);
+        s.retire(probe);
         assert_eq!(s.finished(probe, t1, Finished::Ok { inbound: 0 }), None);
         let next = s.pop_due(t1).expect("another chat probes");
         assert_ne!(next, probe);
@@ -736,7 +736,7 @@ mod tests {
         s.finished(next, t1, REFUSED);
         for i in 0..3 {
             if i != next {
-                s.retire(i, 100);
+                s.retire(i);
             }
         }
         let t2 = t1 + 4 * AUTH_PAUSE_FIRST;
@@ -748,8 +748,8 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Schedule::new(&[S, S], SchedulerKind::RoundRobin, 100, t0);
         let a = s.pop_due(t0).unwrap();
-        s.retire(a, 100);
-        s.revive(a, S, 100, t0);
+        s.retire(a);
+        s.revive(a, S, t0);
         assert!(s.is_live(a));
         let other = s.pop_due(t0).unwrap();
         assert_ne!(other, a);

@@ -18,23 +18,28 @@ use std::time::Duration;
 /// most; the scripts left over fail as rule errors, counted and logged.
 pub const SCRIPT_BUDGET_PER_POLL: Duration = Duration::from_millis(250);
 
-/// The rules' decision on a page whose diff is `d`: message rules on `d.new` (oldest first),
-/// then chat rules on the page, with `memory` as the last commit left it.
+/// The messages of `page` the diff `d` found new, oldest first (what message rules see).
+pub fn new_messages<'p>(page: &'p Page, d: &Diff) -> Vec<&'p Message> {
+    d.new.iter().map(|&i| &page.messages[i]).collect()
+}
+
+/// The rules' decision on a page: message rules on its new messages (`new_msgs`, from
+/// [`new_messages`]), then chat rules on the whole page, with `memory` as the last commit left
+/// it.
 pub fn decide_poll(
     rules: &crate::rules::RuleSet,
     chat_id: &ChatId,
     page: &Page,
-    d: &Diff,
+    new_msgs: &[&Message],
     memory: &Memory,
     now_ms: i64,
 ) -> Decision {
-    let new_msgs: Vec<&Message> = d.new.iter().map(|&i| &page.messages[i]).collect();
     crate::rules::script::with_poll_budget(SCRIPT_BUDGET_PER_POLL, || {
         let mut decision = decide_with(
             rules,
             chat_id,
             &page.chat,
-            &new_msgs,
+            new_msgs,
             memory,
             Clock::Now(now_ms.div_euclid(1000)),
         );
