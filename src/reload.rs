@@ -175,10 +175,21 @@ impl ConfigSource {
     }
 
     /// Reads and checks the file as `run` does (every `${VAR}` must be set).
+    /// The file is read once: what is checked and what is compared are the same text.
     fn stage(&self) -> Result<Staged, crate::diag::Diagnostics> {
-        let (config, _) = crate::config::load(&self.path, EnvMode::Required)?;
+        let text = std::fs::read_to_string(&self.path).map_err(|e| {
+            crate::diag::Diagnostics(vec![crate::diag::Diagnostic::error(
+                &self.path,
+                0,
+                0,
+                format!("cannot read the config: {e}"),
+            )])
+        })?;
+        let (config, _) = crate::config::from_str(&self.path, &text, EnvMode::Required, &|k| {
+            std::env::var(k).ok()
+        })?;
         Ok(Staged {
-            written: written(&self.path),
+            written: written_text(&text),
             config,
         })
     }
@@ -281,9 +292,13 @@ fn without_live(v: &serde_json::Value) -> serde_json::Value {
 /// The config file as written (JSON; `null` when it cannot be read or parsed).
 fn written(path: &Path) -> serde_json::Value {
     std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_saphyr::from_str(&t).ok())
+        .map(|t| written_text(&t))
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// Config text as written (JSON; `null` when it does not parse).
+fn written_text(text: &str) -> serde_json::Value {
+    serde_saphyr::from_str(text).unwrap_or(serde_json::Value::Null)
 }
 
 /// Reloads the daemon's rule set and config — for the watcher (files changed, SIGHUP) and the
