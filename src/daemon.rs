@@ -146,6 +146,12 @@ pub(crate) async fn run(
         Duration::from_secs(1),
         shutdown.clone(),
     ));
+    let sealer = tokio::spawn(crate::engine::digest::run(
+        poller.commits.clone(),
+        poller.rules.clone(),
+        poller.wake_dispatcher.clone(),
+        shutdown.clone(),
+    ));
     let p = tokio::spawn(poller.run(shutdown.clone()));
     let d = tokio::spawn(dispatcher.run(shutdown.clone()));
     shutdown.cancelled().await;
@@ -155,6 +161,7 @@ pub(crate) async fn run(
     );
     let both = async {
         let _ = reloader.await;
+        let _ = sealer.await;
         let _ = p.await;
         let _ = d.await;
     };

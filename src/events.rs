@@ -143,6 +143,33 @@ pub(crate) fn chat_rule_fired(rule: &str, chat: &str) {
     tracing::info!(event = "chat_rule.fired", rule, chat = %mask(chat), "chat rule fired");
 }
 
+/// A digest's window ended: its firings became its deliveries (in the same transaction).
+pub(crate) fn digest_sealed(s: &crate::model::SealedDigest) {
+    let w = &s.window;
+    tracing::info!(event = "digest.sealed", rule = %w.rule_id, group = %mask(&w.group),
+        window_start = %rfc3339(w.window_start), window_end = %rfc3339(w.window_start + w.window_secs),
+        firings = s.count, deliveries = s.deliveries, queued = s.queued,
+        "digest sealed: {} firing(s), {} delivery(ies) queued", s.count, s.queued);
+}
+
+/// Firings waiting for a digest whose rule is gone (or has no `digest` any more).
+pub(crate) fn digest_dropped(rule: &str, firings: usize, why: &str) {
+    tracing::warn!(
+        event = "digest.dropped",
+        rule,
+        firings,
+        "dropped {firings} firing(s) collected for a digest: {why}"
+    );
+}
+
+/// Sealing the digests failed (the store): retried on the next pass.
+pub(crate) fn digest_failed(error: &str) {
+    tracing::error!(
+        event = "digest.failed",
+        "could not seal the digests (retried in a second): {error}"
+    );
+}
+
 /// Control characters (CR, LF, NUL, ESC, …) and bidi overrides and isolates written as
 /// escapes, so a customer's message in a `log` action cannot start a forged log line or
 /// reorder one on screen. Borrows when there is nothing to escape.

@@ -3,14 +3,16 @@
 //! Pure: time and the prior memory are inputs.
 
 use crate::gateway::model::{Chat, ChatId, Message, MessageKey};
-use crate::outbox::envelope::{chat_json, delivery_id, message_envelope, message_json, rfc3339};
+use crate::outbox::envelope::{
+    chat_json, delivery_id, digest_item, message_envelope, message_json, rfc3339,
+};
 use crate::rules::chat::{ChatCheck, newest};
 use crate::rules::raw::Level;
 use crate::rules::{Action, BodyTemplate, RuleSet};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-pub use crate::model::{ChatRuleState, Delivery, Memory};
+pub use crate::model::{ChatRuleState, Delivery, DigestItem, Memory};
 
 /// One log line a rule asked for.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +39,8 @@ pub struct Decision {
     /// Chat rules that fired.
     pub chat_firings: Vec<ChatFiring>,
     pub deliveries: Vec<Delivery>,
+    /// Firings of digest rules, collected instead of acted on.
+    pub digest_items: Vec<DigestItem>,
     pub logs: Vec<LogLine>,
     /// (rule id, silent until unix seconds) to store for this chat.
     pub cooldowns: Vec<(String, i64)>,
@@ -201,19 +205,35 @@ pub fn decide_with(
                 "matched": matched_json,
                 "now": rfc3339(now),
             });
-            let envelope = |id: &str| {
-                message_envelope(&rule.id, id, chat_id, chat, msg, matched_json.clone(), now)
-            };
-            run_actions(
-                rules,
-                &rule.id,
-                &rule.actions,
-                chat_id,
-                &msg.key,
-                ctx,
-                &envelope,
-                &mut d,
-            );
+            if let Some(digest) = rule.digest {
+                d.digest_items.push(collect(
+                    &rule.id,
+                    digest,
+                    chat_id,
+                    &msg.key,
+                    digest_item(
+                        chat_json(chat_id, chat),
+                        Some(message_json(msg)),
+                        matched_json.clone(),
+                        now,
+                    ),
+                    now,
+                ));
+            } else {
+                let envelope = |id: &str| {
+                    message_envelope(&rule.id, id, chat_id, chat, msg, matched_json.clone(), now)
+                };
+                run_actions(
+                    rules,
+                    &rule.id,
+                    &rule.actions,
+                    chat_id.as_str(),
+                    &msg.key,
+                    ctx,
+                    &envelope,
+                    &mut d,
+                );
+            }
             d.firings.push(Firing {
                 rule_id: rule.id.clone(),
                 message_index: index,
@@ -314,16 +334,32 @@ pub fn decide_chat(
                 from_me: false,
                 id: format!("chat@{since}"),
             };
-            run_actions(
-                rules,
-                &rule.id,
-                &rule.actions,
-                chat_id,
-                &key,
-                ctx,
-                &envelope,
-                d,
-            );
+            if let Some(digest) = rule.digest {
+                d.digest_items.push(collect(
+                    &rule.id,
+                    digest,
+                    chat_id,
+                    &key,
+                    digest_item(
+                        chat_json(chat_id, chat),
+                        newest.map(message_json),
+                        matched.clone(),
+                        now,
+                    ),
+                    now,
+                ));
+            } else {
+                run_actions(
+                    rules,
+                    &rule.id,
+                    &rule.actions,
+                    chat_id.as_str(),
+                    &key,
+                    ctx,
+                    &envelope,
+                    d,
+                );
+            }
             d.chat_firings.push(ChatFiring {
                 rule_id: rule.id.clone(),
                 matched: matched.clone(),
@@ -400,7 +436,7 @@ fn apply_script_output(
     }
     for (action_index, (url, body)) in out.webhooks.into_iter().enumerate() {
         d.deliveries.push(Delivery {
-            delivery_id: delivery_id(rule, chat_id, key, action_index),
+            delivery_id: delivery_id(rule, chat_id.as_str(), key, action_index),
             rule_id: rule.to_string(),
             chat_id: chat_id.as_str().to_string(),
             message_key: key.compact(),
@@ -416,13 +452,41 @@ fn apply_script_output(
     }
 }
 
-/// Renders a fired rule's actions into log lines and deliveries.
+/// A digest rule's firing, to be stored with the poll and listed in the digest of the window
+/// `now` falls in (the daemon's clock, or the message's time in `cartat-rules test`).
+fn collect(
+    rule_id: &str,
+    digest: crate::rules::Digest,
+    chat_id: &ChatId,
+    key: &MessageKey,
+    item: Value,
+    now: i64,
+) -> DigestItem {
+    let window_secs = digest.every.as_secs().max(1) as i64;
+    DigestItem {
+        rule_id: rule_id.to_string(),
+        group: if digest.by_chat {
+            chat_id.as_str().to_string()
+        } else {
+            crate::model::ALL_CHATS.to_string()
+        },
+        window_start: now - now.rem_euclid(window_secs),
+        window_secs,
+        chat_id: chat_id.as_str().to_string(),
+        item_key: key.compact(),
+        fired_at: now,
+        item: item.to_string(),
+    }
+}
+
+/// Renders a fired rule's actions into log lines and deliveries. `chat` is the chat's id, or
+/// a digest's group.
 #[allow(clippy::too_many_arguments)]
-fn run_actions(
+pub(crate) fn run_actions(
     rules: &RuleSet,
     rule_id: &str,
     actions: &[Action],
-    chat_id: &ChatId,
+    chat: &str,
     key: &MessageKey,
     base_ctx: Value,
     envelope: &dyn Fn(&str) -> Value,
@@ -443,7 +507,7 @@ fn run_actions(
                 }),
             },
             Action::Webhook { url, headers, body } => {
-                let id = delivery_id(rule_id, chat_id, key, action_index);
+                let id = delivery_id(rule_id, chat, key, action_index);
                 let mut ctx = base_ctx.clone();
                 ctx["delivery_id"] = Value::String(id.clone());
                 let rendered = match body {
@@ -471,7 +535,7 @@ fn run_actions(
                     (Ok(body), Ok(headers)) => d.deliveries.push(Delivery {
                         delivery_id: id,
                         rule_id: rule_id.to_string(),
-                        chat_id: chat_id.as_str().to_string(),
+                        chat_id: chat.to_string(),
                         message_key: key.compact(),
                         action_index,
                         url: url.clone(),

@@ -2,6 +2,7 @@
 //! them against the gateway and the store.
 
 pub mod decide;
+pub mod digest;
 pub mod poller;
 pub mod schedule;
 pub mod snapshot;

@@ -77,6 +77,7 @@ pub fn commit_of(
         low_water: d.low_water,
         seen,
         deliveries: decision.deliveries.clone(),
+        digest_items: decision.digest_items.clone(),
         cooldowns: decision.cooldowns.clone(),
         thresholds: decision.thresholds.clone(),
         chat_rules: decision.chat_rules.clone(),
@@ -87,6 +88,7 @@ pub fn commit_of(
     let changes_nothing = state.known
         && commit.seen.is_empty()
         && commit.deliveries.is_empty()
+        && commit.digest_items.is_empty()
         && commit.cooldowns.is_empty()
         && commit.thresholds.is_empty()
         && commit.chat_rules.is_empty()

@@ -63,6 +63,50 @@ pub struct Delivery {
     pub body: String,
 }
 
+/// A firing collected for a digest, committed with the poll that found it (so a crash loses
+/// none and the watermark never passes one that is not stored).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DigestItem {
+    pub rule_id: String,
+    /// The digest's group: the chat's id (`group_by: [chat]`) or [`ALL_CHATS`].
+    pub group: String,
+    /// The window the firing falls in: its start (unix seconds) and length in seconds.
+    pub window_start: i64,
+    pub window_secs: i64,
+    /// What fired: the chat and the message (or chat-rule) key; unique with the rule.
+    pub chat_id: String,
+    pub item_key: String,
+    /// When it fired (unix seconds): the digest lists its firings in this order.
+    pub fired_at: i64,
+    /// The firing as the digest lists it (JSON text).
+    pub item: String,
+}
+
+/// The most firings a digest may list (`digest.max_items`).
+pub const DIGEST_ITEMS_MAX: usize = 1000;
+
+/// One digest: a rule's firings in one group and window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DigestWindow {
+    pub rule_id: String,
+    pub group: String,
+    pub window_start: i64,
+    pub window_secs: i64,
+}
+
+/// A digest sealed: how many firings it had, the deliveries made of it and how many of those
+/// were new to the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedDigest {
+    pub window: DigestWindow,
+    pub count: usize,
+    pub deliveries: usize,
+    pub queued: usize,
+}
+
+/// The group of a digest over all chats (`group_by: [rule]`).
+pub(crate) const ALL_CHATS: &str = "*";
+
 /// A chat rule's timer for one chat: since when its condition holds, and whether it fired
 /// in this holding spell (it re-arms when the condition stops holding).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -8,12 +8,13 @@ use sha2::{Digest, Sha256};
 /// Bodies longer than this are cut in the envelope, with `"body_truncated": true`.
 pub const MAX_ENVELOPE_BODY: usize = 16 * 1024;
 
-/// The same rule on the same message (and action) always gives the same id.
-pub fn delivery_id(rule: &str, chat: &ChatId, key: &MessageKey, action_index: usize) -> String {
+/// The same rule on the same message (and action) always gives the same id. `chat` is the
+/// chat's id, or a digest's group (`*` for all chats).
+pub fn delivery_id(rule: &str, chat: &str, key: &MessageKey, action_index: usize) -> String {
     let mut h = Sha256::new();
     for part in [
         rule,
-        chat.as_str(),
+        chat,
         if key.from_me { "true" } else { "false" },
         key.id.as_str(),
     ] {
@@ -88,6 +89,49 @@ pub fn message_envelope(
     })
 }
 
+/// A digest as templates see it (`digest`) and its envelope carries: the window, how many
+/// firings there were, the listed ones (`items`, oldest first) and how many were left out.
+pub fn digest_json(start: &str, end: &str, count: usize, items: Vec<Value>) -> Value {
+    let listed = items.len();
+    json!({
+        "window": { "start": start, "end": end },
+        "count": count,
+        "more": count.saturating_sub(listed),
+        "items": items,
+    })
+}
+
+/// One firing as a digest lists it.
+pub fn digest_item(chat: Value, message: Option<Value>, matched: Value, fired_at: i64) -> Value {
+    json!({
+        "chat": chat,
+        "message": message,
+        "matched": matched,
+        "fired_at": rfc3339(fired_at),
+    })
+}
+
+/// The standard envelope of a digest (`"type": "rule.digest"`).
+pub fn digest_envelope(
+    rule: &str,
+    delivery_id: &str,
+    chat: Option<Value>,
+    digest: &Value,
+    sent_at: i64,
+) -> Value {
+    json!({
+        "type": "rule.digest",
+        "rule": rule,
+        "delivery_id": delivery_id,
+        "chat": chat,
+        "window": digest["window"],
+        "count": digest["count"],
+        "more": digest["more"],
+        "items": digest["items"],
+        "fired_at": rfc3339(sent_at),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,17 +146,22 @@ mod tests {
     #[test]
     fn delivery_ids_are_deterministic_and_distinct() {
         let chat = ChatId::parse("966500000000").unwrap();
-        let a = delivery_id("bot", &chat, &key("A"), 0);
-        assert_eq!(a, delivery_id("bot", &chat, &key("A"), 0));
+        let a = delivery_id("bot", chat.as_str(), &key("A"), 0);
+        assert_eq!(a, delivery_id("bot", chat.as_str(), &key("A"), 0));
         assert_eq!(a.len(), 32);
         let others = [
-            delivery_id("bot2", &chat, &key("A"), 0),
-            delivery_id("bot", &chat, &key("B"), 0),
-            delivery_id("bot", &chat, &key("A"), 1),
-            delivery_id("bot", &ChatId::parse("966500000001").unwrap(), &key("A"), 0),
+            delivery_id("bot2", chat.as_str(), &key("A"), 0),
+            delivery_id("bot", chat.as_str(), &key("B"), 0),
+            delivery_id("bot", chat.as_str(), &key("A"), 1),
             delivery_id(
                 "bot",
-                &chat,
+                ChatId::parse("966500000001").unwrap().as_str(),
+                &key("A"),
+                0,
+            ),
+            delivery_id(
+                "bot",
+                chat.as_str(),
                 &MessageKey {
                     from_me: true,
                     id: "A".into(),

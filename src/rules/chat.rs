@@ -68,6 +68,8 @@ pub struct ChatRule {
     pub description: Option<String>,
     pub source: PathBuf,
     pub cooldown: Option<Duration>,
+    /// Collect firings into digests instead of acting on each.
+    pub digest: Option<super::Digest>,
     pub actions: Vec<Action>,
     pub unread_count: Option<Compare>,
     pub unanswered_for: Option<Duration>,

@@ -18,6 +18,8 @@ pub(super) struct Compiler<'a> {
     /// Compiling a chat rule: the `matched` its templates will see (only the keys its
     /// conditions produce).
     pub(super) chat_matched: Option<Value>,
+    /// Compiling a digest rule: its templates see `digest` (the list) instead of one firing.
+    pub(super) digest: Option<Digest>,
     pub(super) sandbox: &'a Sandbox,
     /// Keywords of the rule being compiled, as searched: text and normalize flag → the
     /// keyword as written and where, for the "same after normalization" warning.
@@ -102,12 +104,15 @@ pub fn compile_rules_with(
                 captures: Vec::new(),
                 number: false,
                 chat_matched: None,
+                digest: None,
                 sandbox: &sandbox,
                 keywords: HashMap::new(),
                 first_webhook: None,
                 policy,
                 timezone,
             };
+            c.digest = raw.digest.and_then(|dg| c.digest_of(dg));
+            let digest = c.digest;
             if is_chat_rule {
                 let compiled = c.chat_match(raw.match_.unwrap_or_default());
                 if let Some((unread, unanswered, _, _)) = &compiled {
@@ -139,6 +144,7 @@ pub fn compile_rules_with(
                         description: raw.description,
                         source: file.path.clone(),
                         cooldown: raw.cooldown.map(|c| c.0),
+                        digest,
                         actions,
                         unread_count,
                         unanswered_for,
@@ -189,6 +195,7 @@ pub fn compile_rules_with(
                 cooldown: raw.cooldown.map(|c| c.0),
                 max_age: raw.max_age.map(|m| m.0),
                 threshold,
+                digest,
                 actions,
                 cond,
                 sees,
@@ -703,6 +710,9 @@ impl Compiler<'_> {
         if let Some(matched) = &self.chat_matched {
             ctx["matched"] = matched.clone();
         }
+        if let Some(digest) = &self.digest {
+            ctx = template::digest_sample_context(&ctx, digest.by_chat);
+        }
         match self.templates.render(&id, &ctx) {
             Ok(out) => {
                 if kind == Kind::Json
@@ -724,6 +734,14 @@ impl Compiler<'_> {
                             "{what}: `{var}` is not a template variable, did you mean `{best}`? ({e})"
                         )
                     }
+                    Some((var, None)) if self.digest.is_some() => format!(
+                        "{what}: `{var}` is not a template variable of a digest (they are rule, {}digest, now, delivery_id; each of digest.items has chat, message, matched and fired_at; {e})",
+                        if self.digest.is_some_and(|d| d.by_chat) {
+                            "chat, "
+                        } else {
+                            ""
+                        }
+                    ),
                     Some((var, None)) => format!(
                         "{what}: `{var}` is not a template variable (they are rule, chat, message, matched, now, delivery_id; {e})"
                     ),
@@ -825,6 +843,48 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+
+    /// Checks a `digest:` and compiles it; None (and an error) when it cannot work.
+    pub(super) fn digest_of(&mut self, dg: Spanned<raw::RawDigest>) -> Option<Digest> {
+        let at = dg.referenced;
+        let raw = dg.value;
+        let every = raw.every.0;
+        if every < Duration::from_secs(1) || every.subsec_nanos() != 0 {
+            self.d.push(Diagnostic::at(
+                self.path,
+                at,
+                "digest.every: a window is a whole number of seconds, at least 1s",
+            ));
+            return None;
+        }
+        if every > Duration::from_secs(7 * 86_400) {
+            self.d.push(Diagnostic::at(
+                self.path,
+                at,
+                "digest.every: a window is at most 7d (the firings wait in the state file until it ends)",
+            ));
+            return None;
+        }
+        let group_by = raw.group_by.unwrap_or_default();
+        let by_chat = group_by.contains(&raw::GroupBy::Chat);
+        let max_items = match raw.max_items {
+            None => DIGEST_ITEMS,
+            Some(n) if (1..=DIGEST_ITEMS_MAX as u32).contains(&n) => n as usize,
+            Some(n) => {
+                self.d.push(Diagnostic::at(
+                    self.path,
+                    at,
+                    format!("digest.max_items: {n} is not between 1 and {DIGEST_ITEMS_MAX}"),
+                ));
+                return None;
+            }
+        };
+        Some(Digest {
+            every,
+            by_chat,
+            max_items,
+        })
     }
 
     pub(super) fn structured(&mut self, v: &Value, loc: Location) -> Option<StructuredBody> {

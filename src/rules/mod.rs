@@ -241,6 +241,21 @@ pub enum StructuredBody {
     Object(Vec<(String, StructuredBody)>),
 }
 
+/// A compiled `digest`: the rule's firings are collected and its actions run once per
+/// window (and chat, with `group_by: [chat]`), on the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub every: Duration,
+    /// `group_by: [chat]`: one digest per chat; otherwise one for all chats.
+    pub by_chat: bool,
+    /// How many firings a digest lists at most (the rest are counted).
+    pub max_items: usize,
+}
+
+/// How many firings a digest lists unless `max_items` says.
+pub const DIGEST_ITEMS: usize = 20;
+pub use crate::model::DIGEST_ITEMS_MAX;
+
 /// One compiled rule.
 #[derive(Debug)]
 pub struct Rule {
@@ -251,6 +266,8 @@ pub struct Rule {
     pub max_age: Option<Duration>,
     /// Fire only when the rule matched `count` times within the window in one chat.
     pub threshold: Option<(u32, Duration)>,
+    /// Collect firings into digests instead of acting on each.
+    pub digest: Option<Digest>,
     pub actions: Vec<Action>,
     cond: Cond,
     /// Notification types this rule names (and so may see).

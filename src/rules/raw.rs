@@ -64,6 +64,10 @@ pub struct RawRule {
     pub max_age: Option<HumanDuration>,
     /// `false` keeps the rule in the file but never evaluates it.
     pub enabled: Option<bool>,
+    /// Collect the rule's firings and run its actions once per window and group, with the
+    /// list: `{ every: 15m, group_by: [chat] }`.
+    #[schemars(with = "Option<RawDigest>")]
+    pub digest: Option<Spanned<RawDigest>>,
     /// What to do when the rule fires.
     #[schemars(with = "Vec<RawAction>")]
     pub actions: Spanned<Vec<RawAction>>,
@@ -210,6 +214,30 @@ pub struct RawNumber {
     pub lte: Option<f64>,
     /// Equal.
     pub eq: Option<f64>,
+}
+
+/// `{ every: 15m, group_by: [chat], max_items: 20 }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDigest {
+    /// The window: firings are collected over each `every` (aligned to the clock: `15m`
+    /// windows start at :00, :15, :30 and :45 UTC) and sent once it has passed.
+    pub every: HumanDuration,
+    /// `[rule]` (default): one digest per window for all chats; `[chat]`: one per chat.
+    pub group_by: Option<Vec<GroupBy>>,
+    /// How many firings the digest lists (default 20, at most 1000); `count` says how many
+    /// there were, `more` how many were left out.
+    pub max_items: Option<u32>,
+}
+
+/// What a digest is grouped by.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// One digest per window for the rule, all chats together.
+    Rule,
+    /// One digest per window and chat.
+    Chat,
 }
 
 /// `{ count: 3, within: 10m }`.

@@ -129,6 +129,25 @@ pub fn sample_context() -> Value {
     })
 }
 
+/// What a digest rule's templates see, built from a firing's `sample`: the rule, the group's
+/// chat (`group_by: [chat]`; none otherwise), the digest, now and the delivery id.
+pub fn digest_sample_context(sample: &Value, by_chat: bool) -> Value {
+    let item = serde_json::json!({
+        "chat": sample["chat"],
+        "message": sample["message"],
+        "matched": sample["matched"],
+        "fired_at": sample["now"],
+    });
+    serde_json::json!({
+        "rule": sample["rule"],
+        "chat": if by_chat { sample["chat"].clone() } else { Value::Null },
+        "digest": crate::outbox::envelope::digest_json(
+            "2026-01-01T00:00:00Z", "2026-01-01T00:15:00Z", 1, vec![item]),
+        "now": sample["now"],
+        "delivery_id": sample["delivery_id"],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

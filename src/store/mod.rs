@@ -18,7 +18,10 @@
 //! By job: [`sqlite`] (the SQLite backend: schema, lock, the polls' transactions, the outbox
 //! queries), [`group`] (the writer task and group commit).
 
-use crate::model::{ChatRuleState, ChatState, Delivery, Memory, MessageKey, SeenId};
+use crate::model::{
+    ChatRuleState, ChatState, Delivery, DigestItem, DigestWindow, Memory, MessageKey, SealedDigest,
+    SeenId,
+};
 use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,6 +93,18 @@ impl Store {
     }
 
     /// The oldest pending row of each (chat, url), if it is due, oldest first.
+    pub fn seal_digests(
+        &self,
+        now_s: i64,
+        seal: &mut dyn FnMut(&DigestWindow, &[String], usize) -> Vec<Delivery>,
+    ) -> Result<Vec<SealedDigest>, StoreError> {
+        backend!(self, s => s.seal_digests(now_s, seal))
+    }
+
+    pub fn pending_digest_items(&self) -> Result<HashMap<String, i64>, StoreError> {
+        backend!(self, s => s.pending_digest_items())
+    }
+
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         backend!(self, s => s.due(now_ms, limit))
     }
@@ -174,6 +189,9 @@ impl Store {
     }
 }
 
+/// The most firings a sealed digest reads to list (its rule's `max_items` lists fewer).
+pub const DIGEST_LISTED_MAX: usize = crate::model::DIGEST_ITEMS_MAX;
+
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -226,6 +244,8 @@ pub struct PollCommit {
     /// (key, timestamp, fingerprint) of every new, updated and history message.
     pub seen: Vec<(MessageKey, i64, u64)>,
     pub deliveries: Vec<Delivery>,
+    /// Firings of digest rules, kept until their window is sealed ([`Store::seal_digests`]).
+    pub digest_items: Vec<DigestItem>,
     pub cooldowns: Vec<(String, i64)>,
     /// Threshold hits per rule (an empty list deletes the row).
     pub thresholds: Vec<(String, Vec<i64>)>,

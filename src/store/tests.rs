@@ -33,6 +33,7 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
         low_water: 0,
         seen: vec![(key("a"), 100, 7)],
         deliveries: vec![delivery("d1", "c@c.us", "http://x/")],
+        digest_items: Vec::new(),
         cooldowns: vec![("r".into(), 5_000_000_000)],
         thresholds: vec![("t".into(), vec![1, 2])],
         chat_rules: vec![(

@@ -71,6 +71,31 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, chat_id, url, id);
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state);
 ";
 
+/// Digest rules' firings waiting for their window to end, and how far each (rule, group) is
+/// sealed. Additive to schema 1, like `endpoints_gone`: an older binary ignores them.
+pub(super) const DIGESTS: &str = "
+CREATE TABLE IF NOT EXISTS digest_items (
+    rule_id      TEXT NOT NULL,
+    grp          TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    window_secs  INTEGER NOT NULL,
+    window_end   INTEGER NOT NULL,
+    chat_id      TEXT NOT NULL,
+    item_key     TEXT NOT NULL,
+    fired_at     INTEGER NOT NULL,
+    item         TEXT NOT NULL,
+    PRIMARY KEY (rule_id, chat_id, item_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS digest_items_by_end ON digest_items (window_end);
+CREATE INDEX IF NOT EXISTS digest_items_by_window ON digest_items (rule_id, grp, window_start, fired_at);
+CREATE TABLE IF NOT EXISTS digest_sealed (
+    rule_id      TEXT NOT NULL,
+    grp          TEXT NOT NULL,
+    sealed_until INTEGER NOT NULL,
+    PRIMARY KEY (rule_id, grp)
+) WITHOUT ROWID;
+";
+
 /// Endpoints disabled by a 410, with the fingerprint of the config (and rules) in force when it
 /// came. Additive to schema 1: created if missing by the daemon and by `outbox` commands, and
 /// ignored by an older binary (which then simply never sees a `gone` row as pending).
@@ -192,6 +217,8 @@ impl Sqlite {
         conn.execute_batch(SCHEMA)
             .map_err(|e| broken(e.to_string()))?;
         conn.execute_batch(ENDPOINTS_GONE)
+            .map_err(|e| broken(e.to_string()))?;
+        conn.execute_batch(DIGESTS)
             .map_err(|e| broken(e.to_string()))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Sqlite {

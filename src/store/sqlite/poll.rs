@@ -175,31 +175,30 @@ impl Sqlite {
                 }
             }
         }
-        let mut queued = 0;
         {
+            // A firing whose window was sealed already (its poll's commit came in after the
+            // window's end was reached) goes to the next window: never lost, never sent twice.
             let mut ins = tx.prepare_cached(
-                "INSERT INTO outbox (delivery_id, rule_id, chat_id, message_key, action_index, url, headers, body,
-                                     state, attempts, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-                         CASE WHEN EXISTS (SELECT 1 FROM endpoints_gone g WHERE g.url = ?6) THEN 'gone' ELSE 'pending' END,
-                         0, ?9, ?9, ?9)
-                 ON CONFLICT (delivery_id) DO NOTHING",
+                "INSERT INTO digest_items (rule_id, grp, window_start, window_secs, window_end, chat_id, item_key, fired_at, item)
+                 SELECT ?1, ?2, w, ?4, w + ?4, ?5, ?6, ?7, ?8 FROM (SELECT max(?3, coalesce(
+                     (SELECT sealed_until FROM digest_sealed WHERE rule_id = ?1 AND grp = ?2), ?3)) AS w)
+                 WHERE true
+                 ON CONFLICT DO NOTHING",
             )?;
-            for d in &c.deliveries {
-                let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into());
-                queued += ins.execute(params![
-                    d.delivery_id,
-                    d.rule_id,
-                    d.chat_id,
-                    d.message_key,
-                    d.action_index as i64,
-                    d.url,
-                    headers,
-                    d.body,
-                    c.now_ms
+            for it in &c.digest_items {
+                ins.execute(params![
+                    it.rule_id,
+                    it.group,
+                    it.window_start,
+                    it.window_secs,
+                    it.chat_id,
+                    it.item_key,
+                    it.fired_at,
+                    it.item
                 ])?;
             }
         }
+        let queued = Self::queue(tx, &c.deliveries, c.now_ms)?;
         // Ids below the low-water mark can only come back with a larger limit, where the diff
         // treats them as history; keep the table small.
         tx.prepare_cached("DELETE FROM seen WHERE chat_id = ?1 AND ts < ?2")?
@@ -209,6 +208,122 @@ impl Sqlite {
         tx.prepare_cached("DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2")?
             .execute(params![c.chat_id, now_s.min(c.watermark)])?;
         Ok(queued)
+    }
+}
+
+impl Sqlite {
+    /// Queues deliveries in the caller's transaction (a delivery already queued, same id, is
+    /// left as it is; one to an endpoint disabled by a 410 is queued as `gone`). Returns how
+    /// many were new.
+    pub(super) fn queue(
+        tx: &Connection,
+        deliveries: &[Delivery],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO outbox (delivery_id, rule_id, chat_id, message_key, action_index, url, headers, body,
+                                 state, attempts, next_attempt_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                     CASE WHEN EXISTS (SELECT 1 FROM endpoints_gone g WHERE g.url = ?6) THEN 'gone' ELSE 'pending' END,
+                     0, ?9, ?9, ?9)
+             ON CONFLICT (delivery_id) DO NOTHING",
+        )?;
+        for d in deliveries {
+            let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into());
+            queued += ins.execute(params![
+                d.delivery_id,
+                d.rule_id,
+                d.chat_id,
+                d.message_key,
+                d.action_index as i64,
+                d.url,
+                headers,
+                d.body,
+                now_ms
+            ])?;
+        }
+        Ok(queued)
+    }
+
+    /// Seals every digest window that ended by `now_s`, in one transaction: `seal` turns a
+    /// window's firings (the first [`DIGEST_LISTED_MAX`], oldest first, and how many there
+    /// were) into deliveries, which are queued as the window's firings are deleted and the
+    /// window is marked sealed. A crash before the commit leaves the firings to seal again
+    /// (with the same delivery ids); after it, nothing is left to send twice.
+    pub fn seal_digests(
+        &self,
+        now_s: i64,
+        seal: &mut dyn FnMut(&DigestWindow, &[String], usize) -> Vec<Delivery>,
+    ) -> Result<Vec<SealedDigest>, StoreError> {
+        let conn = self.conn();
+        let windows: Vec<DigestWindow> = conn
+            .prepare_cached(
+                "SELECT DISTINCT rule_id, grp, window_start, window_secs FROM digest_items
+                 WHERE window_end <= ?1 ORDER BY window_start, rule_id, grp",
+            )?
+            .query_map([now_s], |r| {
+                Ok(DigestWindow {
+                    rule_id: r.get(0)?,
+                    group: r.get(1)?,
+                    window_start: r.get(2)?,
+                    window_secs: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let _open = Open(&conn);
+        let mut sealed = Vec::with_capacity(windows.len());
+        for w in windows {
+            let key = params![w.rule_id, w.group, w.window_start];
+            let count: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3",
+                )?
+                .query_row(key, |r| r.get(0))?;
+            let items: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT item FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3
+                     ORDER BY fired_at, chat_id, item_key LIMIT ?4",
+                )?
+                .query_map(
+                    params![w.rule_id, w.group, w.window_start, DIGEST_LISTED_MAX as i64],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            let deliveries = seal(&w, &items, count as usize);
+            let queued = Self::queue(&conn, &deliveries, now_s * 1000)?;
+            conn.prepare_cached(
+                "DELETE FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3",
+            )?
+            .execute(key)?;
+            conn.prepare_cached(
+                "INSERT INTO digest_sealed (rule_id, grp, sealed_until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET sealed_until = max(sealed_until, excluded.sealed_until)",
+            )?
+            .execute(params![w.rule_id, w.group, w.window_start + w.window_secs])?;
+            sealed.push(SealedDigest {
+                window: w,
+                count: count as usize,
+                deliveries: deliveries.len(),
+                queued,
+            });
+        }
+        crate::failpoint::hit("digest_before_commit");
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(sealed)
+    }
+
+    /// How many firings wait for their digest, per rule (for `status` and the tests).
+    pub fn pending_digest_items(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT rule_id, count(*) FROM digest_items GROUP BY rule_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
