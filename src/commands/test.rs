@@ -95,6 +95,7 @@ pub(super) fn evaluate_page(
     }
     // What the rules remember carries from message to message, as it would across polls.
     let mut memory = Memory::default();
+    let mut collected = Vec::new();
     for msg in msgs {
         let d = decide_with(
             rules,
@@ -107,6 +108,7 @@ pub(super) fn evaluate_page(
         memory.cooldowns.extend(d.cooldowns.iter().cloned());
         memory.thresholds.extend(d.thresholds.iter().cloned());
         memory.script_state.extend(d.script_state.iter().cloned());
+        collected.extend(d.digest_items.iter().cloned());
         // YAML rules with what matched; rule files (which say nothing of why) with null.
         let fired: Vec<(String, Value)> = d
             .firings
@@ -196,6 +198,13 @@ pub(super) fn evaluate_page(
                 }
                 for (rule_id, matched) in &fired {
                     let _ = writeln!(out, "    ✓ {rule_id} fired, matched {matched}");
+                    for i in d.digest_items.iter().filter(|i| i.rule_id == *rule_id) {
+                        let _ = writeln!(
+                            out,
+                            "      collected for its digest of {} (sent when the window ends)",
+                            window_text(i.window_start, i.window_secs)
+                        );
+                    }
                     for l in d.logs.iter().filter(|l| l.rule_id == *rule_id) {
                         let _ = writeln!(out, "      log {:?}: {}", l.level, l.text);
                     }
@@ -208,6 +217,85 @@ pub(super) fn evaluate_page(
                 }
                 if fired.is_empty() && !explain {
                     let _ = writeln!(out, "    (no rule fired)");
+                }
+            }
+        }
+    }
+    write_digests(rules, &collected, format, out);
+}
+
+/// A digest window as `test` names it: `2026-01-01T08:00:00Z – 08:15:00Z`.
+fn window_text(start: i64, secs: i64) -> String {
+    format!(
+        "{} – {}",
+        crate::model::rfc3339(start),
+        crate::model::rfc3339(start + secs)
+    )
+}
+
+/// The digests the collected firings make, each as it is sent when its window ends (firings
+/// in the order they came, windows in time order).
+fn write_digests(
+    rules: &RuleSet,
+    collected: &[crate::model::DigestItem],
+    format: TestFormat,
+    out: &mut String,
+) {
+    use std::fmt::Write;
+    let mut windows: Vec<(crate::model::DigestWindow, Vec<String>)> = Vec::new();
+    for i in collected {
+        let w = crate::model::DigestWindow {
+            rule_id: i.rule_id.clone(),
+            group: i.group.clone(),
+            window_start: i.window_start,
+            window_secs: i.window_secs,
+        };
+        match windows.iter_mut().find(|(x, _)| *x == w) {
+            Some((_, items)) => items.push(i.item.clone()),
+            None => windows.push((w, vec![i.item.clone()])),
+        }
+    }
+    windows.sort_by_key(|(w, _)| w.window_start);
+    for (w, items) in &windows {
+        let end = w.window_start + w.window_secs;
+        let Ok(d) = crate::engine::digest::seal(rules, w, items, items.len(), end) else {
+            continue;
+        };
+        match format {
+            TestFormat::Json => {
+                let actions: Vec<Value> = d
+                    .deliveries
+                    .iter()
+                    .map(|x| json!({"type": "webhook", "url": x.url, "body": serde_json::from_str::<Value>(&x.body).unwrap_or(Value::Null), "delivery_id": x.delivery_id}))
+                    .chain(d.logs.iter().map(|l| json!({"type": "log", "level": format!("{:?}", l.level).to_lowercase(), "message": l.text})))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({"rule": w.rule_id, "digest": {"group": w.group, "window": {"start": crate::model::rfc3339(w.window_start), "end": crate::model::rfc3339(end)}, "count": items.len()}, "actions": actions})
+                );
+            }
+            TestFormat::Text => {
+                let _ = writeln!(
+                    out,
+                    "  digest of {} for {}{}: {} firing(s)",
+                    w.rule_id,
+                    window_text(w.window_start, w.window_secs),
+                    if w.group == crate::model::ALL_CHATS {
+                        String::new()
+                    } else {
+                        format!(", chat {}", w.group)
+                    },
+                    items.len()
+                );
+                for l in &d.logs {
+                    let _ = writeln!(out, "      log {:?}: {}", l.level, l.text);
+                }
+                for x in &d.deliveries {
+                    write_webhook(out, x);
+                }
+                for e in &d.errors {
+                    let _ = writeln!(out, "    ! {}: {}", e.rule_id, e.error);
                 }
             }
         }

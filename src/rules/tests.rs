@@ -1115,3 +1115,73 @@ fn a_number_seen_in_a_branch_that_failed_is_not_reported() {
     };
     assert_eq!(matched.number, None);
 }
+
+#[test]
+fn a_bad_digest_is_an_error_at_its_line_and_column() {
+    let rule = |digest: &str, action: &str| {
+        format!(
+            "id: d\nmatch: {{ body: {{ any: [x] }} }}\ndigest: {digest}\nactions: [ {action} ]\n"
+        )
+    };
+    let log = "{ log: { message: x } }";
+    let table: &[(&str, &str, &str)] = &[
+        (
+            "{ every: 500ms }",
+            log,
+            "r.yaml:3:9: digest.every: a window is a whole number of seconds",
+        ),
+        ("{ every: 0 }", log, "r.yaml:3:9: digest.every"),
+        (
+            "{ every: 8d }",
+            log,
+            "r.yaml:3:9: digest.every: a window is at most 7d",
+        ),
+        (
+            "{ every: 1m, max_items: 0 }",
+            log,
+            "r.yaml:3:9: digest.max_items: 0 is not between 1 and 1000",
+        ),
+        (
+            "{ every: 1m, max_items: 1001 }",
+            log,
+            "digest.max_items: 1001",
+        ),
+        ("{ every: 1m, group_by: [team] }", log, "r.yaml:3:"),
+        ("{ evry: 1m }", log, "evry"),
+        // A digest's templates see the list, not one message.
+        (
+            "{ every: 1m }",
+            "{ log: { message: \"{{ message.body }}\" } }",
+            "`message` is not a template variable of a digest (they are rule, digest, now, delivery_id; each of digest.items has chat, message, matched and fired_at",
+        ),
+        // `chat` only where there is one chat: group_by: [chat].
+        (
+            "{ every: 1m }",
+            "{ log: { message: \"{{ chat.name }}\" } }",
+            "log.message",
+        ),
+    ];
+    for (digest, action, want) in table {
+        let e = errors("r.yaml", &rule(digest, action));
+        assert_eq!(e.len(), 1, "{digest} {action}: {e:?}");
+        assert!(e[0].contains(want), "{digest} {action}: {e:?}");
+    }
+    // And what is right compiles.
+    for (digest, action) in [
+        (
+            "{ every: 1m, group_by: [chat] }",
+            "{ log: { message: \"{{ chat.name }}: {{ digest.count }}\" } }",
+        ),
+        (
+            "{ every: 15m, group_by: [rule], max_items: 1000 }",
+            "{ log: { message: \"{% for i in digest.items %}{{ i.message.body }} {% endfor %}{{ digest.more }}\" } }",
+        ),
+        (
+            "{ every: 1h }",
+            "{ webhook: { url: \"https://hooks.example.com/x\", body: { n: \"{{ digest.count }}\" } } }",
+        ),
+    ] {
+        let e = errors("r.yaml", &rule(digest, action));
+        assert!(e.is_empty(), "{digest} {action}: {e:?}");
+    }
+}

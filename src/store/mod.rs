@@ -96,7 +96,7 @@ impl Store {
     pub fn seal_digests(
         &self,
         now_s: i64,
-        seal: &mut dyn FnMut(&DigestWindow, &[String], usize) -> Vec<Delivery>,
+        seal: &mut SealFn<'_>,
     ) -> Result<Vec<SealedDigest>, StoreError> {
         backend!(self, s => s.seal_digests(now_s, seal))
     }
@@ -188,6 +188,9 @@ impl Store {
         backend!(self, s => s)
     }
 }
+
+/// What makes a window's deliveries of its firings (JSON, oldest first) and their count.
+pub type SealFn<'a> = dyn FnMut(&DigestWindow, &[String], usize) -> Vec<Delivery> + 'a;
 
 /// The most firings a sealed digest reads to list (its rule's `max_items` lists fewer).
 pub const DIGEST_LISTED_MAX: usize = crate::model::DIGEST_ITEMS_MAX;

@@ -21,7 +21,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Waits for a daemon armed with a fail point to abort; panics if it never gets there.
-async fn wait_abort(mut daemon: Daemon, point: &str) -> SystemTime {
+pub async fn wait_abort(mut daemon: Daemon, point: &str) -> SystemTime {
     let start = Instant::now();
     loop {
         if let Some(status) = daemon.child.try_wait().unwrap() {

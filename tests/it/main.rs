@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod deploy;
+mod digest;
 mod e2e;
 mod faults;
 mod fixtures;

@@ -254,7 +254,7 @@ impl Sqlite {
     pub fn seal_digests(
         &self,
         now_s: i64,
-        seal: &mut dyn FnMut(&DigestWindow, &[String], usize) -> Vec<Delivery>,
+        seal: &mut SealFn<'_>,
     ) -> Result<Vec<SealedDigest>, StoreError> {
         let conn = self.conn();
         let windows: Vec<DigestWindow> = conn
