@@ -17,10 +17,14 @@ const DEMO_CONFIG: &str = include_str!("../../examples/demo.yaml");
 
 /// The rule files the demo runs: the repository's `rules/` folder, built into the binary so an
 /// installed `cartat-rules demo` runs anywhere. A test checks the list is the whole folder.
-pub(crate) const DEMO_RULES: [(&str, &str); 8] = [
+pub(crate) const DEMO_RULES: [(&str, &str); 9] = [
     (
         "bot-keyword.yaml",
         include_str!("../../rules/bot-keyword.yaml"),
+    ),
+    (
+        "complaints-digest.yaml",
+        include_str!("../../rules/complaints-digest.yaml"),
     ),
     (
         "escalation.rhai",

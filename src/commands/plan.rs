@@ -47,6 +47,11 @@ impl RuleDoc {
         }
     }
 
+    /// Whether the rule collects its firings into digests.
+    fn has_digest(&self) -> bool {
+        matches!(&self.body, Body::Yaml(v) if v.get("digest").is_some())
+    }
+
     /// What the daemon keeps per chat under this rule's id.
     fn state(&self) -> Vec<&'static str> {
         let Body::Yaml(v) = &self.body else {
@@ -169,6 +174,9 @@ fn plan(old: &[RuleDoc], new: &[RuleDoc]) -> Plan {
     p
 }
 
+/// Said of a digest rule that is removed, renamed or loses its `digest`.
+const DIGEST_DROPPED: &str = "firings collected for its digest and not sent yet are dropped when the new rules load (logged as digest.dropped)";
+
 /// What a change does to the state the daemon keeps, and to what fires; one line each.
 fn warnings(change: &Change) -> Vec<String> {
     let mut w = Vec::new();
@@ -183,6 +191,9 @@ fn warnings(change: &Change) -> Vec<String> {
                     state.join(", ")
                 ));
             }
+            if r.has_digest() {
+                w.push(DIGEST_DROPPED.into());
+            }
         }
         Change::Renamed { from, to } => {
             let state = from.state();
@@ -194,6 +205,9 @@ fn warnings(change: &Change) -> Vec<String> {
                     to.id,
                     from.id
                 ));
+            }
+            if from.has_digest() {
+                w.push(DIGEST_DROPPED.into());
             }
         }
         Change::Changed { old, new, fields } => {
@@ -219,6 +233,15 @@ fn warnings(change: &Change) -> Vec<String> {
                     );
                 } else if p == "match.for" {
                     w.push("timers already running count from when they started, against the new length".into());
+                } else if p == "digest" && !new.has_digest() {
+                    w.push(format!("{DIGEST_DROPPED}; from now it acts on each firing"));
+                } else if p == "digest" && !old.has_digest() {
+                    w.push(
+                        "from now its firings are collected and sent as one digest per window"
+                            .into(),
+                    );
+                } else if p.starts_with("digest.") {
+                    w.push("firings already collected are sent as they were collected (their window and group); new ones follow the new digest".into());
                 } else if p == "script" {
                     w.push(
                         "the per-chat state it set (state_set) is kept: the new script reads it"
@@ -502,6 +525,44 @@ mod tests {
         assert_eq!(fields[0].2, Some(json!("http://b/h")));
         let w = warnings(&p.changes[0]);
         assert!(w[0].contains("cooldowns already running"), "{w:?}");
+    }
+
+    #[test]
+    fn a_plan_says_what_becomes_of_the_firings_a_digest_has_collected() {
+        let digest = |every: &str| {
+            format!(
+                "id: d\nmatch: {{ body: {{ any: [x] }} }}\ndigest: {{ every: {every} }}\nactions: [ {{ log: {{ message: x }} }} ]\n"
+            )
+        };
+        let plain = "id: d\nmatch: { body: { any: [x] } }\nactions: [ { log: { message: x } } ]\n";
+        let cases: [(&str, String, Option<String>, &str); 4] = [
+            ("removed", digest("15m"), None, "not sent yet are dropped"),
+            (
+                "digest gone",
+                digest("15m"),
+                Some(plain.into()),
+                "from now it acts on each firing",
+            ),
+            (
+                "digest added",
+                plain.into(),
+                Some(digest("15m")),
+                "collected and sent as one digest per window",
+            ),
+            (
+                "window changed",
+                digest("15m"),
+                Some(digest("1h")),
+                "sent as they were collected",
+            ),
+        ];
+        for (what, old, new, want) in cases {
+            let new: Vec<_> = new.iter().map(|n| yaml("d", n)).collect();
+            let p = plan(&[yaml("d", &old)], &new);
+            assert_eq!(p.changes.len(), 1, "{what}");
+            let w = warnings(&p.changes[0]);
+            assert!(w.iter().any(|l| l.contains(want)), "{what}: {w:?}");
+        }
     }
 
     #[test]

@@ -353,6 +353,8 @@ fn run_case(
     let mut snap = ChatSnapshot::default();
     snap.state.first_seen = start_s;
     let mut results = Vec::with_capacity(case.polls.len());
+    // Digest rules' firings, until a poll after their window's end sends the digest.
+    let mut collected: Vec<crate::model::DigestItem> = Vec::new();
     for (k, poll) in case.polls.iter().enumerate() {
         let at_ms = poll.at.as_millis();
         let reply = replay
@@ -416,6 +418,31 @@ fn run_case(
                 webhooks: webhooks_of(&f.rule_id, None),
                 logs: logs_of(&f.rule_id, None),
             });
+        }
+        // A window that has ended by this poll sends its digest (as the daemon's sealer does
+        // within a second of the end): one firing of the rule on no message.
+        collected.extend(decision.digest_items.iter().cloned());
+        let now_s = now_ms.div_euclid(1000);
+        for (w, items) in crate::engine::digest::by_window(&collected) {
+            if w.window_start + w.window_secs > now_s {
+                continue;
+            }
+            collected.retain(|i| {
+                (i.rule_id.as_str(), i.group.as_str(), i.window_start)
+                    != (w.rule_id.as_str(), w.group.as_str(), w.window_start)
+            });
+            if let Ok(sent) = crate::engine::digest::seal(rules, &w, &items, items.len(), now_s) {
+                fired.push(Fired {
+                    rule: w.rule_id.clone(),
+                    message: None,
+                    webhooks: sent
+                        .deliveries
+                        .iter()
+                        .map(|x| serde_json::from_str(&x.body).unwrap_or(Value::Null))
+                        .collect(),
+                    logs: sent.logs.iter().map(|l| l.text.clone()).collect(),
+                });
+            }
         }
         let mut problems = match &poll.fires {
             Some(expected) => compare(expected, &fired),

@@ -242,20 +242,7 @@ fn write_digests(
     out: &mut String,
 ) {
     use std::fmt::Write;
-    let mut windows: Vec<(crate::model::DigestWindow, Vec<String>)> = Vec::new();
-    for i in collected {
-        let w = crate::model::DigestWindow {
-            rule_id: i.rule_id.clone(),
-            group: i.group.clone(),
-            window_start: i.window_start,
-            window_secs: i.window_secs,
-        };
-        match windows.iter_mut().find(|(x, _)| *x == w) {
-            Some((_, items)) => items.push(i.item.clone()),
-            None => windows.push((w, vec![i.item.clone()])),
-        }
-    }
-    windows.sort_by_key(|(w, _)| w.window_start);
+    let windows = crate::engine::digest::by_window(collected);
     for (w, items) in &windows {
         let end = w.window_start + w.window_secs;
         let Ok(d) = crate::engine::digest::seal(rules, w, items, items.len(), end) else {

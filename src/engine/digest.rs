@@ -98,6 +98,26 @@ pub fn seal(
     Ok(d)
 }
 
+/// Collected firings by window (in time order), each window's firings in the order they
+/// came: what the store's tables hold, for `cartat-rules test`, which keeps them in memory.
+pub fn by_window(items: &[crate::model::DigestItem]) -> Vec<(DigestWindow, Vec<String>)> {
+    let mut windows: Vec<(DigestWindow, Vec<String>)> = Vec::new();
+    for i in items {
+        let w = DigestWindow {
+            rule_id: i.rule_id.clone(),
+            group: i.group.clone(),
+            window_start: i.window_start,
+            window_secs: i.window_secs,
+        };
+        match windows.iter_mut().find(|(x, _)| *x == w) {
+            Some((_, listed)) => listed.push(i.item.clone()),
+            None => windows.push((w, vec![i.item.clone()])),
+        }
+    }
+    windows.sort_by_key(|(w, _)| w.window_start);
+    windows
+}
+
 /// What one pass of the sealer did: the digests sealed, and what their actions logged.
 #[derive(Debug, Default)]
 pub struct Pass {

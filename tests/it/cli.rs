@@ -891,10 +891,10 @@ fn rule_tests_pass_on_the_shipped_rules_and_a_wrong_expectation_fails_with_a_dif
     // tests folder as rules.
     let (code, out, err) = run_cli(&["test", "--rules", "rules"], &root());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("8 files, 18 tests: all passed"), "{out}");
+    assert!(out.contains("9 files, 20 tests: all passed"), "{out}");
     let (code, out, _) = run_cli(&["check", "rules"], &root());
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("8 rule(s) valid"), "{out}");
+    assert!(out.contains("9 rule(s) valid"), "{out}");
 
     let ws = Workspace::new();
     std::fs::create_dir_all(ws.path().join("rules")).unwrap();
@@ -1055,7 +1055,7 @@ fn plan_shows_what_a_deploy_changes_rule_by_rule() {
     let (code, out, err) = run_cli(&["plan", "--rules", "new", "--against", "old"], ws.path());
     assert_eq!(code, 0, "{out}{err}");
     let expected = [
-        "plan: old (8 rules) → new (7 rules)\n",
+        "plan: old (9 rules) → new (8 rules)\n",
         "~ change   bot-keyword  (new/bot-keyword.yaml)\n",
         "    actions[1].webhook.url: \"http://127.0.0.1:47812/hooks/bot\" → \"http://127.0.0.1:47812/hooks/bot-v2\"\n",
         "    match.body.any: [\"بوت\",\"bot\"] → [\"بوت\",\"bot\",\"روبوت\"]\n",
@@ -1066,7 +1066,7 @@ fn plan_shows_what_a_deploy_changes_rule_by_rule() {
         "    ! its timers (how long its condition has held), its running cooldowns stay in the state unused",
         "~ rename   urgent-group → urgent-groups  (same conditions and actions; new/urgent-group.yaml)\n",
         "    ! state is kept by rule id: its running cooldowns under `urgent-group` do not carry over, so `urgent-groups` starts from nothing",
-        "4 change(s), 4 rule(s) unchanged\n",
+        "4 change(s), 5 rule(s) unchanged\n",
     ];
     let mut at = 0;
     for line in expected {
@@ -1090,7 +1090,7 @@ fn plan_shows_what_a_deploy_changes_rule_by_rule() {
     );
     assert_eq!(code, 0);
     let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
-    assert_eq!(doc["unchanged"], 4);
+    assert_eq!(doc["unchanged"], 5);
     assert_eq!(
         doc["changes"][0]["fields"][0]["path"],
         "actions[1].webhook.url"

@@ -286,12 +286,12 @@ async fn the_example_deploy_script_checks_tests_plans_reloads_and_waits_for_the_
     for step in [
         "== check",
         "== test",
-        "8 files, 18 tests: all passed",
+        "9 files, 20 tests: all passed",
         "== plan",
         "+ add      bot-keyword",
         "- remove   old",
         "== reload",
-        &format!("reloaded: rule set {want} in force (8 rule(s))"),
+        &format!("reloaded: rule set {want} in force (9 rule(s))"),
     ] {
         assert!(out.contains(step), "no {step:?} in\n{out}");
     }
@@ -304,7 +304,7 @@ async fn the_example_deploy_script_checks_tests_plans_reloads_and_waits_for_the_
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(live.len(), 8, "the rules, not their tests: {live:?}");
+    assert_eq!(live.len(), 9, "the rules, not their tests: {live:?}");
     assert!(!live.contains(&"tests".to_string()));
 
     // A rule test that fails stops the deploy before anything is copied.
