@@ -6,7 +6,9 @@
 //! destructors, no flush, no SQLite rollback: what a SIGKILL leaves behind. The points are
 //! `after_fetch` (the poller has a page, nothing is stored), `in_transaction` (the poll
 //! transaction is written but not committed), `after_commit` (committed, the dispatcher not yet
-//! woken) and `after_post` (a receiver answered, the outcome is not recorded).
+//! woken) and `after_post` (a receiver answered, the outcome is not recorded); and
+//! `digest_before_commit` (a digest window's webhooks are queued and its firings deleted, not
+//! committed), which only a digest rule reaches, so it is not in [`POINTS`].
 //!
 //! Compiled in always and inert unless the variable is set: one atomic load per call, and the
 //! integration tests run the very binary users get (no second build with a cargo feature).

@@ -68,7 +68,7 @@ pub struct Delivery {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DigestItem {
     pub rule_id: String,
-    /// The digest's group: the chat's id (`group_by: [chat]`) or [`ALL_CHATS`].
+    /// The digest's group: the chat's id (`group_by: [chat]`) or `*` (all chats).
     pub group: String,
     /// The window the firing falls in: its start (unix seconds) and length in seconds.
     pub window_start: i64,
