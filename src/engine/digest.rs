@@ -129,12 +129,15 @@ pub struct Pass {
     pub deliveries: Vec<(String, String)>,
 }
 
-/// Seals, in the store's writer, every window that ended by `now_s`.
+/// Seals, in the store's writer, every window that ended by `now_s`. With no digest rule left
+/// in `rules`, every window: what is waiting was collected by rules that are gone, and is
+/// dropped (logged) rather than kept forever.
 pub async fn seal_due(
     commits: &crate::store::group::CommitQueue,
     rules: Arc<RuleSet>,
     now_s: i64,
 ) -> Result<Pass, String> {
+    let ended_by = if has_digests(&rules) { now_s } else { i64::MAX };
     commits
         .read(move |store| {
             let mut pass = Pass::default();
@@ -156,7 +159,7 @@ pub async fn seal_due(
                     }
                 };
             let sealed = store
-                .seal_digests(now_s, &mut seal_one)
+                .seal_digests(now_s, ended_by, &mut seal_one)
                 .map_err(|e| e.to_string())?;
             pass.sealed = sealed;
             Ok(pass)

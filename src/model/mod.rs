@@ -128,6 +128,18 @@ pub struct Memory {
     pub script_state: HashMap<String, serde_json::Map<String, Value>>,
 }
 
+/// A digest as templates see it (`digest`) and its envelope carries: the window, how many
+/// firings there were, the listed ones (`items`, oldest first) and how many were left out.
+pub fn digest_json(start: &str, end: &str, count: usize, items: Vec<Value>) -> Value {
+    let listed = items.len();
+    serde_json::json!({
+        "window": { "start": start, "end": end },
+        "count": count,
+        "more": count.saturating_sub(listed),
+        "items": items,
+    })
+}
+
 /// RFC 3339 in UTC, seconds precision (`2026-11-28T06:40:52Z`).
 pub fn rfc3339(unix: i64) -> String {
     match jiff::Timestamp::from_second(unix) {

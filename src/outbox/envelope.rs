@@ -26,7 +26,7 @@ pub fn delivery_id(rule: &str, chat: &str, key: &MessageKey, action_index: usize
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub use crate::model::rfc3339;
+pub use crate::model::{digest_json, rfc3339};
 
 fn cut(s: &str, max: usize) -> (&str, bool) {
     if s.len() <= max {
@@ -86,18 +86,6 @@ pub fn message_envelope(
         "message": message_json(msg),
         "matched": matched,
         "fired_at": rfc3339(fired_at),
-    })
-}
-
-/// A digest as templates see it (`digest`) and its envelope carries: the window, how many
-/// firings there were, the listed ones (`items`, oldest first) and how many were left out.
-pub fn digest_json(start: &str, end: &str, count: usize, items: Vec<Value>) -> Value {
-    let listed = items.len();
-    json!({
-        "window": { "start": start, "end": end },
-        "count": count,
-        "more": count.saturating_sub(listed),
-        "items": items,
     })
 }
 

@@ -141,7 +141,7 @@ pub fn digest_sample_context(sample: &Value, by_chat: bool) -> Value {
     serde_json::json!({
         "rule": sample["rule"],
         "chat": if by_chat { sample["chat"].clone() } else { Value::Null },
-        "digest": crate::outbox::envelope::digest_json(
+        "digest": crate::model::digest_json(
             "2026-01-01T00:00:00Z", "2026-01-01T00:15:00Z", 1, vec![item]),
         "now": sample["now"],
         "delivery_id": sample["delivery_id"],

@@ -96,9 +96,10 @@ impl Store {
     pub fn seal_digests(
         &self,
         now_s: i64,
+        ended_by: i64,
         seal: &mut SealFn<'_>,
     ) -> Result<Vec<SealedDigest>, StoreError> {
-        backend!(self, s => s.seal_digests(now_s, seal))
+        backend!(self, s => s.seal_digests(now_s, ended_by, seal))
     }
 
     pub fn pending_digest_items(&self) -> Result<HashMap<String, i64>, StoreError> {

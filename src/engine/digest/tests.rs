@@ -234,7 +234,7 @@ fn commit(chat: &str, items: Vec<DigestItem>, now_ms: i64) -> PollCommit {
 fn seal_at(store: &Store, rules: &RuleSet, now_s: i64) -> Vec<Value> {
     let mut bodies = Vec::new();
     store
-        .seal_digests(now_s, &mut |w, items, count| {
+        .seal_digests(now_s, now_s, &mut |w, items, count| {
             let d = seal(rules, w, items, count, now_s).unwrap();
             bodies.extend(
                 d.deliveries
@@ -306,7 +306,7 @@ fn a_seal_that_fails_before_its_commit_leaves_every_firing_to_seal_again() {
     // The sealing dies inside its transaction (a panic in the middle of it here; a crash in
     // the integration tests): nothing of it stays.
     let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.seal_digests(t0 + 900, &mut |w, items, count| {
+        store.seal_digests(t0 + 900, t0 + 900, &mut |w, items, count| {
             let _ = seal(&rules, w, items, count, t0 + 900);
             panic!("crash inside the seal");
         })
@@ -317,4 +317,49 @@ fn a_seal_that_fails_before_its_commit_leaves_every_firing_to_seal_again() {
     let sealed = seal_at(&store, &rules, t0 + 905);
     assert_eq!(sealed.len(), 1);
     assert_eq!(sealed[0]["count"], 2);
+}
+
+#[test]
+fn with_no_digest_rule_left_the_firings_of_the_rules_that_are_gone_are_dropped_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let t0 = 1_800_000_000;
+    let items: Vec<DigestItem> = collected(&set(RULES), t0 + 60);
+    store
+        .commit_poll(&commit(A, items, (t0 + 60) * 1000))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let commits = crate::store::group::CommitQueue::start(store.clone()).unwrap();
+        // Still digest rules: the windows that have not ended wait.
+        let pass = seal_due(&commits, Arc::new(set(RULES)), t0 + 61)
+            .await
+            .unwrap();
+        assert!(pass.sealed.is_empty() && pass.dropped.is_empty());
+        // The rules lost their digests (a reload): everything waiting is dropped, said once
+        // per window, before its window ends.
+        let plain =
+            set("id: now\nmatch: { body: { any: [bot] } }\nactions: [ { log: { message: x } } ]\n");
+        let pass = seal_due(&commits, Arc::new(plain), t0 + 62).await.unwrap();
+        let mut dropped: Vec<(String, usize)> = pass
+            .dropped
+            .iter()
+            .map(|(r, n, _)| (r.clone(), *n))
+            .collect();
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            [
+                ("digest-all".to_string(), 2),
+                ("digest-chat".to_string(), 1),
+                ("digest-chat".to_string(), 1)
+            ]
+        );
+        assert!(pass.deliveries.is_empty());
+    });
+    assert!(store.pending_digest_items().unwrap().is_empty());
+    assert!(store.list(None, 10).unwrap().is_empty());
 }

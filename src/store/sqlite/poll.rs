@@ -246,7 +246,8 @@ impl Sqlite {
         Ok(queued)
     }
 
-    /// Seals every digest window that ended by `now_s`, in one transaction: `seal` turns a
+    /// Seals, at `now_s`, every digest window that ended by `ended_by` (`now_s`, or later to
+    /// clear what rules that are gone collected), in one transaction: `seal` turns a
     /// window's firings (the first [`DIGEST_LISTED_MAX`], oldest first, and how many there
     /// were) into deliveries, which are queued as the window's firings are deleted and the
     /// window is marked sealed. A crash before the commit leaves the firings to seal again
@@ -254,6 +255,7 @@ impl Sqlite {
     pub fn seal_digests(
         &self,
         now_s: i64,
+        ended_by: i64,
         seal: &mut SealFn<'_>,
     ) -> Result<Vec<SealedDigest>, StoreError> {
         let conn = self.conn();
@@ -262,7 +264,7 @@ impl Sqlite {
                 "SELECT DISTINCT rule_id, grp, window_start, window_secs FROM digest_items
                  WHERE window_end <= ?1 ORDER BY window_start, rule_id, grp",
             )?
-            .query_map([now_s], |r| {
+            .query_map([ended_by], |r| {
                 Ok(DigestWindow {
                     rule_id: r.get(0)?,
                     group: r.get(1)?,
