@@ -891,7 +891,7 @@ fn rule_tests_pass_on_the_shipped_rules_and_a_wrong_expectation_fails_with_a_dif
     // tests folder as rules.
     let (code, out, err) = run_cli(&["test", "--rules", "rules"], &root());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("9 files, 20 tests: all passed"), "{out}");
+    assert!(out.contains("9 files, 21 tests: all passed"), "{out}");
     let (code, out, _) = run_cli(&["check", "rules"], &root());
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("9 rule(s) valid"), "{out}");

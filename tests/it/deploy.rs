@@ -286,7 +286,7 @@ async fn the_example_deploy_script_checks_tests_plans_reloads_and_waits_for_the_
     for step in [
         "== check",
         "== test",
-        "9 files, 20 tests: all passed",
+        "9 files, 21 tests: all passed",
         "== plan",
         "+ add      bot-keyword",
         "- remove   old",
