@@ -247,8 +247,9 @@ fn seal_at(store: &Store, rules: &RuleSet, now_s: i64) -> Vec<Value> {
     bodies
 }
 
-#[test]
-fn the_store_seals_a_window_once_after_it_ends_and_moves_a_late_firing_to_the_next() {
+/// A new state file, the test's rules, a window's start and the two firings `digest-all`
+/// collects a minute into it.
+fn a_store_and_two_firings() -> (tempfile::TempDir, Store, RuleSet, i64, Vec<DigestItem>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db")).unwrap();
     let rules = set(RULES);
@@ -257,6 +258,12 @@ fn the_store_seals_a_window_once_after_it_ends_and_moves_a_late_firing_to_the_ne
         .into_iter()
         .filter(|i| i.rule_id == "digest-all")
         .collect();
+    (dir, store, rules, t0, items)
+}
+
+#[test]
+fn the_store_seals_a_window_once_after_it_ends_and_moves_a_late_firing_to_the_next() {
+    let (_dir, store, rules, t0, items) = a_store_and_two_firings();
     let (a, b) = (items[0].clone(), items[1].clone());
     store
         .commit_poll(&commit(A, vec![a.clone()], (t0 + 60) * 1000))
@@ -292,14 +299,7 @@ fn the_store_seals_a_window_once_after_it_ends_and_moves_a_late_firing_to_the_ne
 
 #[test]
 fn a_seal_that_fails_before_its_commit_leaves_every_firing_to_seal_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    let rules = set(RULES);
-    let t0 = 1_800_000_000;
-    let items: Vec<DigestItem> = collected(&rules, t0 + 60)
-        .into_iter()
-        .filter(|i| i.rule_id == "digest-all")
-        .collect();
+    let (_dir, store, rules, t0, items) = a_store_and_two_firings();
     store
         .commit_poll(&commit(A, items, (t0 + 60) * 1000))
         .unwrap();
