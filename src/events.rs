@@ -143,6 +143,10 @@ pub(crate) fn chat_rule_fired(rule: &str, chat: &str) {
     tracing::info!(event = "chat_rule.fired", rule, chat = %mask(chat), "chat rule fired");
 }
 
+pub(crate) fn chat_rule_resolved(rule: &str, chat: &str) {
+    tracing::info!(event = "chat_rule.resolved", rule, chat = %mask(chat), "chat rule resolved: its condition stopped holding after it fired");
+}
+
 /// A digest's window ended: its firings became its deliveries (in the same transaction).
 pub(crate) fn digest_sealed(s: &crate::model::SealedDigest) {
     let w = &s.window;

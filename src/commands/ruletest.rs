@@ -419,6 +419,15 @@ fn run_case(
                 logs: logs_of(&f.rule_id, None),
             });
         }
+        // A resolved event is the rule's too: its webhook says `"type": "rule.resolved"`.
+        for rule in &decision.resolved {
+            fired.push(Fired {
+                rule: rule.clone(),
+                message: None,
+                webhooks: webhooks_of(rule, None),
+                logs: Vec::new(),
+            });
+        }
         // A window that has ended by this poll sends its digest (as the daemon's sealer does
         // within a second of the end): one firing of the rule on no message.
         collected.extend(decision.digest_items.iter().cloned());

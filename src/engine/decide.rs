@@ -52,6 +52,8 @@ pub struct Decision {
     pub script_state: Vec<(String, serde_json::Map<String, Value>)>,
     /// Rule files that asked for something.
     pub script_firings: Vec<ScriptFiring>,
+    /// Chat rules with `notify_resolved` whose condition stopped holding after they fired.
+    pub resolved: Vec<String>,
     /// Rules that matched a message too old when first seen.
     pub stale: Vec<RuleOnMessage>,
     /// Rules that matched a message but were silenced by a cooldown.
@@ -204,6 +206,7 @@ pub fn decide_with(
                 "message": message_json(msg),
                 "matched": matched_json,
                 "now": rfc3339(now),
+                "resolved": false,
             });
             if let Some(digest) = rule.digest {
                 d.digest_items.push(collect(
@@ -287,6 +290,11 @@ pub fn decide_chat(
                     d.chat_rules
                         .push((rule.id.clone(), ChatRuleState::default())); // re-arm
                 }
+                // It fired in the spell that just ended: say it is over, in the same commit
+                // that re-arms it (so once, whatever crashes).
+                if let (true, true, Some(since)) = (rule.notify_resolved, prev.fired, prev.since) {
+                    resolve_chat_rule(rules, rule, chat_id, chat, messages, since, now, d);
+                }
                 continue;
             }
             ChatCheck::Holds { matched } => matched,
@@ -316,6 +324,7 @@ pub fn decide_chat(
                 "message": newest.map(message_json).unwrap_or_else(blank_message),
                 "matched": matched,
                 "now": rfc3339(now),
+                "resolved": false,
             });
             let envelope = |id: &str| {
                 json!({
@@ -381,6 +390,65 @@ pub fn decide_chat(
         };
         apply_script_output(&script.id, chat_id, &key, None, out, d);
     }
+}
+
+/// What a resolved event's `delivery_id` adds to the id of the firing it resolves.
+pub const RESOLVED: &str = ":resolved";
+
+/// A chat rule's `rule.resolved` event: its condition held since `since`, it fired, and now it
+/// does not hold. Its webhooks go out once more with the resolved envelope (or their own body,
+/// which sees `resolved: true`).
+#[allow(clippy::too_many_arguments)]
+fn resolve_chat_rule(
+    rules: &RuleSet,
+    rule: &crate::rules::chat::ChatRule,
+    chat_id: &ChatId,
+    chat: &Chat,
+    messages: &[Message],
+    since: i64,
+    now: i64,
+    d: &mut Decision,
+) {
+    let newest = newest(messages);
+    let matched = json!({ "since": rfc3339(since) });
+    let ctx = json!({
+        "rule": { "id": rule.id, "description": rule.description },
+        "chat": chat_json(chat_id, chat),
+        "message": newest.map(message_json).unwrap_or_else(blank_message),
+        "matched": matched,
+        "now": rfc3339(now),
+        "resolved": true,
+    });
+    let envelope = |id: &str| {
+        json!({
+            "type": "rule.resolved",
+            "on": "chat",
+            "rule": rule.id,
+            "delivery_id": id,
+            "resolves": id.strip_suffix(RESOLVED).unwrap_or(id),
+            "chat": chat_json(chat_id, chat),
+            "message": newest.map(message_json),
+            "matched": matched,
+            "resolved_at": rfc3339(now),
+        })
+    };
+    // The key of the firing: the same rule, chat and moment the condition started to hold.
+    let key = MessageKey {
+        from_me: false,
+        id: format!("chat@{since}"),
+    };
+    run_actions_as(
+        rules,
+        &rule.id,
+        &rule.actions,
+        chat_id.as_str(),
+        &key,
+        ctx,
+        &envelope,
+        true,
+        d,
+    );
+    d.resolved.push(rule.id.clone());
 }
 
 /// What chat-rule templates see as `message` when the chat has no message.
@@ -492,8 +560,28 @@ pub(crate) fn run_actions(
     envelope: &dyn Fn(&str) -> Value,
     d: &mut Decision,
 ) {
+    run_actions_as(
+        rules, rule_id, actions, chat, key, base_ctx, envelope, false, d,
+    )
+}
+
+/// [`run_actions`], or (`resolve`) a chat rule's `rule.resolved` event: its webhook actions
+/// only, each under the id of the firing it resolves plus `:resolved`.
+#[allow(clippy::too_many_arguments)]
+fn run_actions_as(
+    rules: &RuleSet,
+    rule_id: &str,
+    actions: &[Action],
+    chat: &str,
+    key: &MessageKey,
+    base_ctx: Value,
+    envelope: &dyn Fn(&str) -> Value,
+    resolve: bool,
+    d: &mut Decision,
+) {
     for (action_index, action) in actions.iter().enumerate() {
         match action {
+            Action::Log { .. } if resolve => {}
             Action::Log { level, message } => match rules.templates.render(message, &base_ctx) {
                 Ok(text) => d.logs.push(LogLine {
                     rule_id: rule_id.to_string(),
@@ -507,7 +595,10 @@ pub(crate) fn run_actions(
                 }),
             },
             Action::Webhook { url, headers, body } => {
-                let id = delivery_id(rule_id, chat, key, action_index);
+                let mut id = delivery_id(rule_id, chat, key, action_index);
+                if resolve {
+                    id.push_str(RESOLVED);
+                }
                 let mut ctx = base_ctx.clone();
                 ctx["delivery_id"] = Value::String(id.clone());
                 let rendered = match body {

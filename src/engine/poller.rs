@@ -448,6 +448,9 @@ impl Poller {
             self.metrics.rule_matched(rule);
             events::chat_rule_fired(rule, &chat_key);
         }
+        for rule in &decision.resolved {
+            events::chat_rule_resolved(rule, &chat_key);
+        }
         for f in &decision.firings {
             self.metrics.rule_matched(&f.rule_id);
             events::rule_fired(

@@ -70,6 +70,9 @@ pub struct ChatRule {
     pub cooldown: Option<Duration>,
     /// Collect firings into digests instead of acting on each.
     pub digest: Option<super::Digest>,
+    /// `notify_resolved: true`: a `rule.resolved` webhook when the condition stops holding
+    /// after the rule fired.
+    pub notify_resolved: bool,
     pub actions: Vec<Action>,
     pub unread_count: Option<Compare>,
     pub unanswered_for: Option<Duration>,

@@ -131,6 +131,10 @@ pub fn compile_rules_with(
                 if raw.max_age.is_some() {
                     d.push(Diagnostic::warning(&file.path, raw.id.referenced.line(), raw.id.referenced.column(), format!("rule `{id}`: max_age applies to message rules; it has no effect on a chat rule")));
                 }
+                let notify_resolved = raw.notify_resolved == Some(true);
+                if notify_resolved && digest.is_some() {
+                    d.push(Diagnostic::at(&file.path, raw.id.referenced, format!("rule `{id}`: notify_resolved and digest do not go together (a digest has no one firing to resolve)")));
+                }
                 if d.errors().count() > before {
                     continue;
                 }
@@ -145,6 +149,7 @@ pub fn compile_rules_with(
                         source: file.path.clone(),
                         cooldown: raw.cooldown.map(|c| c.0),
                         digest,
+                        notify_resolved,
                         actions,
                         unread_count,
                         unanswered_for,
@@ -153,6 +158,9 @@ pub fn compile_rules_with(
                     });
                 }
                 continue;
+            }
+            if raw.notify_resolved.is_some() {
+                c.d.push(Diagnostic::at(&file.path, raw.id.referenced, format!("rule `{id}`: notify_resolved applies to chat rules (`on: chat`), whose condition can stop holding; a message rule fires once per message")));
             }
             let mut m = raw.match_.unwrap_or_default();
             let from_me_set = m.from_me.is_some();
@@ -743,7 +751,7 @@ impl Compiler<'_> {
                         }
                     ),
                     Some((var, None)) => format!(
-                        "{what}: `{var}` is not a template variable (they are rule, chat, message, matched, now, delivery_id; {e})"
+                        "{what}: `{var}` is not a template variable (they are rule, chat, message, matched, now, delivery_id, resolved; {e})"
                     ),
                     None => format!("{what}: {e}"),
                 };

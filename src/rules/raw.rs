@@ -64,6 +64,10 @@ pub struct RawRule {
     pub max_age: Option<HumanDuration>,
     /// `false` keeps the rule in the file but never evaluates it.
     pub enabled: Option<bool>,
+    /// Chat rules: when the condition stops holding after the rule fired, send each webhook
+    /// action once more as a `rule.resolved` event (its `delivery_id` is the firing's plus
+    /// `:resolved`), so an on-call tool can close the alert.
+    pub notify_resolved: Option<bool>,
     /// Collect the rule's firings and run its actions once per window and group, with the
     /// list: `{ every: 15m, group_by: [chat] }`.
     #[schemars(with = "Option<RawDigest>")]

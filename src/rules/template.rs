@@ -126,6 +126,7 @@ pub fn sample_context() -> Value {
         "matched": { "keywords": ["sample"], "captures": {} },
         "now": "2026-01-01T00:00:00Z",
         "delivery_id": "0000",
+        "resolved": false,
     })
 }
 

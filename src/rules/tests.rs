@@ -1185,3 +1185,29 @@ fn a_bad_digest_is_an_error_at_its_line_and_column() {
         assert!(e.is_empty(), "{digest} {action}: {e:?}");
     }
 }
+
+#[test]
+fn notify_resolved_is_for_chat_rules_without_a_digest() {
+    let e = errors(
+        "r.yaml",
+        "id: m\nmatch: { body: { any: [x] } }\nnotify_resolved: true\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert!(
+        e.len() == 1
+            && e[0].starts_with("r.yaml:1:5: rule `m`: notify_resolved applies to chat rules"),
+        "{e:?}"
+    );
+    let e = errors(
+        "r.yaml",
+        "id: c\non: chat\nmatch: { unread_count: { gte: 5 } }\nnotify_resolved: true\ndigest: { every: 1h }\nactions: [ { log: { message: x } } ]\n",
+    );
+    assert!(
+        e.len() == 1 && e[0].contains("notify_resolved and digest do not go together"),
+        "{e:?}"
+    );
+    let e = errors(
+        "r.yaml",
+        "id: c\non: chat\nmatch: { unread_count: { gte: 5 } }\nnotify_resolved: true\nactions: [ { log: { message: \"{% if resolved %}ok{% endif %}\" } } ]\n",
+    );
+    assert!(e.is_empty(), "{e:?}");
+}

@@ -12,5 +12,6 @@ mod faults;
 mod fixtures;
 mod metrics;
 mod poller;
+mod resolved;
 mod stateful;
 mod support;

@@ -464,3 +464,62 @@ fn chat_rules_refuse_message_conditions() {
         "{d}"
     );
 }
+
+#[test]
+fn a_chat_rule_with_notify_resolved_says_once_that_its_alert_is_over() {
+    let rules = set(
+        "id: pileup\non: chat\nmatch: { unread_count: { gte: 5 }, for: 1m }\nnotify_resolved: true\nactions:\n  - log: { message: \"{% if resolved %}over{% else %}pile{% endif %}\" }\n  - webhook: { url: \"https://hooks.example.com/a\" }\n  - webhook: { url: \"https://hooks.example.com/b\", body: { state: \"{% if resolved %}resolved{% else %}firing{% endif %}\" } }\n",
+    );
+    let msgs = vec![msg("a", 900, false, "hi")];
+    let mut memory = Memory::default();
+    let step = |unread: Option<i64>, now: i64, page: &[Message], memory: &mut Memory| {
+        let mut d = Decision::default();
+        decide_chat(
+            &rules,
+            &cid(),
+            &chat_with(unread),
+            page,
+            memory,
+            now,
+            &mut d,
+        );
+        for (r, st) in &d.chat_rules {
+            memory.chat_rules.insert(r.clone(), *st);
+        }
+        d
+    };
+    // Holds, but clears before it fired: nothing to resolve.
+    step(Some(6), 1000, &msgs, &mut memory);
+    let d = step(Some(0), 1030, &msgs, &mut memory);
+    assert!(d.deliveries.is_empty() && d.resolved.is_empty(), "{d:?}");
+    // Holds for a minute: fires (a log line and two webhooks).
+    step(Some(6), 2000, &msgs, &mut memory);
+    let fired = step(Some(6), 2060, &msgs, &mut memory);
+    assert_eq!(fired.deliveries.len(), 2);
+    assert_eq!(fired.logs[0].text, "pile");
+    // An unknown count or an empty page says nothing: no resolve.
+    for (unread, page) in [(None, &msgs[..]), (Some(0), &[][..])] {
+        let d = step(unread, 2100, page, &mut memory);
+        assert!(d.deliveries.is_empty() && d.resolved.is_empty(), "{d:?}");
+    }
+    // It stops holding: each webhook once more, as the resolved event of its firing.
+    let d = step(Some(0), 2200, &msgs, &mut memory);
+    assert_eq!(d.resolved, ["pileup"]);
+    assert!(d.logs.is_empty(), "log actions are for firings");
+    assert_eq!(d.deliveries.len(), 2);
+    for (f, r) in fired.deliveries.iter().zip(&d.deliveries) {
+        assert_eq!(r.delivery_id, format!("{}:resolved", f.delivery_id));
+        assert_eq!((&r.url, &r.message_key), (&f.url, &f.message_key));
+    }
+    let body: Value = serde_json::from_str(&d.deliveries[0].body).unwrap();
+    assert_eq!(body["type"], "rule.resolved");
+    assert_eq!(body["resolves"], fired.deliveries[0].delivery_id.as_str());
+    assert_eq!(body["delivery_id"], d.deliveries[0].delivery_id.as_str());
+    assert_eq!(body["matched"]["since"], rfc3339(2000));
+    assert_eq!(body["resolved_at"], rfc3339(2200));
+    assert_eq!(d.deliveries[1].body, r#"{"state":"resolved"}"#);
+    assert_eq!(fired.deliveries[1].body, r#"{"state":"firing"}"#);
+    // Once: the rule is re-armed in the same decision.
+    let d = step(Some(0), 2300, &msgs, &mut memory);
+    assert!(d.deliveries.is_empty() && d.resolved.is_empty());
+}
