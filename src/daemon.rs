@@ -82,7 +82,12 @@ pub fn prepare(
         .path
         .is_file()
         .then(|| crate::reload::ConfigSource::new(&config, updates));
+    // The silences in force from the first poll on; then read again every second.
+    let silences = store
+        .silences(Some(jiff::Timestamp::now().as_millisecond()))
+        .map_err(|e| anyhow::anyhow!("cannot read the silences: {e}"))?;
     let poller = Poller {
+        silences: Arc::new(RwLock::new(Arc::new(silences))),
         config: Arc::new(config),
         gateway,
         store: store.clone(),
@@ -152,6 +157,11 @@ pub(crate) async fn run(
         poller.wake_dispatcher.clone(),
         shutdown.clone(),
     ));
+    let silences = tokio::spawn(watch_silences(
+        poller.commits.clone(),
+        poller.silences.clone(),
+        shutdown.clone(),
+    ));
     let p = tokio::spawn(poller.run(shutdown.clone()));
     let d = tokio::spawn(dispatcher.run(shutdown.clone()));
     shutdown.cancelled().await;
@@ -162,6 +172,7 @@ pub(crate) async fn run(
     let both = async {
         let _ = reloader.await;
         let _ = sealer.await;
+        let _ = silences.await;
         let _ = p.await;
         let _ = d.await;
     };
@@ -182,6 +193,48 @@ pub(crate) async fn run(
         );
     }
     tracing::info!(event = "daemon.stopped", "stopped");
+}
+
+/// How often the daemon reads the silences (`cartat-rules silence` writes them next to it).
+pub const SILENCES_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the silences in force every [`SILENCES_EVERY`] into `into`, until `shutdown`; a failed
+/// read keeps the last ones (and is logged once until a read succeeds again).
+async fn watch_silences(
+    commits: crate::store::group::CommitQueue,
+    into: Arc<RwLock<Arc<Vec<crate::model::Silence>>>>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SILENCES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        match commits.read(move |store| store.silences(Some(now))).await {
+            Some(Ok(list)) => {
+                failing = false;
+                let changed = **into.read().unwrap_or_else(|e| e.into_inner()) != list;
+                if changed {
+                    tracing::info!(event = "silences.changed", in_force = list.len(),
+                        ids = ?list.iter().map(|s| s.id).collect::<Vec<_>>(),
+                        "silences in force: {}", list.len());
+                    *into.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+                }
+            }
+            Some(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    event = "silences.read_failed",
+                    "cannot read the silences (the last ones stay in force): {e}"
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Binds the health and metrics server's address (`server.listen`); a failure is logged and

@@ -143,6 +143,13 @@ pub(crate) fn chat_rule_fired(rule: &str, chat: &str) {
     tracing::info!(event = "chat_rule.fired", rule, chat = %mask(chat), "chat rule fired");
 }
 
+/// A silence muted a firing: its actions were left out (what the rule remembers moved on).
+pub(crate) fn rule_muted(rule: &str, chat: &str, message: Option<&str>, silence: i64) {
+    tracing::info!(event = "rule.muted", rule, chat = %mask(chat),
+        message_id = %message.map(mask).unwrap_or_default(), silence,
+        "rule fired, muted by silence {silence}: no action");
+}
+
 pub(crate) fn chat_rule_resolved(rule: &str, chat: &str) {
     tracing::info!(event = "chat_rule.resolved", rule, chat = %mask(chat), "chat rule resolved: its condition stopped holding after it fired");
 }

@@ -87,6 +87,7 @@ pub struct Metrics {
     poll_duration: Histogram,
     messages: Family<Outcome, Counter>,
     matches: Family<[(&'static str, String); 1], Counter>,
+    muted: Family<[(&'static str, String); 1], Counter>,
     rule_errors: Family<[(&'static str, String); 1], Counter>,
     deliveries: Family<Outcome, Counter>,
     outbox_scans: Family<Outcome, Counter>,
@@ -148,6 +149,12 @@ impl Metrics {
         );
         let matches = Family::<[(&'static str, String); 1], Counter>::default();
         registry.register("rule_matches", "Rules fired, by rule id", matches.clone());
+        let muted = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "rule_muted",
+            "Firings whose actions a silence muted (`cartat-rules silence`), by rule id",
+            muted.clone(),
+        );
         let rule_errors = Family::<[(&'static str, String); 1], Counter>::default();
         registry.register(
             "rule_errors",
@@ -235,6 +242,7 @@ impl Metrics {
             poll_duration,
             messages,
             matches,
+            muted,
             rule_errors,
             deliveries,
             outbox_scans,
@@ -302,6 +310,13 @@ impl Metrics {
     /// A rule fired (rule ids are bounded by the config).
     pub fn rule_matched(&self, rule: &str) {
         self.matches
+            .get_or_create(&[("rule", rule.to_string())])
+            .inc();
+    }
+
+    /// A silence muted a rule's firing.
+    pub fn rule_muted(&self, rule: &str) {
+        self.muted
             .get_or_create(&[("rule", rule.to_string())])
             .inc();
     }

@@ -12,6 +12,7 @@ mod reload;
 mod ruletest;
 mod run;
 mod schema;
+mod silence;
 mod test;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -118,6 +119,15 @@ pub enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: Option<OutboxAction>,
+    },
+    /// Mute rules for a while (by rule, chat or both): their firings take no action and are
+    /// logged as muted; a running daemon sees a change within a second. Kept in the state file.
+    Silence {
+        /// The config file (for `state.path` and the rules); before or after the action.
+        #[arg(short, long, default_value = "cartat.yaml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: SilenceAction,
     },
     /// Offline end-to-end demo: a built-in mock gateway, a local webhook receiver, and the
     /// engine on `rules/` with `examples/demo.yaml`; prints every fired action.
@@ -278,6 +288,39 @@ pub enum OutboxAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SilenceAction {
+    /// Mute a rule, a chat, or a rule in a chat, for a while; prints the silence's id.
+    Add {
+        /// Only this rule id (default: every rule, with --chat).
+        #[arg(long, required_unless_present = "chat")]
+        rule: Option<String>,
+        /// Only this chat: a phone number with country code (966500000000) or a full id
+        /// (…@c.us, …@g.us); default: every chat, with --rule.
+        #[arg(long)]
+        chat: Option<String>,
+        /// For how long: 30m, 2h, 1d.
+        #[arg(long = "for", value_parser = parse_duration, required_unless_present = "until", conflicts_with = "until")]
+        for_: Option<Duration>,
+        /// Until when (RFC 3339, e.g. 2026-12-07T18:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        /// Why, for whoever looks at `silence list` next.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the silences in force (with --all, the ended ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a silence now.
+    Expire {
+        /// The silence's id (from `silence add` or `silence list`).
+        id: i64,
+    },
+}
+
 /// Loads the rules `test` runs on (no network policy: nothing is sent), printing the warnings;
 /// `None` (the errors printed) when they do not load.
 fn load_rules_to_test(
@@ -399,6 +442,7 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Outbox { config, action } => outbox::outbox(&config, action),
+        Command::Silence { config, action } => silence::silence(&config, action),
         Command::Demo {
             duration,
             config,

@@ -54,6 +54,8 @@ pub struct Decision {
     pub script_firings: Vec<ScriptFiring>,
     /// Chat rules with `notify_resolved` whose condition stopped holding after they fired.
     pub resolved: Vec<String>,
+    /// Firings whose actions a silence muted.
+    pub muted: Vec<super::silence::Muted>,
     /// Rules that matched a message too old when first seen.
     pub stale: Vec<RuleOnMessage>,
     /// Rules that matched a message but were silenced by a cooldown.

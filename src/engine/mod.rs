@@ -5,6 +5,7 @@ pub mod decide;
 pub mod digest;
 pub mod poller;
 pub mod schedule;
+pub mod silence;
 pub mod snapshot;
 pub mod step;
 pub mod watermark;

@@ -62,6 +62,8 @@ pub struct Poller {
     pub commits: CommitQueue,
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub wake_dispatcher: Arc<crate::outbox::dispatcher::Wake>,
+    /// The silences in force, as the store had them at the last look (every second).
+    pub silences: Arc<RwLock<Arc<Vec<crate::model::Silence>>>>,
     pub stats: Arc<Stats>,
     pub metrics: Arc<Metrics>,
     /// Identities of skipped messages already logged and counted.
@@ -411,7 +413,20 @@ impl Poller {
         let now_ms = jiff::Timestamp::now().as_millisecond();
         let new_msgs = new_messages(&page, &d);
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let decision = decide_poll(&rules, &chat.id, &page, &new_msgs, &snapshot.memory, now_ms);
+        let silences = self
+            .silences
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let decision = decide_poll(
+            &rules,
+            &chat.id,
+            &page,
+            &new_msgs,
+            &snapshot.memory,
+            &silences,
+            now_ms,
+        );
         // A poll that changes nothing needs no write (most polls of idle chats).
         if let Some(commit) = commit_of(&chat_key, &page, &d, &decision, &snapshot.state, now_ms) {
             let (commit, result) = self.commits.commit(commit).await;
@@ -450,6 +465,11 @@ impl Poller {
         }
         for rule in &decision.resolved {
             events::chat_rule_resolved(rule, &chat_key);
+        }
+        for m in &decision.muted {
+            self.metrics.rule_muted(&m.rule_id);
+            let message = m.message_index.map(|i| new_msgs[i].serialized_id.as_str());
+            events::rule_muted(&m.rule_id, &chat_key, message, m.silence);
         }
         for f in &decision.firings {
             self.metrics.rule_matched(&f.rule_id);

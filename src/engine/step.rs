@@ -25,13 +25,14 @@ pub fn new_messages<'p>(page: &'p Page, d: &Diff) -> Vec<&'p Message> {
 
 /// The rules' decision on a page: message rules on its new messages (`new_msgs`, from
 /// [`new_messages`]), then chat rules on the whole page, with `memory` as the last commit left
-/// it.
+/// it; the actions of rules that `silences` mute in this chat left out.
 pub fn decide_poll(
     rules: &crate::rules::RuleSet,
     chat_id: &ChatId,
     page: &Page,
     new_msgs: &[&Message],
     memory: &Memory,
+    silences: &[crate::model::Silence],
     now_ms: i64,
 ) -> Decision {
     crate::rules::script::with_poll_budget(SCRIPT_BUDGET_PER_POLL, || {
@@ -52,6 +53,7 @@ pub fn decide_poll(
             now_ms.div_euclid(1000),
             &mut decision,
         );
+        super::silence::mute(&mut decision, chat_id.as_str(), silences, now_ms);
         decision
     })
 }

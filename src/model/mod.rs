@@ -82,6 +82,29 @@ pub struct DigestItem {
     pub item: String,
 }
 
+/// A silence: the actions of matching rules are muted until it ends (by rule, chat or both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Silence {
+    pub id: i64,
+    /// Only this rule (None: every rule).
+    pub rule_id: Option<String>,
+    /// Only this chat, as the gateway names it (`966500000000@c.us`; None: every chat).
+    pub chat_id: Option<String>,
+    /// Until when (unix milliseconds, excluded).
+    pub until_ms: i64,
+    pub reason: String,
+    pub created_at_ms: i64,
+}
+
+impl Silence {
+    /// Whether this silence mutes `rule` in `chat` at `now_ms`.
+    pub fn mutes(&self, rule: &str, chat: &str, now_ms: i64) -> bool {
+        now_ms < self.until_ms
+            && self.rule_id.as_deref().is_none_or(|r| r == rule)
+            && self.chat_id.as_deref().is_none_or(|c| c == chat)
+    }
+}
+
 /// The most firings a digest may list (`digest.max_items`).
 pub const DIGEST_ITEMS_MAX: usize = 1000;
 

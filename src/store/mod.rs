@@ -20,7 +20,7 @@
 
 use crate::model::{
     ChatRuleState, ChatState, Delivery, DigestItem, DigestWindow, Memory, MessageKey, SealedDigest,
-    SeenId,
+    SeenId, Silence,
 };
 use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use std::collections::HashMap;
@@ -100,6 +100,18 @@ impl Store {
         seal: &mut SealFn<'_>,
     ) -> Result<Vec<SealedDigest>, StoreError> {
         backend!(self, s => s.seal_digests(now_s, ended_by, seal))
+    }
+
+    pub fn add_silence(&self, silence: &Silence) -> Result<i64, StoreError> {
+        backend!(self, s => s.add_silence(silence))
+    }
+
+    pub fn silences(&self, now_ms: Option<i64>) -> Result<Vec<Silence>, StoreError> {
+        backend!(self, s => s.silences(now_ms))
+    }
+
+    pub fn expire_silence(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        backend!(self, s => s.expire_silence(id, now_ms))
     }
 
     pub fn pending_digest_items(&self) -> Result<HashMap<String, i64>, StoreError> {

@@ -13,5 +13,6 @@ mod fixtures;
 mod metrics;
 mod poller;
 mod resolved;
+mod silence;
 mod stateful;
 mod support;

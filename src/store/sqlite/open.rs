@@ -96,6 +96,19 @@ CREATE TABLE IF NOT EXISTS digest_sealed (
 ) WITHOUT ROWID;
 ";
 
+/// Silences (`cartat-rules silence`), written by the command next to a running daemon, read by
+/// the daemon every second. Additive to schema 1.
+pub(super) const SILENCES: &str = "
+CREATE TABLE IF NOT EXISTS silences (
+    id         INTEGER PRIMARY KEY,
+    rule_id    TEXT,
+    chat_id    TEXT,
+    until      INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+";
+
 /// Endpoints disabled by a 410, with the fingerprint of the config (and rules) in force when it
 /// came. Additive to schema 1: created if missing by the daemon and by `outbox` commands, and
 /// ignored by an older binary (which then simply never sees a `gone` row as pending).
@@ -220,6 +233,8 @@ impl Sqlite {
             .map_err(|e| broken(e.to_string()))?;
         conn.execute_batch(DIGESTS)
             .map_err(|e| broken(e.to_string()))?;
+        conn.execute_batch(SILENCES)
+            .map_err(|e| broken(e.to_string()))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Sqlite {
             conn: Arc::new(Mutex::new(conn)),
@@ -257,6 +272,7 @@ impl Sqlite {
             });
         }
         conn.execute_batch(ENDPOINTS_GONE)?;
+        conn.execute_batch(SILENCES)?;
         let lock = std::fs::OpenOptions::new()
             .read(true)
             .open(path)

@@ -274,4 +274,44 @@ impl Sqlite {
         tx.commit()?;
         Ok(n)
     }
+
+    /// Adds a silence; returns its id.
+    pub fn add_silence(&self, s: &Silence) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO silences (rule_id, chat_id, until, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![s.rule_id, s.chat_id, s.until_ms, s.reason, s.created_at_ms])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// The silences in force at `now_ms` (every one when None), oldest first.
+    pub fn silences(&self, now_ms: Option<i64>) -> Result<Vec<Silence>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, rule_id, chat_id, until, reason, created_at FROM silences
+             WHERE ?1 IS NULL OR until > ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([now_ms], |r| {
+            Ok(Silence {
+                id: r.get(0)?,
+                rule_id: r.get(1)?,
+                chat_id: r.get(2)?,
+                until_ms: r.get(3)?,
+                reason: r.get(4)?,
+                created_at_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ends a silence now (kept, as expired, for `silence list --all`); false if there is no
+    /// such silence in force.
+    pub fn expire_silence(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let n = conn
+            .prepare_cached("UPDATE silences SET until = ?2 WHERE id = ?1 AND until > ?2")?
+            .execute(params![id, now_ms])?;
+        Ok(n > 0)
+    }
 }
