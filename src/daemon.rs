@@ -36,7 +36,7 @@ pub fn prepare(
     config: Config,
     rules: RuleSet,
 ) -> anyhow::Result<(Arc<Poller>, Arc<Dispatcher>, Running)> {
-    let store = Store::open(&config.state_path)?;
+    let store = Store::open_for(&config, true)?;
     let checkpointer = store.start_checkpointer()?;
     let budget = Arc::new(RateBudget::new(
         config.api.rate_per_second,

@@ -30,6 +30,7 @@ pub mod mock;
 pub(crate) mod model;
 pub(crate) mod net;
 pub mod outbox;
+pub mod pgtest;
 pub mod receiver;
 pub(crate) mod reload;
 pub(crate) mod resident;

@@ -11,7 +11,7 @@ pub(super) fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
             return 1;
         }
     };
-    let store = match Store::open_shared(&config.state_path) {
+    let store = match Store::open_for(&config, false) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cartat-rules: {e}");

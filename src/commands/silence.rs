@@ -17,8 +17,8 @@ pub(super) fn silence(config_path: &Path, action: SilenceAction) -> u8 {
         }
     };
     // The state file is created by the daemon's first start; a silence may come before it.
-    let store = if config.state_path.exists() {
-        Store::open_shared(&config.state_path)
+    let store = if config.state_url.is_some() || config.state_path.exists() {
+        Store::open_for(&config, false)
     } else {
         Store::open(&config.state_path)
     };

@@ -101,6 +101,8 @@ pub struct Config {
     /// `poll.coalesce`: periodic polls due within this window share one wake-up.
     pub coalesce: Duration,
     pub state_path: PathBuf,
+    /// `state.url`: a PostgreSQL database instead of the SQLite file.
+    pub state_url: Option<SecretString>,
     pub rule_paths: Vec<PathBuf>,
     pub watch_rules: bool,
     /// A reload may leave no rule at all (`rules.allow_empty`).
@@ -320,6 +322,31 @@ fn compile(
     }
 
     let state = raw.state.unwrap_or_default();
+    let state_url = match &state.url {
+        None => None,
+        Some(spec) => {
+            let url = interpolate(path, spec, env, lookup, &mut d).unwrap_or_default();
+            if state.path.is_some() {
+                d.push(Diagnostic::at(
+                    path,
+                    spec.referenced,
+                    "state: give `path` (an SQLite file) or `url` (a PostgreSQL database), not both",
+                ));
+            }
+            let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !(postgres || references_unset(&spec.value, lookup)) {
+                d.push(Diagnostic::at(
+                    path,
+                    spec.referenced,
+                    format!(
+                        "state.url: `{}` is not a PostgreSQL url (write postgres://user@host:5432/db)",
+                        crate::store::postgres::redacted(&url)
+                    ),
+                ));
+            }
+            Some(SecretString::from(url))
+        }
+    };
     let state_path = dir.join(
         state
             .path
@@ -501,6 +528,7 @@ fn compile(
         scheduler: poll.scheduler.unwrap_or_default(),
         coalesce: poll.coalesce.map(|d| d.0).unwrap_or(DEFAULT_COALESCE),
         state_path,
+        state_url,
         rule_paths,
         watch_rules: rules.watch.unwrap_or(true),
         allow_empty_rules: rules.allow_empty.unwrap_or(false),
@@ -561,6 +589,53 @@ log:
 server:
   listen: 127.0.0.1:9464
 "#;
+
+    #[test]
+    fn state_url_selects_postgres_with_its_password_from_the_environment() {
+        let with = |state: &str| {
+            SPEC_EXAMPLE.replace(
+                "state:\n  path: ./state/cartat-rules.db\n",
+                &format!("state:\n{state}\n"),
+            )
+        };
+        let env = |k: &str| match k {
+            "PGPASS" => Some("s3cret".to_string()),
+            other => env(other),
+        };
+        let (c, _) = from_str(
+            Path::new("c.yaml"),
+            &with("  url: \"postgres://app:${PGPASS}@db:5432/cartat\""),
+            EnvMode::Required,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.state_url
+                .as_ref()
+                .map(|u| secrecy::ExposeSecret::expose_secret(u).to_string()),
+            Some("postgres://app:s3cret@db:5432/cartat".to_string())
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the password never reaches Debug output"
+        );
+        for (state, want) in [
+            (
+                "  path: ./s.db\n  url: \"postgres://db/c\"",
+                "c.yaml:16:8: state: give `path` (an SQLite file) or `url` (a PostgreSQL database), not both",
+            ),
+            (
+                "  url: \"mysql://app:pw@db/c\"",
+                "state.url: `mysql://app@db/c` is not a PostgreSQL url",
+            ),
+        ] {
+            let e = from_str(Path::new("c.yaml"), &with(state), EnvMode::Required, &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{state}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
+    }
 
     #[test]
     fn the_spec_example_compiles() {

@@ -173,6 +173,10 @@ pub struct RawPoll {
 pub struct RawState {
     /// SQLite file, created if missing; relative to the config file.
     pub path: Option<String>,
+    /// A PostgreSQL database instead of the file: `postgres://user:${PGPASSWORD}@host:5432/db`
+    /// (`${VAR}` read from the environment; the password is never logged).
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

@@ -26,6 +26,7 @@ use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod postgres;
 pub mod sqlite;
 pub use sqlite::Checkpointer;
 
@@ -33,6 +34,7 @@ pub use sqlite::Checkpointer;
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
 }
 
 /// Runs `$body` with `$s` bound to the backend of `$store`.
@@ -40,6 +42,7 @@ macro_rules! backend {
     ($store:expr, $s:ident => $body:expr) => {
         match $store {
             Store::Sqlite($s) => $body,
+            Store::Postgres($s) => $body,
         }
     };
 }
@@ -55,6 +58,28 @@ impl Store {
         sqlite::Sqlite::open_shared(path).map(Store::Sqlite)
     }
 
+    /// Opens the state a config names: its PostgreSQL database (`state.url`) or its SQLite file
+    /// (`state.path`). `daemon`: for the daemon, which holds the state's lock; otherwise for a
+    /// command beside it (an SQLite file must exist then).
+    pub fn open_for(config: &crate::config::Config, daemon: bool) -> Result<Store, StoreError> {
+        use secrecy::ExposeSecret;
+        match &config.state_url {
+            Some(url) => postgres::Postgres::open(url.expose_secret(), daemon).map(Store::Postgres),
+            None if daemon => Store::open(&config.state_path),
+            None => Store::open_shared(&config.state_path),
+        }
+    }
+
+    /// Opens a PostgreSQL database (`postgres://…`); `daemon`: holding its daemon lock.
+    pub fn open_postgres(url: &str, daemon: bool) -> Result<Store, StoreError> {
+        postgres::Postgres::open(url, daemon).map(Store::Postgres)
+    }
+
+    /// Whether the state lives in a database server (PostgreSQL) rather than a file.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
     /// Where the state lives.
     pub fn path(&self) -> &Path {
         backend!(self, s => s.path())
@@ -64,12 +89,19 @@ impl Store {
     /// committing thread, until the handle is dropped (the daemon; short-lived commands leave
     /// it to the backend's own rules).
     pub fn start_checkpointer(&self) -> Result<Checkpointer, StoreError> {
-        backend!(self, s => s.start_checkpointer())
+        match self {
+            Store::Sqlite(s) => s.start_checkpointer(),
+            // The server does its own.
+            Store::Postgres(_) => Ok(Checkpointer::none()),
+        }
     }
 
     /// Folds what the backend holds in its log into its main storage (on a clean stop).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        backend!(self, s => s.checkpoint())
+        match self {
+            Store::Sqlite(s) => s.checkpoint(),
+            Store::Postgres(_) => Ok(()),
+        }
     }
 
     /// A chat's watermark, seen ids and rule memory, as its last commit left them.
@@ -198,7 +230,10 @@ impl Store {
     /// The SQLite backend, for tests that read its tables.
     #[cfg(test)]
     fn sqlite(&self) -> &sqlite::Sqlite {
-        backend!(self, s => s)
+        match self {
+            Store::Sqlite(s) => s,
+            Store::Postgres(_) => panic!("not an SQLite store"),
+        }
     }
 }
 
@@ -216,6 +251,10 @@ pub enum StoreError {
     )]
     Locked { path: PathBuf, holder: String },
     #[error(
+        "another cartat-rules is already running on the database {url}; stop it first, or give this one a database of its own (several instances on one database need chat leases, not built yet)"
+    )]
+    LockedDatabase { url: String },
+    #[error(
         "the state file {path} is not a usable cartat-rules database ({reason}); it was left untouched — move it aside to start fresh, or restore a backup"
     )]
     Broken { path: PathBuf, reason: String },
@@ -223,6 +262,8 @@ pub enum StoreError {
     Open { path: PathBuf, reason: String },
     #[error("state store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("state store (PostgreSQL): {0}")]
+    Postgres(String),
 }
 
 /// A delivery waiting in (or done with) the outbox.

@@ -14,6 +14,16 @@ fn delivery(id: &str, chat: &str, url: &str) -> Delivery {
     }
 }
 
+/// Runs `test` on a new SQLite file, then on a new PostgreSQL database (when the tests have
+/// a server: see `crate::pgtest`): both backends must behave alike.
+fn for_each_backend(test: impl Fn(&Store)) {
+    let dir = tempfile::tempdir().unwrap();
+    test(&Store::open(&dir.path().join("s.db")).unwrap());
+    if let Some(url) = crate::pgtest::database() {
+        test(&Store::open_postgres(&url, true).unwrap());
+    }
+}
+
 fn key(id: &str) -> MessageKey {
     MessageKey {
         from_me: false,
@@ -23,252 +33,252 @@ fn key(id: &str) -> MessageKey {
 
 #[test]
 fn a_poll_commit_moves_the_watermark_and_queues_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    let (state, _) = store.load_chat("c@c.us").unwrap();
-    assert!(!state.known);
-    let commit = PollCommit {
-        chat_id: "c@c.us".into(),
-        watermark: 100,
-        low_water: 0,
-        seen: vec![(key("a"), 100, 7)],
-        deliveries: vec![delivery("d1", "c@c.us", "http://x/")],
-        digest_items: Vec::new(),
-        cooldowns: vec![("r".into(), 5_000_000_000)],
-        thresholds: vec![("t".into(), vec![1, 2])],
-        chat_rules: vec![(
-            "cr".into(),
-            ChatRuleState {
+    for_each_backend(|store| {
+        let (state, _) = store.load_chat("c@c.us").unwrap();
+        assert!(!state.known);
+        let commit = PollCommit {
+            chat_id: "c@c.us".into(),
+            watermark: 100,
+            low_water: 0,
+            seen: vec![(key("a"), 100, 7)],
+            deliveries: vec![delivery("d1", "c@c.us", "http://x/")],
+            digest_items: Vec::new(),
+            cooldowns: vec![("r".into(), 5_000_000_000)],
+            thresholds: vec![("t".into(), vec![1, 2])],
+            chat_rules: vec![(
+                "cr".into(),
+                ChatRuleState {
+                    since: Some(90),
+                    fired: true,
+                },
+            )],
+            script_state: vec![(
+                "esc".into(),
+                serde_json::json!({"pending": 2})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )],
+            first_seen: 0,
+            now_ms: 1_000,
+        };
+        assert_eq!(store.commit_poll(&commit).unwrap(), 1);
+        assert_eq!(
+            store.commit_poll(&commit).unwrap(),
+            0,
+            "the same delivery_id is never queued twice"
+        );
+        let (state, memory) = store.load_chat("c@c.us").unwrap();
+        assert!(state.known);
+        assert_eq!(state.watermark, 100);
+        assert_eq!(state.seen.get(&key("a")).map(|s| s.fingerprint), Some(7));
+        assert!(!state.seen.contains_key(&key("b")));
+        assert_eq!(memory.cooldowns.get("r"), Some(&5_000_000_000));
+        assert_eq!(memory.thresholds.get("t"), Some(&vec![1, 2]));
+        assert_eq!(
+            memory.chat_rules.get("cr"),
+            Some(&ChatRuleState {
                 since: Some(90),
-                fired: true,
-            },
-        )],
-        script_state: vec![(
-            "esc".into(),
-            serde_json::json!({"pending": 2})
-                .as_object()
-                .unwrap()
-                .clone(),
-        )],
-        first_seen: 0,
-        now_ms: 1_000,
-    };
-    assert_eq!(store.commit_poll(&commit).unwrap(), 1);
-    assert_eq!(
-        store.commit_poll(&commit).unwrap(),
-        0,
-        "the same delivery_id is never queued twice"
-    );
-    let (state, memory) = store.load_chat("c@c.us").unwrap();
-    assert!(state.known);
-    assert_eq!(state.watermark, 100);
-    assert_eq!(state.seen.get(&key("a")).map(|s| s.fingerprint), Some(7));
-    assert!(!state.seen.contains_key(&key("b")));
-    assert_eq!(memory.cooldowns.get("r"), Some(&5_000_000_000));
-    assert_eq!(memory.thresholds.get("t"), Some(&vec![1, 2]));
-    assert_eq!(
-        memory.chat_rules.get("cr"),
-        Some(&ChatRuleState {
-            since: Some(90),
-            fired: true
-        })
-    );
-    assert_eq!(memory.script_state["esc"]["pending"], 2);
-    // Clearing: an empty hit list and a default timer delete their rows.
-    let clear = PollCommit {
-        chat_id: "c@c.us".into(),
-        thresholds: vec![("t".into(), vec![])],
-        chat_rules: vec![("cr".into(), ChatRuleState::default())],
-        now_ms: 2_000,
-        ..PollCommit::default()
-    };
-    store.commit_poll(&clear).unwrap();
-    let memory = store.rule_memory("c@c.us").unwrap();
-    assert!(memory.thresholds.is_empty() && memory.chat_rules.is_empty());
-    let due = store.due(2_000, 10).unwrap();
-    assert_eq!(due.len(), 1);
-    assert_eq!(
-        due[0].delivery.headers,
-        vec![("X-Team".to_string(), "support".to_string())]
-    );
+                fired: true
+            })
+        );
+        assert_eq!(memory.script_state["esc"]["pending"], 2);
+        // Clearing: an empty hit list and a default timer delete their rows.
+        let clear = PollCommit {
+            chat_id: "c@c.us".into(),
+            thresholds: vec![("t".into(), vec![])],
+            chat_rules: vec![("cr".into(), ChatRuleState::default())],
+            now_ms: 2_000,
+            ..PollCommit::default()
+        };
+        store.commit_poll(&clear).unwrap();
+        let memory = store.rule_memory("c@c.us").unwrap();
+        assert!(memory.thresholds.is_empty() && memory.chat_rules.is_empty());
+        let due = store.due(2_000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].delivery.headers,
+            vec![("X-Team".to_string(), "support".to_string())]
+        );
+    });
 }
 
 #[test]
 fn due_returns_only_the_head_of_each_chat_and_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    let commit = PollCommit {
-        chat_id: "c".into(),
-        deliveries: vec![
-            delivery("1", "c", "http://a/"),
-            delivery("2", "c", "http://a/"),
-            delivery("3", "c", "http://b/"),
-            delivery("4", "d", "http://a/"),
-        ],
-        now_ms: 0,
-        ..PollCommit::default()
-    };
-    store.commit_poll(&commit).unwrap();
-    let ids = |rows: Vec<OutboxRow>| {
-        rows.into_iter()
-            .map(|r| r.delivery.delivery_id)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(ids(store.due(10, 10).unwrap()), ["1", "3", "4"]);
-    // The head is retrying later: the row behind it waits (order per chat and endpoint).
-    let head = store.due(10, 10).unwrap().remove(0);
-    store
-        .record_attempt(
-            head.id,
-            &AttemptRecord {
-                outcome: Lifecycle::Retry {
-                    at_ms: 1_000,
-                    attempt: 1,
+    for_each_backend(|store| {
+        let commit = PollCommit {
+            chat_id: "c".into(),
+            deliveries: vec![
+                delivery("1", "c", "http://a/"),
+                delivery("2", "c", "http://a/"),
+                delivery("3", "c", "http://b/"),
+                delivery("4", "d", "http://a/"),
+            ],
+            now_ms: 0,
+            ..PollCommit::default()
+        };
+        store.commit_poll(&commit).unwrap();
+        let ids = |rows: Vec<OutboxRow>| {
+            rows.into_iter()
+                .map(|r| r.delivery.delivery_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(store.due(10, 10).unwrap()), ["1", "3", "4"]);
+        // The head is retrying later: the row behind it waits (order per chat and endpoint).
+        let head = store.due(10, 10).unwrap().remove(0);
+        store
+            .record_attempt(
+                head.id,
+                &AttemptRecord {
+                    outcome: Lifecycle::Retry {
+                        at_ms: 1_000,
+                        attempt: 1,
+                    },
+                    status: Some(500),
+                    error: Some("500".into()),
                 },
-                status: Some(500),
-                error: Some("500".into()),
-            },
-            10,
-        )
-        .unwrap();
-    assert_eq!(ids(store.due(20, 10).unwrap()), ["3", "4"]);
-    assert_eq!(ids(store.due(1_000, 10).unwrap()), ["1", "3", "4"]);
-    store
-        .record_attempt(
-            head.id,
-            &AttemptRecord {
-                outcome: Lifecycle::Delivered { attempts: 1 },
-                status: Some(200),
-                error: None,
-            },
-            1_000,
-        )
-        .unwrap();
-    assert_eq!(ids(store.due(1_000, 10).unwrap()), ["2", "3", "4"]);
+                10,
+            )
+            .unwrap();
+        assert_eq!(ids(store.due(20, 10).unwrap()), ["3", "4"]);
+        assert_eq!(ids(store.due(1_000, 10).unwrap()), ["1", "3", "4"]);
+        store
+            .record_attempt(
+                head.id,
+                &AttemptRecord {
+                    outcome: Lifecycle::Delivered { attempts: 1 },
+                    status: Some(200),
+                    error: None,
+                },
+                1_000,
+            )
+            .unwrap();
+        assert_eq!(ids(store.due(1_000, 10).unwrap()), ["2", "3", "4"]);
+    });
 }
 
 #[test]
 fn dead_letters_can_be_requeued_with_their_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    store
-        .commit_poll(&PollCommit {
-            chat_id: "c".into(),
-            deliveries: vec![delivery("dead1", "c", "http://a/")],
-            ..PollCommit::default()
-        })
-        .unwrap();
-    let row = store.due(0, 1).unwrap().remove(0);
-    store
-        .record_attempt(
-            row.id,
-            &AttemptRecord {
-                outcome: Lifecycle::Dead {
-                    reason: DeadReason::Rejected("HTTP 400".into()),
-                    attempts: 1,
+    for_each_backend(|store| {
+        store
+            .commit_poll(&PollCommit {
+                chat_id: "c".into(),
+                deliveries: vec![delivery("dead1", "c", "http://a/")],
+                ..PollCommit::default()
+            })
+            .unwrap();
+        let row = store.due(0, 1).unwrap().remove(0);
+        store
+            .record_attempt(
+                row.id,
+                &AttemptRecord {
+                    outcome: Lifecycle::Dead {
+                        reason: DeadReason::Rejected("HTTP 400".into()),
+                        attempts: 1,
+                    },
+                    status: Some(404),
+                    error: Some("404".into()),
                 },
-                status: Some(404),
-                error: Some("404".into()),
-            },
-            5,
-        )
-        .unwrap();
-    assert!(store.due(100, 10).unwrap().is_empty());
-    assert_eq!(store.list(Some("dead"), 10).unwrap().len(), 1);
-    assert_eq!(store.requeue(Requeue::One("dead1"), 200).unwrap(), 1);
-    let again = store.due(200, 10).unwrap();
-    assert_eq!(again[0].delivery.delivery_id, "dead1");
-    assert_eq!(again[0].attempts, 0);
+                5,
+            )
+            .unwrap();
+        assert!(store.due(100, 10).unwrap().is_empty());
+        assert_eq!(store.list(Some("dead"), 10).unwrap().len(), 1);
+        assert_eq!(store.requeue(Requeue::One("dead1"), 200).unwrap(), 1);
+        let again = store.due(200, 10).unwrap();
+        assert_eq!(again[0].delivery.delivery_id, "dead1");
+        assert_eq!(again[0].attempts, 0);
+    });
 }
 
 #[test]
 fn a_410_disables_the_endpoint_until_the_config_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    let queue = |ids: &[(&str, &str)]| {
-        store
-            .commit_poll(&PollCommit {
-                chat_id: "c".into(),
-                deliveries: ids.iter().map(|(id, url)| delivery(id, "c", url)).collect(),
-                ..PollCommit::default()
-            })
+    for_each_backend(|store| {
+        let queue = |ids: &[(&str, &str)]| {
+            store
+                .commit_poll(&PollCommit {
+                    chat_id: "c".into(),
+                    deliveries: ids.iter().map(|(id, url)| delivery(id, "c", url)).collect(),
+                    ..PollCommit::default()
+                })
+                .unwrap();
+        };
+        queue(&[
+            ("1", "http://gone/"),
+            ("2", "http://gone/"),
+            ("3", "http://ok/"),
+        ]);
+        let head = store.due(0, 10).unwrap().remove(0);
+        assert_eq!(head.delivery.delivery_id, "1");
+        let record = AttemptRecord {
+            outcome: Lifecycle::Dead {
+                reason: DeadReason::EndpointGone,
+                attempts: 1,
+            },
+            status: Some(410),
+            error: None,
+        };
+        let parked = store
+            .disable_endpoint(head.id, "http://gone/", "cfg-A", &record, 5)
             .unwrap();
-    };
-    queue(&[
-        ("1", "http://gone/"),
-        ("2", "http://gone/"),
-        ("3", "http://ok/"),
-    ]);
-    let head = store.due(0, 10).unwrap().remove(0);
-    assert_eq!(head.delivery.delivery_id, "1");
-    let record = AttemptRecord {
-        outcome: Lifecycle::Dead {
-            reason: DeadReason::EndpointGone,
-            attempts: 1,
-        },
-        status: Some(410),
-        error: None,
-    };
-    let parked = store
-        .disable_endpoint(head.id, "http://gone/", "cfg-A", &record, 5)
-        .unwrap();
-    assert_eq!(parked, 1, "the row behind it is parked too");
-    assert_eq!(store.disabled_endpoints().unwrap(), ["http://gone/"]);
-    let state_of = |id: &str| {
-        store
-            .list(None, 100)
-            .unwrap()
-            .into_iter()
-            .find(|r| r.delivery.delivery_id == id)
-            .unwrap()
-            .state
-    };
-    assert_eq!(state_of("1"), "gone");
-    assert_eq!(state_of("2"), "gone");
-    assert_eq!(state_of("3"), "pending");
-    // New rows for a disabled endpoint go straight to `gone`; other endpoints are untouched.
-    queue(&[("4", "http://gone/"), ("5", "http://ok/")]);
-    assert_eq!(state_of("4"), "gone");
-    assert_eq!(state_of("5"), "pending");
-    // The same config: still disabled. Another config: enabled again, old rows stay gone.
-    assert!(store.reenable_endpoints("cfg-A").unwrap().is_empty());
-    assert_eq!(store.reenable_endpoints("cfg-B").unwrap(), ["http://gone/"]);
-    assert!(store.disabled_endpoints().unwrap().is_empty());
-    queue(&[("6", "http://gone/")]);
-    assert_eq!(state_of("6"), "pending");
-    assert_eq!(state_of("4"), "gone");
-    // `outbox retry --dead` re-sends the parked rows with their ids.
-    assert_eq!(store.requeue(Requeue::AllDead, 10).unwrap(), 3);
-    assert_eq!(state_of("1"), "pending");
+        assert_eq!(parked, 1, "the row behind it is parked too");
+        assert_eq!(store.disabled_endpoints().unwrap(), ["http://gone/"]);
+        let state_of = |id: &str| {
+            store
+                .list(None, 100)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.delivery.delivery_id == id)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state_of("1"), "gone");
+        assert_eq!(state_of("2"), "gone");
+        assert_eq!(state_of("3"), "pending");
+        // New rows for a disabled endpoint go straight to `gone`; other endpoints are untouched.
+        queue(&[("4", "http://gone/"), ("5", "http://ok/")]);
+        assert_eq!(state_of("4"), "gone");
+        assert_eq!(state_of("5"), "pending");
+        // The same config: still disabled. Another config: enabled again, old rows stay gone.
+        assert!(store.reenable_endpoints("cfg-A").unwrap().is_empty());
+        assert_eq!(store.reenable_endpoints("cfg-B").unwrap(), ["http://gone/"]);
+        assert!(store.disabled_endpoints().unwrap().is_empty());
+        queue(&[("6", "http://gone/")]);
+        assert_eq!(state_of("6"), "pending");
+        assert_eq!(state_of("4"), "gone");
+        // `outbox retry --dead` re-sends the parked rows with their ids.
+        assert_eq!(store.requeue(Requeue::AllDead, 10).unwrap(), 3);
+        assert_eq!(state_of("1"), "pending");
+    });
 }
 
 #[test]
 fn an_operator_retry_enables_a_disabled_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    store
-        .commit_poll(&PollCommit {
-            chat_id: "c".into(),
-            deliveries: vec![delivery("1", "c", "http://gone/")],
-            ..PollCommit::default()
-        })
-        .unwrap();
-    let head = store.due(0, 10).unwrap().remove(0);
-    let record = AttemptRecord {
-        outcome: Lifecycle::Dead {
-            reason: DeadReason::EndpointGone,
-            attempts: 1,
-        },
-        status: Some(410),
-        error: None,
-    };
-    store
-        .disable_endpoint(head.id, "http://gone/", "cfg", &record, 5)
-        .unwrap();
-    assert_eq!(store.requeue(Requeue::One("1"), 10).unwrap(), 1);
-    assert!(store.disabled_endpoints().unwrap().is_empty());
-    let row = store.due(10, 10).unwrap().remove(0);
-    assert_eq!(row.lifecycle(), Some(Lifecycle::Pending));
+    for_each_backend(|store| {
+        store
+            .commit_poll(&PollCommit {
+                chat_id: "c".into(),
+                deliveries: vec![delivery("1", "c", "http://gone/")],
+                ..PollCommit::default()
+            })
+            .unwrap();
+        let head = store.due(0, 10).unwrap().remove(0);
+        let record = AttemptRecord {
+            outcome: Lifecycle::Dead {
+                reason: DeadReason::EndpointGone,
+                attempts: 1,
+            },
+            status: Some(410),
+            error: None,
+        };
+        store
+            .disable_endpoint(head.id, "http://gone/", "cfg", &record, 5)
+            .unwrap();
+        assert_eq!(store.requeue(Requeue::One("1"), 10).unwrap(), 1);
+        assert!(store.disabled_endpoints().unwrap().is_empty());
+        let row = store.due(10, 10).unwrap().remove(0);
+        assert_eq!(row.lifecycle(), Some(Lifecycle::Pending));
+    });
 }
 
 #[test]
@@ -295,26 +305,26 @@ fn a_broken_file_is_refused_and_left_untouched() {
 
 #[test]
 fn pruning_keeps_ids_at_or_above_the_low_water_mark() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    let seen = vec![
-        (key("old"), 90, 1),
-        (key("edge"), 100, 1),
-        (key("new"), 110, 1),
-    ];
-    store
-        .commit_poll(&PollCommit {
-            chat_id: "c".into(),
-            watermark: 110,
-            low_water: 100,
-            seen,
-            ..PollCommit::default()
-        })
-        .unwrap();
-    let (state, _) = store.load_chat("c").unwrap();
-    assert_eq!(state.seen.len(), 2);
-    assert!(!state.seen.contains_key(&key("old")));
-    assert_eq!(state.low_water, 100);
+    for_each_backend(|store| {
+        let seen = vec![
+            (key("old"), 90, 1),
+            (key("edge"), 100, 1),
+            (key("new"), 110, 1),
+        ];
+        store
+            .commit_poll(&PollCommit {
+                chat_id: "c".into(),
+                watermark: 110,
+                low_water: 100,
+                seen,
+                ..PollCommit::default()
+            })
+            .unwrap();
+        let (state, _) = store.load_chat("c").unwrap();
+        assert_eq!(state.seen.len(), 2);
+        assert!(!state.seen.contains_key(&key("old")));
+        assert_eq!(state.low_water, 100);
+    });
 }
 
 fn simple_commit(chat: &str, ts: i64) -> PollCommit {
@@ -330,45 +340,52 @@ fn simple_commit(chat: &str, ts: i64) -> PollCommit {
 
 #[test]
 fn a_group_commit_writes_every_poll_but_the_one_that_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    store
-        .sqlite()
-        .conn()
-        .execute_batch(
-            "CREATE TRIGGER refuse BEFORE INSERT ON chats WHEN NEW.chat_id = 'bad@c.us'
-             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
-        )
-        .unwrap();
-    let (a, bad, b) = (
-        simple_commit("a@c.us", 100),
-        simple_commit("bad@c.us", 100),
-        simple_commit("b@c.us", 200),
-    );
-    let results = store.commit_polls(&[&a, &bad, &b]);
-    assert_eq!(results[0], Ok(1));
-    assert!(
-        results[1]
-            .as_ref()
-            .unwrap_err()
-            .contains("refused by the test")
-    );
-    assert_eq!(results[2], Ok(1));
-    let (sa, _) = store.load_chat("a@c.us").unwrap();
-    let (sbad, _) = store.load_chat("bad@c.us").unwrap();
-    let (sb, _) = store.load_chat("b@c.us").unwrap();
-    assert!(sa.known && sa.watermark == 100 && sa.seen.len() == 1);
-    assert!(
-        !sbad.known && sbad.seen.is_empty(),
-        "the failed poll left nothing"
-    );
-    assert!(sb.known && sb.watermark == 200);
-    let queued: i64 = store
-        .sqlite()
-        .conn()
-        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(queued, 2, "the failed poll's delivery is not queued");
+    for_each_backend(|store| {
+        match store {
+            Store::Sqlite(s) => s
+                .conn()
+                .execute_batch(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON chats WHEN NEW.chat_id = 'bad@c.us'
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                )
+                .unwrap(),
+            Store::Postgres(p) => p
+                .execute_batch(
+                    "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
+                       IF NEW.chat_id = 'bad@c.us' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+                       RETURN NEW; END $$ LANGUAGE plpgsql;
+                     CREATE TRIGGER refuse BEFORE INSERT ON chats FOR EACH ROW EXECUTE FUNCTION refuse();",
+                )
+                .unwrap(),
+        }
+        let (a, bad, b) = (
+            simple_commit("a@c.us", 100),
+            simple_commit("bad@c.us", 100),
+            simple_commit("b@c.us", 200),
+        );
+        let results = store.commit_polls(&[&a, &bad, &b]);
+        assert_eq!(results[0], Ok(1));
+        assert!(
+            results[1]
+                .as_ref()
+                .unwrap_err()
+                .contains("refused by the test"),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(results[2], Ok(1));
+        let (sa, _) = store.load_chat("a@c.us").unwrap();
+        let (sbad, _) = store.load_chat("bad@c.us").unwrap();
+        let (sb, _) = store.load_chat("b@c.us").unwrap();
+        assert!(sa.known && sa.watermark == 100 && sa.seen.len() == 1);
+        assert!(
+            !sbad.known && sbad.seen.is_empty(),
+            "the failed poll left nothing"
+        );
+        assert!(sb.known && sb.watermark == 200);
+        let queued = store.list(None, 100).unwrap().len();
+        assert_eq!(queued, 2, "the failed poll's delivery is not queued");
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,4 +624,49 @@ fn the_log_is_checkpointed_by_its_own_thread_not_by_a_commit() {
     }
     assert!(db_len() >= before + 1_000_000, "no checkpoint in 10 s");
     drop(checkpointer);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_postgres_database_is_refused_and_a_command_is_not() {
+    let Some(url) = crate::pgtest::database() else {
+        return;
+    };
+    let first = Store::open_postgres(&url, true).unwrap();
+    let e = Store::open_postgres(&url, true).unwrap_err();
+    assert!(matches!(e, StoreError::LockedDatabase { .. }), "{e}");
+    assert!(!e.to_string().contains("secret"), "{e}");
+    // `outbox list` and `silence` beside the daemon.
+    let beside = Store::open_postgres(&url, false).unwrap();
+    assert!(beside.list(None, 10).unwrap().is_empty());
+    drop(first);
+    // The daemon's connection closed with its last handle: the lock is free again.
+    let mut again = None;
+    for _ in 0..50 {
+        match Store::open_postgres(&url, true) {
+            Ok(s) => {
+                again = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    assert!(again.is_some(), "the lock outlived its daemon");
+}
+
+#[test]
+fn a_postgres_url_s_password_is_never_shown() {
+    assert_eq!(
+        postgres::redacted("postgres://app:s3cret@db.example.com:5432/cartat"),
+        "postgres://app@db.example.com:5432/cartat"
+    );
+    assert_eq!(
+        postgres::redacted("postgres://app@db:5432/c"),
+        "postgres://app@db:5432/c"
+    );
+    let e = Store::open_postgres("postgres://app:s3cret@127.0.0.1:1/cartat", true).unwrap_err();
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    assert!(
+        e.to_string().contains("postgres://app@127.0.0.1:1/cartat"),
+        "{e}"
+    );
 }

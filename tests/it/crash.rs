@@ -52,7 +52,41 @@ pub async fn wait_abort(mut daemon: Daemon, point: &str) -> SystemTime {
 /// re-sent once with the same delivery id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_each_fail_point_loses_nothing() {
-    let chats = chat_ids("9665000048", 1);
+    crash_at_each_fail_point(None).await;
+}
+
+/// The same on PostgreSQL (`state.url`): the backend keeps every guarantee of the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_fail_point_loses_nothing_on_postgres() {
+    let Some(url) = tokio::task::spawn_blocking(cartat_rules::pgtest::database)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    crash_at_each_fail_point(Some(url)).await;
+}
+
+/// Points `cfg` at the PostgreSQL database `url` instead of its SQLite file.
+pub fn use_postgres(cfg: &std::path::Path, url: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let text = text.replace(
+        "state:\n  path: ./state/test.db\n",
+        &format!("state:\n  url: \"{url}\"\n"),
+    );
+    assert!(text.contains(url), "no state section to replace in\n{text}");
+    std::fs::write(cfg, text).unwrap();
+}
+
+async fn crash_at_each_fail_point(pg: Option<String>) {
+    let chats = chat_ids(
+        if pg.is_some() {
+            "9665000049"
+        } else {
+            "9665000048"
+        },
+        1,
+    );
     let gw = gateway(&format!(
         "chats:\n  - {{ id: \"{}\", messages: [] }}\n",
         chats[0]
@@ -62,8 +96,25 @@ async fn a_crash_at_each_fail_point_loses_nothing() {
     let ws = Workspace::new();
     ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/hooks")]));
     let cfg = write_config(&ws, &gw, &chats, "2s", 0.01, "");
+    if let Some(url) = &pg {
+        use_postgres(&cfg, url);
+    }
+    let outbox = |ws: &Workspace| match &pg {
+        Some(url) => cartat_rules::store::Store::open_postgres(url, false)
+            .unwrap()
+            .list(None, 100_000)
+            .unwrap(),
+        None => outbox(ws),
+    };
     let daemon = Daemon::spawn(&cfg);
     wait_first_sight(&gw, &chats).await;
+    if pg.is_some() {
+        let log = daemon.output();
+        assert!(
+            log.contains("state=postgres://postgres@127.0.0.1:"),
+            "{log}"
+        );
+    }
     assert_eq!(daemon.stop(), 0);
 
     for (i, point) in POINTS.iter().enumerate() {
@@ -110,6 +161,11 @@ async fn a_crash_at_each_fail_point_loses_nothing() {
         );
     }
     assert_eq!(outbox(&ws).len(), POINTS.len());
+    assert_eq!(
+        ws.path().join("state/test.db").exists(),
+        pg.is_none(),
+        "the state is where the config says"
+    );
     gw.shutdown().await;
 }
 

@@ -12,6 +12,7 @@ mod faults;
 mod fixtures;
 mod metrics;
 mod poller;
+mod postgres;
 mod resolved;
 mod silence;
 mod stateful;

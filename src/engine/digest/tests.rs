@@ -247,76 +247,103 @@ fn seal_at(store: &Store, rules: &RuleSet, now_s: i64) -> Vec<Value> {
     bodies
 }
 
-/// A new state file, the test's rules, a window's start and the two firings `digest-all`
+/// A store (and the folder of its file), the rules, a window's start and two firings.
+type OnBackend = (
+    Option<tempfile::TempDir>,
+    Store,
+    RuleSet,
+    i64,
+    Vec<DigestItem>,
+);
+
+/// On each backend (a new SQLite file; a new PostgreSQL database when the tests have a
+/// server): the store, the test's rules, a window's start and the two firings `digest-all`
 /// collects a minute into it.
-fn a_store_and_two_firings() -> (tempfile::TempDir, Store, RuleSet, i64, Vec<DigestItem>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).unwrap();
-    let rules = set(RULES);
+fn stores_and_two_firings() -> Vec<OnBackend> {
     let t0 = 1_800_000_000;
-    let items: Vec<DigestItem> = collected(&rules, t0 + 60)
-        .into_iter()
-        .filter(|i| i.rule_id == "digest-all")
-        .collect();
-    (dir, store, rules, t0, items)
+    let firings = || -> (RuleSet, Vec<DigestItem>) {
+        let rules = set(RULES);
+        let items = collected(&rules, t0 + 60)
+            .into_iter()
+            .filter(|i| i.rule_id == "digest-all")
+            .collect();
+        (rules, items)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&dir.path().join("s.db")).unwrap();
+    let (rules, items) = firings();
+    let mut out = vec![(Some(dir), sqlite, rules, t0, items)];
+    if let Some(url) = crate::pgtest::database() {
+        let (rules, items) = firings();
+        out.push((
+            None,
+            Store::open_postgres(&url, true).unwrap(),
+            rules,
+            t0,
+            items,
+        ));
+    }
+    out
 }
 
 #[test]
 fn the_store_seals_a_window_once_after_it_ends_and_moves_a_late_firing_to_the_next() {
-    let (_dir, store, rules, t0, items) = a_store_and_two_firings();
-    let (a, b) = (items[0].clone(), items[1].clone());
-    store
-        .commit_poll(&commit(A, vec![a.clone()], (t0 + 60) * 1000))
-        .unwrap();
-    // The same firing committed again (a poll replayed) is one firing.
-    store
-        .commit_poll(&commit(A, vec![a.clone()], (t0 + 61) * 1000))
-        .unwrap();
-    assert!(
-        seal_at(&store, &rules, t0 + 899).is_empty(),
-        "the window has not ended"
-    );
-    assert_eq!(store.pending_digest_items().unwrap()["digest-all"], 1);
-    let sealed = seal_at(&store, &rules, t0 + 900);
-    assert_eq!(sealed.len(), 1);
-    assert_eq!(sealed[0]["count"], 1);
-    assert!(seal_at(&store, &rules, t0 + 901).is_empty(), "sealed once");
-    assert!(store.pending_digest_items().unwrap().is_empty());
+    for (_dir, store, rules, t0, items) in stores_and_two_firings() {
+        let (a, b) = (items[0].clone(), items[1].clone());
+        store
+            .commit_poll(&commit(A, vec![a.clone()], (t0 + 60) * 1000))
+            .unwrap();
+        // The same firing committed again (a poll replayed) is one firing.
+        store
+            .commit_poll(&commit(A, vec![a.clone()], (t0 + 61) * 1000))
+            .unwrap();
+        assert!(
+            seal_at(&store, &rules, t0 + 899).is_empty(),
+            "the window has not ended"
+        );
+        assert_eq!(store.pending_digest_items().unwrap()["digest-all"], 1);
+        let sealed = seal_at(&store, &rules, t0 + 900);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0]["count"], 1);
+        assert!(seal_at(&store, &rules, t0 + 901).is_empty(), "sealed once");
+        assert!(store.pending_digest_items().unwrap().is_empty());
 
-    // Chat B's poll decided inside the window but committed after it was sealed: its firing
-    // goes to the next window, not lost and not a second digest of the first.
-    store
-        .commit_poll(&commit(B, vec![b], (t0 + 902) * 1000))
-        .unwrap();
-    assert!(seal_at(&store, &rules, t0 + 1799).is_empty());
-    let next = seal_at(&store, &rules, t0 + 1800);
-    assert_eq!(next.len(), 1);
-    assert_eq!(next[0]["count"], 1);
-    assert_eq!(next[0]["items"][0]["message"]["body"], "bot b1");
-    assert_eq!(next[0]["window"]["start"], rfc3339(t0 + 900));
-    assert_eq!(store.list(None, 10).unwrap().len(), 2);
+        // Chat B's poll decided inside the window but committed after it was sealed: its firing
+        // goes to the next window, not lost and not a second digest of the first.
+        store
+            .commit_poll(&commit(B, vec![b], (t0 + 902) * 1000))
+            .unwrap();
+        assert!(seal_at(&store, &rules, t0 + 1799).is_empty());
+        let next = seal_at(&store, &rules, t0 + 1800);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0]["count"], 1);
+        assert_eq!(next[0]["items"][0]["message"]["body"], "bot b1");
+        assert_eq!(next[0]["window"]["start"], rfc3339(t0 + 900));
+        assert_eq!(store.list(None, 10).unwrap().len(), 2);
+    }
 }
 
 #[test]
 fn a_seal_that_fails_before_its_commit_leaves_every_firing_to_seal_again() {
-    let (_dir, store, rules, t0, items) = a_store_and_two_firings();
-    store
-        .commit_poll(&commit(A, items, (t0 + 60) * 1000))
-        .unwrap();
-    // The sealing dies inside its transaction (a panic in the middle of it here; a crash in
-    // the integration tests): nothing of it stays.
-    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.seal_digests(t0 + 900, t0 + 900, &mut |w, items, count| {
-            let _ = seal(&rules, w, items, count, t0 + 900);
-            panic!("crash inside the seal");
-        })
-    }));
-    assert!(died.is_err());
-    assert!(store.list(None, 10).unwrap().is_empty());
-    assert_eq!(store.pending_digest_items().unwrap()["digest-all"], 2);
-    let sealed = seal_at(&store, &rules, t0 + 905);
-    assert_eq!(sealed.len(), 1);
-    assert_eq!(sealed[0]["count"], 2);
+    for (_dir, store, rules, t0, items) in stores_and_two_firings() {
+        store
+            .commit_poll(&commit(A, items, (t0 + 60) * 1000))
+            .unwrap();
+        // The sealing dies inside its transaction (a panic in the middle of it here; a crash in
+        // the integration tests): nothing of it stays.
+        let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.seal_digests(t0 + 900, t0 + 900, &mut |w, items, count| {
+                let _ = seal(&rules, w, items, count, t0 + 900);
+                panic!("crash inside the seal");
+            })
+        }));
+        assert!(died.is_err());
+        assert!(store.list(None, 10).unwrap().is_empty());
+        assert_eq!(store.pending_digest_items().unwrap()["digest-all"], 2);
+        let sealed = seal_at(&store, &rules, t0 + 905);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0]["count"], 2);
+    }
 }
 
 #[test]
