@@ -29,6 +29,8 @@ pub struct Running {
     pub(crate) reloader: Arc<crate::reload::Reloader>,
     /// The admin API's token (`server.admin_token`); None: the admin API is off.
     pub(crate) admin_token: Option<secrecy::SecretString>,
+    /// In a cluster: the lease loop, taken by [`run`].
+    pub lease_loop: std::sync::Mutex<Option<LeaseLoop>>,
 }
 
 /// Opens the store (refusing a locked or broken one) and builds the parts.
@@ -76,17 +78,36 @@ pub fn prepare(
     dispatcher.metrics = metrics.clone();
     let stats = Arc::new(Stats::default());
     let admin_token = config.admin_token.clone();
-    // Config reloads reach the poller's loop through this channel.
+    // Config reloads reach the poller's loop through this channel; in a cluster they go to the
+    // lease loop, which sends the poller its share.
     let (updates, chat_updates) = tokio::sync::mpsc::unbounded_channel();
+    let cluster = config
+        .cluster
+        .map(|ttl| Arc::new(crate::cluster::Cluster::new(ttl)));
+    let (reloads, lease_loop) = match &cluster {
+        Some(c) => {
+            let (reloads, from_config) = tokio::sync::mpsc::unbounded_channel();
+            (
+                reloads,
+                Some(LeaseLoop {
+                    cluster: c.clone(),
+                    reloads: from_config,
+                    poller: updates,
+                }),
+            )
+        }
+        None => (updates, None),
+    };
     let config_source = config
         .path
         .is_file()
-        .then(|| crate::reload::ConfigSource::new(&config, updates));
+        .then(|| crate::reload::ConfigSource::new(&config, reloads));
     // The silences in force from the first poll on; then read again every second.
     let silences = store
         .silences(Some(jiff::Timestamp::now().as_millisecond()))
         .map_err(|e| anyhow::anyhow!("cannot read the silences: {e}"))?;
     let poller = Poller {
+        cluster,
         silences: Arc::new(RwLock::new(Arc::new(silences))),
         config: Arc::new(config),
         gateway,
@@ -130,8 +151,16 @@ pub fn prepare(
             checkpointer,
             reloader,
             admin_token,
+            lease_loop: std::sync::Mutex::new(lease_loop),
         },
     ))
+}
+
+/// The lease loop's channels, until [`run`] starts it (in a cluster).
+pub struct LeaseLoop {
+    cluster: Arc<crate::cluster::Cluster>,
+    reloads: tokio::sync::mpsc::UnboundedReceiver<crate::engine::poller::ChatsUpdate>,
+    poller: tokio::sync::mpsc::UnboundedSender<crate::engine::poller::ChatsUpdate>,
 }
 
 /// Runs until `shutdown` is cancelled, then lets in-flight work finish within
@@ -140,11 +169,36 @@ pub(crate) async fn run(
     poller: Arc<Poller>,
     dispatcher: Arc<Dispatcher>,
     reloader: Arc<crate::reload::Reloader>,
+    lease_loop: Option<LeaseLoop>,
     shutdown: CancellationToken,
 ) {
     let chats = poller.config.chats.len();
     let store = poller.store.clone();
-    tracing::info!(event = "daemon.started", chats, state = %poller.store.path().display(), "cartat-rules started");
+    match &lease_loop {
+        Some(l) => {
+            tracing::info!(event = "daemon.started", chats, state = %poller.store.path().display(), instance = %l.cluster.me, "cartat-rules started in a cluster: the chats are shared through leases")
+        }
+        None => {
+            tracing::info!(event = "daemon.started", chats, state = %poller.store.path().display(), "cartat-rules started")
+        }
+    }
+    // The lease loop stops with the others, but gives up its leases only after them.
+    let leases_stop = CancellationToken::new();
+    let leases = lease_loop.map(|l| {
+        let cluster = l.cluster.clone();
+        let task = tokio::spawn(crate::cluster::run(
+            l.cluster,
+            store.clone(),
+            poller.config.chats.clone(),
+            poller.config.api.rate_per_second,
+            poller.config.api.burst,
+            l.reloads,
+            l.poller,
+            poller.metrics.clone(),
+            leases_stop.clone(),
+        ));
+        (cluster, task)
+    });
     let reloader = tokio::spawn(crate::reload::watch(
         reloader,
         poller.config.watch_rules,
@@ -155,6 +209,7 @@ pub(crate) async fn run(
         poller.commits.clone(),
         poller.rules.clone(),
         poller.wake_dispatcher.clone(),
+        poller.cluster.clone(),
         shutdown.clone(),
     ));
     let silences = tokio::spawn(watch_silences(
@@ -181,6 +236,11 @@ pub(crate) async fn run(
             event = "daemon.stop_deadline",
             "stop deadline reached; unfinished deliveries stay pending and are re-sent on the next start"
         );
+    }
+    if let Some((cluster, task)) = leases {
+        leases_stop.cancel();
+        let _ = task.await;
+        crate::cluster::release(&cluster, &store).await;
     }
     // A clean stop leaves the state file whole on its own: what the write-ahead log holds is
     // moved into it (a copy of the file alone, or a process exit that beats the writer

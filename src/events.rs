@@ -332,6 +332,44 @@ pub(crate) fn endpoint_reenabled(url: &str) {
     );
 }
 
+pub(crate) fn lease_taken(chat: &str) {
+    tracing::info!(event = "lease.taken", chat = %mask(chat), "took the lease on a chat");
+}
+
+pub(crate) fn lease_lost(chat: &str) {
+    tracing::warn!(event = "lease.lost", chat = %mask(chat), "lost the lease on a chat (another instance holds it, or it expired): no longer polling it");
+}
+
+pub(crate) fn leases_changed(instance: &str, chats: usize, live: usize) {
+    tracing::info!(
+        event = "lease.changed",
+        instance,
+        chats,
+        live,
+        "this instance now polls {chats} chat(s); {live} instance(s) alive"
+    );
+}
+
+pub(crate) fn leases_released(n: usize) {
+    tracing::info!(
+        event = "lease.released",
+        leases = n,
+        "gave up {n} lease(s) for the other instances to take"
+    );
+}
+
+pub(crate) fn lease_cycle_failed(error: &str) {
+    tracing::error!(
+        event = "lease.cycle_failed",
+        "could not renew the leases (retried; the chats stop when they run out): {error}"
+    );
+}
+
+/// A commit refused because the chat's lease moved on while the poll ran.
+pub(crate) fn fenced(chat: &str) {
+    tracing::warn!(event = "lease.fenced", chat = %mask(chat), "commit refused: the lease on the chat was lost while the poll ran (another instance polls it now); nothing of this poll is kept");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,6 +68,46 @@ pub fn hit(name: &str) {
     }
 }
 
+/// The environment variable naming a pause point: `NAME:N:MS` makes the N-th pass through
+/// the named point wait MS milliseconds — the poller's `after_fetch` (a poll has its page) or
+/// `before_commit` (a poll has decided and holds its commit back) — so that a test can freeze
+/// the process (SIGSTOP) with a poll in flight.
+pub const PAUSE_ENV: &str = "CARTAT_PAUSE";
+
+/// How long to pause at `name` now, if this is the armed pass (says so on stderr).
+pub fn pause_for(name: &str) -> Option<std::time::Duration> {
+    struct Pause {
+        name: String,
+        nth: u64,
+        ms: u64,
+        hits: AtomicU64,
+    }
+    static PAUSE: OnceLock<Option<Pause>> = OnceLock::new();
+    let p = PAUSE
+        .get_or_init(|| {
+            let v = std::env::var(PAUSE_ENV).ok()?;
+            let mut parts = v.trim().splitn(3, ':');
+            let name = parts.next()?.to_string();
+            let nth = parts.next()?.parse().ok().filter(|n| *n > 0)?;
+            let ms = parts.next()?.parse().ok()?;
+            Some(Pause {
+                name,
+                nth,
+                ms,
+                hits: AtomicU64::new(0),
+            })
+        })
+        .as_ref()?;
+    if p.name != name || p.hits.fetch_add(1, Ordering::SeqCst) + 1 != p.nth {
+        return None;
+    }
+    eprintln!(
+        "cartat-rules: pause point `{name}` reached: pausing {} ms",
+        p.ms
+    );
+    Some(std::time::Duration::from_millis(p.ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

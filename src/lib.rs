@@ -16,6 +16,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -88,6 +88,9 @@ pub struct Metrics {
     messages: Family<Outcome, Counter>,
     matches: Family<[(&'static str, String); 1], Counter>,
     muted: Family<[(&'static str, String); 1], Counter>,
+    leases: Gauge,
+    lease_takeovers: Counter,
+    fenced: Counter,
     rule_errors: Family<[(&'static str, String); 1], Counter>,
     deliveries: Family<Outcome, Counter>,
     outbox_scans: Family<Outcome, Counter>,
@@ -149,6 +152,24 @@ impl Metrics {
         );
         let matches = Family::<[(&'static str, String); 1], Counter>::default();
         registry.register("rule_matches", "Rules fired, by rule id", matches.clone());
+        let leases = Gauge::default();
+        registry.register(
+            "leases",
+            "In a cluster: the chat leases this instance holds",
+            leases.clone(),
+        );
+        let lease_takeovers = Counter::default();
+        registry.register(
+            "lease_takeovers",
+            "In a cluster: leases this instance took (a chat new to it, from an instance gone or over its share)",
+            lease_takeovers.clone(),
+        );
+        let fenced = Counter::default();
+        registry.register(
+            "fenced_commits",
+            "In a cluster: poll commits refused because the chat's lease moved on while the poll ran",
+            fenced.clone(),
+        );
         let muted = Family::<[(&'static str, String); 1], Counter>::default();
         registry.register(
             "rule_muted",
@@ -243,6 +264,9 @@ impl Metrics {
             messages,
             matches,
             muted,
+            leases,
+            lease_takeovers,
+            fenced,
             rule_errors,
             deliveries,
             outbox_scans,
@@ -312,6 +336,21 @@ impl Metrics {
         self.matches
             .get_or_create(&[("rule", rule.to_string())])
             .inc();
+    }
+
+    /// In a cluster: how many leases this instance holds.
+    pub fn set_leases(&self, n: usize) {
+        self.leases.set(n as i64);
+    }
+
+    /// In a cluster: this instance took a lease.
+    pub fn lease_taken(&self) {
+        self.lease_takeovers.inc();
+    }
+
+    /// In a cluster: a commit was refused by its lease's fencing token.
+    pub fn fenced(&self) {
+        self.fenced.inc();
     }
 
     /// A silence muted a rule's firing.

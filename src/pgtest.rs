@@ -107,9 +107,13 @@ fn start() -> Result<Server, String> {
         });
     }
     let bin = bindir().ok_or("no PostgreSQL programs (initdb, pg_ctl) found")?;
-    let data = std::env::temp_dir().join(format!("cartat-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    // A folder no other test process has (a process id alone may come back).
+    let data = std::env::temp_dir().join(format!(
+        "cartat-pg-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir(&data).map_err(|e| format!("{}: {e}", data.display()))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let ok = Command::new("chown")

@@ -210,7 +210,19 @@ fn demo_with(config_path: &Path, scenario: Option<&Path>, duration: Duration, tm
             }
             s.cancel();
         });
-        crate::daemon::run(poller, dispatcher, running.reloader.clone(), shutdown).await;
+        let lease_loop = running
+            .lease_loop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        crate::daemon::run(
+            poller,
+            dispatcher,
+            running.reloader.clone(),
+            lease_loop,
+            shutdown,
+        )
+        .await;
         let received: usize = receivers.iter().map(|r| r.received().len()).sum();
         let st = &running.stats;
         println!(

@@ -66,7 +66,19 @@ pub(super) fn run(path: &Path, log: &LogArgs) -> u8 {
         if let Some(listener) = crate::daemon::bind_server(listen).await {
             crate::daemon::spawn_server(listener, &running, shutdown.clone());
         }
-        crate::daemon::run(poller, dispatcher, running.reloader.clone(), shutdown).await;
+        let lease_loop = running
+            .lease_loop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        crate::daemon::run(
+            poller,
+            dispatcher,
+            running.reloader.clone(),
+            lease_loop,
+            shutdown,
+        )
+        .await;
         0
     })
 }

@@ -46,7 +46,14 @@ pub(super) fn silence(config_path: &Path, action: SilenceAction) -> u8 {
                 }
             };
             let until_ms = match (for_, until) {
-                (Some(d), _) => now.saturating_add(d.as_millis() as i64),
+                (Some(d), _) if d.is_zero() => {
+                    eprintln!("cartat-rules: --for 0s mutes nothing; give a length, e.g. 2h");
+                    return 2;
+                }
+                (Some(d), _) => i64::try_from(d.as_millis())
+                    .ok()
+                    .and_then(|ms| now.checked_add(ms))
+                    .unwrap_or(i64::MAX),
                 (None, Some(s)) => s.saturating_mul(1000),
                 (None, None) => unreachable!("clap requires --for or --until"),
             };

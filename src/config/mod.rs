@@ -103,6 +103,9 @@ pub struct Config {
     pub state_path: PathBuf,
     /// `state.url`: a PostgreSQL database instead of the SQLite file.
     pub state_url: Option<SecretString>,
+    /// `cluster.lease_ttl`: this instance shares the database's chats with others (None: it
+    /// is the only daemon on its state).
+    pub cluster: Option<Duration>,
     pub rule_paths: Vec<PathBuf>,
     pub watch_rules: bool,
     /// A reload may leave no rule at all (`rules.allow_empty`).
@@ -347,6 +350,31 @@ fn compile(
             Some(SecretString::from(url))
         }
     };
+    let cluster = match &raw.cluster {
+        None => None,
+        Some(spec) => {
+            let ttl = spec
+                .value
+                .lease_ttl
+                .map(|t| t.0)
+                .unwrap_or(Duration::from_secs(15));
+            if state_url.is_none() {
+                d.push(Diagnostic::at(
+                    path,
+                    spec.referenced,
+                    "cluster: instances share their chats through a PostgreSQL database; set state.url",
+                ));
+            }
+            if ttl < Duration::from_secs(1) {
+                d.push(Diagnostic::at(
+                    path,
+                    spec.referenced,
+                    "cluster.lease_ttl: at least 1s (leases are renewed every third of it)",
+                ));
+            }
+            Some(ttl)
+        }
+    };
     let state_path = dir.join(
         state
             .path
@@ -529,6 +557,7 @@ fn compile(
         coalesce: poll.coalesce.map(|d| d.0).unwrap_or(DEFAULT_COALESCE),
         state_path,
         state_url,
+        cluster,
         rule_paths,
         watch_rules: rules.watch.unwrap_or(true),
         allow_empty_rules: rules.allow_empty.unwrap_or(false),
@@ -626,7 +655,7 @@ server:
             ),
             (
                 "  url: \"mysql://app:pw@db/c\"",
-                "state.url: `mysql://app@db/c` is not a PostgreSQL url",
+                "state.url: `mysql://db/…` is not a PostgreSQL url",
             ),
         ] {
             let e = from_str(Path::new("c.yaml"), &with(state), EnvMode::Required, &env)

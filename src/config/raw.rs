@@ -19,8 +19,11 @@ pub struct RawConfig {
     pub chats: Vec<Spanned<RawChat>>,
     /// Polling defaults.
     pub poll: Option<RawPoll>,
-    /// The embedded state store.
+    /// Where the state is kept: an SQLite file, or a PostgreSQL database.
     pub state: Option<RawState>,
+    /// Several instances sharing one PostgreSQL database (needs `state.url`).
+    #[schemars(with = "Option<RawCluster>")]
+    pub cluster: Option<Spanned<RawCluster>>,
     /// Where the rule files are.
     pub rules: Option<RawRules>,
     /// Webhook delivery.
@@ -166,6 +169,16 @@ pub struct RawPoll {
     /// Chats whose periodic polls fall within this window are polled together, so one
     /// wake-up serves them all (default 250ms; `0s` spreads every chat's polls evenly).
     pub coalesce: Option<HumanDuration>,
+}
+
+/// Several instances on one PostgreSQL database (`state.url`), sharing the chats through
+/// leases: each chat is polled by one live instance at a time, and taken over when it dies.
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// How long an instance's lease on a chat lasts without renewal (renewed every third of
+    /// it): how soon the chats of an instance that died are polled again (default 15s).
+    pub lease_ttl: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

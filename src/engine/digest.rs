@@ -174,6 +174,7 @@ pub async fn run(
     commits: crate::store::group::CommitQueue,
     rules: Arc<std::sync::RwLock<Arc<RuleSet>>>,
     wake: Arc<crate::outbox::dispatcher::Wake>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     shutdown: CancellationToken,
 ) {
     // Firings of a rule removed while this daemon was down may wait in the store: look once.
@@ -184,6 +185,13 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        // In a cluster, the instance that holds the lease on all chats seals (and sends).
+        if cluster
+            .as_ref()
+            .is_some_and(|c| c.token(crate::cluster::ALL).is_none())
+        {
+            continue;
         }
         let rules = rules.read().unwrap_or_else(|e| e.into_inner()).clone();
         let collecting = has_digests(&rules);

@@ -62,6 +62,9 @@ pub struct Poller {
     pub commits: CommitQueue,
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     pub wake_dispatcher: Arc<crate::outbox::dispatcher::Wake>,
+    /// In a cluster: this instance's leases (a poll's commit carries its chat's fencing token;
+    /// the chats come from the lease loop, not the config).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The silences in force, as the store had them at the last look (every second).
     pub silences: Arc<RwLock<Arc<Vec<crate::model::Silence>>>>,
     pub stats: Arc<Stats>,
@@ -104,7 +107,12 @@ struct Done {
 impl Poller {
     /// Polls until `shutdown`; in-flight polls finish (each bounded by the API timeout).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut chats = self.config.chats.clone();
+        // In a cluster the lease loop says which chats are this instance's: none until then.
+        let mut chats = if self.cluster.is_some() {
+            Vec::new()
+        } else {
+            self.config.chats.clone()
+        };
         let mut updates = self
             .chat_updates
             .lock()
@@ -258,12 +266,21 @@ impl Poller {
                 (0..chats.len()).find(|&i| !schedule.is_live(i) && chats[i].id == chat.id)
             {
                 schedule.revive(i, chat.interval, now);
+                // Read again from the store: another instance may have polled it meanwhile.
+                self.snapshots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(chat.id.as_str());
                 chats[i] = chat.clone();
                 failures[i] = 0;
                 self.metrics.revive_chat(i);
                 events::chat_watched(chat.id.as_str(), chat.interval);
                 continue;
             }
+            self.snapshots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(chat.id.as_str());
             let index = schedule.add(chat.interval, now);
             debug_assert_eq!(index, chats.len());
             chats.push(chat.clone());
@@ -371,6 +388,9 @@ impl Poller {
                 page?
             };
             crate::failpoint::hit("after_fetch");
+            if let Some(pause) = crate::failpoint::pause_for("after_fetch") {
+                tokio::time::sleep(pause).await;
+            }
             let mut snap = match snapshot.take() {
                 Some(s) => s,
                 None => self.load_snapshot(&chat_key).await?,
@@ -428,10 +448,25 @@ impl Poller {
             now_ms,
         );
         // A poll that changes nothing needs no write (most polls of idle chats).
-        if let Some(commit) = commit_of(&chat_key, &page, &d, &decision, &snapshot.state, now_ms) {
+        if let Some(mut commit) =
+            commit_of(&chat_key, &page, &d, &decision, &snapshot.state, now_ms)
+        {
+            // In a cluster: no lease (it ran out while the poll ran), no commit (-1 never matches).
+            commit.lease = self
+                .cluster
+                .as_ref()
+                .map(|c| c.token(&chat_key).unwrap_or(-1));
+            if let Some(pause) = crate::failpoint::pause_for("before_commit") {
+                tokio::time::sleep(pause).await;
+            }
             let (commit, result) = self.commits.commit(commit).await;
             if let Err(e) = result {
-                events::store_failed(&chat_key, &e);
+                if commit.lease.is_some() && e.contains("the lease on chat") {
+                    self.metrics.fenced();
+                    events::fenced(&chat_key);
+                } else {
+                    events::store_failed(&chat_key, &e);
+                }
                 return Err(PollError::Store(e));
             }
             snapshot.apply(&commit);

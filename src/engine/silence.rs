@@ -6,6 +6,9 @@
 //! chat rule's alert counts as sent (it does not fire again for the same spell once the
 //! silence ends), a threshold's count is spent. So the end of a silence sends nothing that
 //! happened during it: it neither replays nor loses a decision, it only muted its actions.
+//! A `rule.resolved` event is never muted: it closes an alert the receiver may hold open
+//! (one sent before the silence began); one that closes an alert a silence muted is sent
+//! all the same, and a receiver that never saw the alert can ignore it.
 
 use super::decide::Decision;
 use crate::model::Silence;
@@ -54,9 +57,6 @@ pub fn mute(d: &mut Decision, chat: &str, silences: &[Silence], now_ms: i64) {
     }
     for f in &d.script_firings {
         note(&f.rule_id, f.message_index, &mut muted);
-    }
-    for r in &d.resolved {
-        note(r, None, &mut muted);
     }
     if muted_rules.is_empty() {
         return;

@@ -124,6 +124,7 @@ mod tests {
                             .map(|(id, me, ts, fp)| (key(id, me), ts, fp))
                             .collect(),
                         deliveries: Vec::new(),
+                        lease: None,
                         digest_items: Vec::new(),
                         cooldowns: cooldowns
                             .into_iter()

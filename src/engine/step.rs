@@ -85,6 +85,7 @@ pub fn commit_of(
         chat_rules: decision.chat_rules.clone(),
         script_state: decision.script_state.clone(),
         first_seen: state.first_seen,
+        lease: None,
         now_ms,
     };
     let changes_nothing = state.known

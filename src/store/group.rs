@@ -63,9 +63,20 @@ pub struct CommitQueue {
 impl CommitQueue {
     /// Starts the writer task on `store`, on the runtime this is called from.
     pub fn start(store: Store) -> std::io::Result<CommitQueue> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
         let (jobs, queue) = mpsc::unbounded_channel::<Job>();
-        runtime.spawn(write_batches(store, queue));
+        if store.is_server() {
+            // A database server answers over the network: its round trips must not hold the
+            // daemon's one runtime thread, so its writer runs on a thread of its own.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name("cartat-writer".into())
+                .spawn(move || runtime.block_on(write_batches(store, queue)))?;
+        } else {
+            let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+            runtime.spawn(write_batches(store, queue));
+        }
         Ok(CommitQueue { jobs })
     }
 

@@ -64,7 +64,11 @@ impl Store {
     pub fn open_for(config: &crate::config::Config, daemon: bool) -> Result<Store, StoreError> {
         use secrecy::ExposeSecret;
         match &config.state_url {
-            Some(url) => postgres::Postgres::open(url.expose_secret(), daemon).map(Store::Postgres),
+            // In a cluster the instances share the database: leases, not a lock, keep them apart.
+            Some(url) => {
+                postgres::Postgres::open(url.expose_secret(), daemon && config.cluster.is_none())
+                    .map(Store::Postgres)
+            }
             None if daemon => Store::open(&config.state_path),
             None => Store::open_shared(&config.state_path),
         }
@@ -73,6 +77,45 @@ impl Store {
     /// Opens a PostgreSQL database (`postgres://…`); `daemon`: holding its daemon lock.
     pub fn open_postgres(url: &str, daemon: bool) -> Result<Store, StoreError> {
         postgres::Postgres::open(url, daemon).map(Store::Postgres)
+    }
+
+    /// In a cluster: limits the dispatcher's queries to `chats` until `until` (PostgreSQL).
+    pub fn set_scope(&self, scope: Option<(Vec<String>, std::time::Instant)>) {
+        if let Store::Postgres(p) = self {
+            p.set_scope(scope);
+        }
+    }
+
+    /// One lease cycle of a cluster instance (PostgreSQL only).
+    pub fn lease_cycle(
+        &self,
+        me: &str,
+        chats: &[String],
+        ttl_ms: i64,
+        joining: bool,
+    ) -> Result<postgres::LeaseView, StoreError> {
+        match self {
+            Store::Postgres(p) => p.lease_cycle(me, chats, ttl_ms, joining),
+            Store::Sqlite(_) => Err(StoreError::Postgres(
+                "a cluster needs its state in PostgreSQL (state.url)".into(),
+            )),
+        }
+    }
+
+    /// Gives up every lease of instance `me` (PostgreSQL only; nothing to do on SQLite).
+    pub fn release_all(&self, me: &str) -> Result<usize, StoreError> {
+        match self {
+            Store::Postgres(p) => p.release_all(me),
+            Store::Sqlite(_) => Ok(0),
+        }
+    }
+
+    /// The instances alive: (name, ms since it was last seen, leases held).
+    pub fn cluster_status(&self, ttl_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        match self {
+            Store::Postgres(p) => p.cluster_status(ttl_ms),
+            Store::Sqlite(_) => Ok(Vec::new()),
+        }
     }
 
     /// Whether the state lives in a database server (PostgreSQL) rather than a file.
@@ -124,7 +167,7 @@ impl Store {
         backend!(self, s => s.commit_polls(polls))
     }
 
-    /// The oldest pending row of each (chat, url), if it is due, oldest first.
+    /// Seals the digest windows that ended by `ended_by` (see the backends').
     pub fn seal_digests(
         &self,
         now_s: i64,
@@ -150,6 +193,7 @@ impl Store {
         backend!(self, s => s.pending_digest_items())
     }
 
+    /// The oldest pending row of each (chat, url), if it is due, oldest first.
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         backend!(self, s => s.due(now_ms, limit))
     }
@@ -260,6 +304,10 @@ pub enum StoreError {
     Broken { path: PathBuf, reason: String },
     #[error("cannot open the state file {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error(
+        "the lease on chat {chat} was lost (another instance holds it now, or it expired): this poll's commit is refused"
+    )]
+    Fenced { chat: String },
     #[error("state store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("state store (PostgreSQL): {0}")]
@@ -312,6 +360,9 @@ pub struct PollCommit {
     pub script_state: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
     /// Since when the chat is watched (unix seconds), stored on its first commit; 0: now.
     pub first_seen: i64,
+    /// In a cluster: the fencing token of this instance's lease on the chat. The commit is
+    /// refused ([`StoreError::Fenced`]) unless the lease still has it and has not expired.
+    pub lease: Option<i64>,
     pub now_ms: i64,
 }
 

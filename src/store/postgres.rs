@@ -62,12 +62,35 @@ CREATE TABLE IF NOT EXISTS digest_items (
 CREATE INDEX IF NOT EXISTS digest_items_by_end ON digest_items (window_end);
 CREATE TABLE IF NOT EXISTS digest_sealed (
     rule_id TEXT NOT NULL, grp TEXT NOT NULL, sealed_until BIGINT NOT NULL, PRIMARY KEY (rule_id, grp));
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY, seen_at BIGINT NOT NULL, started_at BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    chat_id TEXT PRIMARY KEY, owner TEXT, token BIGINT NOT NULL DEFAULT 0,
+    expires_at BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS silences (
     id BIGSERIAL PRIMARY KEY, rule_id TEXT, chat_id TEXT, until BIGINT NOT NULL,
     reason TEXT NOT NULL, created_at BIGINT NOT NULL);
 ";
 
+/// The database's clock in unix milliseconds: every instance measures leases by it, not by
+/// its own clock.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::BIGINT";
+
 type Job = Box<dyn FnOnce(&mut Client) + Send>;
+
+/// What one lease cycle found: the leases this instance holds (chat, fencing token), how many
+/// instances are alive, and what changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseView {
+    pub held: Vec<(String, i64)>,
+    pub live: usize,
+    pub taken: Vec<String>,
+    pub released: Vec<String>,
+}
+
+/// The chats the dispatcher may send for, and until when (this instance's clock): past it,
+/// nothing (a paused instance must not send for chats it may have lost).
+type Scope = std::sync::Arc<std::sync::RwLock<Option<(Vec<String>, std::time::Instant)>>>;
 
 /// The PostgreSQL store; cheap to clone, safe to share.
 #[derive(Clone)]
@@ -75,6 +98,8 @@ pub struct Postgres {
     jobs: mpsc::Sender<Job>,
     /// The url without its password, for messages.
     shown: PathBuf,
+    /// In a cluster: the chats whose outbox rows this instance sends (None: all of them).
+    scope: Scope,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -85,18 +110,51 @@ impl std::fmt::Debug for Postgres {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+/// A PostgreSQL url as messages show it: user, hosts, ports and database only — never a
+/// password, whether in `user:secret@` or in `?password=secret`, nor any other option.
 pub fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((user, host)) => {
-                let user = user.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}@{host}")
-            }
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+    let Ok(c) = url.parse::<::postgres::Config>() else {
+        // Not a url the client reads: the scheme and host part only, up to any `@` or `?`.
+        let (scheme, rest) = url.split_once("://").unwrap_or(("?", url));
+        let host = rest.rsplit('@').next().unwrap_or("");
+        let host = host.split(['?', '/']).next().unwrap_or("");
+        return format!("{scheme}://{host}/…");
+    };
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, port)| match h {
+            ::postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+            #[cfg(unix)]
+            ::postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        c.get_user().unwrap_or(""),
+        hosts.join(","),
+        c.get_dbname().unwrap_or("")
+    )
+}
+
+/// How the connection is made: the url's settings, with timeouts so that a database that
+/// stops answering fails a call instead of holding the daemon for the kernel's minutes.
+fn connect(url: &str) -> Result<Client, StoreError> {
+    let mut config: ::postgres::Config = url.parse().map_err(pg)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
     }
+    config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(30));
+    #[cfg(target_os = "linux")]
+    config.tcp_user_timeout(std::time::Duration::from_secs(30));
+    let mut client = config.connect(NoTls).map_err(pg)?;
+    // The server's notices ("already exists, skipping") are not the daemon's to log.
+    client
+        .batch_execute("SET client_min_messages TO warning")
+        .map_err(pg)?;
+    Ok(client)
 }
 
 /// The server's own words when it refused (`db error` alone says nothing), else the client's.
@@ -124,38 +182,48 @@ impl Postgres {
         std::thread::Builder::new()
             .name("cartat-postgres".into())
             .spawn(move || {
-                let mut client = match Client::connect(&url, NoTls) {
-                    Ok(c) => c,
+                let open = |first: bool| -> Result<Client, StoreError> {
+                    let mut client = connect(&url).map_err(|e| StoreError::Open {
+                        path: PathBuf::from(&shown_for_thread),
+                        reason: e.to_string(),
+                    })?;
+                    if first {
+                        migrate(&mut client)?;
+                    }
+                    if daemon {
+                        let held: bool = client
+                            .query_one("SELECT pg_try_advisory_lock($1)", &[&DAEMON_LOCK])
+                            .map_err(pg)?
+                            .get(0);
+                        if !held {
+                            return Err(StoreError::LockedDatabase {
+                                url: shown_for_thread.clone(),
+                            });
+                        }
+                    }
+                    Ok(client)
+                };
+                let mut client = match open(true) {
+                    Ok(c) => {
+                        let _ = ready.send(Ok(()));
+                        c
+                    }
                     Err(e) => {
-                        let _ = ready.send(Err(StoreError::Open {
-                            path: PathBuf::from(&shown_for_thread),
-                            reason: e.to_string(),
-                        }));
+                        let _ = ready.send(Err(e));
                         return;
                     }
                 };
-                let prepared = migrate(&mut client).and_then(|()| {
-                    if !daemon {
-                        return Ok(());
-                    }
-                    let held: bool = client
-                        .query_one("SELECT pg_try_advisory_lock($1)", &[&DAEMON_LOCK])
-                        .map_err(pg)?
-                        .get(0);
-                    if held {
-                        Ok(())
-                    } else {
-                        Err(StoreError::LockedDatabase {
-                            url: shown_for_thread.clone(),
-                        })
-                    }
-                });
-                let ok = prepared.is_ok();
-                let _ = ready.send(prepared);
-                if !ok {
-                    return;
-                }
                 while let Ok(job) = queue.recv() {
+                    // The server restarted or the network broke: connect again (taking the
+                    // daemon's lock again) before the job; if that fails, the job fails with it.
+                    if client.is_closed() {
+                        match open(false) {
+                            Ok(c) => client = c,
+                            Err(e) => {
+                                tracing::error!(event = "store.reconnect_failed", "the PostgreSQL connection was lost and could not be made again: {e}");
+                            }
+                        }
+                    }
                     job(&mut client);
                 }
             })
@@ -166,6 +234,7 @@ impl Postgres {
         Ok(Postgres {
             jobs,
             shown: PathBuf::from(shown),
+            scope: Scope::default(),
         })
     }
 
@@ -194,6 +263,169 @@ impl Postgres {
     pub(crate) fn execute_batch(&self, sql: &str) -> Result<(), StoreError> {
         let sql = sql.to_string();
         self.call(move |c| c.batch_execute(&sql).map_err(pg))
+    }
+
+    /// Limits the dispatcher's queries to `chats` until `until` (None: no limit).
+    pub fn set_scope(&self, scope: Option<(Vec<String>, std::time::Instant)>) {
+        *self.scope.write().unwrap_or_else(|e| e.into_inner()) = scope;
+    }
+
+    /// The chats the dispatcher may send for now (None: every chat).
+    fn scope_now(&self) -> Option<Vec<String>> {
+        match &*self.scope.read().unwrap_or_else(|e| e.into_inner()) {
+            None => None,
+            Some((chats, until)) if std::time::Instant::now() < *until => Some(chats.clone()),
+            Some(_) => Some(Vec::new()),
+        }
+    }
+
+    /// One lease cycle of instance `me`, in one transaction: says it is alive, renews the
+    /// leases it holds on `chats`, gives up what is over its share (only chats with nothing
+    /// pending in the outbox, so no delivery is in flight here when another instance takes
+    /// them) and, unless `joining`, takes free or expired ones up to its share (a fair share:
+    /// the chats over the instances alive, in random order, so instances that start together
+    /// do not all reach for the same chats). Leases last `ttl_ms` by the database's clock.
+    pub fn lease_cycle(
+        &self,
+        me: &str,
+        chats: &[String],
+        ttl_ms: i64,
+        joining: bool,
+    ) -> Result<LeaseView, StoreError> {
+        let me = me.to_string();
+        let chats = chats.to_vec();
+        self.call(move |c| {
+            let mut tx = c.transaction().map_err(pg)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO instances (id, seen_at, started_at) VALUES ($1, {NOW_MS}, {NOW_MS})
+                     ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
+                ),
+                &[&me],
+            )
+            .map_err(pg)?;
+            tx.execute(
+                "INSERT INTO leases (chat_id) SELECT unnest($1::TEXT[]) ON CONFLICT DO NOTHING",
+                &[&chats],
+            )
+            .map_err(pg)?;
+            let live: i64 = tx
+                .query_one(
+                    &format!("SELECT count(*) FROM instances WHERE seen_at > {NOW_MS} - $1::BIGINT"),
+                    &[&ttl_ms],
+                )
+                .map_err(pg)?
+                .get(0);
+            let live = live.max(1) as usize;
+            let share = chats.len().div_ceil(live);
+            // Chats no longer in the config are let go.
+            tx.execute(
+                "UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = $1 AND NOT (chat_id = ANY($2))",
+                &[&me, &chats],
+            )
+            .map_err(pg)?;
+            let mut held: Vec<(String, i64)> = tx
+                .query(
+                    &format!(
+                        "UPDATE leases SET expires_at = {NOW_MS} + $3::BIGINT
+                         WHERE owner = $1 AND expires_at > {NOW_MS} AND chat_id = ANY($2)
+                         RETURNING chat_id, token"
+                    ),
+                    &[&me, &chats, &ttl_ms],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let mut released = Vec::new();
+            if held.len() > share {
+                let over = (held.len() - share) as i64;
+                released = tx
+                    .query(
+                        "UPDATE leases SET owner = NULL, expires_at = 0 WHERE chat_id IN (
+                             SELECT l.chat_id FROM leases l WHERE l.owner = $1
+                               AND NOT EXISTS (SELECT 1 FROM outbox o
+                                               WHERE o.chat_id = l.chat_id AND o.state = 'pending')
+                             ORDER BY l.chat_id DESC LIMIT $2 FOR UPDATE)
+                         RETURNING chat_id",
+                        &[&me, &over],
+                    )
+                    .map_err(pg)?
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect();
+                held.retain(|(chat, _)| !released.contains(chat));
+            }
+            let mut taken = Vec::new();
+            if !joining && held.len() < share {
+                let want = (share - held.len()) as i64;
+                let got: Vec<(String, i64)> = tx
+                    .query(
+                        &format!(
+                            "UPDATE leases SET owner = $1, token = token + 1, expires_at = {NOW_MS} + $3::BIGINT
+                             WHERE chat_id IN (
+                                 SELECT chat_id FROM leases
+                                 WHERE chat_id = ANY($2) AND (owner IS NULL OR expires_at <= {NOW_MS})
+                                 ORDER BY random() LIMIT $4 FOR UPDATE SKIP LOCKED)
+                             RETURNING chat_id, token"
+                        ),
+                        &[&me, &chats, &ttl_ms, &want],
+                    )
+                    .map_err(pg)?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                taken = got.iter().map(|(c, _)| c.clone()).collect();
+                held.extend(got);
+            }
+            tx.execute(
+                &format!("DELETE FROM instances WHERE seen_at < {NOW_MS} - 10 * $1::BIGINT"),
+                &[&ttl_ms],
+            )
+            .map_err(pg)?;
+            tx.commit().map_err(pg)?;
+            held.sort();
+            Ok(LeaseView {
+                held,
+                live,
+                taken,
+                released,
+            })
+        })
+    }
+
+    /// Gives up every lease of `me` at once (a clean stop: the others take the chats over
+    /// without waiting for them to expire) and says it is gone.
+    pub fn release_all(&self, me: &str) -> Result<usize, StoreError> {
+        let me = me.to_string();
+        self.call(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = $1",
+                    &[&me],
+                )
+                .map_err(pg)?;
+            c.execute("DELETE FROM instances WHERE id = $1", &[&me])
+                .map_err(pg)?;
+            Ok(n as usize)
+        })
+    }
+
+    /// The instances alive and how many leases each holds, for `cluster status`.
+    pub fn cluster_status(&self, ttl_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT i.id, {NOW_MS} - i.seen_at,
+                                (SELECT count(*) FROM leases l WHERE l.owner = i.id AND l.expires_at > {NOW_MS})
+                         FROM instances i WHERE i.seen_at > {NOW_MS} - $1::BIGINT ORDER BY i.id"
+                    ),
+                    &[&ttl_ms],
+                )
+                .map_err(pg)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
     }
 
     pub fn load_chat(&self, chat_id: &str) -> Result<(ChatState, Memory), StoreError> {
@@ -310,6 +542,7 @@ impl Postgres {
         urls: &[String],
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let urls = urls.to_vec();
+        let scope = self.scope_now();
         self.call(move |c| {
             let rows = c
                 .query(
@@ -318,8 +551,14 @@ impl Postgres {
                        AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending'
                                        AND p.chat_id = o.chat_id AND p.url = o.url AND p.id < o.id)
                        AND NOT (o.url = ANY($3))
+                       AND ($4::TEXT[] IS NULL OR o.chat_id = ANY($4))
                      ORDER BY o.id LIMIT $2",
-                    &[&now_ms as &(dyn ToSql + Sync), &(limit as i64), &urls],
+                    &[
+                        &now_ms as &(dyn ToSql + Sync),
+                        &(limit as i64),
+                        &urls,
+                        &scope,
+                    ],
                 )
                 .map_err(pg)?;
             Ok(rows.iter().map(row).collect())
@@ -327,7 +566,10 @@ impl Postgres {
     }
 
     pub fn heads(&self, groups: &[(String, String)]) -> Result<Vec<OutboxRow>, StoreError> {
-        let groups = groups.to_vec();
+        let mut groups = groups.to_vec();
+        if let Some(scope) = self.scope_now() {
+            groups.retain(|(chat, _)| scope.contains(chat));
+        }
         self.call(move |c| {
             let stmt = c
                 .prepare(
@@ -346,13 +588,15 @@ impl Postgres {
     }
 
     pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        self.call(|c| {
+        let scope = self.scope_now();
+        self.call(move |c| {
             Ok(c.query_one(
                 "SELECT MIN(o.next_attempt_at) FROM outbox o
                  WHERE o.state = 'pending'
                    AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending'
-                                   AND p.chat_id = o.chat_id AND p.url = o.url AND p.id < o.id)",
-                &[],
+                                   AND p.chat_id = o.chat_id AND p.url = o.url AND p.id < o.id)
+                   AND ($1::TEXT[] IS NULL OR o.chat_id = ANY($1))",
+                &[&scope],
             )
             .map_err(pg)?
             .get(0))
@@ -446,12 +690,14 @@ impl Postgres {
         ended_by: i64,
         seal: &mut SealFn<'_>,
     ) -> Result<Vec<SealedDigest>, StoreError> {
-        let windows: Vec<(DigestWindow, i64, Vec<String>)> = self.call(move |c| {
+        type Read = (DigestWindow, i64, Vec<String>, Vec<(String, String)>);
+        let windows: Vec<Read> = self.call(move |c| {
             let mut out = Vec::new();
             for r in c
                 .query(
-                    "SELECT DISTINCT rule_id, grp, window_start, window_secs FROM digest_items
-                     WHERE window_end <= $1 ORDER BY window_start, rule_id, grp",
+                    "SELECT rule_id, grp, window_start, window_secs FROM digest_items
+                     WHERE window_end <= $1 GROUP BY rule_id, grp, window_start, window_secs
+                     ORDER BY window_start, rule_id COLLATE \"C\", grp COLLATE \"C\"",
                     &[&ended_by],
                 )
                 .map_err(pg)?
@@ -462,53 +708,75 @@ impl Postgres {
                     window_start: r.get(2),
                     window_secs: r.get(3),
                 };
-                let key: [&(dyn ToSql + Sync); 3] = [&w.rule_id, &w.group, &w.window_start];
+                let key: [&(dyn ToSql + Sync); 4] =
+                    [&w.rule_id, &w.group, &w.window_start, &w.window_secs];
                 let count: i64 = c
                     .query_one(
-                        "SELECT count(*) FROM digest_items WHERE rule_id = $1 AND grp = $2 AND window_start = $3",
+                        "SELECT count(*) FROM digest_items
+                         WHERE rule_id = $1 AND grp = $2 AND window_start = $3 AND window_secs = $4",
                         &key,
                     )
                     .map_err(pg)?
                     .get(0);
-                let items: Vec<String> = c
+                let mut items = Vec::new();
+                let mut keys = Vec::new();
+                for r in c
                     .query(
-                        "SELECT item FROM digest_items WHERE rule_id = $1 AND grp = $2 AND window_start = $3
-                         ORDER BY fired_at, chat_id, item_key LIMIT $4",
-                        &[&w.rule_id, &w.group, &w.window_start, &(DIGEST_LISTED_MAX as i64)],
+                        "SELECT item, chat_id, item_key FROM digest_items
+                         WHERE rule_id = $1 AND grp = $2 AND window_start = $3 AND window_secs = $4
+                         ORDER BY fired_at, chat_id COLLATE \"C\", item_key COLLATE \"C\"",
+                        &key,
                     )
                     .map_err(pg)?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                out.push((w, count, items));
+                {
+                    if items.len() < DIGEST_LISTED_MAX {
+                        items.push(r.get::<_, String>(0));
+                    }
+                    keys.push((r.get::<_, String>(1), r.get::<_, String>(2)));
+                }
+                let count = count.max(keys.len() as i64);
+                out.push((w, count, items, keys));
             }
             Ok(out)
         })?;
         if windows.is_empty() {
             return Ok(Vec::new());
         }
-        let made: Vec<(DigestWindow, usize, Vec<Delivery>)> = windows
+        type Made = (DigestWindow, usize, Vec<Delivery>, Vec<(String, String)>);
+        let made: Vec<Made> = windows
             .into_iter()
-            .map(|(w, count, items)| {
+            .map(|(w, count, items, keys)| {
                 let d = seal(&w, &items, count as usize);
-                (w, count as usize, d)
+                (w, count as usize, d, keys)
             })
             .collect();
         self.call(move |c| {
             let mut tx = c.transaction().map_err(pg)?;
             let mut sealed = Vec::with_capacity(made.len());
-            for (w, count, deliveries) in made {
-                let queued = queue(&mut tx, &deliveries, now_s * 1000)?;
-                tx.execute(
-                    "DELETE FROM digest_items WHERE rule_id = $1 AND grp = $2 AND window_start = $3",
-                    &[&w.rule_id, &w.group, &w.window_start],
-                )
-                .map_err(pg)?;
+            for (w, count, deliveries, keys) in made {
+                let end = w.window_start + w.window_secs;
+                // Sealed first, under the exclusive lock a committing firing waits for.
                 tx.execute(
                     "INSERT INTO digest_sealed (rule_id, grp, sealed_until) VALUES ($1, $2, $3)
                      ON CONFLICT (rule_id, grp) DO UPDATE
                      SET sealed_until = GREATEST(digest_sealed.sealed_until, excluded.sealed_until)",
-                    &[&w.rule_id, &w.group, &(w.window_start + w.window_secs)],
+                    &[&w.rule_id, &w.group, &end],
+                )
+                .map_err(pg)?;
+                let queued = queue(&mut tx, &deliveries, now_s * 1000)?;
+                let (chats, items): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+                tx.execute(
+                    "DELETE FROM digest_items
+                     WHERE rule_id = $1 AND grp = $2 AND window_start = $3 AND window_secs = $6
+                       AND (chat_id, item_key) IN (SELECT * FROM unnest($4::TEXT[], $5::TEXT[]))",
+                    &[&w.rule_id, &w.group, &w.window_start, &chats, &items, &w.window_secs],
+                )
+                .map_err(pg)?;
+                // A firing another instance committed after the read: the next window's.
+                tx.execute(
+                    "UPDATE digest_items SET window_start = $4, window_end = $4 + window_secs
+                     WHERE rule_id = $1 AND grp = $2 AND window_start = $3 AND window_secs = $5",
+                    &[&w.rule_id, &w.group, &w.window_start, &end, &w.window_secs],
                 )
                 .map_err(pg)?;
                 sealed.push(SealedDigest {
@@ -585,6 +853,19 @@ impl Postgres {
 
 /// Creates or upgrades the schema, one instance at a time.
 fn migrate(c: &mut Client) -> Result<(), StoreError> {
+    // Up to date already (the common case, and every command beside a daemon): no DDL, so no
+    // lock on the daemon's tables.
+    let current: Option<i64> = c
+        .query_opt(
+            "SELECT max(version) FROM cartat_schema WHERE to_regclass('cartat_schema') IS NOT NULL",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .and_then(|r| r.get(0));
+    if current == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
     let mut tx = c.transaction().map_err(pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(pg)?;
@@ -696,6 +977,23 @@ fn memory_of(c: &mut Client, chat: &str) -> Result<Memory, StoreError> {
 
 /// The rows of one poll (as SQLite's `write_poll`).
 fn write_poll(tx: &mut Transaction<'_>, c: &PollCommit) -> Result<usize, StoreError> {
+    // Fencing: the lease must still carry this token and not have expired; the row stays
+    // locked until the commit, so no other instance takes the chat in between.
+    if let Some(token) = c.lease {
+        let held = tx
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM leases WHERE chat_id = $1 AND token = $2 AND expires_at > {NOW_MS} FOR UPDATE"
+                ),
+                &[&c.chat_id, &token],
+            )
+            .map_err(pg)?;
+        if held.is_none() {
+            return Err(StoreError::Fenced {
+                chat: c.chat_id.clone(),
+            });
+        }
+    }
     let now_s = c.now_ms / 1000;
     let first_seen = if c.first_seen > 0 {
         c.first_seen
@@ -774,11 +1072,21 @@ fn write_poll(tx: &mut Transaction<'_>, c: &PollCommit) -> Result<usize, StoreEr
         }
     }
     for it in &c.digest_items {
+        // The window's sealed mark is read under a share lock (created first if missing), and
+        // sealing takes it exclusively: a firing lands in a window before it is sealed, or in
+        // the next one, whatever instance commits it.
+        tx.execute(
+            "INSERT INTO digest_sealed (rule_id, grp, sealed_until) VALUES ($1, $2, 0)
+             ON CONFLICT (rule_id, grp) DO NOTHING",
+            &[&it.rule_id, &it.group],
+        )
+        .map_err(pg)?;
         tx.execute(
             "INSERT INTO digest_items (rule_id, grp, window_start, window_secs, window_end, chat_id, item_key, fired_at, item)
              SELECT $1::TEXT, $2::TEXT, w, $4::BIGINT, w + $4::BIGINT, $5::TEXT, $6::TEXT, $7::BIGINT, $8::TEXT
              FROM (SELECT GREATEST($3::BIGINT, coalesce(
-                 (SELECT sealed_until FROM digest_sealed WHERE rule_id = $1::TEXT AND grp = $2::TEXT), $3::BIGINT)) AS w) AS x
+                 (SELECT sealed_until FROM digest_sealed WHERE rule_id = $1::TEXT AND grp = $2::TEXT FOR SHARE),
+                 $3::BIGINT)) AS w) AS x
              ON CONFLICT (rule_id, chat_id, item_key) DO NOTHING",
             &[
                 &it.rule_id,

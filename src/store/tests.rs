@@ -42,6 +42,7 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
             low_water: 0,
             seen: vec![(key("a"), 100, 7)],
             deliveries: vec![delivery("d1", "c@c.us", "http://x/")],
+            lease: None,
             digest_items: Vec::new(),
             cooldowns: vec![("r".into(), 5_000_000_000)],
             thresholds: vec![("t".into(), vec![1, 2])],
@@ -632,9 +633,11 @@ fn a_second_daemon_on_the_same_postgres_database_is_refused_and_a_command_is_not
         return;
     };
     let first = Store::open_postgres(&url, true).unwrap();
-    let e = Store::open_postgres(&url, true).unwrap_err();
+    // The same database, with a password the server does not ask for (trust): never shown.
+    let with_password = format!("{url}?password=s3cret");
+    let e = Store::open_postgres(&with_password, true).unwrap_err();
     assert!(matches!(e, StoreError::LockedDatabase { .. }), "{e}");
-    assert!(!e.to_string().contains("secret"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
     // `outbox list` and `silence` beside the daemon.
     let beside = Store::open_postgres(&url, false).unwrap();
     assert!(beside.list(None, 10).unwrap().is_empty());
@@ -663,6 +666,11 @@ fn a_postgres_url_s_password_is_never_shown() {
         postgres::redacted("postgres://app@db:5432/c"),
         "postgres://app@db:5432/c"
     );
+    assert_eq!(
+        postgres::redacted("postgres://app@db/c?password=s3cret&sslmode=disable"),
+        "postgres://app@db:5432/c"
+    );
+    assert!(!postgres::redacted("postgres://app:s3cret@[bad").contains("s3cret"));
     let e = Store::open_postgres("postgres://app:s3cret@127.0.0.1:1/cartat", true).unwrap_err();
     assert!(!e.to_string().contains("s3cret"), "{e}");
     assert!(

@@ -3,6 +3,7 @@
 
 mod borders;
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod deploy;

@@ -280,28 +280,34 @@ impl Sqlite {
         let _open = Open(&conn);
         let mut sealed = Vec::with_capacity(windows.len());
         for w in windows {
-            let key = params![w.rule_id, w.group, w.window_start];
             let count: i64 = conn
                 .prepare_cached(
-                    "SELECT count(*) FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3",
+                    "SELECT count(*) FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3 AND window_secs = ?4",
                 )?
-                .query_row(key, |r| r.get(0))?;
+                .query_row(params![w.rule_id, w.group, w.window_start, w.window_secs], |r| r.get(0))?;
             let items: Vec<String> = conn
                 .prepare_cached(
                     "SELECT item FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3
+                       AND window_secs = ?5
                      ORDER BY fired_at, chat_id, item_key LIMIT ?4",
                 )?
                 .query_map(
-                    params![w.rule_id, w.group, w.window_start, DIGEST_LISTED_MAX as i64],
+                    params![
+                        w.rule_id,
+                        w.group,
+                        w.window_start,
+                        DIGEST_LISTED_MAX as i64,
+                        w.window_secs
+                    ],
                     |r| r.get(0),
                 )?
                 .collect::<Result<_, _>>()?;
             let deliveries = seal(&w, &items, count as usize);
             let queued = Self::queue(&conn, &deliveries, now_s * 1000)?;
             conn.prepare_cached(
-                "DELETE FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3",
+                "DELETE FROM digest_items WHERE rule_id = ?1 AND grp = ?2 AND window_start = ?3 AND window_secs = ?4",
             )?
-            .execute(key)?;
+            .execute(params![w.rule_id, w.group, w.window_start, w.window_secs])?;
             conn.prepare_cached(
                 "INSERT INTO digest_sealed (rule_id, grp, sealed_until) VALUES (?1, ?2, ?3)
                  ON CONFLICT DO UPDATE SET sealed_until = max(sealed_until, excluded.sealed_until)",
