@@ -29,7 +29,7 @@ pub struct Running {
     pub(crate) reloader: Arc<crate::reload::Reloader>,
     /// The admin API's token (`server.admin_token`); None: the admin API is off.
     pub(crate) admin_token: Option<secrecy::SecretString>,
-    /// In a cluster: the lease loop, taken by [`run`].
+    /// In a cluster: the lease loop, taken by the daemon's `run`.
     pub lease_loop: std::sync::Mutex<Option<LeaseLoop>>,
 }
 
@@ -156,7 +156,7 @@ pub fn prepare(
     ))
 }
 
-/// The lease loop's channels, until [`run`] starts it (in a cluster).
+/// The lease loop's channels, until the daemon's `run` starts it (in a cluster).
 pub struct LeaseLoop {
     cluster: Arc<crate::cluster::Cluster>,
     reloads: tokio::sync::mpsc::UnboundedReceiver<crate::engine::poller::ChatsUpdate>,
