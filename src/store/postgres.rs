@@ -337,8 +337,22 @@ impl Postgres {
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            // Instances alive (heard from in the last half of a lease's life: not one that just
+            // died) that hold less than their share: what is over ours goes to them.
+            let needy: i64 = tx
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM instances i
+                         WHERE i.id <> $1 AND i.seen_at > {NOW_MS} - $2::BIGINT / 2
+                           AND (SELECT count(*) FROM leases l
+                                WHERE l.owner = i.id AND l.expires_at > {NOW_MS}) < $3"
+                    ),
+                    &[&me, &ttl_ms, &(share as i64)],
+                )
+                .map_err(pg)?
+                .get(0);
             let mut released = Vec::new();
-            if held.len() > share {
+            if held.len() > share && needy > 0 {
                 let over = (held.len() - share) as i64;
                 released = tx
                     .query(
@@ -357,8 +371,26 @@ impl Postgres {
                 held.retain(|(chat, _)| !released.contains(chat));
             }
             let mut taken = Vec::new();
-            if !joining && held.len() < share {
-                let want = (share - held.len()) as i64;
+            if !joining {
+                // Up to our share; and every chat nobody holds, over it if need be (an instance
+                // that died still counts as alive for a while, and its chats must not wait for
+                // that): the over-share goes back when an instance needs it.
+                let want = if held.len() < share {
+                    (share - held.len()) as i64
+                } else {
+                    0
+                };
+                let free: i64 = tx
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM leases
+                             WHERE chat_id = ANY($1) AND (owner IS NULL OR expires_at <= {NOW_MS})"
+                        ),
+                        &[&chats],
+                    )
+                    .map_err(pg)?
+                    .get(0);
+                let want = if needy > 0 { want } else { want.max(free) };
                 let got: Vec<(String, i64)> = tx
                     .query(
                         &format!(
