@@ -93,6 +93,7 @@ pub async fn run(
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
+    metrics.set_instance(&cluster.me);
     let mut joining = true;
     let mut last: Option<(Vec<String>, usize)> = None;
     let mut failing = false;

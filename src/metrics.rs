@@ -83,6 +83,8 @@ pub(crate) const UNHEALTHY_STORE_ERRORS: u32 = 3;
 /// The metrics and health of one daemon; share it behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
+    /// In a cluster: this instance's name (for `/healthz`).
+    instance: std::sync::OnceLock<String>,
     polls: Family<Outcome, Counter>,
     poll_duration: Histogram,
     messages: Family<Outcome, Counter>,
@@ -283,6 +285,7 @@ impl Metrics {
             rules_loaded: AtomicBool::new(false),
             rule_set: Default::default(),
             rule_set_info,
+            instance: std::sync::OnceLock::new(),
             store_errors_in_a_row: AtomicU32::new(0),
         }
     }
@@ -472,12 +475,21 @@ impl Metrics {
                 "state store: the last {errors} poll commits failed"
             ));
         }
+        let cluster = match self.instance.get() {
+            Some(me) => format!(", instance {me} holding {} lease(s)", self.leases.get()),
+            None => String::new(),
+        };
         Ok(format!(
-            "ok: {} chats watched, up {}s, rule set {}",
+            "ok: {} chats watched, up {}s, rule set {}{cluster}",
             self.chats.get(),
             (now_ms() - self.started_ms) / 1000,
             self.rule_set()
         ))
+    }
+
+    /// In a cluster: this instance's name, said by `/healthz`.
+    pub fn set_instance(&self, me: &str) {
+        let _ = self.instance.set(me.to_string());
     }
 
     /// The Prometheus text exposition, with the gauges read from the store just before and
@@ -614,5 +626,29 @@ mod tests {
         assert!(m.health(Ok(())).unwrap_err().contains("commits failed"));
         m.poll(0, PollOutcome::Ok, 0.0);
         assert!(m.health(Ok(())).is_ok(), "a successful commit heals");
+    }
+
+    #[test]
+    fn health_in_a_cluster_names_the_instance_and_its_leases() {
+        let m = Metrics::new(3);
+        m.set_rules_loaded(true);
+        assert!(!m.health(Ok(())).unwrap().contains("instance"));
+        m.set_instance("vm-42-abcd");
+        m.set_leases(2);
+        let text = m.health(Ok(())).unwrap();
+        assert!(
+            text.ends_with(", instance vm-42-abcd holding 2 lease(s)"),
+            "{text}"
+        );
+        m.lease_taken();
+        m.fenced();
+        let out = m.render(0, 0, None);
+        for line in [
+            "cartat_leases 2",
+            "cartat_lease_takeovers_total 1",
+            "cartat_fenced_commits_total 1",
+        ] {
+            assert!(out.contains(line), "{line} in\n{out}");
+        }
     }
 }

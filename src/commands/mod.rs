@@ -129,6 +129,15 @@ pub enum Command {
         #[command(subcommand)]
         action: SilenceAction,
     },
+    /// The instances of a cluster (`cluster:` with `state.url`): which are alive, when each was
+    /// last heard from, and how many chats each polls.
+    Cluster {
+        /// The config file (for `state.url` and `cluster.lease_ttl`).
+        #[arg(short, long, default_value = "cartat.yaml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Offline end-to-end demo: a built-in mock gateway, a local webhook receiver, and the
     /// engine on `rules/` with `examples/demo.yaml`; prints every fired action.
     Demo {
@@ -289,6 +298,12 @@ pub enum OutboxAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// List the instances alive and the chats each holds.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SilenceAction {
     /// Mute a rule, a chat, or a rule in a chat, for a while; prints the silence's id.
     Add {
@@ -443,6 +458,9 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Outbox { config, action } => outbox::outbox(&config, action),
         Command::Silence { config, action } => silence::silence(&config, action),
+        Command::Cluster { config, action } => match action {
+            ClusterAction::Status => silence::cluster_status(&config),
+        },
         Command::Demo {
             duration,
             config,

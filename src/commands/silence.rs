@@ -1,5 +1,7 @@
-//! `cartat-rules silence add|list|expire`: silences in the state file, next to a running daemon
-//! (which reads them every second) or without one (they are in force from its next start).
+//! `cartat-rules silence add|list|expire`: silences in the state, next to a running daemon
+//! (which reads them every second) or without one (they are in force from its next start);
+//! and `cartat-rules cluster status`, the other command that reads the state beside a daemon
+//! for operators.
 
 use super::SilenceAction;
 use crate::config::{self, EnvMode};
@@ -156,4 +158,49 @@ fn describe(s: &Silence) -> String {
         rfc3339(s.until_ms.div_euclid(1000)),
         s.reason
     )
+}
+
+/// `cartat-rules cluster status`: the instances alive, when each was last heard from, and how
+/// many leases each holds (the pseudo-chat `*` of the digests over all chats included).
+pub(super) fn cluster_status(config_path: &Path) -> u8 {
+    let config = match config::load(config_path, EnvMode::Optional) {
+        Ok((c, _)) => c,
+        Err(d) => {
+            eprint!("{d}");
+            return 1;
+        }
+    };
+    let Some(ttl) = config.cluster else {
+        eprintln!(
+            "cartat-rules: {} has no `cluster:` section: this daemon is alone on its state",
+            config_path.display()
+        );
+        return 1;
+    };
+    let store = match Store::open_for(&config, false) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cartat-rules: {e}");
+            return 1;
+        }
+    };
+    match store.cluster_status(ttl.as_millis() as i64) {
+        Ok(list) => {
+            let chats = config.chats.len() + 1;
+            let held: i64 = list.iter().map(|(_, _, n)| n).sum();
+            println!(
+                "{} instance(s) alive, {held} of {chats} lease(s) held (the chats and `*`, the digests of all chats)",
+                list.len()
+            );
+            println!("{:<40}  {:>10}  {:>6}", "instance", "last seen", "leases");
+            for (id, ago_ms, n) in list {
+                println!("{id:<40}  {:>8}ms  {n:>6}", ago_ms);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("cartat-rules: {e}");
+            1
+        }
+    }
 }

@@ -70,6 +70,15 @@ async fn an_instance_frozen_past_its_leases_commits_nothing_and_its_chats_go_on_
         },
     )
     .await;
+    let (code, out, err) = run_cli(
+        &["cluster", "status", "-c", cfg.to_str().unwrap()],
+        ws.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("2 instance(s) alive, 7 of 7 lease(s) held"),
+        "{out}"
+    );
 
     for c in &chats {
         gw.push_message(c, &format!("bot {c}"), false);
