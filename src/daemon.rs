@@ -30,7 +30,18 @@ pub struct Running {
     /// The admin API's token (`server.admin_token`); None: the admin API is off.
     pub(crate) admin_token: Option<secrecy::SecretString>,
     /// In a cluster: the lease loop, taken by the daemon's `run`.
-    pub lease_loop: std::sync::Mutex<Option<LeaseLoop>>,
+    lease_loop: std::sync::Mutex<Option<LeaseLoop>>,
+}
+
+impl Running {
+    /// The lease loop, for the caller of the daemon's `run` to hand over (once; None outside a
+    /// cluster).
+    pub fn take_lease_loop(&self) -> Option<LeaseLoop> {
+        self.lease_loop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 /// Opens the store (refusing a locked or broken one) and builds the parts.

@@ -210,16 +210,11 @@ fn demo_with(config_path: &Path, scenario: Option<&Path>, duration: Duration, tm
             }
             s.cancel();
         });
-        let lease_loop = running
-            .lease_loop
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
         crate::daemon::run(
             poller,
             dispatcher,
             running.reloader.clone(),
-            lease_loop,
+            running.take_lease_loop(),
             shutdown,
         )
         .await;

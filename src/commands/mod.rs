@@ -336,6 +336,35 @@ pub enum SilenceAction {
     },
 }
 
+/// The config at `path` and its state, opened beside a running daemon for a command that
+/// reads or changes it (`create`: an SQLite file the daemon has not made yet is created);
+/// None once the reason is on stderr.
+fn config_and_state(
+    path: &std::path::Path,
+    create: bool,
+) -> Option<(crate::config::Config, crate::store::Store)> {
+    use crate::store::Store;
+    let config = match crate::config::load(path, crate::config::EnvMode::Optional) {
+        Ok((c, _)) => c,
+        Err(d) => {
+            eprint!("{d}");
+            return None;
+        }
+    };
+    let store = if create && config.state_url.is_none() && !config.state_path.exists() {
+        Store::open(&config.state_path)
+    } else {
+        Store::open_for(&config, false)
+    };
+    match store {
+        Ok(s) => Some((config, s)),
+        Err(e) => {
+            eprintln!("cartat-rules: {e}");
+            None
+        }
+    }
+}
+
 /// Loads the rules `test` runs on (no network policy: nothing is sent), printing the warnings;
 /// `None` (the errors printed) when they do not load.
 fn load_rules_to_test(

@@ -1,22 +1,10 @@
 use super::OutboxAction;
-use crate::config::{self, EnvMode};
-use crate::store::{Requeue, Store};
+use crate::store::Requeue;
 use std::path::Path;
 
 pub(super) fn outbox(config_path: &Path, action: Option<OutboxAction>) -> u8 {
-    let config = match config::load(config_path, EnvMode::Optional) {
-        Ok((c, _)) => c,
-        Err(d) => {
-            eprint!("{d}");
-            return 1;
-        }
-    };
-    let store = match Store::open_for(&config, false) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cartat-rules: {e}");
-            return 1;
-        }
+    let Some((_, store)) = super::config_and_state(config_path, false) else {
+        return 1;
     };
     let now = jiff::Timestamp::now().as_millisecond();
     let result = match action.unwrap_or(OutboxAction::List {

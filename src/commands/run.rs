@@ -66,16 +66,11 @@ pub(super) fn run(path: &Path, log: &LogArgs) -> u8 {
         if let Some(listener) = crate::daemon::bind_server(listen).await {
             crate::daemon::spawn_server(listener, &running, shutdown.clone());
         }
-        let lease_loop = running
-            .lease_loop
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
         crate::daemon::run(
             poller,
             dispatcher,
             running.reloader.clone(),
-            lease_loop,
+            running.take_lease_loop(),
             shutdown,
         )
         .await;

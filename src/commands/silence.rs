@@ -4,32 +4,14 @@
 //! for operators.
 
 use super::SilenceAction;
-use crate::config::{self, EnvMode};
 use crate::gateway::model::ChatId;
 use crate::model::{Silence, rfc3339};
-use crate::store::Store;
 use std::path::Path;
 
 pub(super) fn silence(config_path: &Path, action: SilenceAction) -> u8 {
-    let config = match config::load(config_path, EnvMode::Optional) {
-        Ok((c, _)) => c,
-        Err(d) => {
-            eprint!("{d}");
-            return 1;
-        }
-    };
-    // The state file is created by the daemon's first start; a silence may come before it.
-    let store = if config.state_url.is_some() || config.state_path.exists() {
-        Store::open_for(&config, false)
-    } else {
-        Store::open(&config.state_path)
-    };
-    let store = match store {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cartat-rules: {e}");
-            return 1;
-        }
+    // A silence may come before the daemon's first start made the state file.
+    let Some((config, store)) = super::config_and_state(config_path, true) else {
+        return 1;
     };
     let now = jiff::Timestamp::now().as_millisecond();
     match action {
@@ -163,12 +145,8 @@ fn describe(s: &Silence) -> String {
 /// `cartat-rules cluster status`: the instances alive, when each was last heard from, and how
 /// many leases each holds (the pseudo-chat `*` of the digests over all chats included).
 pub(super) fn cluster_status(config_path: &Path) -> u8 {
-    let config = match config::load(config_path, EnvMode::Optional) {
-        Ok((c, _)) => c,
-        Err(d) => {
-            eprint!("{d}");
-            return 1;
-        }
+    let Some((config, store)) = super::config_and_state(config_path, false) else {
+        return 1;
     };
     let Some(ttl) = config.cluster else {
         eprintln!(
@@ -176,13 +154,6 @@ pub(super) fn cluster_status(config_path: &Path) -> u8 {
             config_path.display()
         );
         return 1;
-    };
-    let store = match Store::open_for(&config, false) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cartat-rules: {e}");
-            return 1;
-        }
     };
     match store.cluster_status(ttl.as_millis() as i64) {
         Ok(list) => {

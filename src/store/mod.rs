@@ -225,7 +225,13 @@ impl Store {
         record: &AttemptRecord,
         now_ms: i64,
     ) -> Result<(), String> {
-        backend!(self, s => s.record_attempt(id, record, now_ms))
+        let one = Outcome {
+            id,
+            record: record.clone(),
+            now_ms,
+            gone: None,
+        };
+        self.record_outcomes(&[&one]).remove(0).map(drop)
     }
 
     /// A 410: records the attempt, disables `url` under `fingerprint` and parks its other
@@ -238,7 +244,15 @@ impl Store {
         record: &AttemptRecord,
         now_ms: i64,
     ) -> Result<usize, String> {
-        backend!(self, s => s.disable_endpoint(id, url, fingerprint, record, now_ms))
+        let one = Outcome {
+            id,
+            record: record.clone(),
+            now_ms,
+            gone: Some((url.to_string(), fingerprint.to_string())),
+        };
+        self.record_outcomes(&[&one])
+            .remove(0)
+            .map(|parked| parked.unwrap_or(0))
     }
 
     /// Several attempts' outcomes in one transaction, each all or nothing on its own.

@@ -529,40 +529,6 @@ impl Postgres {
         .unwrap_or_else(|e| vec![Err(e.to_string()); n])
     }
 
-    pub fn record_attempt(
-        &self,
-        id: i64,
-        record: &AttemptRecord,
-        now_ms: i64,
-    ) -> Result<(), String> {
-        let one = Outcome {
-            id,
-            record: record.clone(),
-            now_ms,
-            gone: None,
-        };
-        self.record_outcomes(&[&one]).remove(0).map(drop)
-    }
-
-    pub fn disable_endpoint(
-        &self,
-        id: i64,
-        url: &str,
-        fingerprint: &str,
-        record: &AttemptRecord,
-        now_ms: i64,
-    ) -> Result<usize, String> {
-        let one = Outcome {
-            id,
-            record: record.clone(),
-            now_ms,
-            gone: Some((url.to_string(), fingerprint.to_string())),
-        };
-        self.record_outcomes(&[&one])
-            .remove(0)
-            .map(|parked| parked.unwrap_or(0))
-    }
-
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         self.due_excluding(now_ms, limit, &[])
     }

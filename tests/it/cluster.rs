@@ -4,7 +4,7 @@
 //! SIGKILLed at random lose and repeat nothing, and the gateway never sees more than the
 //! account's budget in a second.
 
-use crate::crash::use_postgres;
+use crate::crash::{every_planted_delivered, use_postgres};
 use crate::delivery::{spawn_with_env, wait_logged, write_config};
 use crate::support::*;
 use cartat_rules::store::Store;
@@ -237,17 +237,7 @@ async fn three_instances_killed_at_random_lose_and_repeat_nothing_within_the_bud
         "every planted message delivered",
         Duration::from_secs(90),
         any,
-        || {
-            let delivered: HashSet<String> = rx
-                .received()
-                .iter()
-                .filter(|r| (200..300).contains(&r.status))
-                .filter_map(|r| r.json()["message"]["id"].as_str().map(str::to_string))
-                .collect();
-            gw.planted()
-                .iter()
-                .all(|p| delivered.contains(&p.message_id))
-        },
+        || every_planted_delivered(&gw, &rx),
     )
     .await;
     // Every chat polled again after the last death: within a lease's life (its chats free),

@@ -296,15 +296,7 @@ async fn crash_loop(kills: usize) {
             if (gw.elapsed_ms() as u128) < traffic_end.as_millis() + 1_000 {
                 return false;
             }
-            let delivered: HashSet<String> = rx
-                .received()
-                .iter()
-                .filter(|r| (200..300).contains(&r.status))
-                .filter_map(|r| r.json()["message"]["id"].as_str().map(str::to_string))
-                .collect();
-            gw.planted()
-                .iter()
-                .all(|p| delivered.contains(&p.message_id))
+            every_planted_delivered(&gw, &rx)
         },
     )
     .await;
@@ -342,6 +334,22 @@ async fn crash_loop(kills: usize) {
         started.elapsed().as_secs_f64()
     );
     gw.shutdown().await;
+}
+
+/// Whether every message the mock planted reached the receiver with a 2xx.
+pub fn every_planted_delivered(
+    gw: &cartat_rules::mock::MockGateway,
+    rx: &cartat_rules::receiver::Receiver,
+) -> bool {
+    let delivered: HashSet<String> = rx
+        .received()
+        .iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .filter_map(|r| r.json()["message"]["id"].as_str().map(str::to_string))
+        .collect();
+    gw.planted()
+        .iter()
+        .all(|p| delivered.contains(&p.message_id))
 }
 
 struct Report {

@@ -91,23 +91,6 @@ impl Sqlite {
         Ok(conn.prepare_cached(NEXT_DUE)?.query_row([], |r| r.get(0))?)
     }
 
-    /// Records the outcome of one attempt: the row moves to `record.outcome` (never InFlight).
-    /// One [`Sqlite::record_outcomes`], as the store's writer does it.
-    pub fn record_attempt(
-        &self,
-        id: i64,
-        record: &AttemptRecord,
-        now_ms: i64,
-    ) -> Result<(), String> {
-        let one = Outcome {
-            id,
-            record: record.clone(),
-            now_ms,
-            gone: None,
-        };
-        self.record_outcomes(&[&one]).remove(0).map(drop)
-    }
-
     pub(super) fn write_outcome(
         conn: &Connection,
         id: i64,
@@ -133,29 +116,7 @@ impl Sqlite {
         Ok(())
     }
 
-    /// A 410: records the attempt (the row is dead, `gone`), disables `url` under the config
-    /// `fingerprint`, and parks every other pending row for that url as `gone` — one
-    /// transaction. Returns how many other rows were parked. One [`Sqlite::record_outcomes`].
-    pub fn disable_endpoint(
-        &self,
-        id: i64,
-        url: &str,
-        fingerprint: &str,
-        record: &AttemptRecord,
-        now_ms: i64,
-    ) -> Result<usize, String> {
-        let one = Outcome {
-            id,
-            record: record.clone(),
-            now_ms,
-            gone: Some((url.to_string(), fingerprint.to_string())),
-        };
-        self.record_outcomes(&[&one])
-            .remove(0)
-            .map(|parked| parked.unwrap_or(0))
-    }
-
-    /// [`Sqlite::disable_endpoint`]'s rows, inside the caller's transaction.
+    /// [`Store::disable_endpoint`]'s rows, inside the caller's transaction.
     pub(super) fn write_gone(
         tx: &Connection,
         id: i64,
@@ -181,8 +142,8 @@ impl Sqlite {
     }
 
     /// Records several attempts' outcomes in one transaction, each in its own savepoint (one
-    /// that fails is rolled back alone): what [`Sqlite::record_attempt`] and
-    /// [`Sqlite::disable_endpoint`] do one by one. For a 410 ([`Outcome::gone`]), the number of
+    /// that fails is rolled back alone): what [`Store::record_attempt`] and
+    /// [`Store::disable_endpoint`] do one by one. For a 410 ([`Outcome::gone`]), the number of
     /// other rows parked.
     pub fn record_outcomes(&self, outcomes: &[&Outcome]) -> Vec<Result<Option<usize>, String>> {
         self.in_savepoints(outcomes, None, |sp, o| match &o.gone {
