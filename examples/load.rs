@@ -57,6 +57,13 @@ struct Args {
     /// Seed of the synthetic traffic.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Keep the state in PostgreSQL (a throwaway server started for the run, as the tests do;
+    /// `CARTAT_TEST_POSTGRES_URL` names one instead) rather than an SQLite file.
+    #[arg(long)]
+    postgres: bool,
+    /// Run this many instances in a cluster on one PostgreSQL database (implies --postgres).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -71,11 +78,18 @@ struct Spec {
     message_limit: u32,
     scheduler: String,
     seed: u64,
+    postgres: bool,
+    instances: usize,
 }
 
 #[derive(Debug)]
 struct Report {
     spec: Spec,
+    /// Per instance: CPU seconds in the measured window, peak RSS (kB).
+    per_instance: Vec<(f64, u64)>,
+    /// PostgreSQL: transactions committed per second in the measured window, and the server's
+    /// CPU seconds in it (all its processes).
+    pg: Option<(f64, f64)>,
     cpu_total_s: f64,
     cpu_window_s: f64,
     wall_s: f64,
@@ -172,10 +186,29 @@ async fn run_one(spec: Spec, bin: &PathBuf) -> anyhow::Result<Report> {
         chats.push_str(&format!("  - \"{}\"\n", synthetic_chat_id(i)));
     }
     let burst = (spec.rate / 10).max(1);
+    let pg_url = if spec.postgres {
+        let url = tokio::task::spawn_blocking(cartat_rules::pgtest::database)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no PostgreSQL for --postgres (install it, or set CARTAT_TEST_POSTGRES_URL)"
+                )
+            })?;
+        Some(url)
+    } else {
+        None
+    };
+    let state = match &pg_url {
+        Some(url) if spec.instances > 1 => {
+            format!("state:\n  url: \"{url}\"\ncluster:\n  lease_ttl: 15s\n")
+        }
+        Some(url) => format!("state:\n  url: \"{url}\"\n"),
+        None => "state:\n  path: ./state/load.db\n".to_string(),
+    };
     let config = format!(
         "api:\n  base_url: {}\n  token: mock-token\n  timeout: 5s\n  rate_limit: {{ per_second: {}, burst: {burst} }}\n  message_limit: {}\n\
          chats:\n{chats}poll:\n  interval: {}\n  on_first_sight: replay_history\n  scheduler: {}\n\
-         state:\n  path: ./state/load.db\nrules:\n  paths: [./rules]\n  watch: false\n\
+         {state}rules:\n  paths: [./rules]\n  watch: false\n\
          webhooks:\n  allow_private_networks: [127.0.0.1/32]\nlog:\n  mask_phone_numbers: true\nserver:\n  listen: \"off\"\n",
         gw.base_url(),
         spec.rate,
@@ -186,23 +219,33 @@ async fn run_one(spec: Spec, bin: &PathBuf) -> anyhow::Result<Report> {
     let cfg = dir.path().join("cartat.yaml");
     std::fs::write(&cfg, config)?;
     let log_path = dir.path().join("daemon.log");
-    let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
-    let mut child = Command::new(bin)
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot start {}: {e} (build it: cargo build --release --bins)",
-                bin.display()
-            )
+    let mut children = Vec::new();
+    for i in 0..spec.instances.max(1) {
+        let log = std::fs::File::create(if i == 0 {
+            log_path.clone()
+        } else {
+            dir.path().join(format!("daemon-{i}.log"))
         })?;
-    let pid = child.id();
+        children.push(
+            Command::new(bin)
+                .args(["run", "-c"])
+                .arg(&cfg)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot start {}: {e} (build it: cargo build --release --bins)",
+                        bin.display()
+                    )
+                })?,
+        );
+    }
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let cpu_of = |pids: &[u32]| -> Vec<f64> { pids.iter().map(|p| proc_cpu_seconds(*p)).collect() };
     eprintln!(
         "[{}] {} chats, {:.0}% active, {} msg/s, budget {}/s, interval {}: warm-up {}s, traffic {}s (measured: the last {}s)",
         spec.scheduler,
@@ -218,10 +261,18 @@ async fn run_one(spec: Spec, bin: &PathBuf) -> anyhow::Result<Report> {
 
     let mock_start = Instant::now() - Duration::from_millis(gw.elapsed_ms());
     tokio::time::sleep_until((mock_start + Duration::from_secs(measure_from_s)).into()).await;
-    let cpu_before = proc_cpu_seconds(pid);
+    let cpu_before = cpu_of(&pids);
+    let pg_before = match &pg_url {
+        Some(url) => Some(pg_figures(url.clone()).await),
+        None => None,
+    };
     let polls_before = gw.requests().len();
     tokio::time::sleep_until((mock_start + Duration::from_secs(until_s)).into()).await;
-    let cpu_after_traffic = proc_cpu_seconds(pid);
+    let cpu_after_traffic = cpu_of(&pids);
+    let pg_after = match &pg_url {
+        Some(url) => Some(pg_figures(url.clone()).await),
+        None => None,
+    };
     let polls_after = gw.requests().len();
     // Drain: the last messages of quiet chats may wait up to one interval.
     let drain = spec.interval + Duration::from_secs(5);
@@ -239,13 +290,30 @@ async fn run_one(spec: Spec, bin: &PathBuf) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu_total_s = proc_cpu_seconds(pid);
-    let peak_rss_kb = proc_status_kb(pid, "VmHWM:");
+    let cpu_total_s: f64 = cpu_of(&pids).iter().sum();
+    let rss: Vec<u64> = pids.iter().map(|p| proc_status_kb(*p, "VmHWM:")).collect();
+    let peak_rss_kb = rss.iter().copied().max().unwrap_or(0);
     let wall_s = started.elapsed().as_secs_f64();
-    unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
+    for pid in &pids {
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGTERM);
+        }
     }
-    let _ = child.wait();
+    for mut child in children {
+        let _ = child.wait();
+    }
+    let per_instance: Vec<(f64, u64)> = cpu_after_traffic
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, b)| a - b)
+        .zip(rss)
+        .collect();
+    let pg = match (pg_before, pg_after) {
+        (Some((c0, t0)), Some((c1, t1))) => {
+            Some(((c1 - c0) as f64 / spec.duration.as_secs_f64(), t1 - t0))
+        }
+        _ => None,
+    };
 
     let mut by_id: HashMap<String, Vec<i64>> = HashMap::new();
     for r in rx.received() {
@@ -274,7 +342,9 @@ async fn run_one(spec: Spec, bin: &PathBuf) -> anyhow::Result<Report> {
     let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
     let report = Report {
         cpu_total_s,
-        cpu_window_s: cpu_after_traffic - cpu_before,
+        cpu_window_s: per_instance.iter().map(|(c, _)| c).sum(),
+        per_instance,
+        pg,
         wall_s,
         peak_rss_kb,
         polls_per_s: (polls_after - polls_before) as f64 / spec.duration.as_secs_f64(),
@@ -300,6 +370,51 @@ async fn run_one(spec: Spec, bin: &PathBuf) -> anyhow::Result<Report> {
         );
     }
     Ok(report)
+}
+
+/// The test server's committed transactions (its database, all sessions) and the CPU seconds of
+/// all its processes so far.
+async fn pg_figures(url: String) -> (i64, f64) {
+    tokio::task::spawn_blocking(move || {
+        let commits = postgres::Client::connect(&url, postgres::NoTls)
+            .and_then(|mut c| {
+                c.query_one(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                    &[],
+                )
+            })
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        // The server's processes: the postmaster of the test server and its children.
+        let cpu = cartat_rules::pgtest::server()
+            .and_then(|s| s.local())
+            .and_then(|(data, _)| std::fs::read_to_string(data.join("postmaster.pid")).ok())
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+            .map(|master| {
+                let mut total = proc_cpu_seconds(master);
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                        continue;
+                    };
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+                    if rest
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.parse::<u32>().ok())
+                        == Some(master)
+                    {
+                        total += proc_cpu_seconds(pid);
+                    }
+                }
+                total
+            })
+            .unwrap_or(f64::NAN);
+        (commits, cpu)
+    })
+    .await
+    .unwrap_or((0, f64::NAN))
 }
 
 fn print(r: &Report) {
@@ -328,6 +443,21 @@ fn print(r: &Report) {
         r.peak_rss_kb as f64 / 1024.0
     );
     println!("polls per second      {:.1}", r.polls_per_s);
+    if r.per_instance.len() > 1 {
+        for (i, (cpu, rss)) in r.per_instance.iter().enumerate() {
+            println!(
+                "instance {i}            {cpu:.2} s CPU in the measured window ({:.1}% of one core), peak RSS {:.1} MB",
+                100.0 * cpu / traffic,
+                *rss as f64 / 1024.0
+            );
+        }
+    }
+    if let Some((commits, cpu)) = r.pg {
+        println!(
+            "PostgreSQL            {commits:.1} transactions committed per second; the server's CPU {cpu:.2} s in the measured window ({:.2} ms per transaction)",
+            1000.0 * cpu / (commits * traffic).max(1.0)
+        );
+    }
     println!(
         "detection latency     p50 {:.0} ms, mean {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} messages in the measured window)",
         r.p50_ms, r.mean_ms, r.p99_ms, r.max_ms, r.measured
@@ -359,6 +489,8 @@ fn spec(args: &Args, scheduler: &str, compare: bool) -> Spec {
         message_limit: args.message_limit,
         scheduler: scheduler.to_string(),
         seed: args.seed,
+        postgres: args.postgres || args.instances > 1,
+        instances: args.instances.max(1),
     }
 }
 

@@ -5,6 +5,8 @@
 #   scripts/load-test.sh                          # 10,000 chats, 5% active, 500 req/s, 60 s measured
 #   scripts/load-test.sh --compare-scheduling     # round_robin vs adaptive, 1,000 chats, 50 req/s
 #   scripts/load-test.sh --chats 2000 --rate 100 --duration 30
+#   scripts/load-test.sh --postgres               # the state in a throwaway PostgreSQL server
+#   scripts/load-test.sh --instances 3            # three instances in a cluster on it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins --examples
