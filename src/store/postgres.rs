@@ -76,7 +76,121 @@ CREATE TABLE IF NOT EXISTS silences (
 /// its own clock.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::BIGINT";
 
-type Job = Box<dyn FnOnce(&mut Client) + Send>;
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// Query parameters, as the client takes them.
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+/// The connection and its prepared statements: each SQL text is prepared once per connection
+/// (a statement given as text is otherwise prepared on every call, a round trip of its own).
+struct Conn {
+    client: Client,
+    cache: HashMap<String, ::postgres::Statement>,
+}
+
+/// The statement for `sql`, prepared on `client` the first time.
+fn prepared<C: ::postgres::GenericClient>(
+    client: &mut C,
+    cache: &mut HashMap<String, ::postgres::Statement>,
+    sql: &str,
+) -> Result<::postgres::Statement, ::postgres::Error> {
+    if let Some(s) = cache.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = client.prepare(sql)?;
+    cache.insert(sql.to_string(), s.clone());
+    Ok(s)
+}
+
+impl Conn {
+    fn query(
+        &mut self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<Vec<::postgres::Row>, ::postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.cache, sql)?;
+        self.client.query(&s, p)
+    }
+    fn query_one(
+        &mut self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<::postgres::Row, ::postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.cache, sql)?;
+        self.client.query_one(&s, p)
+    }
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<Option<::postgres::Row>, ::postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.cache, sql)?;
+        self.client.query_opt(&s, p)
+    }
+    fn execute(&mut self, sql: &str, p: Params<'_>) -> Result<u64, ::postgres::Error> {
+        let s = prepared(&mut self.client, &mut self.cache, sql)?;
+        self.client.execute(&s, p)
+    }
+    #[cfg(test)]
+    fn batch_execute(&mut self, sql: &str) -> Result<(), ::postgres::Error> {
+        self.client.batch_execute(sql)
+    }
+    fn transaction(&mut self) -> Result<Tx<'_>, ::postgres::Error> {
+        Ok(Tx {
+            tx: self.client.transaction()?,
+            cache: &mut self.cache,
+        })
+    }
+}
+
+/// A transaction (or savepoint) of a [`Conn`], with its statements.
+struct Tx<'a> {
+    tx: Transaction<'a>,
+    cache: &'a mut HashMap<String, ::postgres::Statement>,
+}
+
+impl Tx<'_> {
+    fn query(
+        &mut self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<Vec<::postgres::Row>, ::postgres::Error> {
+        let s = prepared(&mut self.tx, self.cache, sql)?;
+        self.tx.query(&s, p)
+    }
+    fn query_one(
+        &mut self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<::postgres::Row, ::postgres::Error> {
+        let s = prepared(&mut self.tx, self.cache, sql)?;
+        self.tx.query_one(&s, p)
+    }
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<Option<::postgres::Row>, ::postgres::Error> {
+        let s = prepared(&mut self.tx, self.cache, sql)?;
+        self.tx.query_opt(&s, p)
+    }
+    fn execute(&mut self, sql: &str, p: Params<'_>) -> Result<u64, ::postgres::Error> {
+        let s = prepared(&mut self.tx, self.cache, sql)?;
+        self.tx.execute(&s, p)
+    }
+    fn savepoint(&mut self, name: &str) -> Result<Tx<'_>, ::postgres::Error> {
+        Ok(Tx {
+            tx: self.tx.savepoint(name)?,
+            cache: &mut *self.cache,
+        })
+    }
+    fn commit(self) -> Result<(), ::postgres::Error> {
+        self.tx.commit()
+    }
+    fn rollback(self) -> Result<(), ::postgres::Error> {
+        self.tx.rollback()
+    }
+}
 
 /// What one lease cycle found: the leases this instance holds (chat, fencing token), how many
 /// instances are alive, and what changed.
@@ -203,10 +317,13 @@ impl Postgres {
                     }
                     Ok(client)
                 };
-                let mut client = match open(true) {
-                    Ok(c) => {
+                let mut conn = match open(true) {
+                    Ok(client) => {
                         let _ = ready.send(Ok(()));
-                        c
+                        Conn {
+                            client,
+                            cache: HashMap::new(),
+                        }
                     }
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -216,15 +333,21 @@ impl Postgres {
                 while let Ok(job) = queue.recv() {
                     // The server restarted or the network broke: connect again (taking the
                     // daemon's lock again) before the job; if that fails, the job fails with it.
-                    if client.is_closed() {
+                    if conn.client.is_closed() {
                         match open(false) {
-                            Ok(c) => client = c,
+                            Ok(client) => {
+                                // Statements belong to their connection.
+                                conn = Conn {
+                                    client,
+                                    cache: HashMap::new(),
+                                };
+                            }
                             Err(e) => {
                                 tracing::error!(event = "store.reconnect_failed", "the PostgreSQL connection was lost and could not be made again: {e}");
                             }
                         }
                     }
-                    job(&mut client);
+                    job(&mut conn);
                 }
             })
             .map_err(|e| StoreError::Postgres(e.to_string()))?;
@@ -241,7 +364,7 @@ impl Postgres {
     /// Runs `f` on the connection's thread and waits for its answer.
     fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (done, answer) = mpsc::sync_channel(1);
         self.jobs
@@ -569,14 +692,15 @@ impl Postgres {
             groups.retain(|(chat, _)| scope.contains(chat));
         }
         self.call(move |c| {
-            let stmt = c
-                .prepare(
-                    "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = $1 AND url = $2 ORDER BY id LIMIT 1",
-                )
-                .map_err(pg)?;
             let mut rows = Vec::with_capacity(groups.len());
             for (chat, url) in &groups {
-                if let Some(r) = c.query_opt(&stmt, &[chat, url]).map_err(pg)? {
+                if let Some(r) = c
+                    .query_opt(
+                        "SELECT * FROM outbox WHERE state = 'pending' AND chat_id = $1 AND url = $2 ORDER BY id LIMIT 1",
+                        &[chat, url],
+                    )
+                    .map_err(pg)?
+                {
                     rows.push(row(&r));
                 }
             }
@@ -896,7 +1020,7 @@ fn in_savepoints<I: Send + 'static, T: Send + 'static>(
     store: &Postgres,
     items: Vec<I>,
     failpoint: Option<&'static str>,
-    write: fn(&mut Transaction<'_>, &I) -> Result<T, StoreError>,
+    write: fn(&mut Tx<'_>, &I) -> Result<T, StoreError>,
 ) -> Result<Vec<Result<T, String>>, StoreError> {
     store.call(move |c| {
         let mut tx = c.transaction().map_err(pg)?;
@@ -922,7 +1046,7 @@ fn in_savepoints<I: Send + 'static, T: Send + 'static>(
     })
 }
 
-fn memory_of(c: &mut Client, chat: &str) -> Result<Memory, StoreError> {
+fn memory_of(c: &mut Conn, chat: &str) -> Result<Memory, StoreError> {
     let mut m = Memory::default();
     for r in c
         .query(
@@ -974,7 +1098,7 @@ fn memory_of(c: &mut Client, chat: &str) -> Result<Memory, StoreError> {
 }
 
 /// The rows of one poll (as SQLite's `write_poll`).
-fn write_poll(tx: &mut Transaction<'_>, c: &PollCommit) -> Result<usize, StoreError> {
+fn write_poll(tx: &mut Tx<'_>, c: &PollCommit) -> Result<usize, StoreError> {
     // Fencing: the lease must still carry this token and not have expired; the row stays
     // locked until the commit, so no other instance takes the chat in between.
     if let Some(token) = c.lease {
@@ -1114,11 +1238,7 @@ fn write_poll(tx: &mut Transaction<'_>, c: &PollCommit) -> Result<usize, StoreEr
 }
 
 /// Queues deliveries (as SQLite's `queue`); how many were new.
-fn queue(
-    tx: &mut Transaction<'_>,
-    deliveries: &[Delivery],
-    now_ms: i64,
-) -> Result<usize, StoreError> {
+fn queue(tx: &mut Tx<'_>, deliveries: &[Delivery], now_ms: i64) -> Result<usize, StoreError> {
     let mut queued = 0;
     for d in deliveries {
         let headers = serde_json::to_string(&d.headers).unwrap_or_else(|_| "[]".into());
@@ -1148,7 +1268,7 @@ fn queue(
 }
 
 fn write_outcome(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     id: i64,
     record: &AttemptRecord,
     now_ms: i64,
@@ -1177,7 +1297,7 @@ fn write_outcome(
 }
 
 fn write_gone(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     id: i64,
     url: &str,
     fingerprint: &str,
