@@ -1,11 +1,15 @@
 //! The health and metrics server: `GET /healthz` and `GET /metrics` (Prometheus text), and
 //! the admin API when `server.admin_token` is set: `POST /api/reload` reloads the rules and
 //! answers with the new set's fingerprint, or its errors as `path:line:col` (the last good set
-//! stays in force).
+//! stays in force); `GET /api/rules`; `GET|POST /api/silences` and `DELETE /api/silences/{id}`
+//! (what `cartat-rules silence` does); `GET /api/outbox` and `POST /api/outbox/{id}/retry`
+//! (what `cartat-rules outbox` does).
 //!
 //! Bind outside, run inside: [`run`] takes an already bound listener and a shutdown token, so
 //! tests bind `127.0.0.1:0`. Owns: the routes, the admin token check. Must not: expose
-//! anything secret (the token, webhook secrets, URLs, message content) or write to the store.
+//! anything secret (the token, webhook secrets, URL credentials, message content), or write to
+//! the store other than through the admin API's operations (silences, a dead letter's retry),
+//! each behind the token.
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -48,6 +52,10 @@ pub(crate) fn router(state: ServerState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/reload", axum::routing::post(reload))
         .route("/api/rules", get(rules))
+        .route("/api/silences", get(silences_list).post(silences_add))
+        .route("/api/silences/{id}", axum::routing::delete(silences_expire))
+        .route("/api/outbox", get(outbox_list))
+        .route("/api/outbox/{id}/retry", axum::routing::post(outbox_retry))
         .with_state(state)
 }
 
@@ -282,5 +290,239 @@ mod tests {
             assert!(!with(wrong), "{wrong}");
         }
         assert!(!authorized(&axum::http::HeaderMap::new(), &token));
+    }
+}
+
+/// Runs a store operation off the runtime thread (a database server answers over the network).
+async fn with_store<T: Send + 'static>(
+    s: &ServerState,
+    op: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let store = s.store.clone();
+    match tokio::task::spawn_blocking(move || op(&store)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(json_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"ok": false, "error": e.to_string()}),
+        )),
+        Err(e) => Err(json_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"ok": false, "error": e.to_string()}),
+        )),
+    }
+}
+
+fn silence_json(x: &crate::model::Silence) -> serde_json::Value {
+    serde_json::json!({
+        "id": x.id,
+        "rule": x.rule_id,
+        "chat": x.chat_id.as_deref().map(crate::events::mask),
+        "until": crate::model::rfc3339(x.until_ms.div_euclid(1000)),
+        "reason": x.reason,
+        "created_at": crate::model::rfc3339(x.created_at_ms.div_euclid(1000)),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct SilencesQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /api/silences[?all=true]`: the silences in force (all of them with `all`).
+async fn silences_list(
+    State(s): State<ServerState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<SilencesQuery>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&s, &headers) {
+        return refused;
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    match with_store(&s, move |st| st.silences((!q.all).then_some(now))).await {
+        Ok(list) => json_reply(
+            StatusCode::OK,
+            serde_json::json!({"silences": list.iter().map(silence_json).collect::<Vec<_>>()}),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// What `POST /api/silences` takes: `{"rule": "bot-keyword", "chat": "966500000000",
+/// "for": "2h", "reason": "migration"}` (`until`, RFC 3339, instead of `for`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSilence {
+    rule: Option<String>,
+    chat: Option<String>,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    until: Option<String>,
+    reason: String,
+}
+
+/// `POST /api/silences`: adds a silence; 201 with it, or 400 saying what is wrong.
+async fn silences_add(
+    State(s): State<ServerState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use serde_json::json;
+    if let Some(refused) = admin_refusal(&s, &headers) {
+        return refused;
+    }
+    let bad = |e: String| json_reply(StatusCode::BAD_REQUEST, json!({"ok": false, "error": e}));
+    let new: NewSilence = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => return bad(format!("the body is not a silence: {e}")),
+    };
+    let now = jiff::Timestamp::now().as_millisecond();
+    if new.rule.is_none() && new.chat.is_none() {
+        return bad("a silence names a rule, a chat, or both".into());
+    }
+    if new.reason.trim().is_empty() {
+        return bad("reason is empty: say why, for whoever looks next".into());
+    }
+    let chat = match new
+        .chat
+        .as_deref()
+        .map(crate::gateway::model::ChatId::parse)
+    {
+        None => None,
+        Some(Ok(c)) => Some(c.as_str().to_string()),
+        Some(Err(e)) => return bad(format!("chat: {e}")),
+    };
+    let until_ms = match (&new.for_, &new.until) {
+        (Some(f), None) => match crate::duration::parse(f) {
+            Ok(d) if !d.is_zero() => {
+                now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            }
+            Ok(_) => return bad("for: 0s mutes nothing".into()),
+            Err(e) => return bad(format!("for: {e}")),
+        },
+        (None, Some(u)) => match u.parse::<jiff::Timestamp>() {
+            Ok(t) if t.as_millisecond() > now => t.as_millisecond(),
+            Ok(_) => return bad("until is not in the future".into()),
+            Err(e) => return bad(format!("until: {e}")),
+        },
+        _ => return bad("give one of `for` (2h) and `until` (RFC 3339)".into()),
+    };
+    let silence = crate::model::Silence {
+        id: 0,
+        rule_id: new.rule,
+        chat_id: chat,
+        until_ms,
+        reason: new.reason,
+        created_at_ms: now,
+    };
+    let mut added = silence.clone();
+    match with_store(&s, move |st| st.add_silence(&silence)).await {
+        Ok(id) => {
+            added.id = id;
+            json_reply(
+                StatusCode::CREATED,
+                json!({"ok": true, "silence": silence_json(&added)}),
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /api/silences/{id}`: ends a silence now; 404 if none in force has that id.
+async fn silences_expire(
+    State(s): State<ServerState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&s, &headers) {
+        return refused;
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    match with_store(&s, move |st| st.expire_silence(id, now)).await {
+        Ok(true) => json_reply(StatusCode::OK, serde_json::json!({"ok": true, "id": id})),
+        Ok(false) => json_reply(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"ok": false, "error": format!("no silence {id} in force")}),
+        ),
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct OutboxQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/outbox[?state=dead&limit=50]`: deliveries, newest first — without their bodies
+/// (message content), with credentials and query values of urls masked.
+async fn outbox_list(
+    State(s): State<ServerState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<OutboxQuery>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&s, &headers) {
+        return refused;
+    }
+    if let Some(st) = &q.state
+        && !["pending", "delivered", "dead", "gone"].contains(&st.as_str())
+    {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"ok": false, "error": "state: pending, delivered, dead or gone"}),
+        );
+    }
+    let limit = q.limit.unwrap_or(50).min(1_000);
+    match with_store(&s, move |st| st.list(q.state.as_deref(), limit)).await {
+        Ok(rows) => {
+            let rows: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "id": r.id,
+                        "delivery_id": r.delivery.delivery_id,
+                        "rule": r.delivery.rule_id,
+                        "chat": crate::events::mask(&r.delivery.chat_id),
+                        "url": crate::net::ssrf::redacted(&r.delivery.url),
+                        "state": r.state,
+                        "attempts": r.attempts,
+                        "last_status": r.last_status,
+                        "last_error": r.last_error,
+                        "updated_at": crate::model::rfc3339(r.updated_at_ms.div_euclid(1000)),
+                    })
+                })
+                .collect();
+            json_reply(StatusCode::OK, serde_json::json!({"deliveries": rows}))
+        }
+        Err(r) => r,
+    }
+}
+
+/// `POST /api/outbox/{id}/retry`: re-sends a dead-lettered delivery (outbox id or
+/// delivery_id) with its original delivery_id, as `cartat-rules outbox retry` does.
+async fn outbox_retry(
+    State(s): State<ServerState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Some(refused) = admin_refusal(&s, &headers) {
+        return refused;
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    let which = id.clone();
+    match with_store(&s, move |st| {
+        st.requeue(crate::store::Requeue::One(&which), now)
+    })
+    .await
+    {
+        Ok(0) => json_reply(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"ok": false, "error": format!("no dead-lettered delivery {id}")}),
+        ),
+        Ok(n) => json_reply(
+            StatusCode::OK,
+            serde_json::json!({"ok": true, "requeued": n}),
+        ),
+        Err(r) => r,
     }
 }
