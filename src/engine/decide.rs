@@ -319,15 +319,7 @@ pub fn decide_chat(
             let mut matched = matched;
             matched["since"] = Value::String(rfc3339(since));
             let newest = newest(messages);
-            let ctx = json!({
-                "rule": { "id": rule.id, "description": rule.description },
-                "chat": chat_json(chat_id, chat),
-                // Templates see a blank message when the chat has none (the envelope says null).
-                "message": newest.map(message_json).unwrap_or_else(blank_message),
-                "matched": matched,
-                "now": rfc3339(now),
-                "resolved": false,
-            });
+            let ctx = chat_rule_context(rule, chat_id, chat, newest, &matched, now, false);
             let envelope = |id: &str| {
                 json!({
                     "type": "rule.matched",
@@ -394,6 +386,27 @@ pub fn decide_chat(
     }
 }
 
+/// What a chat rule's templates see when it fires (`resolved`: or when it is resolved).
+fn chat_rule_context(
+    rule: &crate::rules::chat::ChatRule,
+    chat_id: &ChatId,
+    chat: &Chat,
+    newest: Option<&Message>,
+    matched: &Value,
+    now: i64,
+    resolved: bool,
+) -> Value {
+    json!({
+        "rule": { "id": rule.id, "description": rule.description },
+        "chat": chat_json(chat_id, chat),
+        // Templates see a blank message when the chat has none (the envelope says null).
+        "message": newest.map(message_json).unwrap_or_else(blank_message),
+        "matched": matched,
+        "now": rfc3339(now),
+        "resolved": resolved,
+    })
+}
+
 /// What a resolved event's `delivery_id` adds to the id of the firing it resolves.
 pub const RESOLVED: &str = ":resolved";
 
@@ -413,14 +426,7 @@ fn resolve_chat_rule(
 ) {
     let newest = newest(messages);
     let matched = json!({ "since": rfc3339(since) });
-    let ctx = json!({
-        "rule": { "id": rule.id, "description": rule.description },
-        "chat": chat_json(chat_id, chat),
-        "message": newest.map(message_json).unwrap_or_else(blank_message),
-        "matched": matched,
-        "now": rfc3339(now),
-        "resolved": true,
-    });
+    let ctx = chat_rule_context(rule, chat_id, chat, newest, &matched, now, true);
     let envelope = |id: &str| {
         json!({
             "type": "rule.resolved",
