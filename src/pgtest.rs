@@ -98,6 +98,43 @@ extern "C" fn stop_at_exit() {
     }
 }
 
+/// Stops the servers of test processes that died without their exit hook (killed by a
+/// timeout, an abort), and removes their folders: `cartat-pg-PID-…` whose PID is gone. (A
+/// PID reused since by another process keeps its orphan: never stop what may be in use.)
+fn stop_orphans(pg_ctl: &Path) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix("cartat-pg-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let data = e.path();
+        let _ = as_server_user(
+            pg_ctl,
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}
+
 fn start() -> Result<Server, String> {
     if let Ok(url) = std::env::var(URL) {
         return Ok(Server {
@@ -107,6 +144,7 @@ fn start() -> Result<Server, String> {
         });
     }
     let bin = bindir().ok_or("no PostgreSQL programs (initdb, pg_ctl) found")?;
+    stop_orphans(&bin.join("pg_ctl"));
     // A folder no other test process has (a process id alone may come back).
     let data = std::env::temp_dir().join(format!(
         "cartat-pg-{}-{}",
