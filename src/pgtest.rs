@@ -78,23 +78,28 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
+/// Stops the server of `data` at once and removes the folder.
+fn stop_and_remove(pg_ctl: &Path, data: &Path) {
+    let _ = as_server_user(
+        pg_ctl,
+        &[
+            "-D",
+            &data.to_string_lossy(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status();
+    let _ = std::fs::remove_dir_all(data);
+}
+
 extern "C" fn stop_at_exit() {
     if let Some((pg_ctl, data)) = DATA.get() {
-        let _ = as_server_user(
-            pg_ctl,
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-        let _ = std::fs::remove_dir_all(data);
+        stop_and_remove(pg_ctl, data);
     }
 }
 
@@ -116,22 +121,7 @@ fn stop_orphans(pg_ctl: &Path) {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let data = e.path();
-        let _ = as_server_user(
-            pg_ctl,
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-        let _ = std::fs::remove_dir_all(&data);
+        stop_and_remove(pg_ctl, &e.path());
     }
 }
 
