@@ -332,11 +332,7 @@ pub fn decide_chat(
                     "fired_at": rfc3339(now),
                 })
             };
-            // The same rule, chat and moment the condition started to hold: the same id.
-            let key = MessageKey {
-                from_me: false,
-                id: format!("chat@{since}"),
-            };
+            let key = chat_firing_key(since);
             if let Some(digest) = rule.digest {
                 d.digest_items.push(collect(
                     &rule.id,
@@ -383,6 +379,16 @@ pub fn decide_chat(
             id: format!("poll@{now}"),
         };
         apply_script_output(&script.id, chat_id, &key, None, out, d);
+    }
+}
+
+/// The key a chat rule's firing is known by: the moment its condition started to hold. The
+/// same rule, chat and moment give the same delivery id, and its resolved event is that id
+/// plus [`RESOLVED`] because both are made from this one key.
+fn chat_firing_key(since: i64) -> MessageKey {
+    MessageKey {
+        from_me: false,
+        id: format!("chat@{since}"),
     }
 }
 
@@ -440,11 +446,7 @@ fn resolve_chat_rule(
             "resolved_at": rfc3339(now),
         })
     };
-    // The key of the firing: the same rule, chat and moment the condition started to hold.
-    let key = MessageKey {
-        from_me: false,
-        id: format!("chat@{since}"),
-    };
+    let key = chat_firing_key(since);
     run_actions_as(
         rules,
         &rule.id,
