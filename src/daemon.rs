@@ -31,6 +31,10 @@ pub struct Running {
     pub(crate) admin_token: Option<secrecy::SecretString>,
     /// In a cluster: the lease loop, taken by the daemon's `run`.
     lease_loop: std::sync::Mutex<Option<LeaseLoop>>,
+    /// What the status page shows of the chats and the rules.
+    pub(crate) board: Arc<crate::engine::board::ChatBoard>,
+    pub(crate) rule_board: Arc<crate::engine::board::RuleBoard>,
+    pub(crate) console: crate::console::Console,
 }
 
 impl Running {
@@ -132,8 +136,20 @@ pub fn prepare(
         snapshots: Default::default(),
         started_s: jiff::Timestamp::now().as_second(),
         chat_updates: std::sync::Mutex::new(Some(chat_updates)),
+        board: Default::default(),
+        rule_board: Default::default(),
     };
     let dispatcher = Arc::new(dispatcher);
+    let rules_loaded_ms = Arc::new(std::sync::atomic::AtomicI64::new(
+        jiff::Timestamp::now().as_millisecond(),
+    ));
+    let (board, rule_board) = (poller.board.clone(), poller.rule_board.clone());
+    let console = crate::console::Console {
+        show_phone_numbers: poller.config.show_phone_numbers,
+        history: poller.config.history.is_some(),
+        started_ms: jiff::Timestamp::now().as_millisecond(),
+        rules_loaded_ms: rules_loaded_ms.clone(),
+    };
     let reloader = Arc::new(crate::reload::Reloader {
         paths: poller.config.rule_paths.clone(),
         target: poller.rules.clone(),
@@ -145,6 +161,10 @@ pub fn prepare(
             let metrics = metrics.clone();
             move |set| {
                 metrics.set_rule_set(&set.fingerprint);
+                rules_loaded_ms.store(
+                    jiff::Timestamp::now().as_millisecond(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 // New rules are a new fingerprint: urls a 410 disabled get another chance.
                 dispatcher.refresh_fingerprint();
             }
@@ -163,6 +183,9 @@ pub fn prepare(
             reloader,
             admin_token,
             lease_loop: std::sync::Mutex::new(lease_loop),
+            board,
+            rule_board,
+            console,
         },
     ))
 }
@@ -228,6 +251,10 @@ pub(crate) async fn run(
         poller.silences.clone(),
         shutdown.clone(),
     ));
+    let pruner = poller
+        .config
+        .history
+        .map(|h| tokio::spawn(prune_history(poller.commits.clone(), h, shutdown.clone())));
     let p = tokio::spawn(poller.run(shutdown.clone()));
     let d = tokio::spawn(dispatcher.run(shutdown.clone()));
     shutdown.cancelled().await;
@@ -239,6 +266,9 @@ pub(crate) async fn run(
         let _ = reloader.await;
         let _ = sealer.await;
         let _ = silences.await;
+        if let Some(pruner) = pruner {
+            let _ = pruner.await;
+        }
         let _ = p.await;
         let _ = d.await;
     };
@@ -264,6 +294,47 @@ pub(crate) async fn run(
         );
     }
     tracing::info!(event = "daemon.stopped", "stopped");
+}
+
+/// How often the run history is cut down to `history.keep` and `history.max_age`.
+pub const PRUNE_HISTORY_EVERY: Duration = Duration::from_secs(60);
+
+/// Prunes the run history at start and every [`PRUNE_HISTORY_EVERY`], through the writer (a
+/// delete of the oldest rows, between two polls' transactions), until `shutdown`.
+async fn prune_history(
+    commits: crate::store::group::CommitQueue,
+    h: crate::config::HistoryConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PRUNE_HISTORY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = jiff::Timestamp::now().as_millisecond()
+            - h.max_age.as_millis().min(i64::MAX as u128) as i64;
+        match commits
+            .read(move |store| store.prune_history(h.keep, before))
+            .await
+        {
+            Some(Ok(n)) if n > 0 => {
+                tracing::debug!(
+                    event = "history.pruned",
+                    deleted = n,
+                    "run history pruned: {n} entries"
+                );
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    event = "history.prune_failed",
+                    "cannot prune the run history: {e}"
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// How often the daemon reads the silences (`cartat-rules silence` writes them next to it).
@@ -332,6 +403,9 @@ pub fn spawn_server(
         store: running.store.clone(),
         reloader: running.reloader.clone(),
         admin_token: running.admin_token.clone().map(Arc::new),
+        board: running.board.clone(),
+        rule_board: running.rule_board.clone(),
+        console: running.console.clone(),
     };
     tokio::spawn(async move {
         if let Err(e) = crate::server::run(listener, state, shutdown).await {

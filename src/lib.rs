@@ -19,6 +19,7 @@
 pub mod cluster;
 pub mod commands;
 pub mod config;
+mod console;
 pub mod daemon;
 pub(crate) mod diag;
 pub mod duration;

@@ -29,6 +29,10 @@ pub(crate) struct ServerState {
     pub reloader: Arc<crate::reload::Reloader>,
     /// `server.admin_token`; None: the admin API answers 404.
     pub admin_token: Option<Arc<secrecy::SecretString>>,
+    /// Each chat's last poll and each rule's firings, for the status page.
+    pub board: Arc<crate::engine::board::ChatBoard>,
+    pub rule_board: Arc<crate::engine::board::RuleBoard>,
+    pub console: crate::console::Console,
 }
 
 /// Serves until `shutdown`.
@@ -48,6 +52,11 @@ pub(crate) async fn run(
 /// The routes, for tests that drive them without a socket.
 pub(crate) fn router(state: ServerState) -> Router {
     Router::new()
+        .route("/", get(crate::console::page))
+        .route("/login", axum::routing::post(crate::console::login))
+        .route("/logout", axum::routing::post(crate::console::logout))
+        .route("/api/chats", get(crate::console::api_chats))
+        .route("/api/history", get(crate::console::api_history))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/reload", axum::routing::post(reload))
@@ -134,7 +143,7 @@ async fn metrics(State(s): State<ServerState>) -> Response {
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
-fn authorized(headers: &axum::http::HeaderMap, token: &secrecy::SecretString) -> bool {
+pub(crate) fn authorized(headers: &axum::http::HeaderMap, token: &secrecy::SecretString) -> bool {
     use secrecy::ExposeSecret;
     let Some(given) = headers
         .get(header::AUTHORIZATION)
@@ -158,7 +167,7 @@ fn authorized(headers: &axum::http::HeaderMap, token: &secrecy::SecretString) ->
             == 0
 }
 
-fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -167,9 +176,9 @@ fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
-/// The admin API's gate: `None` to go on, or the answer for an API that is off (404) or a
-/// request without the token (401).
-fn admin_refusal(s: &ServerState, headers: &axum::http::HeaderMap) -> Option<Response> {
+/// The admin API's gate for reads: `None` to go on, or the answer for an API that is off
+/// (404) or a request with neither the token nor the console's session cookie (401).
+pub(crate) fn admin_refusal(s: &ServerState, headers: &axum::http::HeaderMap) -> Option<Response> {
     use serde_json::json;
     let Some(token) = &s.admin_token else {
         return Some(json_reply(
@@ -177,7 +186,7 @@ fn admin_refusal(s: &ServerState, headers: &axum::http::HeaderMap) -> Option<Res
             json!({"ok": false, "error": "the admin API is off: set server.admin_token"}),
         ));
     };
-    if authorized(headers, token) {
+    if crate::console::credential(headers, token).is_some() {
         return None;
     }
     let mut r = json_reply(
@@ -189,6 +198,24 @@ fn admin_refusal(s: &ServerState, headers: &axum::http::HeaderMap) -> Option<Res
         axum::http::HeaderValue::from_static("Bearer"),
     );
     Some(r)
+}
+
+/// The gate of a state-changing action: [`admin_refusal`], and a request that rides on the
+/// session cookie (not the bearer token) must carry the CSRF token, else 403.
+fn write_refusal(s: &ServerState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    if let Some(refused) = admin_refusal(s, headers) {
+        return Some(refused);
+    }
+    let token = s.admin_token.as_deref()?;
+    if crate::console::credential(headers, token) == Some(crate::console::Credential::Cookie)
+        && !crate::console::csrf_ok(headers, token)
+    {
+        return Some(json_reply(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"ok": false, "error": "the CSRF token is missing or wrong (X-CSRF-Token, from the status page)"}),
+        ));
+    }
+    None
 }
 
 /// `GET /api/rules`: the rule set in force as written (what `plan --against URL` diffs).
@@ -217,7 +244,7 @@ async fn rules(State(s): State<ServerState>, headers: axum::http::HeaderMap) -> 
 async fn reload(State(s): State<ServerState>, headers: axum::http::HeaderMap) -> Response {
     use crate::reload::Reloaded;
     use serde_json::json;
-    if let Some(refused) = admin_refusal(&s, &headers) {
+    if let Some(refused) = write_refusal(&s, &headers) {
         return refused;
     }
     let reloader = s.reloader.clone();
@@ -294,7 +321,7 @@ mod tests {
 }
 
 /// Runs a store operation off the runtime thread (a database server answers over the network).
-async fn with_store<T: Send + 'static>(
+pub(crate) async fn with_store<T: Send + 'static>(
     s: &ServerState,
     op: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
@@ -368,7 +395,7 @@ async fn silences_add(
     body: axum::body::Bytes,
 ) -> Response {
     use serde_json::json;
-    if let Some(refused) = admin_refusal(&s, &headers) {
+    if let Some(refused) = write_refusal(&s, &headers) {
         return refused;
     }
     let bad = |e: String| json_reply(StatusCode::BAD_REQUEST, json!({"ok": false, "error": e}));
@@ -434,7 +461,7 @@ async fn silences_expire(
     headers: axum::http::HeaderMap,
     axum::extract::Path(id): axum::extract::Path<i64>,
 ) -> Response {
-    if let Some(refused) = admin_refusal(&s, &headers) {
+    if let Some(refused) = write_refusal(&s, &headers) {
         return refused;
     }
     let now = jiff::Timestamp::now().as_millisecond();
@@ -505,7 +532,7 @@ async fn outbox_retry(
     headers: axum::http::HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    if let Some(refused) = admin_refusal(&s, &headers) {
+    if let Some(refused) = write_refusal(&s, &headers) {
         return refused;
     }
     let now = jiff::Timestamp::now().as_millisecond();

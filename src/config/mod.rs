@@ -119,6 +119,17 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// The admin API's bearer token (`server.admin_token`); None: the admin API is off.
     pub admin_token: Option<SecretString>,
+    /// `server.show_phone_numbers`: whole numbers on the status page.
+    pub show_phone_numbers: bool,
+    /// `history`: None when off.
+    pub history: Option<HistoryConfig>,
+}
+
+/// How much run history to keep (`history.keep`, `history.max_age`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryConfig {
+    pub keep: usize,
+    pub max_age: Duration,
 }
 
 /// How strictly to treat `${VAR}` that is not set: `run` needs it, `check` only warns.
@@ -573,6 +584,17 @@ fn compile(
         mask_phone_numbers: log.mask_phone_numbers.unwrap_or(true),
         listen,
         admin_token,
+        show_phone_numbers: server.show_phone_numbers.unwrap_or(false),
+        history: {
+            let h = raw.history.as_ref();
+            (h.and_then(|h| h.enabled) != Some(false)).then(|| HistoryConfig {
+                keep: h.and_then(|h| h.keep).unwrap_or(100_000),
+                max_age: h
+                    .and_then(|h| h.max_age)
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(7 * 86_400)),
+            })
+        },
     };
     Ok((config, d))
 }

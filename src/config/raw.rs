@@ -32,6 +32,21 @@ pub struct RawConfig {
     pub log: Option<RawLog>,
     /// The health and metrics server.
     pub server: Option<RawServer>,
+    /// The run history: what the rules made of each new message, for the status page.
+    pub history: Option<RawHistory>,
+}
+
+/// The run history (`GET /api/history`, the status page): one entry per new message and per
+/// poll whose chat rules moved, written in the poll's own transaction.
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    /// Keep it (default true).
+    pub enabled: Option<bool>,
+    /// Entries kept at most, newest first (default 100000).
+    pub keep: Option<usize>,
+    /// Entries older than this are deleted (default 7d).
+    pub max_age: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -252,6 +267,9 @@ pub struct RawServer {
     /// `${CARTAT_ADMIN_TOKEN}`.
     #[schemars(with = "Option<String>")]
     pub admin_token: Option<Spanned<String>>,
+    /// Show whole phone numbers on the status page and in `/api/chats` (default false:
+    /// 966500000000 → 9665*****000).
+    pub show_phone_numbers: Option<bool>,
 }
 
 #[cfg(test)]

@@ -79,6 +79,10 @@ pub struct Poller {
     pub started_s: i64,
     /// What config reloads change in the polling ([`ChatsUpdate`]); taken by [`Poller::run`].
     pub chat_updates: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ChatsUpdate>>>,
+    /// Each watched chat's last poll, for the status page.
+    pub board: Arc<crate::engine::board::ChatBoard>,
+    /// Each rule's firings over the last day, for the status page.
+    pub rule_board: Arc<crate::engine::board::RuleBoard>,
 }
 
 /// What a config reload changes in the polling: the chats to watch (each with its interval)
@@ -96,6 +100,8 @@ pub struct ChatsUpdate {
 struct PollReport {
     /// New messages from others (the chat's activity).
     inbound: usize,
+    /// The chat's unread count, as the gateway said.
+    unread: Option<i64>,
 }
 
 /// The outcome of one chat's poll.
@@ -113,6 +119,9 @@ impl Poller {
         } else {
             self.config.chats.clone()
         };
+        for chat in &chats {
+            self.board.watch(chat.id.as_str());
+        }
         let mut updates = self
             .chat_updates
             .lock()
@@ -253,6 +262,7 @@ impl Poller {
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(chat.id.as_str());
                     events::chat_unwatched(chat.id.as_str());
+                    self.board.forget(chat.id.as_str());
                 }
             }
         }
@@ -275,6 +285,7 @@ impl Poller {
                 failures[i] = 0;
                 self.metrics.revive_chat(i);
                 events::chat_watched(chat.id.as_str(), chat.interval);
+                self.board.watch(chat.id.as_str());
                 continue;
             }
             self.snapshots
@@ -287,6 +298,7 @@ impl Poller {
             failures.push(0);
             self.metrics.add_chat();
             events::chat_watched(chat.id.as_str(), chat.interval);
+            self.board.watch(chat.id.as_str());
         }
     }
 
@@ -300,6 +312,8 @@ impl Poller {
             Ok(report) => {
                 self.stats.polls_ok.fetch_add(1, Ordering::Relaxed);
                 self.metrics.poll(index, PollOutcome::Ok, seconds);
+                let now_ms = jiff::Timestamp::now().as_millisecond();
+                self.board.ok(chat.id.as_str(), now_ms, report.unread);
                 Finished::Ok {
                     inbound: report.inbound,
                 }
@@ -322,6 +336,9 @@ impl Poller {
                     _ => None,
                 };
                 events::poll_failed(chat.id.as_str(), &e, retry_in);
+                let now_ms = jiff::Timestamp::now().as_millisecond();
+                self.board
+                    .failed(chat.id.as_str(), now_ms, e.to_string(), retry_in);
                 how
             }
         }
@@ -451,6 +468,11 @@ impl Poller {
         if let Some(mut commit) =
             commit_of(&chat_key, &page, &d, &decision, &snapshot.state, now_ms)
         {
+            if self.config.history.is_some() {
+                commit.history = crate::engine::history::entries(
+                    &rules, &chat.id, &page, &new_msgs, &decision, now_ms,
+                );
+            }
             // In a cluster: no lease (it ran out while the poll ran), no commit (-1 never matches).
             commit.lease = self
                 .cluster
@@ -491,10 +513,12 @@ impl Poller {
         );
         self.metrics.messages(d.new.len(), d.updated.len(), skipped);
         for ScriptFiring { rule_id: rule, .. } in &decision.script_firings {
+            self.rule_board.fired(rule, now_ms);
             self.metrics.rule_matched(rule);
             events::rule_fired(rule, &chat_key, "(rule file)");
         }
         for ChatFiring { rule_id: rule, .. } in &decision.chat_firings {
+            self.rule_board.fired(rule, now_ms);
             self.metrics.rule_matched(rule);
             events::chat_rule_fired(rule, &chat_key);
         }
@@ -507,6 +531,7 @@ impl Poller {
             events::rule_muted(&m.rule_id, &chat_key, message, m.silence);
         }
         for f in &decision.firings {
+            self.rule_board.fired(&f.rule_id, now_ms);
             self.metrics.rule_matched(&f.rule_id);
             events::rule_fired(
                 &f.rule_id,
@@ -530,6 +555,7 @@ impl Poller {
         } in &decision.errors
         {
             self.metrics.rule_failed(rule);
+            self.rule_board.failed(rule, e);
             events::rule_error(rule, &chat_key, e);
         }
         for d in &decision.deliveries {
@@ -537,6 +563,7 @@ impl Poller {
         }
         Ok(PollReport {
             inbound: new_msgs.iter().filter(|m| !m.key.from_me).count(),
+            unread: page.chat.unread_count,
         })
     }
 }

@@ -125,6 +125,7 @@ mod tests {
                             .collect(),
                         deliveries: Vec::new(),
                         lease: None,
+                        history: Vec::new(),
                         digest_items: Vec::new(),
                         cooldowns: cooldowns
                             .into_iter()

@@ -87,6 +87,7 @@ pub fn commit_of(
         first_seen: state.first_seen,
         lease: None,
         now_ms,
+        history: Vec::new(),
     };
     let changes_nothing = state.known
         && commit.seen.is_empty()

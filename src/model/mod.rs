@@ -170,3 +170,40 @@ pub fn rfc3339(unix: i64) -> String {
         Err(_) => "1970-01-01T00:00:00Z".into(),
     }
 }
+
+/// One entry of the run history: what the rules made of one new message, or of one poll's
+/// chat rules (`message_id` None). Stored with the poll's commit; kept for
+/// `history.keep` entries and `history.max_age`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    /// Its row id (0 until stored).
+    #[serde(default)]
+    pub id: i64,
+    pub at_ms: i64,
+    pub chat_id: String,
+    /// The message's serialized id; None: the entry is about the chat rules.
+    pub message_id: Option<String>,
+    /// The message's type (`chat`, `image`, …) and whether the business sent it.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub from_me: bool,
+    /// One line per rule that had something to say, in rule order.
+    pub rules: Vec<RuleTrace>,
+    /// Message rules that were not candidates (none of their keywords was in the message).
+    #[serde(default)]
+    pub not_candidates: usize,
+}
+
+/// What one rule did in a [`HistoryEntry`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleTrace {
+    pub rule: String,
+    /// `fired`, `muted` (a silence held its actions back), `not_matched`, `cooldown`,
+    /// `stale`, `counted`, `quiet` (a rule file asked for nothing), `error`, `timer` (a chat
+    /// rule's timer moved), `resolved`.
+    pub outcome: String,
+    /// Why: the first condition that failed, the silence, the count so far, the timer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}

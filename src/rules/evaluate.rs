@@ -144,6 +144,16 @@ impl RuleSet {
         }
     }
 
+    /// Whether rule `index` (in [`RuleSet::rules`]) is evaluated on the prepared message: it is
+    /// not gated by keywords, or one of its keywords was found (the run history lists the
+    /// candidates, and says why each one that did not fire failed).
+    pub fn is_candidate(&self, p: &Prepared, index: usize) -> bool {
+        p.scratch
+            .candidates
+            .get(index / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
     /// Evaluates one rule on one message, saying which condition failed first (for
     /// `test --explain`). The daemon uses [`RuleSet::fired`], which gives the same verdicts.
     pub fn eval_message(

@@ -19,8 +19,8 @@
 //! queries), [`group`] (the writer task and group commit).
 
 use crate::model::{
-    ChatRuleState, ChatState, Delivery, DigestItem, DigestWindow, Memory, MessageKey, SealedDigest,
-    SeenId, Silence,
+    ChatRuleState, ChatState, Delivery, DigestItem, DigestWindow, HistoryEntry, Memory, MessageKey,
+    SealedDigest, SeenId, Silence,
 };
 use crate::outbox::lifecycle::{DeadReason, Lifecycle};
 use std::collections::HashMap;
@@ -187,6 +187,16 @@ impl Store {
 
     pub fn expire_silence(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
         backend!(self, s => s.expire_silence(id, now_ms))
+    }
+
+    /// The run history, newest first: of one chat and/or naming one rule, at most `limit`.
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {
+        backend!(self, s => s.history(q))
+    }
+
+    /// Deletes history entries older than `before_ms` and all but the newest `keep`; how many.
+    pub fn prune_history(&self, keep: usize, before_ms: i64) -> Result<usize, StoreError> {
+        backend!(self, s => s.prune_history(keep, before_ms))
     }
 
     pub fn pending_digest_items(&self) -> Result<HashMap<String, i64>, StoreError> {
@@ -378,6 +388,29 @@ pub struct PollCommit {
     /// refused ([`StoreError::Fenced`]) unless the lease still has it and has not expired.
     pub lease: Option<i64>,
     pub now_ms: i64,
+    /// The run history's entries of this poll, written in its transaction (empty when
+    /// `history` is off).
+    pub history: Vec<HistoryEntry>,
+}
+
+/// What [`Store::history`] looks for.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryQuery {
+    /// A chat id (`966500000000@c.us`).
+    pub chat: Option<String>,
+    /// A rule id: entries in which that rule had something to say.
+    pub rule: Option<String>,
+    pub limit: usize,
+}
+
+/// The text the history's `rules` column holds: `,a,b,` (searched for `,a,`).
+pub(crate) fn history_rules(e: &HistoryEntry) -> String {
+    let mut out = String::from(",");
+    for t in &e.rules {
+        out.push_str(&t.rule);
+        out.push(',');
+    }
+    out
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use ::postgres::{Client, NoTls, Transaction};
 use std::sync::mpsc;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// The advisory lock key of schema changes (any fixed number: "cartat-s").
 const MIGRATION_LOCK: i64 = 0x6361_7274_6174_2d73;
 /// The advisory lock key a daemon holds for its database ("cartat-d").
@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS silences (
     id BIGSERIAL PRIMARY KEY, rule_id TEXT, chat_id TEXT, until BIGINT NOT NULL,
     reason TEXT NOT NULL, created_at BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS run_history (
+    id BIGSERIAL PRIMARY KEY, at_ms BIGINT NOT NULL, chat_id TEXT NOT NULL, message_id TEXT,
+    rules TEXT NOT NULL, entry TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS run_history_by_chat ON run_history (chat_id, id);
 ";
 
 /// The database's clock in unix milliseconds: every instance measures leases by it, not by
@@ -971,6 +975,42 @@ impl Postgres {
                 > 0)
         })
     }
+
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {
+        let q = q.clone();
+        self.call(move |c| {
+            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+            let rows = c
+                .query(
+                    "SELECT id, entry FROM run_history
+                     WHERE ($1::TEXT IS NULL OR chat_id = $1)
+                       AND ($2::TEXT IS NULL OR position(',' || $2 || ',' IN rules) > 0)
+                     ORDER BY id DESC LIMIT $3",
+                    &[&q.chat, &q.rule, &limit],
+                )
+                .map_err(pg)?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| {
+                    let mut e: HistoryEntry = serde_json::from_str(r.get::<_, &str>(1)).ok()?;
+                    e.id = r.get(0);
+                    Some(e)
+                })
+                .collect())
+        })
+    }
+
+    pub fn prune_history(&self, keep: usize, before_ms: i64) -> Result<usize, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            Ok(c.execute(
+                "DELETE FROM run_history WHERE at_ms < $1
+                 OR id <= (SELECT id FROM run_history ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                &[&before_ms, &keep],
+            )
+            .map_err(pg)? as usize)
+        })
+    }
 }
 
 /// Creates or upgrades the schema, one instance at a time.
@@ -1008,6 +1048,14 @@ fn migrate(c: &mut Client) -> Result<(), StoreError> {
             return Err(StoreError::Postgres(format!(
                 "the database was written by a newer cartat-rules (schema {v}, this one knows {SCHEMA_VERSION})"
             )));
+        }
+        // Older: the additions above (2: the run history) are in place now.
+        Some(v) if v < SCHEMA_VERSION => {
+            tx.execute(
+                "INSERT INTO cartat_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .map_err(pg)?;
         }
         Some(_) => {}
     }
@@ -1234,6 +1282,15 @@ fn write_poll(tx: &mut Tx<'_>, c: &PollCommit) -> Result<usize, StoreError> {
         &[&c.chat_id, &now_s.min(c.watermark)],
     )
     .map_err(pg)?;
+    for e in &c.history {
+        // Strings and numbers only: serializing cannot fail.
+        let entry = serde_json::to_string(e).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO run_history (at_ms, chat_id, message_id, rules, entry) VALUES ($1, $2, $3, $4, $5)",
+            &[&e.at_ms, &e.chat_id, &e.message_id, &super::history_rules(e), &entry],
+        )
+        .map_err(pg)?;
+    }
     Ok(queued)
 }
 

@@ -43,6 +43,7 @@ fn a_poll_commit_moves_the_watermark_and_queues_once() {
             seen: vec![(key("a"), 100, 7)],
             deliveries: vec![delivery("d1", "c@c.us", "http://x/")],
             lease: None,
+            history: Vec::new(),
             digest_items: Vec::new(),
             cooldowns: vec![("r".into(), 5_000_000_000)],
             thresholds: vec![("t".into(), vec![1, 2])],
@@ -677,4 +678,97 @@ fn a_postgres_url_s_password_is_never_shown() {
         e.to_string().contains("postgres://app@127.0.0.1:1/cartat"),
         "{e}"
     );
+}
+
+fn entry(chat: &str, at_ms: i64, rules: &[(&str, &str)]) -> HistoryEntry {
+    HistoryEntry {
+        id: 0,
+        at_ms,
+        chat_id: chat.into(),
+        message_id: Some(format!("false_{chat}_{at_ms}")),
+        kind: Some("chat".into()),
+        from_me: false,
+        rules: rules
+            .iter()
+            .map(|(r, o)| crate::model::RuleTrace {
+                rule: (*r).into(),
+                outcome: (*o).into(),
+                why: (*o != "fired").then(|| "body: no keyword «بوت»".into()),
+            })
+            .collect(),
+        not_candidates: 2,
+    }
+}
+
+#[test]
+fn the_run_history_is_written_with_the_poll_searched_and_pruned() {
+    for_each_backend(|store| {
+        let poll = |chat: &str, at_ms: i64, history: Vec<HistoryEntry>| PollCommit {
+            chat_id: chat.into(),
+            watermark: at_ms / 1000,
+            now_ms: at_ms,
+            history,
+            ..PollCommit::default()
+        };
+        store
+            .commit_poll(&poll(
+                "a@c.us",
+                1_000,
+                vec![entry(
+                    "a@c.us",
+                    1_000,
+                    &[("bot", "fired"), ("bot-2", "not_matched")],
+                )],
+            ))
+            .unwrap();
+        store
+            .commit_poll(&poll(
+                "b@c.us",
+                2_000,
+                vec![entry("b@c.us", 2_000, &[("sla", "counted")])],
+            ))
+            .unwrap();
+        store
+            .commit_poll(&poll(
+                "a@c.us",
+                3_000,
+                vec![entry("a@c.us", 3_000, &[("sla", "fired")])],
+            ))
+            .unwrap();
+        let q = |chat: Option<&str>, rule: Option<&str>| {
+            store
+                .history(&HistoryQuery {
+                    chat: chat.map(str::to_string),
+                    rule: rule.map(str::to_string),
+                    limit: 10,
+                })
+                .unwrap()
+        };
+        let all = q(None, None);
+        assert_eq!(
+            all.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            [3_000, 2_000, 1_000],
+            "newest first"
+        );
+        assert!(all.iter().all(|e| e.id > 0));
+        assert_eq!(
+            all[2].rules[1].why.as_deref(),
+            Some("body: no keyword «بوت»")
+        );
+        assert_eq!(q(Some("a@c.us"), None).len(), 2);
+        assert_eq!(q(None, Some("sla")).len(), 2);
+        // `bot` names a whole rule, not a prefix of `bot-2`.
+        assert_eq!(q(None, Some("bot")).len(), 1);
+        assert_eq!(q(None, Some("bo")).len(), 0);
+        assert_eq!(q(Some("b@c.us"), Some("bot")).len(), 0);
+
+        // Retention: by age, then by count (the newest kept).
+        assert_eq!(store.prune_history(10, 1_500).unwrap(), 1);
+        assert_eq!(q(None, None).len(), 2);
+        assert_eq!(store.prune_history(1, 0).unwrap(), 1);
+        let left = q(None, None);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].at_ms, 3_000);
+        assert_eq!(store.prune_history(1, 0).unwrap(), 0, "nothing more to cut");
+    });
 }

@@ -121,6 +121,20 @@ CREATE TABLE IF NOT EXISTS endpoints_gone (
 ) WITHOUT ROWID;
 ";
 
+/// The run history (`engine::history`): one row per new message and per poll whose chat rules
+/// moved, pruned by `history.keep` and `history.max_age`. Additive to schema 1.
+pub(super) const HISTORY: &str = "
+CREATE TABLE IF NOT EXISTS run_history (
+    id         INTEGER PRIMARY KEY,
+    at_ms      INTEGER NOT NULL,
+    chat_id    TEXT NOT NULL,
+    message_id TEXT,
+    rules      TEXT NOT NULL,
+    entry      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_history_by_chat ON run_history (chat_id, id);
+";
+
 pub(super) fn lock_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(".lock");
@@ -234,6 +248,8 @@ impl Sqlite {
         conn.execute_batch(DIGESTS)
             .map_err(|e| broken(e.to_string()))?;
         conn.execute_batch(SILENCES)
+            .map_err(|e| broken(e.to_string()))?;
+        conn.execute_batch(HISTORY)
             .map_err(|e| broken(e.to_string()))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Sqlite {

@@ -207,7 +207,56 @@ impl Sqlite {
         // spent only once both clocks are past it.
         tx.prepare_cached("DELETE FROM cooldowns WHERE chat_id = ?1 AND until < ?2")?
             .execute(params![c.chat_id, now_s.min(c.watermark)])?;
+        if !c.history.is_empty() {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO run_history (at_ms, chat_id, message_id, rules, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in &c.history {
+                // Strings and numbers only: serializing cannot fail.
+                let entry = serde_json::to_string(e).unwrap_or_default();
+                insert.execute(params![
+                    e.at_ms,
+                    e.chat_id,
+                    e.message_id,
+                    super::super::history_rules(e),
+                    entry
+                ])?;
+            }
+        }
         Ok(queued)
+    }
+
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, entry FROM run_history
+             WHERE (?1 IS NULL OR chat_id = ?1) AND (?2 IS NULL OR instr(rules, ',' || ?2 || ',') > 0)
+             ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![q.chat, q.rule, i64::try_from(q.limit).unwrap_or(i64::MAX)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            // An entry this binary cannot read (written by a newer one) is left out, not fatal.
+            if let Ok(mut e) = serde_json::from_str::<HistoryEntry>(&text) {
+                e.id = id;
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn prune_history(&self, keep: usize, before_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .prepare_cached(
+                "DELETE FROM run_history WHERE at_ms < ?1
+                 OR id <= (SELECT id FROM run_history ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![before_ms, i64::try_from(keep).unwrap_or(i64::MAX)])?)
     }
 }
 
