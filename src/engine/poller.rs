@@ -512,13 +512,29 @@ impl Poller {
             Ordering::Relaxed,
         );
         self.metrics.messages(d.new.len(), d.updated.len(), skipped);
-        for ScriptFiring { rule_id: rule, .. } in &decision.script_firings {
-            self.rule_board.fired(rule, now_ms);
+        for ScriptFiring {
+            rule_id: rule,
+            message_index,
+        } in &decision.script_firings
+        {
+            if !decision
+                .muted
+                .iter()
+                .any(|m| &m.rule_id == rule && m.message_index == *message_index)
+            {
+                self.rule_board.fired(rule, now_ms);
+            }
             self.metrics.rule_matched(rule);
             events::rule_fired(rule, &chat_key, "(rule file)");
         }
         for ChatFiring { rule_id: rule, .. } in &decision.chat_firings {
-            self.rule_board.fired(rule, now_ms);
+            if !decision
+                .muted
+                .iter()
+                .any(|m| &m.rule_id == rule && m.message_index.is_none())
+            {
+                self.rule_board.fired(rule, now_ms);
+            }
             self.metrics.rule_matched(rule);
             events::chat_rule_fired(rule, &chat_key);
         }
@@ -530,8 +546,17 @@ impl Poller {
             let message = m.message_index.map(|i| new_msgs[i].serialized_id.as_str());
             events::rule_muted(&m.rule_id, &chat_key, message, m.silence);
         }
+        // A muted firing shows in the history as muted; the board counts what went out.
+        let muted = |rule: &str, at: Option<usize>| {
+            decision
+                .muted
+                .iter()
+                .any(|m| m.rule_id == rule && m.message_index == at)
+        };
         for f in &decision.firings {
-            self.rule_board.fired(&f.rule_id, now_ms);
+            if !muted(&f.rule_id, Some(f.message_index)) {
+                self.rule_board.fired(&f.rule_id, now_ms);
+            }
             self.metrics.rule_matched(&f.rule_id);
             events::rule_fired(
                 &f.rule_id,

@@ -3,8 +3,10 @@
 
 mod admin_api;
 mod borders;
+mod browser;
 mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod delivery;
 mod deploy;
