@@ -64,6 +64,9 @@ struct Args {
     /// Run this many instances in a cluster on one PostgreSQL database (implies --postgres).
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// Run with the run history off (`history.enabled: false`), to measure what it costs.
+    #[arg(long)]
+    no_history: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,7 @@ struct Spec {
     seed: u64,
     postgres: bool,
     instances: usize,
+    history: bool,
 }
 
 #[derive(Debug)]
@@ -209,12 +213,13 @@ async fn run_one(spec: Spec, bin: &PathBuf) -> anyhow::Result<Report> {
         "api:\n  base_url: {}\n  token: mock-token\n  timeout: 5s\n  rate_limit: {{ per_second: {}, burst: {burst} }}\n  message_limit: {}\n\
          chats:\n{chats}poll:\n  interval: {}\n  on_first_sight: replay_history\n  scheduler: {}\n\
          {state}rules:\n  paths: [./rules]\n  watch: false\n\
-         webhooks:\n  allow_private_networks: [127.0.0.1/32]\nlog:\n  mask_phone_numbers: true\nserver:\n  listen: \"off\"\n",
+         webhooks:\n  allow_private_networks: [127.0.0.1/32]\nlog:\n  mask_phone_numbers: true\nserver:\n  listen: \"off\"\nhistory:\n  enabled: {}\n",
         gw.base_url(),
         spec.rate,
         spec.message_limit,
         spec.interval_text,
-        spec.scheduler
+        spec.scheduler,
+        spec.history
     );
     let cfg = dir.path().join("cartat.yaml");
     std::fs::write(&cfg, config)?;
@@ -421,6 +426,10 @@ fn print(r: &Report) {
     let traffic = r.spec.duration.as_secs_f64();
     println!("scheduler             {}", r.spec.scheduler);
     println!(
+        "run history           {}",
+        if r.spec.history { "on" } else { "off" }
+    );
+    println!(
         "workload              {} chats, {:.0}% active, {} msg/s, budget {} req/s, interval {}, message_limit {}, {}s measured",
         r.spec.chats,
         r.spec.active * 100.0,
@@ -491,6 +500,7 @@ fn spec(args: &Args, scheduler: &str, compare: bool) -> Spec {
         seed: args.seed,
         postgres: args.postgres || args.instances > 1,
         instances: args.instances.max(1),
+        history: !args.no_history,
     }
 }
 

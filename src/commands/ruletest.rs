@@ -369,7 +369,16 @@ fn run_case(
         let d = diff(&snap.state, &page.messages, usize::MAX, first_sight);
         let now_ms = start_s * 1000 + at_ms;
         let new_msgs = new_messages(&page, &d);
-        let decision = decide_poll(rules, &chat_id, &page, &new_msgs, &snap.memory, &[], now_ms);
+        let decision = decide_poll(
+            rules,
+            &chat_id,
+            &page,
+            &new_msgs,
+            &snap.memory,
+            &[],
+            now_ms,
+            false,
+        );
         let webhooks_of = |rule: &str, key: Option<&str>| -> Vec<Value> {
             decision
                 .deliveries

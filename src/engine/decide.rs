@@ -66,6 +66,17 @@ pub struct Decision {
     pub script_quiet: Vec<RuleOnMessage>,
     /// Rendering failures; the other actions still run.
     pub errors: Vec<RuleError>,
+    /// Candidate rules that did not match a message, with the first condition that failed;
+    /// only when asked for ([`decide_with_reasons`], for the run history).
+    pub not_matched: Vec<NotMatched>,
+}
+
+/// A candidate rule that did not match a message (its index among the new ones), and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotMatched {
+    pub rule_id: String,
+    pub message_index: usize,
+    pub why: String,
 }
 
 /// A chat rule that fired, and what it matched.
@@ -140,6 +151,20 @@ pub fn decide_with(
     memory: &Memory,
     clock: Clock,
 ) -> Decision {
+    decide_with_reasons(rules, chat_id, chat, messages, memory, clock, false)
+}
+
+/// [`decide_with`]; `reasons`: also say why each candidate rule that did not match failed
+/// ([`Decision::not_matched`]), in the same evaluation (the run history).
+pub fn decide_with_reasons(
+    rules: &RuleSet,
+    chat_id: &ChatId,
+    chat: &Chat,
+    messages: &[&Message],
+    memory: &Memory,
+    clock: Clock,
+    reasons: bool,
+) -> Decision {
     let mut d = Decision::default();
     let mut silent_until: HashMap<&str, i64> = memory
         .cooldowns
@@ -153,7 +178,26 @@ pub fn decide_with(
             Clock::Now(n) => n,
             Clock::MessageTime => msg.timestamp,
         };
-        for (rule, mut matched) in rules.fired(chat_id, chat, msg, &prepared) {
+        // One of the two, without boxing: the hot path (no reasons) or the one with reasons.
+        let mut fast = (!reasons).then(|| rules.fired(chat_id, chat, msg, &prepared));
+        let mut slow = reasons.then(|| rules.fired_or_why(chat_id, chat, msg, &prepared));
+        let verdicts = std::iter::from_fn(|| match (&mut fast, &mut slow) {
+            (Some(f), _) => f.next().map(Ok),
+            (_, Some(s)) => s.next(),
+            _ => None,
+        });
+        for verdict in verdicts {
+            let (rule, mut matched) = match verdict {
+                Ok(fired) => fired,
+                Err((i, why)) => {
+                    d.not_matched.push(NotMatched {
+                        rule_id: rules.rules[i].id.clone(),
+                        message_index: index,
+                        why,
+                    });
+                    continue;
+                }
+            };
             if let Some(max_age) = rule.max_age
                 && now - msg.timestamp > max_age.as_secs() as i64
             {

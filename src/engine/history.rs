@@ -4,14 +4,15 @@
 //! `test --explain` gives; and for a poll whose chat rules moved, their timers, firings and
 //! resolutions. Pure: the poller stores what this returns in the poll's own commit.
 //!
-//! Cost: the decision already says what fired; only candidates that did not fire are
-//! evaluated again, with reasons (a keyword-gated rule is a candidate only when one of its
-//! keywords is in the message, so most rules of most messages cost nothing here).
+//! Cost: nothing is evaluated again. The poll's decision already says what fired and, asked
+//! for reasons (`decide_poll(…, reasons: true)`), why each other candidate failed, from the
+//! same single evaluation; a keyword-gated rule is a candidate only when one of its keywords
+//! is in the message, so most rules of most messages only count here.
 
 use super::decide::Decision;
-use crate::gateway::model::{ChatId, Message, Page};
+use crate::gateway::model::{ChatId, Message};
 use crate::model::{HistoryEntry, RuleTrace};
-use crate::rules::{RuleSet, Verdict};
+use crate::rules::RuleSet;
 
 fn trace(rule: &str, outcome: &str, why: Option<String>) -> RuleTrace {
     RuleTrace {
@@ -22,11 +23,11 @@ fn trace(rule: &str, outcome: &str, why: Option<String>) -> RuleTrace {
 }
 
 /// The history entries of one poll: one per new message (`new_msgs`, oldest first, as the
-/// decision indexes them), then one for the chat rules if any of them moved.
+/// decision indexes them), then one for the chat rules if any of them moved. `d` must have
+/// been decided with reasons.
 pub fn entries(
     rules: &RuleSet,
     chat_id: &ChatId,
-    page: &Page,
     new_msgs: &[&Message],
     d: &Decision,
     now_ms: i64,
@@ -39,10 +40,9 @@ pub fn entries(
                 .find(|m| m.message_index == Some(i) && m.rule_id == rule)
                 .map(|m| m.silence)
         };
-        let p = rules.prepare(&msg.body);
         let mut traces = Vec::new();
         let mut not_candidates = 0;
-        for (index, rule) in rules.rules.iter().enumerate() {
+        for rule in &rules.rules {
             let id = rule.id.as_str();
             let on_this = |r: &str, at: usize| r == id && at == i;
             if d.firings
@@ -83,14 +83,12 @@ pub fn entries(
                 traces.push(trace(id, "counted", Some(why)));
             } else if let Some(e) = d.errors.iter().find(|e| e.rule_id == id) {
                 traces.push(trace(id, "error", Some(e.error.clone())));
-            } else if rules.is_candidate(&p, index) {
-                let why = match rules.eval_message(rule, chat_id, &page.chat, msg, &p) {
-                    Verdict::Failed(why) => why,
-                    // The decision is the word that counts; an evaluation that would fire now
-                    // (a rule reloaded since) is said as such.
-                    Verdict::Fired(_) => "matched when explained again, but did not fire".into(),
-                };
-                traces.push(trace(id, "not_matched", Some(why)));
+            } else if let Some(n) = d
+                .not_matched
+                .iter()
+                .find(|n| on_this(&n.rule_id, n.message_index))
+            {
+                traces.push(trace(id, "not_matched", Some(n.why.clone())));
             } else {
                 not_candidates += 1;
             }
@@ -185,7 +183,7 @@ pub fn entries(
 mod tests {
     use super::*;
     use crate::engine::step::decide_poll;
-    use crate::gateway::model::Chat;
+    use crate::gateway::model::{Chat, Page};
     use crate::model::{Memory, Silence};
     use crate::rules::{compile_rules, parse_file};
     use std::path::Path;
@@ -229,8 +227,28 @@ mod tests {
             &Memory::default(),
             silences,
             200_000,
+            true,
         );
-        entries(&rules, &chat_id, &page, &new, &decision, 200_000)
+        // Asking for reasons changes nothing the poll does.
+        let plain = decide_poll(
+            &rules,
+            &chat_id,
+            &page,
+            &new,
+            &Memory::default(),
+            silences,
+            200_000,
+            false,
+        );
+        assert!(plain.not_matched.is_empty());
+        assert_eq!(
+            crate::engine::decide::Decision {
+                not_matched: Vec::new(),
+                ..decision.clone()
+            },
+            plain
+        );
+        entries(&rules, &chat_id, &new, &decision, 200_000)
     }
 
     #[test]

@@ -463,15 +463,15 @@ impl Poller {
             &snapshot.memory,
             &silences,
             now_ms,
+            self.config.history.is_some(),
         );
         // A poll that changes nothing needs no write (most polls of idle chats).
         if let Some(mut commit) =
             commit_of(&chat_key, &page, &d, &decision, &snapshot.state, now_ms)
         {
             if self.config.history.is_some() {
-                commit.history = crate::engine::history::entries(
-                    &rules, &chat.id, &page, &new_msgs, &decision, now_ms,
-                );
+                commit.history =
+                    crate::engine::history::entries(&rules, &chat.id, &new_msgs, &decision, now_ms);
             }
             // In a cluster: no lease (it ran out while the poll ran), no commit (-1 never matches).
             commit.lease = self

@@ -6,7 +6,7 @@
 //! then chat rules on the whole page, under one script budget) and what a commit holds. Must
 //! not: do I/O or read the clock (the caller says when "now" is).
 
-use super::decide::{Clock, Decision, decide_chat, decide_with};
+use super::decide::{Clock, Decision, decide_chat, decide_with_reasons};
 use super::watermark::Diff;
 use crate::gateway::model::{ChatId, Message, Page};
 use crate::model::{ChatState, Memory};
@@ -25,7 +25,9 @@ pub fn new_messages<'p>(page: &'p Page, d: &Diff) -> Vec<&'p Message> {
 
 /// The rules' decision on a page: message rules on its new messages (`new_msgs`, from
 /// [`new_messages`]), then chat rules on the whole page, with `memory` as the last commit left
-/// it; the actions of rules that `silences` mute in this chat left out.
+/// it; the actions of rules that `silences` mute in this chat left out. `reasons`: say why each
+/// candidate rule that did not match failed (for the run history).
+#[allow(clippy::too_many_arguments)]
 pub fn decide_poll(
     rules: &crate::rules::RuleSet,
     chat_id: &ChatId,
@@ -34,15 +36,17 @@ pub fn decide_poll(
     memory: &Memory,
     silences: &[crate::model::Silence],
     now_ms: i64,
+    reasons: bool,
 ) -> Decision {
     crate::rules::script::with_poll_budget(SCRIPT_BUDGET_PER_POLL, || {
-        let mut decision = decide_with(
+        let mut decision = decide_with_reasons(
             rules,
             chat_id,
             &page.chat,
             new_msgs,
             memory,
             Clock::Now(now_ms.div_euclid(1000)),
+            reasons,
         );
         decide_chat(
             rules,

@@ -176,8 +176,8 @@ pub fn rfc3339(unix: i64) -> String {
 /// `history.keep` entries and `history.max_age`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
-    /// Its row id (0 until stored).
-    #[serde(default)]
+    /// Its row id (0 until stored; the row holds it, not the stored text).
+    #[serde(default, skip_serializing)]
     pub id: i64,
     pub at_ms: i64,
     pub chat_id: String,

@@ -144,16 +144,6 @@ impl RuleSet {
         }
     }
 
-    /// Whether rule `index` (in [`RuleSet::rules`]) is evaluated on the prepared message: it is
-    /// not gated by keywords, or one of its keywords was found (the run history lists the
-    /// candidates, and says why each one that did not fire failed).
-    pub fn is_candidate(&self, p: &Prepared, index: usize) -> bool {
-        p.scratch
-            .candidates
-            .get(index / 64)
-            .is_some_and(|w| w & (1 << (index % 64)) != 0)
-    }
-
     /// Evaluates one rule on one message, saying which condition failed first (for
     /// `test --explain`). The daemon uses [`RuleSet::fired`], which gives the same verdicts.
     pub fn eval_message(
@@ -196,6 +186,36 @@ impl RuleSet {
         msg: &'m Message,
         p: &'m Prepared<'_>,
     ) -> impl Iterator<Item = (&'s Rule, Matched)> + 'm {
+        self.candidates(msg, p).filter_map(move |(_, rule)| {
+            match self.eval_candidate(rule, chat_id, chat, msg, p, false) {
+                Ok(m) => Some((rule, m)),
+                Err(_) => None,
+            }
+        })
+    }
+
+    /// [`RuleSet::fired`] that also says why each other candidate failed (the run history):
+    /// `Err((rule index, the first condition that failed))`, in the same single pass.
+    pub fn fired_or_why<'s: 'm, 'm>(
+        &'s self,
+        chat_id: &'m ChatId,
+        chat: &'m Chat,
+        msg: &'m Message,
+        p: &'m Prepared<'_>,
+    ) -> impl Iterator<Item = Result<(&'s Rule, Matched), (usize, String)>> + 'm {
+        self.candidates(msg, p).map(move |(i, rule)| {
+            self.eval_candidate(rule, chat_id, chat, msg, p, true)
+                .map(|m| (rule, m))
+                .map_err(|why| (i, why))
+        })
+    }
+
+    /// The candidate rules of a prepared message, with their index, in rule order.
+    fn candidates<'s: 'm, 'm>(
+        &'s self,
+        msg: &'m Message,
+        p: &'m Prepared<'_>,
+    ) -> impl Iterator<Item = (usize, &'s Rule)> + 'm {
         let notification = is_notification(&msg.kind);
         p.scratch
             .candidates
@@ -214,22 +234,33 @@ impl RuleSet {
             })
             .filter_map(move |i| {
                 let rule = self.rules.get(i)?;
-                if notification && !rule.sees.contains(&msg.kind) {
-                    return None;
-                }
-                let ctx = Ctx {
-                    rule,
-                    chat_id,
-                    chat,
-                    msg,
-                    p,
-                    sandbox: &self.sandbox,
-                    explain: false,
-                };
-                let mut acc = Acc::default();
-                eval(&rule.cond, &ctx, &mut acc).ok()?;
-                Some((rule, acc.into_matched()))
+                (!notification || rule.sees.contains(&msg.kind)).then_some((i, rule))
             })
+    }
+
+    fn eval_candidate(
+        &self,
+        rule: &Rule,
+        chat_id: &ChatId,
+        chat: &Chat,
+        msg: &Message,
+        p: &Prepared,
+        explain: bool,
+    ) -> Result<Matched, String> {
+        let ctx = Ctx {
+            rule,
+            chat_id,
+            chat,
+            msg,
+            p,
+            sandbox: &self.sandbox,
+            explain,
+        };
+        let mut acc = Acc::default();
+        match eval(&rule.cond, &ctx, &mut acc) {
+            Ok(()) => Ok(acc.into_matched()),
+            Err(Why(why)) => Err(why.unwrap_or_default()),
+        }
     }
 }
 

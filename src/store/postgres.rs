@@ -73,7 +73,6 @@ CREATE TABLE IF NOT EXISTS silences (
 CREATE TABLE IF NOT EXISTS run_history (
     id BIGSERIAL PRIMARY KEY, at_ms BIGINT NOT NULL, chat_id TEXT NOT NULL, message_id TEXT,
     rules TEXT NOT NULL, entry TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS run_history_by_chat ON run_history (chat_id, id);
 ";
 
 /// The database's clock in unix milliseconds: every instance measures leases by it, not by
