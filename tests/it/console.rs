@@ -254,3 +254,43 @@ async fn the_history_says_why_and_the_admin_actions_need_the_token_and_the_csrf_
     assert_eq!(r.status(), 200);
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_prunes_the_history_to_history_keep() {
+    let chats = chat_ids("9665000066", 1);
+    let gw = gateway(&quiet_chats(&chats)).await;
+    let rx = receiver().await;
+    let ws = Workspace::new();
+    let daemon = console_daemon(&ws, &gw, &chats, &rx.url("/hooks"), "history:\n  keep: 2\n");
+    let base = base_of(&daemon).await;
+    wait_first_sight(&gw, &chats).await;
+    for i in 0..4 {
+        gw.push_message(&chats[0], &format!("message {i}"), false);
+        history(&base, &chats[0], i + 1).await;
+    }
+    daemon.stop();
+    // The daemon prunes when it starts, then every minute.
+    let cfg = ws.path().join("cartat.yaml");
+    let daemon = Daemon::spawn(&cfg);
+    let base = base_of(&daemon).await;
+    let url = format!("{base}/api/history");
+    let mut n = usize::MAX;
+    for _ in 0..100 {
+        let body: Value = client()
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        n = body["entries"].as_array().unwrap().len();
+        if n == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 2, "history.keep: 2");
+    daemon.stop();
+}
