@@ -324,12 +324,7 @@ pub(crate) async fn page(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let set = s
-        .reloader
-        .target
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let set = s.rules_in_force();
     let mut files: Vec<String> = set
         .docs
         .iter()
@@ -360,18 +355,7 @@ pub(crate) async fn page(
             } else {
                 r.state.as_str()
             };
-            json!({
-                "id": r.id,
-                "delivery_id": r.delivery.delivery_id,
-                "rule": r.delivery.rule_id,
-                "chat": shown(&s.console, &r.delivery.chat_id),
-                "url": crate::net::ssrf::redacted(&r.delivery.url),
-                "state": state,
-                "attempts": r.attempts,
-                "last_status": r.last_status,
-                "last_error": r.last_error,
-                "updated_at": rfc3339_ms(r.updated_at_ms),
-            })
+            crate::server::delivery_json(r, shown(&s.console, &r.delivery.chat_id), state)
         })
         .collect();
     let silences: Vec<Value> = silences

@@ -35,6 +35,17 @@ pub(crate) struct ServerState {
     pub console: crate::console::Console,
 }
 
+impl ServerState {
+    /// The rule set in force.
+    pub(crate) fn rules_in_force(&self) -> Arc<crate::rules::RuleSet> {
+        self.reloader
+            .target
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// Serves until `shutdown`.
 pub(crate) async fn run(
     listener: tokio::net::TcpListener,
@@ -223,12 +234,7 @@ async fn rules(State(s): State<ServerState>, headers: axum::http::HeaderMap) -> 
     if let Some(refused) = admin_refusal(&s, &headers) {
         return refused;
     }
-    let set = s
-        .reloader
-        .target
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let set = s.rules_in_force();
     json_reply(
         StatusCode::OK,
         serde_json::json!({
@@ -504,25 +510,34 @@ async fn outbox_list(
         Ok(rows) => {
             let rows: Vec<serde_json::Value> = rows
                 .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "id": r.id,
-                        "delivery_id": r.delivery.delivery_id,
-                        "rule": r.delivery.rule_id,
-                        "chat": crate::events::mask(&r.delivery.chat_id),
-                        "url": crate::net::ssrf::redacted(&r.delivery.url),
-                        "state": r.state,
-                        "attempts": r.attempts,
-                        "last_status": r.last_status,
-                        "last_error": r.last_error,
-                        "updated_at": crate::model::rfc3339(r.updated_at_ms.div_euclid(1000)),
-                    })
-                })
+                .map(|r| delivery_json(r, crate::events::mask(&r.delivery.chat_id), &r.state))
                 .collect();
             json_reply(StatusCode::OK, serde_json::json!({"deliveries": rows}))
         }
         Err(r) => r,
     }
+}
+
+/// An outbox row as the API and the status page show it: without its body (message content),
+/// with credentials and query values of its url masked; `chat` and `state` as the caller words
+/// them.
+pub(crate) fn delivery_json(
+    r: &crate::store::OutboxRow,
+    chat: String,
+    state: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "delivery_id": r.delivery.delivery_id,
+        "rule": r.delivery.rule_id,
+        "chat": chat,
+        "url": crate::net::ssrf::redacted(&r.delivery.url),
+        "state": state,
+        "attempts": r.attempts,
+        "last_status": r.last_status,
+        "last_error": r.last_error,
+        "updated_at": crate::model::rfc3339(r.updated_at_ms.div_euclid(1000)),
+    })
 }
 
 /// `POST /api/outbox/{id}/retry`: re-sends a dead-lettered delivery (outbox id or

@@ -160,19 +160,9 @@ impl RuleSet {
                 msg.kind
             ));
         }
-        let ctx = Ctx {
-            rule,
-            chat_id,
-            chat,
-            msg,
-            p,
-            sandbox: &self.sandbox,
-            explain: true,
-        };
-        let mut acc = Acc::default();
-        match eval(&rule.cond, &ctx, &mut acc) {
-            Ok(()) => Verdict::Fired(acc.into_matched()),
-            Err(Why(why)) => Verdict::Failed(why.unwrap_or_default()),
+        match self.eval_candidate(rule, chat_id, chat, msg, p, true) {
+            Ok(matched) => Verdict::Fired(matched),
+            Err(why) => Verdict::Failed(why),
         }
     }
 
