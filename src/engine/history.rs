@@ -14,12 +14,28 @@ use crate::gateway::model::{ChatId, Message};
 use crate::model::{HistoryEntry, RuleTrace};
 use crate::rules::RuleSet;
 
+/// A reason is kept to this many bytes (an `any_of` of fifty alternatives says fifty things).
+pub const MAX_WHY_BYTES: usize = 240;
+
 fn trace(rule: &str, outcome: &str, why: Option<String>) -> RuleTrace {
     RuleTrace {
         rule: rule.to_string(),
         outcome: outcome.to_string(),
-        why,
+        why: why.map(shorten),
     }
+}
+
+/// `why` cut to [`MAX_WHY_BYTES`] at a character boundary, with `…` when cut.
+fn shorten(mut why: String) -> String {
+    if why.len() > MAX_WHY_BYTES {
+        let mut end = MAX_WHY_BYTES;
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        why.truncate(end);
+        why.push('…');
+    }
+    why
 }
 
 /// The history entries of one poll: one per new message (`new_msgs`, oldest first, as the
@@ -279,6 +295,15 @@ mod tests {
         assert_eq!(outcome(1, "refund"), None);
         assert_eq!(e[1].not_candidates, 3);
         assert_eq!(e[0].not_candidates, 1);
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_boundary() {
+        let arabic = "لا توجد كلمة ".repeat(40);
+        let cut = shorten(arabic.clone());
+        assert!(cut.len() <= MAX_WHY_BYTES + '…'.len_utf8());
+        assert!(cut.ends_with('…') && arabic.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(shorten("short".into()), "short");
     }
 
     #[test]
