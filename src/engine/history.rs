@@ -235,27 +235,21 @@ mod tests {
             ..Page::default()
         };
         let new: Vec<&Message> = page.messages.iter().collect();
-        let decision = decide_poll(
-            &rules,
-            &chat_id,
-            &page,
-            &new,
-            &Memory::default(),
-            silences,
-            200_000,
-            true,
-        );
+        let decide = |reasons| {
+            decide_poll(
+                &rules,
+                &chat_id,
+                &page,
+                &new,
+                &Memory::default(),
+                silences,
+                200_000,
+                reasons,
+            )
+        };
+        let decision = decide(true);
         // Asking for reasons changes nothing the poll does.
-        let plain = decide_poll(
-            &rules,
-            &chat_id,
-            &page,
-            &new,
-            &Memory::default(),
-            silences,
-            200_000,
-            false,
-        );
+        let plain = decide(false);
         assert!(plain.not_matched.is_empty());
         assert_eq!(
             crate::engine::decide::Decision {
