@@ -98,14 +98,57 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_call(method, path, body).await {
+            Ok(v) => v,
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    /// The command's value, or its error (an element not there yet, a page still loading).
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let v: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(v["value"]["error"].is_null(), "{path}: {v}");
-        v["value"].clone()
+        if v["value"]["error"].is_null() {
+            Ok(v["value"].clone())
+        } else {
+            Err(v)
+        }
+    }
+
+    /// Waits, without navigating (which would cancel a form's post or the page's own request
+    /// still under way), until the page the browser is on shows `want` in `css`.
+    async fn wait_here(&self, css: &str, want: &str) {
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            let found = self
+                .try_call(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            if let Ok(e) = found {
+                let e = e[ELEMENT].as_str().unwrap_or("").to_string();
+                match self
+                    .try_call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+                    .await
+                {
+                    Ok(t) if t.as_str().is_some_and(|t| t.contains(want)) => return,
+                    Ok(t) | Err(t) => last = t,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("`{want}` never showed in {css} of the page the browser is on: {last}");
     }
 
     async fn open(&self, url: &str) {
@@ -224,6 +267,8 @@ async fn the_status_page_in_headless_chromium() {
     browser.open(&format!("{base}/")).await;
     browser.type_into("#login input[name=token]", TOKEN).await;
     browser.click("#login button").await;
+    // The form's post and its redirect finish before the test navigates anywhere.
+    browser.wait_here("#signed-in", "signed in").await;
     let page = format!("{base}/");
     let h = browser.wait_text(&page, "#history-table", "fired").await;
     assert!(h.contains("bot: fired"), "{h}");
@@ -233,6 +278,7 @@ async fn the_status_page_in_headless_chromium() {
     // Retry the dead letter from the page: delivered.
     browser.wait_text(&page, "#outbox-table", "dead").await;
     browser.click("button.retry").await;
+    // The retry's post is answered (the delivery went out): navigating now cancels nothing.
     wait_received(&rx, 2, "the retried webhook").await;
     let o = browser.wait_text(&page, "#outbox-table", "delivered").await;
     assert!(!o.contains("dead"), "{o}");
@@ -245,6 +291,8 @@ async fn the_status_page_in_headless_chromium() {
         .type_into("#silence-form input[name=reason]", "ترحيل النظام")
         .await;
     browser.click("#silence-form button").await;
+    // The page's script posts it, then reloads: wait for that before navigating.
+    browser.wait_here("#silences-table", "ترحيل").await;
     let s = browser.wait_text(&page, "#silences-table", "ترحيل").await;
     assert!(s.contains("bot"), "{s}");
     // The daemon reads the silences every second: the next message after it has.
