@@ -94,6 +94,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     metrics.set_instance(&cluster.me);
+    // A newcomer takes no chat until the others have surely lowered their share of the budget
+    // (each at its next cycle, a third of a lease after the newcomer's first) and their last
+    // second of requests at the old share has passed (the budget's window): polling at once
+    // could add its share to theirs for a moment, over the account's `per_second`.
+    let joined = Instant::now();
+    let settle =
+        cluster.every() * 2 + crate::gateway::client::WINDOW_MARGIN + Duration::from_secs(1);
     let mut joining = true;
     let mut last: Option<(Vec<String>, usize)> = None;
     let mut failing = false;
@@ -159,7 +166,8 @@ pub async fn run(
                     });
                     last = Some((mine, view.live));
                 }
-                joining = false;
+                // Alone, there is no share to add to.
+                joining = view.live > 1 && joined.elapsed() < settle;
             }
             Err(e) => {
                 if !failing {
