@@ -71,6 +71,16 @@ pub struct Decision {
     pub not_matched: Vec<NotMatched>,
 }
 
+impl Decision {
+    /// The silence that muted `rule`'s firing on new message `at` (None: on the chat), if one did.
+    pub fn muted_by(&self, rule: &str, at: Option<usize>) -> Option<i64> {
+        self.muted
+            .iter()
+            .find(|m| m.rule_id == rule && m.message_index == at)
+            .map(|m| m.silence)
+    }
+}
+
 /// A candidate rule that did not match a message (its index among the new ones), and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotMatched {

@@ -50,12 +50,7 @@ pub fn entries(
 ) -> Vec<HistoryEntry> {
     let mut out = Vec::with_capacity(new_msgs.len() + 1);
     for (i, msg) in new_msgs.iter().enumerate() {
-        let muted_by = |rule: &str| {
-            d.muted
-                .iter()
-                .find(|m| m.message_index == Some(i) && m.rule_id == rule)
-                .map(|m| m.silence)
-        };
+        let muted_by = |rule: &str| d.muted_by(rule, Some(i));
         let mut traces = Vec::new();
         let mut not_candidates = 0;
         for rule in &rules.rules {
@@ -144,12 +139,8 @@ pub fn entries(
     }
     let mut chat = Vec::new();
     for f in &d.chat_firings {
-        let muted = d
-            .muted
-            .iter()
-            .find(|m| m.message_index.is_none() && m.rule_id == f.rule_id);
-        chat.push(match muted {
-            Some(m) => trace(&f.rule_id, "muted", Some(format!("silence {}", m.silence))),
+        chat.push(match d.muted_by(&f.rule_id, None) {
+            Some(silence) => trace(&f.rule_id, "muted", Some(format!("silence {silence}"))),
             None => trace(&f.rule_id, "fired", None),
         });
     }

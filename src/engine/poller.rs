@@ -517,22 +517,14 @@ impl Poller {
             message_index,
         } in &decision.script_firings
         {
-            if !decision
-                .muted
-                .iter()
-                .any(|m| &m.rule_id == rule && m.message_index == *message_index)
-            {
+            if decision.muted_by(rule, *message_index).is_none() {
                 self.rule_board.fired(rule, now_ms);
             }
             self.metrics.rule_matched(rule);
             events::rule_fired(rule, &chat_key, "(rule file)");
         }
         for ChatFiring { rule_id: rule, .. } in &decision.chat_firings {
-            if !decision
-                .muted
-                .iter()
-                .any(|m| &m.rule_id == rule && m.message_index.is_none())
-            {
+            if decision.muted_by(rule, None).is_none() {
                 self.rule_board.fired(rule, now_ms);
             }
             self.metrics.rule_matched(rule);
@@ -547,14 +539,11 @@ impl Poller {
             events::rule_muted(&m.rule_id, &chat_key, message, m.silence);
         }
         // A muted firing shows in the history as muted; the board counts what went out.
-        let muted = |rule: &str, at: Option<usize>| {
-            decision
-                .muted
-                .iter()
-                .any(|m| m.rule_id == rule && m.message_index == at)
-        };
         for f in &decision.firings {
-            if !muted(&f.rule_id, Some(f.message_index)) {
+            if decision
+                .muted_by(&f.rule_id, Some(f.message_index))
+                .is_none()
+            {
                 self.rule_board.fired(&f.rule_id, now_ms);
             }
             self.metrics.rule_matched(&f.rule_id);
