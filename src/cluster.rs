@@ -77,17 +77,14 @@ impl Cluster {
     }
 }
 
-/// The lease loop, until `shutdown`: `chats` and the account's `per_second` and `burst` as the
-/// config has them (a config reload sends new ones on `reloads`); the poller learns its chats
-/// and budget on `poller`. At the end the leases are given up, so the others take the chats
-/// over at once.
-#[allow(clippy::too_many_arguments)]
+/// The lease loop, until `shutdown`: `config`'s chats and each account's `per_second` and
+/// `burst` as the config has them (a config reload sends new ones on `reloads`); the poller
+/// learns its chats and each account's share of its budget on `poller`. At the end the leases
+/// are given up, so the others take the chats over at once.
 pub async fn run(
     cluster: Arc<Cluster>,
     store: Store,
-    mut chats: Vec<WatchedChat>,
-    mut per_second: u32,
-    mut burst: u32,
+    mut config: ChatsUpdate,
     mut reloads: UnboundedReceiver<ChatsUpdate>,
     poller: UnboundedSender<ChatsUpdate>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -106,7 +103,11 @@ pub async fn run(
     let mut failing = false;
     loop {
         let started = Instant::now();
-        let mut names: Vec<String> = chats.iter().map(|c| c.id.as_str().to_string()).collect();
+        let mut names: Vec<String> = config
+            .chats
+            .iter()
+            .map(|c| c.id.as_str().to_string())
+            .collect();
         names.push(ALL.to_string());
         let (s, me, ttl_ms) = (
             store.clone(),
@@ -153,16 +154,24 @@ pub async fn run(
                 )));
                 if last.as_ref() != Some(&(mine.clone(), view.live)) {
                     crate::events::leases_changed(&cluster.me, mine.len(), view.live);
-                    let watched: Vec<WatchedChat> = chats
+                    let watched: Vec<WatchedChat> = config
+                        .chats
                         .iter()
                         .filter(|c| mine.binary_search(&c.id.as_str().to_string()).is_ok())
                         .cloned()
                         .collect();
+                    // Each account's budget, divided among the instances alive (the chats of
+                    // every account are spread over all of them).
                     let share = |n: u32| (n / view.live.max(1) as u32).max(1);
                     let _ = poller.send(ChatsUpdate {
                         chats: watched,
-                        per_second: share(per_second),
-                        burst: share(burst),
+                        rates: config
+                            .rates
+                            .iter()
+                            .map(|(name, per_second, burst)| {
+                                (name.clone(), share(*per_second), share(*burst))
+                            })
+                            .collect(),
                     });
                     last = Some((mine, view.live));
                 }
@@ -180,9 +189,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(cluster.every()) => {}
             Some(update) = reloads.recv() => {
-                chats = update.chats;
-                per_second = update.per_second;
-                burst = update.burst;
+                config = update;
                 // The shares are sent again with the next cycle.
                 last = None;
             }

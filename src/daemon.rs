@@ -55,18 +55,32 @@ pub fn prepare(
 ) -> anyhow::Result<(Arc<Poller>, Arc<Dispatcher>, Running)> {
     let store = Store::open_for(&config, true)?;
     let checkpointer = store.start_checkpointer()?;
-    let budget = Arc::new(RateBudget::new(
-        config.api.rate_per_second,
-        config.api.burst,
-    ));
-    let gateway = Gateway::new(&config.api, budget).map_err(anyhow::Error::msg)?;
+    let gateways = config
+        .accounts
+        .iter()
+        .map(|a| {
+            let budget = Arc::new(RateBudget::new(a.api.rate_per_second, a.api.burst));
+            Gateway::new(&a.api, budget).map_err(|e| anyhow::anyhow!("account `{}`: {e}", a.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let wake = Arc::new(crate::outbox::dispatcher::Wake::default());
     let policy = RetryPolicy {
         max_attempts: config.webhooks.max_attempts,
         ..RetryPolicy::default()
     }
     .scaled(config.webhooks.retry_scale);
-    let metrics = Arc::new(Metrics::new(config.chats.len()));
+    let metrics = Arc::new(Metrics::new(
+        &config
+            .accounts
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        &config
+            .chats
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+    ));
     metrics.set_rules_loaded(true);
     metrics.set_rule_set(&rules.fingerprint);
     metrics.known_rules(
@@ -125,7 +139,7 @@ pub fn prepare(
         cluster,
         silences: Arc::new(RwLock::new(Arc::new(silences))),
         config: Arc::new(config),
-        gateway,
+        gateways,
         store: store.clone(),
         commits,
         rules: Arc::new(RwLock::new(Arc::new(rules))),
@@ -223,9 +237,7 @@ pub(crate) async fn run(
         let task = tokio::spawn(crate::cluster::run(
             l.cluster,
             store.clone(),
-            poller.config.chats.clone(),
-            poller.config.api.rate_per_second,
-            poller.config.api.burst,
+            crate::engine::poller::ChatsUpdate::of(&poller.config),
             l.reloads,
             l.poller,
             poller.metrics.clone(),

@@ -85,7 +85,7 @@ pub struct Metrics {
     registry: Registry,
     /// In a cluster: this instance's name (for `/healthz`).
     instance: std::sync::OnceLock<String>,
-    polls: Family<Outcome, Counter>,
+    polls: Family<[(&'static str, String); 2], Counter>,
     poll_duration: Histogram,
     messages: Family<Outcome, Counter>,
     matches: Family<[(&'static str, String); 1], Counter>,
@@ -97,14 +97,16 @@ pub struct Metrics {
     deliveries: Family<Outcome, Counter>,
     outbox_scans: Family<Outcome, Counter>,
     gaps: Counter,
-    budget_wait: FloatCounter,
+    budget_wait: Family<[(&'static str, String); 1], FloatCounter>,
+    /// The gateway accounts' names, by index (the `account` label).
+    accounts: Vec<String>,
     outbox_depth: Gauge,
     dead_letters: Gauge,
     max_lag: FloatGauge,
     chats: Gauge,
-    /// Unix ms of each chat's last successful poll (index = the poller's chat index; a chat a
-    /// reload removed holds `i64::MAX`: never late).
-    last_ok_ms: std::sync::RwLock<Vec<AtomicI64>>,
+    /// Unix ms of each chat's last successful poll, by chat key (a chat a reload removed holds
+    /// `i64::MAX`: never late).
+    last_ok_ms: std::sync::RwLock<std::collections::HashMap<String, AtomicI64>>,
     started_ms: i64,
     rules_loaded: AtomicBool,
     /// The rule set in force: its fingerprint, and the series that says it.
@@ -122,7 +124,7 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     /// A handle for no chats (components built before the daemon wires the real one).
     fn default() -> Self {
-        Metrics::new(0)
+        Metrics::new(&[crate::gateway::model::DEFAULT_ACCOUNT], &[])
     }
 }
 
@@ -131,13 +133,14 @@ fn now_ms() -> i64 {
 }
 
 impl Metrics {
-    /// A handle for `chats` watched chats, every family registered.
-    pub fn new(chats: usize) -> Metrics {
+    /// A handle for gateway `accounts` (by name, in the config's order) and the watched
+    /// `chats` (by key), every family registered.
+    pub fn new(accounts: &[&str], chats: &[&str]) -> Metrics {
         let mut registry = Registry::with_prefix("cartat");
-        let polls = Family::<Outcome, Counter>::default();
+        let polls = Family::<[(&'static str, String); 2], Counter>::default();
         registry.register(
             "polls",
-            "Polls of a chat, by outcome (ok, rate_limited, unauthorized, not_found, server_error, http_error, timeout, transport, bad_reply, store_error)",
+            "Polls of a chat, by gateway account and outcome (ok, rate_limited, unauthorized, not_found, server_error, http_error, timeout, transport, bad_reply, store_error)",
             polls.clone(),
         );
         let poll_duration = Histogram::new(exponential_buckets(0.002, 2.0, 14));
@@ -202,10 +205,10 @@ impl Metrics {
             "Polls where more messages arrived than the largest limit returns (gap_detected)",
             gaps.clone(),
         );
-        let budget_wait = FloatCounter::default();
+        let budget_wait = Family::<[(&'static str, String); 1], FloatCounter>::default();
         registry.register(
             "budget_wait_seconds",
-            "Time spent waiting for the API rate budget (including Retry-After pauses)",
+            "Time spent waiting for a gateway account's rate budget (including Retry-After pauses), by account",
             budget_wait.clone(),
         );
         let outbox_depth = Gauge::default();
@@ -227,7 +230,7 @@ impl Metrics {
             max_lag.clone(),
         );
         let chats_gauge = Gauge::default();
-        chats_gauge.set(chats as i64);
+        chats_gauge.set(chats.len() as i64);
         registry.register("chats_watched", "Watched chats", chats_gauge.clone());
         let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
         build_info
@@ -246,8 +249,14 @@ impl Metrics {
         );
         // Every series with a fixed label set exists from the start, at 0: a dashboard's rate()
         // and an alert on `increase(...) > 0` see the first event, not a series appearing.
-        for o in PollOutcome::ALL {
-            let _ = polls.get_or_create(&[("outcome", o.as_str())]);
+        for account in accounts {
+            for o in PollOutcome::ALL {
+                let _ = polls.get_or_create(&[
+                    ("account", account.to_string()),
+                    ("outcome", o.as_str().to_string()),
+                ]);
+            }
+            let _ = budget_wait.get_or_create(&[("account", account.to_string())]);
         }
         for k in MESSAGE_KINDS {
             let _ = messages.get_or_create(&[("kind", k)]);
@@ -274,12 +283,16 @@ impl Metrics {
             outbox_scans,
             gaps,
             budget_wait,
+            accounts: accounts.iter().map(|a| a.to_string()).collect(),
             outbox_depth,
             dead_letters,
             max_lag,
             chats: chats_gauge,
             last_ok_ms: std::sync::RwLock::new(
-                (0..chats).map(|_| AtomicI64::new(started_ms)).collect(),
+                chats
+                    .iter()
+                    .map(|c| (c.to_string(), AtomicI64::new(started_ms)))
+                    .collect(),
             ),
             started_ms,
             rules_loaded: AtomicBool::new(false),
@@ -290,16 +303,24 @@ impl Metrics {
         }
     }
 
-    /// One poll of chat `index` ended.
-    pub fn poll(&self, index: usize, outcome: PollOutcome, seconds: f64) {
+    /// The name of account `index` (the `account` label).
+    fn account(&self, index: usize) -> String {
+        self.accounts.get(index).cloned().unwrap_or_default()
+    }
+
+    /// One poll of chat `chat` (its key) of account `account` ended.
+    pub fn poll(&self, account: usize, chat: &str, outcome: PollOutcome, seconds: f64) {
         self.polls
-            .get_or_create(&[("outcome", outcome.as_str())])
+            .get_or_create(&[
+                ("account", self.account(account)),
+                ("outcome", outcome.as_str().to_string()),
+            ])
             .inc();
         self.poll_duration.observe(seconds);
         match outcome {
             PollOutcome::Ok => {
                 let last_ok = self.last_ok_ms.read().unwrap_or_else(|e| e.into_inner());
-                if let Some(t) = last_ok.get(index) {
+                if let Some(t) = last_ok.get(chat) {
                     // A chat a reload removed stays "never late", whatever answers late.
                     let now = now_ms();
                     let _ = t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -385,8 +406,10 @@ impl Metrics {
         self.gaps.inc();
     }
 
-    pub fn budget_waited(&self, d: std::time::Duration) {
-        self.budget_wait.inc_by(d.as_secs_f64());
+    pub fn budget_waited(&self, account: usize, d: std::time::Duration) {
+        self.budget_wait
+            .get_or_create(&[("account", self.account(account))])
+            .inc_by(d.as_secs_f64());
     }
 
     /// The rule set now in force, by its fingerprint (`/healthz`, `cartat_rule_set`).
@@ -414,22 +437,29 @@ impl Metrics {
         self.rules_loaded.store(loaded, Ordering::Relaxed);
     }
 
-    /// A chat a config reload added (index = the next one): late from now if never polled.
-    pub fn add_chat(&self) {
-        self.last_ok_ms
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(AtomicI64::new(now_ms()));
-        self.chats.inc();
+    /// A chat a config reload added: late from now if never polled.
+    pub fn add_chat(&self, chat: &str) {
+        let mut last_ok = self.last_ok_ms.write().unwrap_or_else(|e| e.into_inner());
+        match last_ok.get(chat) {
+            Some(t) => {
+                if t.swap(now_ms(), Ordering::Relaxed) == i64::MAX {
+                    self.chats.inc();
+                }
+            }
+            None => {
+                last_ok.insert(chat.to_string(), AtomicI64::new(now_ms()));
+                self.chats.inc();
+            }
+        }
     }
 
     /// A chat a config reload removed: no longer counted, never late.
-    pub fn retire_chat(&self, index: usize) {
+    pub fn retire_chat(&self, chat: &str) {
         if let Some(t) = self
             .last_ok_ms
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(index)
+            .get(chat)
             && t.swap(i64::MAX, Ordering::Relaxed) != i64::MAX
         {
             self.chats.dec();
@@ -437,12 +467,12 @@ impl Metrics {
     }
 
     /// A chat a reload removed and added back: counted again, late from now if not polled.
-    pub fn revive_chat(&self, index: usize) {
+    pub fn revive_chat(&self, chat: &str) {
         if let Some(t) = self
             .last_ok_ms
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(index)
+            .get(chat)
             && t.swap(now_ms(), Ordering::Relaxed) == i64::MAX
         {
             self.chats.inc();
@@ -456,7 +486,7 @@ impl Metrics {
             .last_ok_ms
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .values()
             .map(|t| t.load(Ordering::Relaxed))
             .min()
             .unwrap_or(now);
@@ -539,26 +569,31 @@ mod tests {
 
     #[test]
     fn the_exposition_names_every_family_with_bounded_labels() {
-        let m = Metrics::new(2);
+        let m = Metrics::new(
+            &["default", "sales"],
+            &["966500000001@c.us", "sales/966500000002@c.us"],
+        );
         m.set_rules_loaded(true);
-        m.poll(0, PollOutcome::Ok, 0.01);
-        m.poll(1, PollOutcome::NotFound, 0.02);
+        m.poll(0, "966500000001@c.us", PollOutcome::Ok, 0.01);
+        m.poll(1, "sales/966500000002@c.us", PollOutcome::NotFound, 0.02);
         m.messages(3, 1, 1);
         m.rule_matched("bot-keyword");
         m.delivery("delivered");
         m.gap_detected();
-        m.budget_waited(std::time::Duration::from_millis(250));
+        m.budget_waited(1, std::time::Duration::from_millis(250));
         let text = m.render(4, 1, None);
         for want in [
-            "cartat_polls_total{outcome=\"ok\"} 1",
-            "cartat_polls_total{outcome=\"not_found\"} 1",
+            "cartat_polls_total{account=\"default\",outcome=\"ok\"} 1",
+            "cartat_polls_total{account=\"sales\",outcome=\"not_found\"} 1",
+            "cartat_polls_total{account=\"sales\",outcome=\"ok\"} 0",
             "cartat_poll_duration_seconds_count 2",
             "cartat_messages_total{kind=\"new\"} 3",
             "cartat_messages_total{kind=\"skipped\"} 1",
             "cartat_rule_matches_total{rule=\"bot-keyword\"} 1",
             "cartat_deliveries_total{outcome=\"delivered\"} 1",
             "cartat_gaps_detected_total 1",
-            "cartat_budget_wait_seconds_total 0.25",
+            "cartat_budget_wait_seconds_total{account=\"sales\"} 0.25",
+            "cartat_budget_wait_seconds_total{account=\"default\"} 0",
             "cartat_outbox_depth 4",
             "cartat_dead_letters 1",
             "cartat_chat_lag_seconds_max ",
@@ -570,7 +605,7 @@ mod tests {
 
     #[test]
     fn every_fixed_series_is_there_at_zero_with_help_and_type_and_the_process_figures() {
-        let m = Metrics::new(1);
+        let m = Metrics::new(&["default"], &["966500000001@c.us"]);
         m.known_rules(["bot-keyword"]);
         let text = m.render(
             0,
@@ -583,7 +618,10 @@ mod tests {
             }),
         );
         for o in PollOutcome::ALL {
-            let series = format!("cartat_polls_total{{outcome=\"{}\"}} 0", o.as_str());
+            let series = format!(
+                "cartat_polls_total{{account=\"default\",outcome=\"{}\"}} 0",
+                o.as_str()
+            );
             assert!(text.contains(&series), "missing `{series}` in\n{text}");
         }
         for want in [
@@ -615,22 +653,22 @@ mod tests {
 
     #[test]
     fn health_needs_rules_and_a_working_store() {
-        let m = Metrics::new(1);
+        let m = Metrics::new(&["default"], &["966500000001@c.us"]);
         assert!(m.health(Ok(())).is_err(), "rules not loaded yet");
         m.set_rules_loaded(true);
         assert!(m.health(Ok(())).is_ok());
         assert!(m.health(Err("disk I/O error".into())).is_err());
         for _ in 0..UNHEALTHY_STORE_ERRORS {
-            m.poll(0, PollOutcome::StoreError, 0.0);
+            m.poll(0, "966500000001@c.us", PollOutcome::StoreError, 0.0);
         }
         assert!(m.health(Ok(())).unwrap_err().contains("commits failed"));
-        m.poll(0, PollOutcome::Ok, 0.0);
+        m.poll(0, "966500000001@c.us", PollOutcome::Ok, 0.0);
         assert!(m.health(Ok(())).is_ok(), "a successful commit heals");
     }
 
     #[test]
     fn health_in_a_cluster_names_the_instance_and_its_leases() {
-        let m = Metrics::new(3);
+        let m = Metrics::new(&["default"], &[]);
         m.set_rules_loaded(true);
         assert!(!m.health(Ok(())).unwrap().contains("instance"));
         m.set_instance("vm-42-abcd");

@@ -141,9 +141,9 @@ pub(crate) fn reload(
 /// of changes.
 pub(crate) struct ConfigSource {
     pub path: PathBuf,
-    /// The file as written when last applied (formatting and comments gone), the chats and the
-    /// rate limit (per second, burst) in force.
-    pub applied: std::sync::Mutex<(serde_json::Value, Vec<WatchedChat>, u32, u32)>,
+    /// The file as written when last applied (formatting and comments gone), and the chats
+    /// and each account's rate limit in force.
+    pub applied: std::sync::Mutex<(serde_json::Value, ChatsUpdate)>,
     pub updates: tokio::sync::mpsc::UnboundedSender<ChatsUpdate>,
 }
 
@@ -164,12 +164,7 @@ impl ConfigSource {
     ) -> ConfigSource {
         ConfigSource {
             path: config.path.clone(),
-            applied: std::sync::Mutex::new((
-                written(&config.path),
-                config.chats.clone(),
-                config.api.rate_per_second,
-                config.api.burst,
-            )),
+            applied: std::sync::Mutex::new((written(&config.path), ChatsUpdate::of(config))),
             updates,
         }
     }
@@ -202,7 +197,9 @@ impl ConfigSource {
     /// Applies what can change live and names what cannot.
     fn apply(&self, staged: Staged) -> ConfigChanges {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        let (old_written, old_chats, old_rate, old_burst) = &*applied;
+        let (old_written, old) = &*applied;
+        let old_chats = &old.chats;
+        let update = ChatsUpdate::of(&staged.config);
         let new = &staged.config;
         let mut diffs = Vec::new();
         crate::rules::docs::differences(
@@ -219,7 +216,7 @@ impl ConfigSource {
         };
         let mut changes = ConfigChanges {
             restart_needed: diffs.into_iter().map(|(path, _, _)| path).collect(),
-            rate_limit_changed: (new.api.rate_per_second, new.api.burst) != (*old_rate, *old_burst),
+            rate_limit_changed: update.rates != old.rates,
             ..ConfigChanges::default()
         };
         for c in &new.chats {
@@ -241,11 +238,7 @@ impl ConfigSource {
             || !changes.chats_removed.is_empty()
             || !changes.intervals_changed.is_empty();
         if live_change {
-            let _ = self.updates.send(ChatsUpdate {
-                chats: new.chats.clone(),
-                per_second: new.api.rate_per_second,
-                burst: new.api.burst,
-            });
+            let _ = self.updates.send(update.clone());
         }
         if !changes.restart_needed.is_empty() {
             tracing::warn!(
@@ -254,36 +247,40 @@ impl ConfigSource {
                 "config reload: these settings apply only at the next start"
             );
         }
-        *applied = (
-            staged.written,
-            new.chats.clone(),
-            new.api.rate_per_second,
-            new.api.burst,
-        );
+        *applied = (staged.written, update);
         changes
     }
 }
 
-/// The config as written without the settings a reload applies live ([`LIVE`]); a section
-/// left empty goes too (`poll:` that held only `interval` is no other change).
+/// The config as written without the settings a reload applies live ([`LIVE`], and the same
+/// in each of `accounts:`); a section left empty goes too (`poll:` that held only `interval`
+/// is no other change).
 fn without_live(v: &serde_json::Value) -> serde_json::Value {
+    fn strip(m: &mut serde_json::Map<String, serde_json::Value>, paths: &[&str]) {
+        for path in paths {
+            match path.split_once('.') {
+                Some((head, tail)) => {
+                    if let Some(serde_json::Value::Object(inner)) = m.get_mut(head) {
+                        inner.remove(tail);
+                        if inner.is_empty() {
+                            m.remove(head);
+                        }
+                    }
+                }
+                None => {
+                    m.remove(*path);
+                }
+            }
+        }
+    }
     let mut v = v.clone();
     let Some(top) = v.as_object_mut() else {
         return v;
     };
-    for path in LIVE {
-        match path.split_once('.') {
-            Some((head, tail)) => {
-                if let Some(serde_json::Value::Object(m)) = top.get_mut(head) {
-                    m.remove(tail);
-                    if m.is_empty() {
-                        top.remove(head);
-                    }
-                }
-            }
-            None => {
-                top.remove(*path);
-            }
+    strip(top, LIVE);
+    if let Some(serde_json::Value::Array(accounts)) = top.get_mut("accounts") {
+        for account in accounts.iter_mut().filter_map(|a| a.as_object_mut()) {
+            strip(account, &["chats", "api.rate_limit"]);
         }
     }
     v

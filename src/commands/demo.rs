@@ -156,7 +156,7 @@ fn demo_with(config_path: &Path, scenario: Option<&Path>, duration: Duration, tm
         }
     };
     rt.block_on(async move {
-        let gateway_addr = match loopback_authority(&config.api.base_url) {
+        let gateway_addr = match loopback_authority(&config.accounts[0].api.base_url) {
             Some(a) => a,
             None => {
                 eprintln!("cartat-rules demo: api.base_url must be a loopback address for the demo");

@@ -7,7 +7,7 @@ pub mod raw;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::duration::HumanDuration;
-use crate::gateway::model::ChatId;
+use crate::gateway::model::{ChatId, DEFAULT_ACCOUNT, valid_account_name};
 use crate::outbox::sign::SigningKey;
 use crate::outbox::ssrf::{Cidr, NetPolicy};
 use schemars::JsonSchema;
@@ -71,11 +71,22 @@ pub struct ApiConfig {
     pub proxy: Option<String>,
 }
 
+/// One gateway account: its name and its gateway.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// [`DEFAULT_ACCOUNT`] for the config's single `api:`.
+    pub name: String,
+    pub api: ApiConfig,
+}
+
 /// One watched chat.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WatchedChat {
+    /// Its key carries its account (see [`ChatId::as_str`]).
     pub id: ChatId,
     pub interval: Duration,
+    /// Its account's index in [`Config::accounts`].
+    pub account: usize,
 }
 
 /// The webhook side.
@@ -93,7 +104,9 @@ pub struct WebhookConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub path: PathBuf,
-    pub api: ApiConfig,
+    /// The gateway accounts, at least one (the single `api:` is [`DEFAULT_ACCOUNT`]).
+    pub accounts: Vec<Account>,
+    /// Every account's watched chats.
     pub chats: Vec<WatchedChat>,
     pub poll_interval: Duration,
     pub on_first_sight: FirstSight,
@@ -236,6 +249,129 @@ fn references_unset(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> bool
         .any(|(name, _)| lookup(name).is_none())
 }
 
+/// One account's `api:` section compiled (errors go to `d`; the values then are defaults).
+fn account_api(
+    path: &Path,
+    api: &raw::RawApi,
+    env: EnvMode,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    d: &mut Diagnostics,
+) -> ApiConfig {
+    let base_url = interpolate(path, &api.base_url, env, lookup, d).unwrap_or_default();
+    if !(base_url.is_empty() || base_url.starts_with("http://") || base_url.starts_with("https://"))
+    {
+        d.push(Diagnostic::at(
+            path,
+            api.base_url.referenced,
+            format!("`{base_url}`: base_url must start with http:// or https://"),
+        ));
+    }
+    let token = api
+        .token
+        .as_ref()
+        .and_then(|t| interpolate(path, t, env, lookup, d))
+        .unwrap_or_default();
+    let proxy = api
+        .proxy
+        .as_ref()
+        .and_then(|p| interpolate(path, p, env, lookup, d))
+        .filter(|p| !p.is_empty());
+    if let (Some(p), Some(spec)) = (&proxy, &api.proxy)
+        && reqwest::Proxy::all(p.as_str()).is_err()
+    {
+        d.push(Diagnostic::at(
+            path,
+            spec.referenced,
+            "api.proxy: not a proxy url (write http://host:port)",
+        ));
+    }
+    if api.max_reply_bytes.is_some_and(|b| b < 1024) {
+        d.push(Diagnostic::at(
+            path,
+            api.base_url.referenced,
+            "api.max_reply_bytes must be at least 1024",
+        ));
+    }
+    let default_rate = raw::RawRate::default();
+    let rate = api.rate_limit.as_ref().unwrap_or(&default_rate);
+    if rate.per_second.value == 0 {
+        d.push(Diagnostic::at(
+            path,
+            rate.per_second.referenced,
+            "per_second must be at least 1",
+        ));
+    }
+    let limit = api.message_limit.as_ref().map_or(50, |l| l.value);
+    if let Some(l) = &api.message_limit
+        && !(1..=10_000).contains(&l.value)
+    {
+        d.push(Diagnostic::at(
+            path,
+            l.referenced,
+            "message_limit must be between 1 and 10000",
+        ));
+    }
+    ApiConfig {
+        base_url: base_url.trim_end_matches('/').to_string(),
+        token: SecretString::from(token),
+        timeout: api.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(10)),
+        rate_per_second: rate.per_second.value,
+        burst: rate.burst.unwrap_or(rate.per_second.value).max(1),
+        message_limit: limit,
+        max_message_limit: api
+            .max_message_limit
+            .unwrap_or(limit.saturating_mul(32).max(1000)),
+        max_reply_bytes: api.max_reply_bytes,
+        proxy,
+    }
+}
+
+/// One account's `chats:` compiled into `out` (a chat listed twice, in any account of the
+/// same name, is an error).
+#[allow(clippy::too_many_arguments)]
+fn watched(
+    path: &Path,
+    entries: &[Spanned<raw::RawChat>],
+    account: usize,
+    account_name: &str,
+    poll_interval: Duration,
+    seen: &mut std::collections::HashSet<ChatId>,
+    out: &mut Vec<WatchedChat>,
+    d: &mut Diagnostics,
+) {
+    for entry in entries {
+        let (id_text, interval) = match &entry.value {
+            raw::RawChat::Id(id) => (id.as_str(), None),
+            raw::RawChat::Full { id, interval } => {
+                (id.as_str(), interval.map(|i: HumanDuration| i.0))
+            }
+        };
+        match ChatId::parse(id_text) {
+            Ok(id) if id.as_str().contains('/') => d.push(Diagnostic::at(
+                path,
+                entry.referenced,
+                format!("`{id_text}`: a watched chat takes its account from where it is listed; write the id alone"),
+            )),
+            Ok(id) => {
+                let id = id.in_account(account_name);
+                if !seen.insert(id.clone()) {
+                    d.push(Diagnostic::at(
+                        path,
+                        entry.referenced,
+                        format!("chat `{id}` is listed twice"),
+                    ));
+                }
+                out.push(WatchedChat {
+                    id,
+                    interval: interval.unwrap_or(poll_interval),
+                    account,
+                });
+            }
+            Err(e) => d.push(Diagnostic::at(path, entry.referenced, e.0)),
+        }
+    }
+}
+
 fn compile(
     path: &Path,
     raw: raw::RawConfig,
@@ -245,94 +381,68 @@ fn compile(
     let mut d = Diagnostics::default();
     let dir = base_dir(path);
 
-    let base_url = interpolate(path, &raw.api.base_url, env, lookup, &mut d).unwrap_or_default();
-    if !(base_url.is_empty() || base_url.starts_with("http://") || base_url.starts_with("https://"))
-    {
-        d.push(Diagnostic::at(
-            path,
-            raw.api.base_url.referenced,
-            format!("`{base_url}`: base_url must start with http:// or https://"),
-        ));
-    }
-    let token = raw
-        .api
-        .token
-        .as_ref()
-        .and_then(|t| interpolate(path, t, env, lookup, &mut d))
-        .unwrap_or_default();
-    let proxy = raw
-        .api
-        .proxy
-        .as_ref()
-        .and_then(|p| interpolate(path, p, env, lookup, &mut d))
-        .filter(|p| !p.is_empty());
-    if let (Some(p), Some(spec)) = (&proxy, &raw.api.proxy)
-        && reqwest::Proxy::all(p.as_str()).is_err()
-    {
-        d.push(Diagnostic::at(
-            path,
-            spec.referenced,
-            "api.proxy: not a proxy url (write http://host:port)",
-        ));
-    }
-    if raw.api.max_reply_bytes.is_some_and(|b| b < 1024) {
-        d.push(Diagnostic::at(
-            path,
-            raw.api.base_url.referenced,
-            "api.max_reply_bytes must be at least 1024",
-        ));
-    }
-    let rate = raw.api.rate_limit.unwrap_or_default();
-    if rate.per_second.value == 0 {
-        d.push(Diagnostic::at(
-            path,
-            rate.per_second.referenced,
-            "per_second must be at least 1",
-        ));
-    }
-    let limit = raw.api.message_limit.unwrap_or(Spanned::new(
-        50,
-        serde_saphyr::Location::UNKNOWN,
-        serde_saphyr::Location::UNKNOWN,
-    ));
-    if !(1..=10_000).contains(&limit.value) {
-        d.push(Diagnostic::at(
-            path,
-            limit.referenced,
-            "message_limit must be between 1 and 10000",
-        ));
-    }
-
     let poll = raw.poll.unwrap_or_default();
     let poll_interval = poll
         .interval
         .map(|i| i.0)
         .unwrap_or(Duration::from_secs(10));
+    let mut accounts = Vec::new();
     let mut chats = Vec::new();
     let mut seen_ids = std::collections::HashSet::new();
-    for entry in &raw.chats {
-        let (id_text, interval) = match &entry.value {
-            raw::RawChat::Id(id) => (id.clone(), None),
-            raw::RawChat::Full { id, interval } => {
-                (id.clone(), interval.map(|i: HumanDuration| i.0))
+    match (raw.api, raw.accounts) {
+        (Some(api), None) => {
+            accounts.push(Account {
+                name: DEFAULT_ACCOUNT.into(),
+                api: account_api(path, &api.value, env, lookup, &mut d),
+            });
+            watched(path, &raw.chats, 0, DEFAULT_ACCOUNT, poll_interval, &mut seen_ids, &mut chats, &mut d);
+        }
+        (None, Some(list)) => {
+            if let Some(first) = raw.chats.first() {
+                d.push(Diagnostic::at(
+                    path,
+                    first.referenced,
+                    "with `accounts:`, each account lists its own `chats:`; move these under their account",
+                ));
             }
-        };
-        match ChatId::parse(&id_text) {
-            Ok(id) => {
-                if !seen_ids.insert(id.clone()) {
+            if list.value.is_empty() {
+                d.push(Diagnostic::at(path, list.referenced, "accounts: the list is empty"));
+            }
+            let mut names = std::collections::HashSet::new();
+            for account in &list.value {
+                let name = account.name.value.as_str();
+                if !valid_account_name(name) {
                     d.push(Diagnostic::at(
                         path,
-                        entry.referenced,
-                        format!("chat `{id}` is listed twice"),
+                        account.name.referenced,
+                        format!("`{name}` is not an account name: a lowercase letter, then letters, digits, `_` or `-` (at most 32)"),
+                    ));
+                } else if !names.insert(name) {
+                    d.push(Diagnostic::at(
+                        path,
+                        account.name.referenced,
+                        format!("account `{name}` is listed twice"),
                     ));
                 }
-                chats.push(WatchedChat {
-                    id,
-                    interval: interval.unwrap_or(poll_interval),
+                let index = accounts.len();
+                accounts.push(Account {
+                    name: name.to_string(),
+                    api: account_api(path, &account.api, env, lookup, &mut d),
                 });
+                watched(path, &account.chats, index, name, poll_interval, &mut seen_ids, &mut chats, &mut d);
             }
-            Err(e) => d.push(Diagnostic::at(path, entry.referenced, e.0)),
         }
+        (Some(api), Some(_)) => d.push(Diagnostic::at(
+            path,
+            api.referenced,
+            "give `api:` and `chats:` (one account) or `accounts:` (several), not both",
+        )),
+        (None, None) => d.push(Diagnostic::error(
+            path,
+            1,
+            1,
+            "no gateway: write `api:` with its `base_url` (or `accounts:`, each with its own `api:` and `chats:`)",
+        )),
     }
 
     let state = raw.state.unwrap_or_default();
@@ -543,24 +653,7 @@ fn compile(
     }
     let config = Config {
         path: path.to_path_buf(),
-        api: ApiConfig {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            token: SecretString::from(token),
-            timeout: raw
-                .api
-                .timeout
-                .map(|t| t.0)
-                .unwrap_or(Duration::from_secs(10)),
-            rate_per_second: rate.per_second.value,
-            burst: rate.burst.unwrap_or(rate.per_second.value).max(1),
-            message_limit: limit.value,
-            max_message_limit: raw
-                .api
-                .max_message_limit
-                .unwrap_or(limit.value.saturating_mul(32).max(1000)),
-            max_reply_bytes: raw.api.max_reply_bytes,
-            proxy,
-        },
+        accounts,
         chats,
         poll_interval,
         on_first_sight: poll.on_first_sight.unwrap_or_default(),
@@ -698,9 +791,9 @@ server:
         )
         .unwrap();
         assert!(warnings.0.is_empty(), "{warnings}");
-        assert_eq!(c.api.base_url, "https://api.cartat.net");
+        assert_eq!(c.accounts[0].api.base_url, "https://api.cartat.net");
         assert_eq!(
-            secrecy::ExposeSecret::expose_secret(&c.api.token),
+            secrecy::ExposeSecret::expose_secret(&c.accounts[0].api.token),
             "tok-123"
         );
         assert_eq!(c.chats.len(), 2);
@@ -744,6 +837,78 @@ server:
 
         let e = errors_of("api:\n  base_url: http://x\n  timeout: 10 seconds\n");
         assert!(e[0].starts_with("c.yaml:3:"), "{e:?}");
+    }
+
+    #[test]
+    fn several_accounts_each_with_its_gateway_budget_and_chats() {
+        let text = "accounts:\n  - name: sales\n    api: { base_url: http://a.example/, token: \"${CARTAT_TOKEN}\", rate_limit: { per_second: 7 } }\n    chats: [\"966500000000\", { id: \"1203@g.us\", interval: 3s }]\n  - name: support\n    api: { base_url: http://b.example }\n    chats: [\"966500000000\"]\n";
+        let (c, _) = from_str(Path::new("c.yaml"), text, EnvMode::Required, &env).unwrap();
+        let names: Vec<_> = c.accounts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["sales", "support"]);
+        assert_eq!(c.accounts[0].api.base_url, "http://a.example");
+        assert_eq!(c.accounts[0].api.rate_per_second, 7);
+        assert_eq!(c.accounts[1].api.rate_per_second, 5, "the default budget");
+        let chats: Vec<_> = c
+            .chats
+            .iter()
+            .map(|w| (w.id.as_str(), w.account, w.interval.as_secs()))
+            .collect();
+        // The same number in two accounts is two chats.
+        assert_eq!(
+            chats,
+            [
+                ("sales/966500000000@c.us", 0, 10),
+                ("sales/1203@g.us", 0, 3),
+                ("support/966500000000@c.us", 1, 10),
+            ]
+        );
+        // The single `api:` is the account `default`, its chats keyed as they always were.
+        let (c, _) = from_str(Path::new("c.yaml"), SPEC_EXAMPLE, EnvMode::Required, &env).unwrap();
+        assert_eq!(c.accounts.len(), 1);
+        assert_eq!(c.accounts[0].name, "default");
+        assert_eq!(c.chats[0].id.as_str(), "966500000000@c.us");
+
+        let cases = [
+            (
+                "api:\n  base_url: http://x\naccounts:\n  - { name: a, api: { base_url: http://y } }\n",
+                "c.yaml:2:3: ",
+                "not both",
+            ),
+            (
+                "accounts:\n  - { name: a, api: { base_url: http://y } }\nchats: [\"966500000000\"]\n",
+                "c.yaml:3:",
+                "each account lists its own",
+            ),
+            (
+                "accounts:\n  - { name: a, api: { base_url: http://y } }\n  - { name: a, api: { base_url: http://z } }\n",
+                "c.yaml:3:13: ",
+                "listed twice",
+            ),
+            (
+                "accounts:\n  - { name: Sales, api: { base_url: http://y } }\n",
+                "c.yaml:2:13: ",
+                "not an account name",
+            ),
+            (
+                "accounts:\n  - { name: a, api: { base_url: http://y }, chats: [\"b/966500000000\"] }\n",
+                "c.yaml:2:",
+                "takes its account from where it is listed",
+            ),
+            (
+                "accounts:\n  - { name: a, api: { base_url: ftp://y } }\n",
+                "c.yaml:2:",
+                "base_url must start with",
+            ),
+            ("accounts: []\n", "c.yaml:1:", "the list is empty"),
+            ("poll: { interval: 1s }\n", "c.yaml:1:1: ", "no gateway"),
+        ];
+        for (text, at, want) in cases {
+            let e = errors_of(text);
+            assert!(
+                e.iter().any(|e| e.starts_with(at) && e.contains(want)),
+                "{text}: want {at}…{want} in {e:?}"
+            );
+        }
     }
 
     #[test]

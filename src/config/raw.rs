@@ -11,12 +11,17 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 #[schemars(title = "cartat-rules config (cartat.yaml)")]
 pub struct RawConfig {
-    /// The Cartat gateway.
-    pub api: RawApi,
+    /// The Cartat gateway (one account; for several, write `accounts:` instead).
+    #[schemars(with = "Option<RawApi>")]
+    pub api: Option<Spanned<RawApi>>,
     /// The watched chats: a phone number with country code, or `{id, interval}`.
     #[serde(default)]
     #[schemars(with = "Vec<RawChat>")]
     pub chats: Vec<Spanned<RawChat>>,
+    /// Several gateway accounts (WhatsApp numbers), each with its own `api:` and `chats:`,
+    /// instead of the top-level `api:` and `chats:` (which are one account, `default`).
+    #[schemars(with = "Option<Vec<RawAccount>>")]
+    pub accounts: Option<Spanned<Vec<RawAccount>>>,
     /// Polling defaults.
     pub poll: Option<RawPoll>,
     /// Where the state is kept: an SQLite file, or a PostgreSQL database.
@@ -47,6 +52,23 @@ pub struct RawHistory {
     pub keep: Option<usize>,
     /// Entries older than this are deleted (default 7d).
     pub max_age: Option<HumanDuration>,
+}
+
+/// One gateway account: its own gateway, token, rate budget and chats.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    /// The account's name, in chat keys (`sales/966500000000`), metrics labels and templates
+    /// (`chat.account`): a lowercase letter, then letters, digits, `_` or `-`. `default` keys
+    /// its chats as the top-level `api:` does (so a state file written then stays valid).
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// The account's gateway, as the top-level `api:`.
+    pub api: RawApi,
+    /// The account's watched chats, as the top-level `chats:`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawChat>")]
+    pub chats: Vec<Spanned<RawChat>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -134,10 +156,21 @@ impl JsonSchema for RawChat {
 
 /// The JSON Schema (draft 7) of `cartat.yaml`.
 pub fn config_schema() -> serde_json::Value {
-    schemars::generate::SchemaSettings::draft07()
+    let mut schema = schemars::generate::SchemaSettings::draft07()
         .into_generator()
         .into_root_schema_for::<RawConfig>()
-        .to_value()
+        .to_value();
+    // One gateway account (`api:` and `chats:`) or several (`accounts:`), never both or none.
+    if let Some(root) = schema.as_object_mut() {
+        root.insert(
+            "oneOf".into(),
+            serde_json::json!([
+                { "required": ["api"], "not": { "required": ["accounts"] } },
+                { "required": ["accounts"], "not": { "required": ["api"] } }
+            ]),
+        );
+    }
+    schema
 }
 
 impl<'de> Deserialize<'de> for RawChat {
@@ -317,6 +350,14 @@ mod tests {
             "webhooks": { "allow_private_networks": ["10.0.0.0/8"] },
         });
         assert!(v.is_valid(&good), "{:?}", errors(&v, &good));
+        let several = json!({
+            "accounts": [
+                { "name": "sales", "api": { "base_url": "https://a.example", "rate_limit": { "per_second": 5 } },
+                  "chats": ["966500000000"] },
+                { "name": "support", "api": { "base_url": "https://b.example" }, "chats": [] },
+            ],
+        });
+        assert!(v.is_valid(&several), "{:?}", errors(&v, &several));
         for bad in [
             json!({}),
             json!({ "api": { "base_url": "x", "tokn": "y" } }),
@@ -324,6 +365,8 @@ mod tests {
             json!({ "api": { "base_url": "x" }, "chats": [{ "id": "1", "every": "5s" }] }),
             json!({ "api": { "base_url": "x" }, "log": { "format": "xml" } }),
             json!({ "api": { "base_url": "x" }, "stat": { "path": "s.db" } }),
+            json!({ "api": { "base_url": "x" }, "accounts": [{ "name": "a", "api": { "base_url": "x" } }] }),
+            json!({ "accounts": [{ "name": "a", "base_url": "x" }] }),
         ] {
             assert!(!v.is_valid(&bad), "{bad}");
         }

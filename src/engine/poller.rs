@@ -56,7 +56,8 @@ pub struct Stats {
 /// What the poller works with.
 pub struct Poller {
     pub config: Arc<Config>,
-    pub gateway: Gateway,
+    /// Each account's gateway client and rate budget, in the order of `config.accounts`.
+    pub gateways: Vec<Gateway>,
     pub store: Store,
     /// Where polls commit: the store's writer task, several polls per transaction.
     pub commits: CommitQueue,
@@ -85,14 +86,29 @@ pub struct Poller {
     pub rule_board: Arc<crate::engine::board::RuleBoard>,
 }
 
-/// What a config reload changes in the polling: the chats to watch (each with its interval)
-/// and the API rate budget. Chats not in the list stop being polled (a poll in flight
-/// finishes); chats new to it are polled at once, then on their interval.
+/// What a config reload changes in the polling: the chats to watch (each with its interval
+/// and account) and each account's API rate budget. Chats not in the list stop being polled
+/// (a poll in flight finishes); chats new to it are polled at once, then on their interval.
 #[derive(Clone, Debug)]
 pub struct ChatsUpdate {
     pub chats: Vec<WatchedChat>,
-    pub per_second: u32,
-    pub burst: u32,
+    /// Each account's name, per second and burst. A poller finds its own by name (a reload
+    /// that adds, removes or reorders accounts waits for a restart).
+    pub rates: Vec<(String, u32, u32)>,
+}
+
+impl ChatsUpdate {
+    /// The config's chats and each account's rate budget as written.
+    pub fn of(config: &Config) -> ChatsUpdate {
+        ChatsUpdate {
+            chats: config.chats.clone(),
+            rates: config
+                .accounts
+                .iter()
+                .map(|a| (a.name.clone(), a.api.rate_per_second, a.api.burst))
+                .collect(),
+        }
+    }
 }
 
 /// What one poll found, for the scheduler.
@@ -111,33 +127,81 @@ struct Done {
 }
 
 impl Poller {
-    /// Polls until `shutdown`; in-flight polls finish (each bounded by the API timeout).
+    /// Polls until `shutdown`, each account in a loop of its own (its own schedule, budget and
+    /// in-flight bound); in-flight polls finish (each bounded by the API timeout).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        // In a cluster the lease loop says which chats are this instance's: none until then.
-        let mut chats = if self.cluster.is_some() {
-            Vec::new()
-        } else {
-            self.config.chats.clone()
-        };
-        for chat in &chats {
-            self.board.watch(chat.id.as_str());
-        }
-        let mut updates = self
+        let updates = self
             .chat_updates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        let mut feeds = Vec::new();
+        let mut loops = Vec::new();
+        for account in 0..self.gateways.len() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            feeds.push(tx);
+            loops.push(tokio::spawn(self.clone().run_account(
+                account,
+                Some(rx),
+                shutdown.clone(),
+            )));
+        }
+        // A reload or the lease loop speaks for every account: each loop takes its part.
+        if let Some(mut updates) = updates {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        Some(update) = updates.recv() => {
+                            for feed in &feeds {
+                                let _ = feed.send(update.clone());
+                            }
+                        }
+                        else => break,
+                    }
+                }
+            });
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+    }
+
+    /// Polls one account's chats until `shutdown`.
+    async fn run_account(
+        self: Arc<Self>,
+        account: usize,
+        mut updates: Option<tokio::sync::mpsc::UnboundedReceiver<ChatsUpdate>>,
+        shutdown: CancellationToken,
+    ) {
+        let api = &self.config.accounts[account].api;
+        let gateway = &self.gateways[account];
+        // In a cluster the lease loop says which chats are this instance's: none until then.
+        let mut chats: Vec<WatchedChat> = if self.cluster.is_some() {
+            Vec::new()
+        } else {
+            self.config
+                .chats
+                .iter()
+                .filter(|c| c.account == account)
+                .cloned()
+                .collect()
+        };
+        for chat in &chats {
+            self.board.watch(chat.id.as_str());
+        }
         let intervals: Vec<Duration> = chats.iter().map(|c| c.interval).collect();
         let mut schedule = Schedule::new(
             &intervals,
             self.config.scheduler,
-            self.config.api.rate_per_second,
+            api.rate_per_second,
             Instant::now(),
         )
         .coalescing(self.config.coalesce);
         let mut failures = vec![0u32; chats.len()];
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
-        let slots = Arc::new(Semaphore::new(max_in_flight(self.config.api.burst)));
+        let slots = Arc::new(Semaphore::new(max_in_flight(api.burst)));
         let tracker = TaskTracker::new();
         let mut tick = tokio::time::interval(RECOMPUTE_EVERY);
         let mut last_recompute = Instant::now();
@@ -181,7 +245,7 @@ impl Poller {
                         continue;
                     }
                     Some(update) = recv_opt(&mut updates) => {
-                        self.apply_update(update, &mut schedule, &mut chats, &mut failures);
+                        self.apply_update(account, update, &mut schedule, &mut chats, &mut failures);
                         continue;
                     }
                     _ = tick.tick() => {
@@ -199,16 +263,16 @@ impl Poller {
             };
             let waited = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                w = self.gateway.budget.acquire() => w,
+                w = gateway.budget.acquire() => w,
             };
-            self.metrics.budget_waited(waited);
+            self.metrics.budget_waited(account, waited);
             while let Ok(done) = done_rx.try_recv() {
                 finish(&mut schedule, done, &mut failures, &chats);
             }
             // A reload is applied even while chats are due back to back (a backlog is when a
             // higher rate or fewer chats is most wanted).
             while let Some(update) = updates.as_mut().and_then(|rx| rx.try_recv().ok()) {
-                self.apply_update(update, &mut schedule, &mut chats, &mut failures);
+                self.apply_update(account, update, &mut schedule, &mut chats, &mut failures);
             }
             let Some(index) = schedule.pop_due(Instant::now()) else {
                 continue;
@@ -218,7 +282,7 @@ impl Poller {
             let chat = chats[index].clone();
             let fails = failures[index];
             tracker.spawn(async move {
-                let how = this.poll_chat(index, &chat, fails).await;
+                let how = this.poll_chat(&chat, fails).await;
                 drop(permit);
                 let _ = tx.send(Done { index, how });
             });
@@ -231,16 +295,22 @@ impl Poller {
     /// new ones added (due at once), changed intervals and the budget take effect now.
     fn apply_update(
         &self,
-        update: ChatsUpdate,
+        account: usize,
+        mut update: ChatsUpdate,
         schedule: &mut Schedule,
         chats: &mut Vec<WatchedChat>,
         failures: &mut Vec<u32>,
     ) {
         let now = Instant::now();
-        self.gateway
-            .budget
-            .set_rate(update.per_second, update.burst);
-        schedule.set_rate(update.per_second);
+        let name = self.config.accounts[account].name.as_str();
+        if let Some((_, per_second, burst)) = update.rates.iter().find(|(n, _, _)| n == name) {
+            self.gateways[account].budget.set_rate(*per_second, *burst);
+            schedule.set_rate(*per_second);
+        }
+        update.chats.retain(|c| c.id.account() == name);
+        for c in &mut update.chats {
+            c.account = account;
+        }
         let wanted: HashMap<&str, &WatchedChat> =
             update.chats.iter().map(|c| (c.id.as_str(), c)).collect();
         let mut kept = HashSet::new();
@@ -256,7 +326,7 @@ impl Poller {
                 }
                 None => {
                     schedule.retire(i);
-                    self.metrics.retire_chat(i);
+                    self.metrics.retire_chat(chat.id.as_str());
                     self.snapshots
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -283,7 +353,7 @@ impl Poller {
                     .remove(chat.id.as_str());
                 chats[i] = chat.clone();
                 failures[i] = 0;
-                self.metrics.revive_chat(i);
+                self.metrics.revive_chat(chat.id.as_str());
                 events::chat_watched(chat.id.as_str(), chat.interval);
                 self.board.watch(chat.id.as_str());
                 continue;
@@ -296,7 +366,7 @@ impl Poller {
             debug_assert_eq!(index, chats.len());
             chats.push(chat.clone());
             failures.push(0);
-            self.metrics.add_chat();
+            self.metrics.add_chat(chat.id.as_str());
             events::chat_watched(chat.id.as_str(), chat.interval);
             self.board.watch(chat.id.as_str());
         }
@@ -304,14 +374,15 @@ impl Poller {
 
     /// Polls one chat once (with gap recovery; the first request's budget is already taken);
     /// returns how it ended, for the schedule.
-    async fn poll_chat(&self, index: usize, chat: &WatchedChat, failures: u32) -> Finished {
+    async fn poll_chat(&self, chat: &WatchedChat, failures: u32) -> Finished {
         let started = Instant::now();
         let result = self.poll_once(chat, true).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(report) => {
                 self.stats.polls_ok.fetch_add(1, Ordering::Relaxed);
-                self.metrics.poll(index, PollOutcome::Ok, seconds);
+                self.metrics
+                    .poll(chat.account, chat.id.as_str(), PollOutcome::Ok, seconds);
                 let now_ms = jiff::Timestamp::now().as_millisecond();
                 self.board.ok(chat.id.as_str(), now_ms, report.unread);
                 Finished::Ok {
@@ -320,7 +391,8 @@ impl Poller {
             }
             Err(e) => {
                 self.stats.polls_failed.fetch_add(1, Ordering::Relaxed);
-                self.metrics.poll(index, e.outcome(), seconds);
+                self.metrics
+                    .poll(chat.account, chat.id.as_str(), e.outcome(), seconds);
                 let failures = failures.saturating_add(1);
                 let how = match &e {
                     PollError::Fetch(FetchError::RateLimited(_)) => Finished::RateLimited,
@@ -385,7 +457,8 @@ impl Poller {
     /// commit, then tell the world. `prepaid`: the scheduler already took the budget for the
     /// first request.
     async fn poll_once(&self, chat: &WatchedChat, prepaid: bool) -> Result<PollReport, PollError> {
-        let api = &self.config.api;
+        let api = &self.config.accounts[chat.account].api;
+        let gateway = &self.gateways[chat.account];
         let mut limit = api.message_limit;
         let mut prepaid = prepaid;
         let chat_key = chat.id.as_str().to_string();
@@ -398,10 +471,10 @@ impl Poller {
         let (page, mut snapshot, d) = loop {
             let page = if prepaid {
                 prepaid = false;
-                self.gateway.fetch_prepaid(&chat.id, limit).await?
+                gateway.fetch_prepaid(&chat.id, limit).await?
             } else {
-                let (page, waited) = self.gateway.fetch_waited(&chat.id, limit).await;
-                self.metrics.budget_waited(waited);
+                let (page, waited) = gateway.fetch_waited(&chat.id, limit).await;
+                self.metrics.budget_waited(chat.account, waited);
                 page?
             };
             crate::failpoint::hit("after_fetch");

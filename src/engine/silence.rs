@@ -132,6 +132,22 @@ mod tests {
     }
 
     #[test]
+    fn a_silence_on_a_chat_without_its_account_mutes_it_in_every_account() {
+        let bare = silence(1, None, Some("966500000000@c.us"), 1_000);
+        let sales = silence(2, None, Some("sales/966500000000@c.us"), 1_000);
+        for (s, chat, want) in [
+            (&bare, "966500000000@c.us", true),
+            (&bare, "sales/966500000000@c.us", true),
+            (&bare, "sales/966500000001@c.us", false),
+            (&sales, "sales/966500000000@c.us", true),
+            (&sales, "support/966500000000@c.us", false),
+            (&sales, "966500000000@c.us", false),
+        ] {
+            assert_eq!(s.mutes("r", chat, 0), want, "{:?} in {chat}", s.chat_id);
+        }
+    }
+
+    #[test]
     fn a_silence_mutes_its_rule_in_its_chat_until_it_ends_and_nothing_else() {
         let now = 1_000;
         // (silences, rules whose actions remain)

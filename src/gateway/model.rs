@@ -31,11 +31,72 @@ const SERVERS: &[&str] = &[
     "newsletter",
 ];
 
+/// The account of the config's single `api:` (and of an `accounts:` entry of that name): its
+/// chats' keys carry no account prefix, as before there were several accounts, so a state
+/// file written then stays valid.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// Whether `name` may name a gateway account: a letter, then up to 31 letters, digits, `_`
+/// or `-` (it prefixes chat keys and labels metrics, so no `/`, no spaces).
+pub fn valid_account_name(name: &str) -> bool {
+    name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
 impl ChatId {
     /// Parses what an operator writes: a phone number with country code and no `+` or
-    /// leading `00`/`0` (`966500000000`), or a full serialized id (`966500000000@c.us`).
+    /// leading `00`/`0` (`966500000000`), or a full serialized id (`966500000000@c.us`),
+    /// optionally after its account's name and a slash (`sales/966500000000`).
     pub fn parse(text: &str) -> Result<ChatId, ChatIdError> {
         let t = text.trim();
+        if let Some((account, rest)) = t.split_once('/') {
+            if !valid_account_name(account) {
+                return Err(ChatIdError(format!(
+                    "`{t}`: `{account}` is not an account name (a lowercase letter, then letters, digits, `_` or `-`)"
+                )));
+            }
+            return Ok(ChatId::parse(rest)?.in_account(account));
+        }
+        ChatId::parse_bare(t)
+    }
+
+    /// The same chat id in gateway account `account` (its key gets the account's prefix,
+    /// except for [`DEFAULT_ACCOUNT`]).
+    pub fn in_account(self, account: &str) -> ChatId {
+        let bare = self.bare();
+        if account == DEFAULT_ACCOUNT {
+            ChatId(bare.to_string())
+        } else {
+            ChatId(format!("{account}/{bare}"))
+        }
+    }
+
+    /// The gateway account this chat is read from.
+    pub fn account(&self) -> &str {
+        self.0
+            .split_once('/')
+            .map_or(DEFAULT_ACCOUNT, |(account, _)| account)
+    }
+
+    /// The id as WhatsApp and the gateway know it, without the account (`966500000000@c.us`).
+    pub fn bare(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(_, id)| id)
+    }
+
+    /// Whether a rule's `chats:` entry names `chat`: the same id in the same account, or, for an
+    /// entry without an account, the same id in any account.
+    pub fn selects(&self, chat: &ChatId) -> bool {
+        if self.0.contains('/') {
+            self == chat
+        } else {
+            self.0 == chat.bare()
+        }
+    }
+
+    fn parse_bare(t: &str) -> Result<ChatId, ChatIdError> {
         if t.is_empty() {
             return Err(ChatIdError(
                 "a chat id is empty; write a phone number with country code, e.g. 966500000000"
@@ -109,17 +170,20 @@ impl ChatId {
         }
     }
 
-    /// The serialized id, e.g. `966500000000@c.us`.
+    /// The chat's key — the serialized id (`966500000000@c.us`), after its account's name and
+    /// a slash for any account but [`DEFAULT_ACCOUNT`] (`sales/966500000000@c.us`): what the
+    /// state, the outbox, the leases and the logs know it by.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// What goes in the URL: the bare number for a person (as the gateway documents), the
-    /// full id for anything else.
+    /// full id for anything else; never the account.
     pub fn path_segment(&self) -> &str {
-        match self.0.strip_suffix("@c.us") {
+        let bare = self.bare();
+        match bare.strip_suffix("@c.us") {
             Some(number) => number,
-            None => &self.0,
+            None => bare,
         }
     }
 }

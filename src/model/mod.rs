@@ -101,7 +101,11 @@ impl Silence {
     pub fn mutes(&self, rule: &str, chat: &str, now_ms: i64) -> bool {
         now_ms < self.until_ms
             && self.rule_id.as_deref().is_none_or(|r| r == rule)
-            && self.chat_id.as_deref().is_none_or(|c| c == chat)
+            && self.chat_id.as_deref().is_none_or(|c| {
+                // A silence on a chat without its account mutes that chat in every account.
+                c == chat
+                    || (!c.contains('/') && chat.split_once('/').is_some_and(|(_, id)| id == c))
+            })
     }
 }
 

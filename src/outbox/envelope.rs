@@ -39,11 +39,13 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
     (&s[..end], true)
 }
 
-/// The chat as templates and the envelope show it. `unread_count` is null when the gateway's
-/// reply did not say (never a made-up 0, never an older reply's value).
+/// The chat as templates and the envelope show it: its id as WhatsApp knows it and the
+/// gateway account it was read from. `unread_count` is null when the gateway's reply did not
+/// say (never a made-up 0, never an older reply's value).
 pub fn chat_json(chat_id: &ChatId, chat: &Chat) -> Value {
     json!({
-        "id": chat_id.as_str(),
+        "id": chat_id.bare(),
+        "account": chat_id.account(),
         "name": chat.name,
         "is_group": chat.is_group,
         "unread_count": chat.unread_count,

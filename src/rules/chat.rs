@@ -146,7 +146,7 @@ impl ChatRule {
                             chat.is_group
                         ));
                     }
-                    Cond::Chats(ids) if !ids.contains(chat_id) => {
+                    Cond::Chats(ids) if !ids.iter().any(|id| id.selects(chat_id)) => {
                         return ChatCheck::DoesNotHold(format!("chats: `{chat_id}` is not listed"));
                     }
                     // A chat rule asks about the time of the poll, once the rest holds (below).

@@ -307,7 +307,7 @@ where
         Cond::Types(types) if !types.contains(&ctx.msg.kind) => {
             Err(ctx.why(|| format!("type: `{}` is not one of {:?}", ctx.msg.kind, types)))
         }
-        Cond::Chats(ids) if !ids.contains(ctx.chat_id) => {
+        Cond::Chats(ids) if !ids.iter().any(|id| id.selects(ctx.chat_id)) => {
             Err(ctx.why(|| format!("chats: `{}` is not listed", ctx.chat_id)))
         }
         Cond::Body(b) => eval_body(b, ctx, m),
@@ -466,7 +466,8 @@ fn script_vars(ctx: &Ctx) -> [(&'static str, rhai::Dynamic); 2] {
     msg.insert("author".into(), opt(&ctx.msg.author));
     msg.insert("id".into(), ctx.msg.serialized_id.as_str().into());
     let mut chat = Map::new();
-    chat.insert("id".into(), ctx.chat_id.as_str().into());
+    chat.insert("id".into(), ctx.chat_id.bare().into());
+    chat.insert("account".into(), ctx.chat_id.account().into());
     chat.insert("name".into(), opt(&ctx.chat.name));
     chat.insert("is_group".into(), ctx.chat.is_group.into());
     // `()` when the reply did not say, as `on_chat` sees the JSON null.

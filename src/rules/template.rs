@@ -118,7 +118,7 @@ fn describe(e: minijinja::Error) -> String {
 pub fn sample_context() -> Value {
     serde_json::json!({
         "rule": { "id": "sample", "description": "" },
-        "chat": { "id": "966500000000@c.us", "name": "Sample", "is_group": false, "unread_count": 1 },
+        "chat": { "id": "966500000000@c.us", "account": "default", "name": "Sample", "is_group": false, "unread_count": 1 },
         "message": {
             "id": "false_966500000000@c.us_SAMPLE", "body": "sample \"text\"", "type": "chat",
             "timestamp": 1_700_000_000, "from": "966500000000@c.us", "author": null, "from_me": false

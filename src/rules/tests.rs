@@ -357,7 +357,7 @@ fn the_envelope_matches_the_spec() {
         "type": "rule.matched",
         "rule": "bot-keyword",
         "delivery_id": d.deliveries[0].delivery_id,
-        "chat": { "id": "966500000000@c.us", "name": "Jhone Due", "is_group": false, "unread_count": 0 },
+        "chat": { "id": "966500000000@c.us", "account": "default", "name": "Jhone Due", "is_group": false, "unread_count": 0 },
         "message": { "id": "false_966500000000@c.us_ID1", "body": "بوت", "type": "chat",
                      "timestamp": 1_700_000_000, "from": "966500000000@c.us", "author": null, "from_me": false },
         "matched": { "keywords": ["بوت"] },

@@ -133,7 +133,14 @@ async fn a_burst_of_5xx_backs_off_with_jitter_and_recovers() {
     o.check_others_unharmed();
     o.check_backoff(503);
     assert!(o.bodies.contains(&"bot faulty".to_string()));
-    assert!(metric(&o.metrics, "cartat_polls_total{outcome=\"server_error\"}").unwrap() >= 3.0);
+    assert!(
+        metric(
+            &o.metrics,
+            "cartat_polls_total{account=\"default\",outcome=\"server_error\"}"
+        )
+        .unwrap()
+            >= 3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +157,14 @@ async fn a_gateway_that_never_answers_times_out_and_recovers() {
         o.faulty_requests().iter().filter(|r| r.status == 0).count(),
         2
     );
-    assert!(metric(&o.metrics, "cartat_polls_total{outcome=\"timeout\"}").unwrap() >= 2.0);
+    assert!(
+        metric(
+            &o.metrics,
+            "cartat_polls_total{account=\"default\",outcome=\"timeout\"}"
+        )
+        .unwrap()
+            >= 2.0
+    );
 }
 
 /// One table row: a reply the faulty chat gets twice, then recovers.
@@ -163,7 +177,12 @@ async fn unreadable_reply(respond: &str) {
     .await;
     o.check_others_unharmed();
     assert!(
-        metric(&o.metrics, "cartat_polls_total{outcome=\"bad_reply\"}").unwrap() >= 2.0,
+        metric(
+            &o.metrics,
+            "cartat_polls_total{account=\"default\",outcome=\"bad_reply\"}"
+        )
+        .unwrap()
+            >= 2.0,
         "{respond}: {}",
         o.metrics
     );
@@ -241,7 +260,14 @@ chats:
         out.contains("ERROR") && out.contains("refused the API token"),
         "{out}"
     );
-    assert!(metric(&text, "cartat_polls_total{outcome=\"unauthorized\"}").unwrap() >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "cartat_polls_total{account=\"default\",outcome=\"unauthorized\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
     assert_eq!(
         status, 200,
         "the daemon itself is healthy; the log says what is wrong"

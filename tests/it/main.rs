@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against the project's mock gateway and a real webhook
 //! receiver on 127.0.0.1, with a real SQLite file per test. One test binary (one link step).
 
+mod accounts;
 mod admin_api;
 mod borders;
 mod browser;

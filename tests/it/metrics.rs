@@ -109,8 +109,22 @@ chats:
     ] {
         assert!(names.contains(&family), "no {family} in\n{text}");
     }
-    assert!(metric(&text, "cartat_polls_total{outcome=\"ok\"}").unwrap() >= 2.0);
-    assert!(metric(&text, "cartat_polls_total{outcome=\"not_found\"}").unwrap() >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "cartat_polls_total{account=\"default\",outcome=\"ok\"}"
+        )
+        .unwrap()
+            >= 2.0
+    );
+    assert!(
+        metric(
+            &text,
+            "cartat_polls_total{account=\"default\",outcome=\"not_found\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
     assert_eq!(
         metric(&text, "cartat_rule_matches_total{rule=\"bot-keyword\"}"),
         Some(1.0)
@@ -123,7 +137,10 @@ chats:
     assert_eq!(metric(&text, "cartat_chats_watched"), Some(3.0));
     // Series that never happened are there at 0 (an alert on increase() sees the first one).
     assert_eq!(
-        metric(&text, "cartat_polls_total{outcome=\"store_error\"}"),
+        metric(
+            &text,
+            "cartat_polls_total{account=\"default\",outcome=\"store_error\"}"
+        ),
         Some(0.0)
     );
     assert_eq!(

@@ -451,7 +451,11 @@ async fn a_rule_that_fails_on_every_message_and_poll_logs_once_a_minute_and_coun
     let counted = crate::metrics::metric(&metrics, "cartat_rule_errors_total{rule=\"thrower\"}")
         .unwrap_or(0.0);
     // on_message on each of the ten messages, on_chat on every poll.
-    let polls = crate::metrics::metric(&metrics, "cartat_polls_total{outcome=\"ok\"}").unwrap();
+    let polls = crate::metrics::metric(
+        &metrics,
+        "cartat_polls_total{account=\"default\",outcome=\"ok\"}",
+    )
+    .unwrap();
     assert!(polls >= 5.0, "{metrics}");
     // (A poll may be between its rule errors and its own count when the scrape comes.)
     assert!(

@@ -91,6 +91,29 @@ pub struct Config<'a> {
     pub server: Option<&'a str>,
     /// Top-level sections appended as they are.
     pub rest: &'a str,
+    /// Several gateway accounts (`accounts:`) instead of `api:` and `chats:` (`base_url`
+    /// and `chats` are then not written); each with the `api:` settings above.
+    pub accounts: Vec<Account>,
+}
+
+/// One account of [`Config::accounts`].
+pub struct Account {
+    pub name: String,
+    pub base_url: String,
+    pub token: String,
+    pub chats: Vec<String>,
+}
+
+impl Account {
+    /// Account `name` on `gateway` (with its token), watching `chats`.
+    pub fn on<S: AsRef<str>>(name: &str, gateway: &MockGateway, chats: &[S]) -> Account {
+        Account {
+            name: name.into(),
+            base_url: gateway.base_url(),
+            token: gateway.token().into(),
+            chats: chats.iter().map(|c| c.as_ref().to_owned()).collect(),
+        }
+    }
 }
 
 impl<'a> Config<'a> {
@@ -107,6 +130,7 @@ impl<'a> Config<'a> {
             retry_scale: 0.01,
             server: Some("\"off\""),
             rest: "",
+            accounts: Vec::new(),
         }
     }
 
@@ -129,18 +153,39 @@ impl<'a> Config<'a> {
             .server
             .map(|l| format!("server:\n  listen: {l}\n"))
             .unwrap_or_default();
+        let gateways = if self.accounts.is_empty() {
+            format!(
+                "api:\n  base_url: {}\n  token: mock-token\n  timeout: {}\n{rate}  message_limit: 20\n{}\
+                 chats:\n{chats}",
+                self.base_url, self.api_timeout, self.api_extra,
+            )
+        } else {
+            let indent =
+                |text: &str| -> String { text.lines().map(|l| format!("    {l}\n")).collect() };
+            let mut out = String::from("accounts:\n");
+            for a in &self.accounts {
+                let chats: String = a
+                    .chats
+                    .iter()
+                    .map(|c| format!("      - \"{c}\"\n"))
+                    .collect();
+                out.push_str(&format!(
+                    "  - name: {}\n    api:\n      base_url: {}\n      token: {}\n      timeout: {}\n{}      message_limit: 20\n{}    chats:\n{chats}",
+                    a.name,
+                    a.base_url,
+                    a.token,
+                    self.api_timeout,
+                    indent(&rate),
+                    indent(self.api_extra),
+                ));
+            }
+            out
+        };
         format!(
-            "api:\n  base_url: {}\n  token: mock-token\n  timeout: {}\n{rate}  message_limit: 20\n{}\
-             chats:\n{chats}{poll}state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n  watch: {}\n\
+            "{gateways}{poll}state:\n  path: ./state/test.db\nrules:\n  paths: [./rules]\n  watch: {}\n\
              webhooks:\n  timeout: {}\n  allow_private_networks: [127.0.0.1/32]\n  retry_scale: {}\n\
              log:\n  mask_phone_numbers: false\n{server}{}",
-            self.base_url,
-            self.api_timeout,
-            self.api_extra,
-            self.watch_rules,
-            self.webhook_timeout,
-            self.retry_scale,
-            self.rest
+            self.watch_rules, self.webhook_timeout, self.retry_scale, self.rest
         )
     }
 }

@@ -201,6 +201,73 @@ fn chat_ids_in_every_accepted_form() {
 }
 
 #[test]
+fn a_chat_id_carries_its_account_in_its_key_never_in_the_url_or_the_id() {
+    // (written, key, account, bare id, url segment)
+    let cases = [
+        (
+            "966500000000",
+            "966500000000@c.us",
+            "default",
+            "966500000000@c.us",
+            "966500000000",
+        ),
+        (
+            "default/966500000000",
+            "966500000000@c.us",
+            "default",
+            "966500000000@c.us",
+            "966500000000",
+        ),
+        (
+            "sales/966500000000",
+            "sales/966500000000@c.us",
+            "sales",
+            "966500000000@c.us",
+            "966500000000",
+        ),
+        (
+            "support-2/1203@g.us",
+            "support-2/1203@g.us",
+            "support-2",
+            "1203@g.us",
+            "1203@g.us",
+        ),
+    ];
+    for (text, key, account, bare, seg) in cases {
+        let c = ChatId::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(
+            (c.as_str(), c.account(), c.bare(), c.path_segment()),
+            (key, account, bare, seg),
+            "{text}"
+        );
+    }
+    let moved = ChatId::parse("sales/966500000000")
+        .unwrap()
+        .in_account("support");
+    assert_eq!(moved.as_str(), "support/966500000000@c.us");
+    assert_eq!(moved.in_account("default").as_str(), "966500000000@c.us");
+    for bad in [
+        "Sales/966500000000",
+        "1x/966500000000",
+        "/966500000000",
+        "a b/966500000000",
+    ] {
+        let err = ChatId::parse(bad).expect_err(bad).0;
+        assert!(err.contains("not an account name"), "{bad}: {err}");
+    }
+    assert!(ChatId::parse("sales/+966500000000").is_err());
+    // A rule's `chats:` entry without an account names the chat in every account.
+    let (any, sales, support) = (
+        ChatId::parse("966500000000").unwrap(),
+        ChatId::parse("sales/966500000000").unwrap(),
+        ChatId::parse("support/966500000000").unwrap(),
+    );
+    assert!(any.selects(&sales) && any.selects(&support) && any.selects(&any));
+    assert!(sales.selects(&sales) && !sales.selects(&support) && !sales.selects(&any));
+    assert!(!ChatId::parse("966500000001").unwrap().selects(&sales));
+}
+
+#[test]
 fn chat_id_errors_say_what_the_right_form_is() {
     let cases = [
         ("+966500000000", "did you mean 966500000000?"),
