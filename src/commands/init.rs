@@ -16,6 +16,11 @@ api:
 chats:                                      # the chats to watch
   - "966500000000"                          # a phone number: country code, no + or 00
   # - { id: "120363012345678901@g.us", interval: 30s }   # a group, polled every 30 s
+# Several WhatsApp numbers: instead of api: and chats:, one entry per number, each with
+# its own api: and chats: as above (see the README, "Several WhatsApp numbers"):
+# accounts:
+#   - { name: sales, api: { base_url: "${CARTAT_BASE_URL}", token: "${SALES_TOKEN}" }, chats: ["966500000000"] }
+#   - { name: support, api: { base_url: "${CARTAT_BASE_URL}", token: "${SUPPORT_TOKEN}" }, chats: ["966500000001"] }
 poll:
   interval: 10s                             # how often each chat is polled
   on_first_sight: skip_history              # what a chat holds when first seen never fires

@@ -396,7 +396,8 @@ pub struct PollCommit {
 /// What [`Store::history`] looks for.
 #[derive(Clone, Debug, Default)]
 pub struct HistoryQuery {
-    /// A chat id (`966500000000@c.us`).
+    /// A chat key (`sales/966500000000@c.us`: that chat), or an id without an account
+    /// (`966500000000@c.us`: that chat in every account).
     pub chat: Option<String>,
     /// A rule id: entries in which that rule had something to say.
     pub rule: Option<String>,

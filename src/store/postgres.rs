@@ -982,7 +982,7 @@ impl Postgres {
             let rows = c
                 .query(
                     "SELECT id, entry FROM run_history
-                     WHERE ($1::TEXT IS NULL OR chat_id = $1)
+                     WHERE ($1::TEXT IS NULL OR chat_id = $1 OR right(chat_id, length($1) + 1) = '/' || $1)
                        AND ($2::TEXT IS NULL OR position(',' || $2 || ',' IN rules) > 0)
                      ORDER BY id DESC LIMIT $3",
                     &[&q.chat, &q.rule, &limit],

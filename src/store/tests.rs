@@ -712,6 +712,13 @@ fn the_run_history_is_written_with_the_poll_searched_and_pruned() {
         };
         store
             .commit_poll(&poll(
+                "sales/a@c.us",
+                500,
+                vec![entry("sales/a@c.us", 500, &[("bot", "fired")])],
+            ))
+            .unwrap();
+        store
+            .commit_poll(&poll(
                 "a@c.us",
                 1_000,
                 vec![entry(
@@ -747,7 +754,7 @@ fn the_run_history_is_written_with_the_poll_searched_and_pruned() {
         let all = q(None, None);
         assert_eq!(
             all.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
-            [3_000, 2_000, 1_000],
+            [3_000, 2_000, 1_000, 500],
             "newest first"
         );
         assert!(all.iter().all(|e| e.id > 0));
@@ -755,15 +762,19 @@ fn the_run_history_is_written_with_the_poll_searched_and_pruned() {
             all[2].rules[1].why.as_deref(),
             Some("body: no keyword «بوت»")
         );
-        assert_eq!(q(Some("a@c.us"), None).len(), 2);
+        // A chat without its account: that id in every account; with it, that chat only.
+        assert_eq!(q(Some("a@c.us"), None).len(), 3);
+        assert_eq!(q(Some("sales/a@c.us"), None).len(), 1);
+        assert_eq!(q(Some("support/a@c.us"), None).len(), 0);
+        assert_eq!(q(Some("c.us"), None).len(), 0, "a whole id, not its end");
         assert_eq!(q(None, Some("sla")).len(), 2);
         // `bot` names a whole rule, not a prefix of `bot-2`.
-        assert_eq!(q(None, Some("bot")).len(), 1);
+        assert_eq!(q(None, Some("bot")).len(), 2);
         assert_eq!(q(None, Some("bo")).len(), 0);
         assert_eq!(q(Some("b@c.us"), Some("bot")).len(), 0);
 
         // Retention: by age, then by count (the newest kept).
-        assert_eq!(store.prune_history(10, 1_500).unwrap(), 1);
+        assert_eq!(store.prune_history(10, 1_500).unwrap(), 2);
         assert_eq!(q(None, None).len(), 2);
         assert_eq!(store.prune_history(1, 0).unwrap(), 1);
         let left = q(None, None);

@@ -159,10 +159,11 @@ async fn an_instance_frozen_past_its_leases_commits_nothing_and_its_chats_go_on_
     gw.shutdown().await;
 }
 
-/// The must-show kill loop of a cluster: 3 instances share 300 chats with synthetic traffic;
-/// one at random is SIGKILLed every few seconds and restarted. Every matching message reaches
-/// the receiver, none under two delivery ids, every chat is polled again soon after its owner
-/// died, and the gateway never sees more than the account's `per_second` in a second.
+/// The must-show kill loop of a cluster: 3 instances share 320 chats on 2 gateway accounts
+/// (two mock gateways, the same numbers in both) with synthetic traffic; one instance at
+/// random is SIGKILLed every few seconds and restarted. Every matching message reaches the
+/// receiver, none under two delivery ids, every chat is polled again soon after its owner
+/// died, and neither gateway ever sees more than its account's `per_second` in a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_killed_at_random_lose_and_repeat_nothing_within_the_budget() {
     use rand::{Rng, SeedableRng};
@@ -175,37 +176,42 @@ async fn three_instances_killed_at_random_lose_and_repeat_nothing_within_the_bud
         .unwrap_or_else(|| jiff::Timestamp::now().as_nanosecond() as u64);
     println!("cluster kill loop: CARTAT_CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    const CHATS: u64 = 300;
-    const PER_SECOND: u64 = 60;
+    const CHATS: u64 = 160;
+    const PER_SECOND: u64 = 36;
     let (interval_s, ttl_s) = (6u64, 3u64);
     let traffic_ms = 20_000;
-    let gw = gateway(&format!(
-        "chats: []\nsynthetic:\n  chats: {CHATS}\n  active_fraction: 0.2\n  messages_per_second: 15\n  keyword_every: 2\n  seed: {}\n  until: {traffic_ms}ms\n",
-        seed % 1_000_000
-    ))
-    .await;
+    let mut gateways = Vec::new();
+    for (i, token) in ["sales-token", "support-token"].into_iter().enumerate() {
+        gateways.push(
+            gateway(&format!(
+                "token: {token}\nchats: []\nsynthetic:\n  chats: {CHATS}\n  active_fraction: 0.2\n  messages_per_second: 8\n  keyword_every: 2\n  seed: {}\n  until: {traffic_ms}ms\n",
+                (seed + i as u64) % 1_000_000
+            ))
+            .await,
+        );
+    }
     let chats: Vec<String> = (0..CHATS)
         .map(cartat_rules::mock::synthetic_chat_id)
         .collect();
     let rx = receiver().await;
     let ws = Workspace::new();
     ws.write("rules/bot.yaml", &bot_rule("bot", &[rx.url("/hooks")]));
-    let cfg = write_config(
-        &ws,
-        &gw,
-        &chats,
-        "2s",
-        0.01,
-        "  on_first_sight: replay_history\n",
-    );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("interval: 200ms", &format!("interval: {interval_s}s"))
-        .replace(
-            "rate_limit: { per_second: 50, burst: 10 }",
-            &format!("rate_limit: {{ per_second: {PER_SECOND}, burst: 30 }}"),
-        );
-    std::fs::write(&cfg, text).unwrap();
+    let poll = format!("  interval: {interval_s}s\n  on_first_sight: replay_history\n");
+    let rate = format!("{{ per_second: {PER_SECOND}, burst: 18 }}");
+    let text = Config {
+        rate_limit: Some(&rate),
+        poll: &poll,
+        watch_rules: false,
+        webhook_timeout: "2s",
+        retry_scale: 0.01,
+        accounts: vec![
+            Account::on("sales", &gateways[0], &chats),
+            Account::on("support", &gateways[1], &chats),
+        ],
+        ..Config::new(&gateways[0], &[] as &[&str])
+    }
+    .yaml();
+    let cfg = ws.write("cartat.yaml", &text);
     in_cluster(&cfg, &url, &format!("{ttl_s}s"));
 
     let started = Instant::now();
@@ -219,42 +225,52 @@ async fn three_instances_killed_at_random_lose_and_repeat_nothing_within_the_bud
         if let Some(d) = instances[i].take() {
             d.kill();
             kills += 1;
-            last_kill_ms = gw.elapsed_ms();
+            last_kill_ms = gateways[0].elapsed_ms();
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
         instances[i] = Some(spawn_with_env(&cfg, &[]));
     }
 
-    // The traffic is over: everything planted arrives.
-    let planted: HashSet<String> = gw.planted().into_iter().map(|p| p.message_id).collect();
-    assert!(
-        planted.len() > 50,
-        "the traffic planted {} matching messages",
-        planted.len()
-    );
+    // The traffic is over: everything planted arrives, in each account.
+    let planted: Vec<HashSet<String>> = gateways
+        .iter()
+        .map(|gw| gw.planted().into_iter().map(|p| p.message_id).collect())
+        .collect();
+    for (account, p) in ["sales", "support"].iter().zip(&planted) {
+        assert!(
+            p.len() > 25,
+            "the traffic planted {} matching messages in {account}",
+            p.len()
+        );
+    }
     let any = instances[0].as_ref().unwrap();
     wait_logged(
         "every planted message delivered",
         Duration::from_secs(90),
         any,
-        || every_planted_delivered(&gw, &rx),
+        || gateways.iter().all(|gw| every_planted_delivered(gw, &rx)),
     )
     .await;
-    // Every chat polled again after the last death: within a lease's life (its chats free),
-    // an interval and a round of the budget of the instance that takes it.
+    // Every chat of both accounts polled again after the last death: within a lease's life
+    // (its chats free), an interval and a round of the budget of the instance that takes it.
     let polled_after = |since: u64| -> usize {
-        let polled: HashSet<String> = gw
-            .requests()
+        gateways
             .iter()
-            .filter(|r| r.at_ms > since)
-            .map(|r| r.chat.split('@').next().unwrap_or("").to_string())
-            .collect();
-        chats.iter().filter(|c| polled.contains(*c)).count()
+            .map(|gw| {
+                let polled: HashSet<String> = gw
+                    .requests()
+                    .iter()
+                    .filter(|r| r.at_ms > since)
+                    .map(|r| r.chat.split('@').next().unwrap_or("").to_string())
+                    .collect();
+                chats.iter().filter(|c| polled.contains(*c)).count()
+            })
+            .sum()
     };
     let bound = Duration::from_secs(ttl_s + 2 * interval_s + 5);
     let waited = Instant::now();
     wait_logged("every chat polled after the last death", bound, any, || {
-        polled_after(last_kill_ms) == chats.len()
+        polled_after(last_kill_ms) == 2 * chats.len()
     })
     .await;
     let recovered = waited.elapsed();
@@ -266,32 +282,49 @@ async fn three_instances_killed_at_random_lose_and_repeat_nothing_within_the_bud
     }
     println!("instances at the end: {s:?}");
 
-    // One delivery id per message.
-    let mut id_of: HashMap<String, String> = HashMap::new();
+    // One delivery id per message, each from the account that planted it.
+    let mut id_of: HashMap<(String, String), String> = HashMap::new();
     for r in rx.received() {
         let v = r.json();
         let msg = v["message"]["id"].as_str().unwrap_or("").to_string();
-        assert!(planted.contains(&msg), "a delivery for an unplanted {msg}");
+        let account = v["chat"]["account"].as_str().unwrap_or("").to_string();
+        let from = match account.as_str() {
+            "sales" => &planted[0],
+            "support" => &planted[1],
+            other => panic!("a delivery from account {other:?}"),
+        };
+        assert!(
+            from.contains(&msg),
+            "a delivery for {msg}, not planted in {account}"
+        );
         let id = r.header("webhook-id").unwrap_or("").to_string();
-        let first = id_of.entry(msg.clone()).or_insert_with(|| id.clone());
+        let first = id_of
+            .entry((account, msg.clone()))
+            .or_insert_with(|| id.clone());
         assert_eq!(first, &id, "two delivery ids for {msg}");
     }
-    // The budget, all instances together, in every second of the gateway's log.
-    let mut per_second: HashMap<i64, u64> = HashMap::new();
-    for r in gw.requests() {
-        *per_second.entry(r.unix_ms.div_euclid(1000)).or_default() += 1;
+    // Each account's budget, all instances together, in every second of its gateway's log.
+    let mut busiest = Vec::new();
+    for gw in &gateways {
+        let mut per_second: HashMap<i64, u64> = HashMap::new();
+        for r in gw.requests() {
+            *per_second.entry(r.unix_ms.div_euclid(1000)).or_default() += 1;
+        }
+        let most = per_second.values().copied().max().unwrap_or(0);
+        assert!(
+            most <= PER_SECOND,
+            "{most} requests of one account in one second (budget {PER_SECOND})"
+        );
+        busiest.push(most);
     }
-    let busiest = per_second.values().copied().max().unwrap_or(0);
-    assert!(
-        busiest <= PER_SECOND,
-        "{busiest} requests in one second (budget {PER_SECOND})"
-    );
     println!(
-        "cluster kill loop: {kills} SIGKILLs in {:.1}s; {} matching messages, {} deliveries; busiest second {busiest}/{PER_SECOND}; every chat polled again {:.1}s after the end of the kills (bound {bound:?})",
+        "cluster kill loop: {kills} SIGKILLs in {:.1}s; {} matching messages on 2 accounts, {} deliveries; busiest second per account {busiest:?}/{PER_SECOND}; every chat polled again {:.1}s after the end of the kills (bound {bound:?})",
         started.elapsed().as_secs_f64(),
-        planted.len(),
+        planted.iter().map(HashSet::len).sum::<usize>(),
         rx.received().len(),
         recovered.as_secs_f64()
     );
-    gw.shutdown().await;
+    for gw in gateways {
+        gw.shutdown().await;
+    }
 }

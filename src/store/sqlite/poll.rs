@@ -230,7 +230,8 @@ impl Sqlite {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, entry FROM run_history
-             WHERE (?1 IS NULL OR chat_id = ?1) AND (?2 IS NULL OR instr(rules, ',' || ?2 || ',') > 0)
+             WHERE (?1 IS NULL OR chat_id = ?1 OR substr(chat_id, -(length(?1) + 1)) = '/' || ?1)
+               AND (?2 IS NULL OR instr(rules, ',' || ?2 || ',') > 0)
              ORDER BY id DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(
