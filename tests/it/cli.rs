@@ -354,7 +354,23 @@ fn schema_config_prints_the_config_json_schema() {
     let schema: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(schema["title"], "cartat-rules config (cartat.yaml)");
     assert_eq!(schema["additionalProperties"], false, "{out}");
-    assert_eq!(schema["required"], serde_json::json!(["api"]), "{out}");
+    // `api:` (one account) or `accounts:` (several), exactly one of them.
+    assert_eq!(
+        schema["oneOf"][0]["required"],
+        serde_json::json!(["api"]),
+        "{out}"
+    );
+    assert_eq!(
+        schema["oneOf"][1]["required"],
+        serde_json::json!(["accounts"]),
+        "{out}"
+    );
+    assert!(
+        schema["definitions"]["RawAccount"]["properties"]["name"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("chat.account")),
+        "{out}"
+    );
     assert!(
         schema["definitions"]["RawApi"]["properties"]["token"]["description"]
             .as_str()
