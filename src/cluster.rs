@@ -91,14 +91,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     metrics.set_instance(&cluster.me);
-    // A newcomer takes no chat until the others have surely lowered their share of the budget
-    // (each at its next cycle, a third of a lease after the newcomer's first) and their last
-    // second of requests at the old share has passed (the budget's window): polling at once
-    // could add its share to theirs for a moment, over the account's `per_second`.
-    let joined = Instant::now();
-    let settle =
-        cluster.every() * 2 + crate::gateway::client::WINDOW_MARGIN + Duration::from_secs(1);
-    let mut joining = true;
+    // A newcomer takes no chat until every other instance alive has said (in its row) that it
+    // lowered its share of each account's budget to the one that counts the newcomer, and its
+    // last second of requests at the old share has passed (the budget's window): polling
+    // before could add the newcomer's share to theirs for a moment, over an account's
+    // `per_second`. An instance that does not say (an older version) is taken to have lowered
+    // it two lease cycles and a window after the newcomer's start. Alone, it starts at once.
+    let window = crate::gateway::client::WINDOW_MARGIN + Duration::from_secs(1);
+    let wait = crate::store::postgres::JoinWait {
+        window_ms: (window + Duration::from_millis(100)).as_millis() as i64,
+        settle_ms: (cluster.every() * 2 + window).as_millis() as i64,
+    };
+    let mut joining = Some(wait);
     let mut last: Option<(Vec<String>, usize)> = None;
     let mut failing = false;
     loop {
@@ -175,8 +179,9 @@ pub async fn run(
                     });
                     last = Some((mine, view.live));
                 }
-                // Alone, there is no share to add to.
-                joining = view.live > 1 && joined.elapsed() < settle;
+                if view.settled {
+                    joining = None;
+                }
             }
             Err(e) => {
                 if !failing {

@@ -92,7 +92,7 @@ impl Store {
         me: &str,
         chats: &[String],
         ttl_ms: i64,
-        joining: bool,
+        joining: Option<postgres::JoinWait>,
     ) -> Result<postgres::LeaseView, StoreError> {
         match self {
             Store::Postgres(p) => p.lease_cycle(me, chats, ttl_ms, joining),

@@ -21,11 +21,14 @@ use ::postgres::{Client, NoTls, Transaction};
 use std::sync::mpsc;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// The advisory lock key of schema changes (any fixed number: "cartat-s").
 const MIGRATION_LOCK: i64 = 0x6361_7274_6174_2d73;
 /// The advisory lock key a daemon holds for its database ("cartat-d").
 const DAEMON_LOCK: i64 = 0x6361_7274_6174_2d64;
+/// The advisory lock key of a lease cycle ("cartat-l"): one instance's cycle at a time, so two
+/// that start together do not both count themselves alone and both take a whole budget.
+const LEASE_LOCK: i64 = 0x6361_7274_6174_2d6c;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cartat_schema (version BIGINT NOT NULL);
@@ -64,6 +67,8 @@ CREATE TABLE IF NOT EXISTS digest_sealed (
     rule_id TEXT NOT NULL, grp TEXT NOT NULL, sealed_until BIGINT NOT NULL, PRIMARY KEY (rule_id, grp));
 CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY, seen_at BIGINT NOT NULL, started_at BIGINT NOT NULL);
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS divisor BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS divisor_at BIGINT NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS leases (
     chat_id TEXT PRIMARY KEY, owner TEXT, token BIGINT NOT NULL DEFAULT 0,
     expires_at BIGINT NOT NULL DEFAULT 0);
@@ -203,6 +208,20 @@ pub struct LeaseView {
     pub live: usize,
     pub taken: Vec<String>,
     pub released: Vec<String>,
+    /// Whether every other instance alive has lowered its budget share to the one for `live`
+    /// instances at least a budget window ago (a joiner polls only then).
+    pub settled: bool,
+}
+
+/// A joiner's wait before it takes chats ([`Postgres::lease_cycle`]).
+#[derive(Clone, Copy, Debug)]
+pub struct JoinWait {
+    /// How long an instance's requests at its old share count in its budget's window after it
+    /// lowered the share (the window and its margin).
+    pub window_ms: i64,
+    /// For an instance that does not say its share (an older version): how long after this
+    /// one's start it surely has lowered it.
+    pub settle_ms: i64,
 }
 
 /// The chats the dispatcher may send for, and until when (this instance's clock): past it,
@@ -416,12 +435,14 @@ impl Postgres {
         me: &str,
         chats: &[String],
         ttl_ms: i64,
-        joining: bool,
+        joining: Option<JoinWait>,
     ) -> Result<LeaseView, StoreError> {
         let me = me.to_string();
         let chats = chats.to_vec();
         self.call(move |c| {
             let mut tx = c.transaction().map_err(pg)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LEASE_LOCK])
+                .map_err(pg)?;
             tx.execute(
                 &format!(
                     "INSERT INTO instances (id, seen_at, started_at) VALUES ($1, {NOW_MS}, {NOW_MS})
@@ -443,6 +464,35 @@ impl Postgres {
                 .map_err(pg)?
                 .get(0);
             let live = live.max(1) as usize;
+            // The budget share this instance's poller takes after this cycle is the account's
+            // divided by `live`: said here, with since when it is that low (kept when the share
+            // grows: it was lower before), for a joiner to wait on.
+            tx.execute(
+                &format!(
+                    "UPDATE instances SET divisor_at = CASE WHEN divisor < $2 THEN {NOW_MS} ELSE divisor_at END,
+                                          divisor = $2
+                     WHERE id = $1"
+                ),
+                &[&me, &(live as i64)],
+            )
+            .map_err(pg)?;
+            // Whether every other instance alive has taken the share of `live` instances long
+            // enough ago that its requests at a larger one have left the budget's window.
+            let (window_ms, settle_ms) = joining.map_or((0, 0), |j| (j.window_ms, j.settle_ms));
+            let unsettled: i64 = tx
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM instances i
+                         WHERE i.id <> $1 AND i.seen_at > {NOW_MS} - $2::BIGINT
+                           AND NOT ((i.divisor >= $3 AND i.divisor_at <= {NOW_MS} - $4::BIGINT)
+                                 OR (i.divisor = 0 AND (SELECT started_at FROM instances WHERE id = $1)
+                                                       <= {NOW_MS} - $5::BIGINT))"
+                    ),
+                    &[&me, &ttl_ms, &(live as i64), &window_ms, &settle_ms],
+                )
+                .map_err(pg)?
+                .get(0);
+            let settled = unsettled == 0;
             let share = chats.len().div_ceil(live);
             // Chats no longer in the config are let go.
             tx.execute(
@@ -497,7 +547,7 @@ impl Postgres {
                 held.retain(|(chat, _)| !released.contains(chat));
             }
             let mut taken = Vec::new();
-            if !joining {
+            if joining.is_none() || settled {
                 // Up to our share; and every chat nobody holds, over it if need be (an instance
                 // that died still counts as alive for a while, and its chats must not wait for
                 // that): the over-share goes back when an instance needs it.
@@ -548,6 +598,7 @@ impl Postgres {
                 live,
                 taken,
                 released,
+                settled,
             })
         })
     }
@@ -1048,7 +1099,8 @@ fn migrate(c: &mut Client) -> Result<(), StoreError> {
                 "the database was written by a newer cartat-rules (schema {v}, this one knows {SCHEMA_VERSION})"
             )));
         }
-        // Older: the additions above (2: the run history) are in place now.
+        // Older: the additions above (2: the run history; 3: the instances' budget divisor)
+        // are in place now.
         Some(v) if v < SCHEMA_VERSION => {
             tx.execute(
                 "INSERT INTO cartat_schema (version) VALUES ($1)",

@@ -783,3 +783,80 @@ fn the_run_history_is_written_with_the_poll_searched_and_pruned() {
         assert_eq!(store.prune_history(1, 0).unwrap(), 0, "nothing more to cut");
     });
 }
+
+#[test]
+fn a_joiner_takes_chats_only_once_the_others_lowered_their_budget_share_a_window_ago() {
+    let Some(url) = crate::pgtest::database() else {
+        return;
+    };
+    let store = Store::open_postgres(&url, false).unwrap();
+    let chats: Vec<String> = (0..6).map(|i| format!("c{i}@c.us")).collect();
+    let wait = postgres::JoinWait {
+        window_ms: 400,
+        settle_ms: 60_000,
+    };
+    let cycle = |me: &str, joining: bool| {
+        store
+            .lease_cycle(me, &chats, 10_000, joining.then_some(wait))
+            .unwrap()
+    };
+    // Alone: settled at once, every chat taken.
+    let a = cycle("a", true);
+    assert!(a.settled);
+    assert_eq!((a.live, a.held.len()), (1, 6));
+    // B joins: A still takes the share of one instance, so B takes nothing.
+    let b = cycle("b", true);
+    assert_eq!((b.live, b.settled, b.held.len()), (2, false, 0));
+    // A's cycle lowers its share (and gives up what is over it); until a window has passed
+    // since, B still waits.
+    let a = cycle("a", false);
+    assert_eq!(a.live, 2);
+    let b = cycle("b", true);
+    assert_eq!((b.settled, b.held.len()), (false, 0));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let b = cycle("b", true);
+    assert!(b.settled);
+    assert_eq!(b.held.len(), 3, "B takes its share");
+    // An instance that does not say its share (an older version, divisor 0) counts as lowered
+    // only `settle_ms` after the joiner's start.
+    let mut raw = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    raw.execute(
+        "INSERT INTO instances (id, seen_at, started_at) VALUES ('old', (extract(epoch from clock_timestamp()) * 1000)::BIGINT, 0)",
+        &[],
+    )
+    .unwrap();
+    let c = cycle("c", true);
+    assert_eq!((c.live, c.settled, c.held.len()), (4, false, 0));
+    let c = store
+        .lease_cycle(
+            "c",
+            &chats,
+            10_000,
+            Some(postgres::JoinWait {
+                window_ms: 0,
+                settle_ms: 0,
+            }),
+        )
+        .unwrap();
+    assert!(
+        !c.settled,
+        "a and b have not lowered theirs to a quarter yet"
+    );
+    cycle("a", false);
+    cycle("b", false);
+    let c = store
+        .lease_cycle(
+            "c",
+            &chats,
+            10_000,
+            Some(postgres::JoinWait {
+                window_ms: 0,
+                settle_ms: 0,
+            }),
+        )
+        .unwrap();
+    assert!(
+        c.settled,
+        "a and b said a quarter; the old one is past settle_ms"
+    );
+}
