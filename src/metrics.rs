@@ -33,7 +33,8 @@ pub enum PollOutcome {
 }
 
 impl PollOutcome {
-    /// Every outcome, so each series is exposed (at 0) from the start.
+    /// Every outcome, so each series is exposed (at 0) from the start; in declaration order
+    /// (`outcome as usize` is an outcome's place here).
     pub const ALL: [PollOutcome; 10] = [
         PollOutcome::Ok,
         PollOutcome::RateLimited,
@@ -100,6 +101,11 @@ pub struct Metrics {
     budget_wait: Family<[(&'static str, String); 1], FloatCounter>,
     /// The gateway accounts' names, by index (the `account` label).
     accounts: Vec<String>,
+    /// Each account's `cartat_polls_total` series, by outcome (in [`PollOutcome::ALL`]'s
+    /// order), and its `cartat_budget_wait_seconds_total`: taken once, so a poll counts
+    /// without building its labels.
+    poll_series: Vec<Vec<Counter>>,
+    budget_series: Vec<FloatCounter>,
     outbox_depth: Gauge,
     dead_letters: Gauge,
     max_lag: FloatGauge,
@@ -249,15 +255,30 @@ impl Metrics {
         );
         // Every series with a fixed label set exists from the start, at 0: a dashboard's rate()
         // and an alert on `increase(...) > 0` see the first event, not a series appearing.
-        for account in accounts {
-            for o in PollOutcome::ALL {
-                let _ = polls.get_or_create(&[
-                    ("account", account.to_string()),
-                    ("outcome", o.as_str().to_string()),
-                ]);
-            }
-            let _ = budget_wait.get_or_create(&[("account", account.to_string())]);
-        }
+        let poll_series: Vec<Vec<Counter>> = accounts
+            .iter()
+            .map(|account| {
+                PollOutcome::ALL
+                    .iter()
+                    .map(|o| {
+                        polls
+                            .get_or_create(&[
+                                ("account", account.to_string()),
+                                ("outcome", o.as_str().to_string()),
+                            ])
+                            .clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let budget_series: Vec<FloatCounter> = accounts
+            .iter()
+            .map(|account| {
+                budget_wait
+                    .get_or_create(&[("account", account.to_string())])
+                    .clone()
+            })
+            .collect();
         for k in MESSAGE_KINDS {
             let _ = messages.get_or_create(&[("kind", k)]);
         }
@@ -284,6 +305,8 @@ impl Metrics {
             gaps,
             budget_wait,
             accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            poll_series,
+            budget_series,
             outbox_depth,
             dead_letters,
             max_lag,
@@ -310,12 +333,23 @@ impl Metrics {
 
     /// One poll of chat `chat` (its key) of account `account` ended.
     pub fn poll(&self, account: usize, chat: &str, outcome: PollOutcome, seconds: f64) {
-        self.polls
-            .get_or_create(&[
-                ("account", self.account(account)),
-                ("outcome", outcome.as_str().to_string()),
-            ])
-            .inc();
+        match self
+            .poll_series
+            .get(account)
+            .and_then(|s| s.get(outcome as usize))
+        {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                self.polls
+                    .get_or_create(&[
+                        ("account", self.account(account)),
+                        ("outcome", outcome.as_str().to_string()),
+                    ])
+                    .inc();
+            }
+        }
         self.poll_duration.observe(seconds);
         match outcome {
             PollOutcome::Ok => {
@@ -407,9 +441,16 @@ impl Metrics {
     }
 
     pub fn budget_waited(&self, account: usize, d: std::time::Duration) {
-        self.budget_wait
-            .get_or_create(&[("account", self.account(account))])
-            .inc_by(d.as_secs_f64());
+        match self.budget_series.get(account) {
+            Some(counter) => {
+                counter.inc_by(d.as_secs_f64());
+            }
+            None => {
+                self.budget_wait
+                    .get_or_create(&[("account", self.account(account))])
+                    .inc_by(d.as_secs_f64());
+            }
+        }
     }
 
     /// The rule set now in force, by its fingerprint (`/healthz`, `cartat_rule_set`).
@@ -649,6 +690,13 @@ mod tests {
             text.ends_with("# EOF\n"),
             "the exposition still ends with # EOF"
         );
+    }
+
+    #[test]
+    fn an_outcome_s_place_in_all_is_its_discriminant() {
+        for (i, o) in PollOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{}", o.as_str());
+        }
     }
 
     #[test]
