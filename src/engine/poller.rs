@@ -261,9 +261,9 @@ impl Poller {
                 _ = shutdown.cancelled() => break,
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
-            let waited = tokio::select! {
+            let (waited, reserved) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                w = gateway.budget.acquire() => w,
+                w = gateway.budget.acquire_at() => w,
             };
             self.metrics.budget_waited(account, waited);
             while let Ok(done) = done_rx.try_recv() {
@@ -282,7 +282,7 @@ impl Poller {
             let chat = chats[index].clone();
             let fails = failures[index];
             tracker.spawn(async move {
-                let how = this.poll_chat(&chat, fails).await;
+                let how = this.poll_chat(&chat, fails, reserved).await;
                 drop(permit);
                 let _ = tx.send(Done { index, how });
             });
@@ -374,9 +374,9 @@ impl Poller {
 
     /// Polls one chat once (with gap recovery; the first request's budget is already taken);
     /// returns how it ended, for the schedule.
-    async fn poll_chat(&self, chat: &WatchedChat, failures: u32) -> Finished {
+    async fn poll_chat(&self, chat: &WatchedChat, failures: u32, reserved: Instant) -> Finished {
         let started = Instant::now();
-        let result = self.poll_once(chat, true).await;
+        let result = self.poll_once(chat, Some(reserved)).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(report) => {
@@ -454,9 +454,13 @@ impl Poller {
     }
 
     /// One poll of one chat: fetch (growing `limit` while the page may hide more), diff, decide,
-    /// commit, then tell the world. `prepaid`: the scheduler already took the budget for the
-    /// first request.
-    async fn poll_once(&self, chat: &WatchedChat, prepaid: bool) -> Result<PollReport, PollError> {
+    /// commit, then tell the world. `prepaid`: the time the scheduler reserved in the budget
+    /// for the first request.
+    async fn poll_once(
+        &self,
+        chat: &WatchedChat,
+        prepaid: Option<Instant>,
+    ) -> Result<PollReport, PollError> {
         let api = &self.config.accounts[chat.account].api;
         let gateway = &self.gateways[chat.account];
         let mut limit = api.message_limit;
@@ -469,9 +473,8 @@ impl Poller {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&chat_key);
         let (page, mut snapshot, d) = loop {
-            let page = if prepaid {
-                prepaid = false;
-                gateway.fetch_prepaid(&chat.id, limit).await?
+            let page = if let Some(reserved) = prepaid.take() {
+                gateway.fetch_prepaid(&chat.id, limit, reserved).await?
             } else {
                 let (page, waited) = gateway.fetch_waited(&chat.id, limit).await;
                 self.metrics.budget_waited(chat.account, waited);

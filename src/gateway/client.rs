@@ -38,6 +38,11 @@ impl std::fmt::Debug for RateBudget {
 /// gateway a little closer together (scheduling, connection set-up), so leave room.
 pub const WINDOW_MARGIN: Duration = Duration::from_millis(50);
 
+/// How late after its reserved time a request may still go on that reservation. Later (a
+/// starved process, a slow connect), it takes a new one: requests reserved one window apart
+/// but sent late could otherwise reach the gateway closer together than the margin allows.
+pub const LATE_SEND: Duration = Duration::from_millis(25);
+
 /// The pure part of [`RateBudget`]: when may the next request go. Time is an input.
 #[derive(Debug)]
 pub struct BudgetState {
@@ -147,6 +152,12 @@ impl RateBudget {
 
     /// Waits until a request may be sent; returns how long it waited.
     pub async fn acquire(&self) -> Duration {
+        self.acquire_at().await.0
+    }
+
+    /// Waits until a request may be sent; returns how long it waited and the time reserved
+    /// for it (a request that goes more than [`LATE_SEND`] after it takes a new one).
+    pub async fn acquire_at(&self) -> (Duration, Instant) {
         let start = Instant::now();
         loop {
             let at = self.state().reserve(Instant::now());
@@ -157,7 +168,7 @@ impl RateBudget {
             }
             // A 429 may have arrived while we waited for our turn: honour it too.
             if self.paused().is_none() {
-                return start.elapsed();
+                return (start.elapsed(), at);
             }
         }
     }
@@ -283,12 +294,21 @@ impl Gateway {
         chat: &ChatId,
         limit: u32,
     ) -> (Result<Page, FetchError>, Duration) {
-        let waited = self.budget.acquire().await;
-        (self.fetch_prepaid(chat, limit).await, waited)
+        let (waited, reserved) = self.budget.acquire_at().await;
+        (self.fetch_prepaid(chat, limit, reserved).await, waited)
     }
 
-    /// Fetches without waiting: the caller has just taken the budget ([`RateBudget::acquire`]).
-    pub async fn fetch_prepaid(&self, chat: &ChatId, limit: u32) -> Result<Page, FetchError> {
+    /// Fetches on a reservation the caller took ([`RateBudget::acquire_at`]): at once, unless
+    /// it is more than [`LATE_SEND`] past, when it takes a new one first.
+    pub async fn fetch_prepaid(
+        &self,
+        chat: &ChatId,
+        limit: u32,
+        reserved: Instant,
+    ) -> Result<Page, FetchError> {
+        if Instant::now() > reserved + LATE_SEND {
+            self.budget.acquire().await;
+        }
         // `limit` both as the documented JSON body and as a query parameter.
         let path = format!("/chats/{}?limit={limit}", chat.path_segment());
         let body = format!("{{\"limit\":{limit}}}");
@@ -510,6 +530,50 @@ mod tests {
             times.push(t);
         }
         assert!(max_in_window(&times, Duration::from_secs(1)) <= 7);
+    }
+
+    /// A request sent late on its reservation takes a new one: two requests reserved a window
+    /// apart, the first starved past the second's time, still reach the gateway a window apart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_late_on_its_reservation_takes_a_new_one() {
+        let scenario =
+            crate::mock::Scenario::from_yaml("chats:\n  - id: \"966500000001\"\n").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw = crate::mock::MockGateway::start(listener, scenario)
+            .await
+            .unwrap();
+        let api = crate::config::ApiConfig {
+            base_url: gw.base_url(),
+            token: gw.token().to_string().into(),
+            timeout: Duration::from_secs(5),
+            rate_per_second: 1,
+            burst: 1,
+            message_limit: 5,
+            max_message_limit: 1000,
+            max_reply_bytes: None,
+            proxy: None,
+        };
+        let gateway = Gateway::new(&api, Arc::new(RateBudget::new(1, 1))).unwrap();
+        let chat = ChatId::parse("966500000001").unwrap();
+        let (_, first) = gateway.budget.acquire_at().await;
+        let (_, second) = gateway.budget.acquire_at().await;
+        assert!(second >= first + Duration::from_secs(1));
+        // The second goes on time; the first only now, a window late.
+        let (a, b) = tokio::join!(
+            gateway.fetch_prepaid(&chat, 5, second),
+            gateway.fetch_prepaid(&chat, 5, first)
+        );
+        a.unwrap();
+        b.unwrap();
+        let mut at: Vec<u64> = gw.requests().iter().map(|r| r.at_ms).collect();
+        at.sort_unstable();
+        assert_eq!(at.len(), 2);
+        assert!(
+            at[1] - at[0] >= 1_000,
+            "two requests {} ms apart on a budget of 1 a second",
+            at[1] - at[0]
+        );
+        gw.shutdown().await;
     }
 
     /// A burst the budget allows goes at once: each acquire is ready the first time it is
