@@ -827,34 +827,28 @@ fn a_joiner_takes_chats_only_once_the_others_lowered_their_budget_share_a_window
     .unwrap();
     let c = cycle("c", true);
     assert_eq!((c.live, c.settled, c.held.len()), (4, false, 0));
-    let c = store
-        .lease_cycle(
-            "c",
-            &chats,
-            10_000,
-            Some(postgres::JoinWait {
-                window_ms: 0,
-                settle_ms: 0,
-            }),
-        )
-        .unwrap();
+    // No window to wait and no settle time: only what the others said counts.
+    let at_once = || {
+        store
+            .lease_cycle(
+                "c",
+                &chats,
+                10_000,
+                Some(postgres::JoinWait {
+                    window_ms: 0,
+                    settle_ms: 0,
+                }),
+            )
+            .unwrap()
+    };
+    let c = at_once();
     assert!(
         !c.settled,
         "a and b have not lowered theirs to a quarter yet"
     );
     cycle("a", false);
     cycle("b", false);
-    let c = store
-        .lease_cycle(
-            "c",
-            &chats,
-            10_000,
-            Some(postgres::JoinWait {
-                window_ms: 0,
-                settle_ms: 0,
-            }),
-        )
-        .unwrap();
+    let c = at_once();
     assert!(
         c.settled,
         "a and b said a quarter; the old one is past settle_ms"

@@ -6,6 +6,8 @@
 use crate::metrics::{get, metric, scrape};
 use crate::poller::max_per_second;
 use crate::support::*;
+use cartat_rules::mock::MockGateway;
+use cartat_rules::receiver::Receiver;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -29,8 +31,9 @@ chats:
       - { at: 1s, body: "بوت", id: T2 }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_accounts_read_their_own_gateways_and_the_same_number_is_two_chats() {
+/// The two gateways (accounts `sales` and `support`), a receiver, and the suite's bot rule
+/// delivering to its `/hooks`.
+async fn setup() -> (MockGateway, MockGateway, Receiver, Workspace) {
     let sales = gateway(SALES).await;
     let support = gateway(SUPPORT).await;
     let rx = receiver().await;
@@ -39,6 +42,12 @@ async fn two_accounts_read_their_own_gateways_and_the_same_number_is_two_chats()
         "rules/bot.yaml",
         &bot_rule("bot-keyword", &[rx.url("/hooks")]),
     );
+    (sales, support, rx, ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_accounts_read_their_own_gateways_and_the_same_number_is_two_chats() {
+    let (sales, support, rx, ws) = setup().await;
     // Selectors: a chat id without an account names it in every account, with one only there.
     ws.write(
         "rules/only.yaml",
@@ -157,17 +166,10 @@ async fn two_accounts_read_their_own_gateways_and_the_same_number_is_two_chats()
     support.shutdown().await;
 }
 
-/// A config reload that changes one account's chats and budget applies to that account only.
+/// A config reload that adds a chat to one account polls it on that account's gateway only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_a_chat_into_one_account_and_the_other_is_untouched() {
-    let sales = gateway(SALES).await;
-    let support = gateway(SUPPORT).await;
-    let rx = receiver().await;
-    let ws = Workspace::new();
-    ws.write(
-        "rules/bot.yaml",
-        &bot_rule("bot-keyword", &[rx.url("/hooks")]),
-    );
+    let (sales, support, rx, ws) = setup().await;
     let config = |support_chats: &[&str]| {
         Config {
             accounts: vec![
