@@ -221,13 +221,14 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     let chats = poller.config.chats.len();
+    let accounts = poller.config.accounts.len();
     let store = poller.store.clone();
     match &lease_loop {
         Some(l) => {
-            tracing::info!(event = "daemon.started", chats, state = %poller.store.path().display(), instance = %l.cluster.me, "cartat-rules started in a cluster: the chats are shared through leases")
+            tracing::info!(event = "daemon.started", chats, accounts, state = %poller.store.path().display(), instance = %l.cluster.me, "cartat-rules started in a cluster: the chats are shared through leases")
         }
         None => {
-            tracing::info!(event = "daemon.started", chats, state = %poller.store.path().display(), "cartat-rules started")
+            tracing::info!(event = "daemon.started", chats, accounts, state = %poller.store.path().display(), "cartat-rules started")
         }
     }
     // The lease loop stops with the others, but gives up its leases only after them.
