@@ -347,7 +347,7 @@ fn watched(
             }
         };
         match ChatId::parse(id_text) {
-            Ok(id) if id.as_str().contains('/') => d.push(Diagnostic::at(
+            Ok(_) if id_text.contains('/') => d.push(Diagnostic::at(
                 path,
                 entry.referenced,
                 format!("`{id_text}`: a watched chat takes its account from where it is listed; write the id alone"),
@@ -891,6 +891,16 @@ server:
             ),
             (
                 "accounts:\n  - { name: a, api: { base_url: http://y }, chats: [\"b/966500000000\"] }\n",
+                "c.yaml:2:",
+                "takes its account from where it is listed",
+            ),
+            (
+                "accounts:\n  - { name: a, api: { base_url: http://y }, chats: [\"default/966500000000\"] }\n",
+                "c.yaml:2:",
+                "takes its account from where it is listed",
+            ),
+            (
+                "api: { base_url: http://y }\nchats: [\"a/966500000000\"]\n",
                 "c.yaml:2:",
                 "takes its account from where it is listed",
             ),
