@@ -1,44 +1,60 @@
-//! The gateway's plain-HTTP/1.1 path: hyper's connection API, each connection driven by the
-//! poll that uses it, idle connections kept for the next poll.
+//! The gateway's plain-HTTP/1.1 path: one `GET` and its answer on a kept connection, read
+//! on the grid of [`super::tick_io`], idle connections kept for the next poll.
 //!
 //! Why not reqwest here: a poll is one small GET to one host, and measured on the idle
 //! workload (100 chats, every second, nothing new) reqwest's layers around hyper cost more
 //! than the reply's parse: the url is parsed and IDNA-checked per request, the request
-//! passes redirect and retry services and the pool, and the connection runs as its own task,
-//! so every poll is handed between two tasks (and, on two workers, two threads). Here the
-//! request is built from a path, and the poll's own task polls the connection while it waits,
-//! so a poll is one task from request to parsed page. reqwest stays for `https://` gateways
-//! and for `api.proxy` (TLS, proxies); both paths map to the same [`super::client::FetchError`]s.
+//! passes redirect and retry services and the pool, and the connection runs as its own task.
+//! reqwest stays for `https://` gateways and for `api.proxy` (TLS, proxies); both paths map to
+//! the same [`super::client::FetchError`]s.
 //!
-//! Owns: connecting (with a deadline), keeping idle connections (most recent first, at most
-//! [`MAX_IDLE`]), retrying once on a fresh connection when a kept one turns out closed before
-//! the gateway answered. Must not: read a body past the cap it is given, or retry anything the
-//! gateway answered.
+//! Why not hyper's connection API either (this path used it until it was measured): each kept
+//! connection held ~43 KB — the request channel hyper keeps per connection (a block of 32
+//! request slots, ~9 KB, and the next one), an 8 KB write buffer and a read buffer that grew
+//! to 16 KiB — and the first polls of 100 chats keep 100 connections: 4.3 MB of workload A's
+//! 12 MB heap (heaptrack), and 11 MB at B's 256 connections in flight. Each request also
+//! went through that channel, a one-shot answer channel and a header map. Here a kept
+//! connection is its socket and a timer; an answer's head is parsed by `httparse` (hyper's
+//! own parser) from one read buffer, and its body is read straight into the `Vec` the page
+//! parser gets. Only what a gateway answer needs is spoken: `Content-Length`, chunked and
+//! read-to-close bodies, `1xx` answers skipped, `Connection: close` and HTTP/1.0 honoured.
+//!
+//! Owns: connecting, keeping idle connections (most recent first, at most [`MAX_IDLE`], each
+//! for at most [`IDLE_KEEP`]), retrying once on a fresh connection when a kept one turns out
+//! closed before the gateway answered. Must not: read a body past the cap it is given, or
+//! retry anything the gateway answered.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Body as _;
-use hyper::client::conn::http1::{Connection, SendRequest};
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Mutex;
-use std::task::Poll;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// The most a connection's read buffer grows to.
-const READ_BUFFER: usize = 16 * 1024;
+use super::tick_io::TickIo;
 
 /// Idle connections kept at most; more are closed when their poll ends.
 pub const MAX_IDLE: usize = 256;
 
-type Conn = Connection<super::tick_io::TickIo, Full<Bytes>>;
+/// How long an idle connection is kept. Under Node.js (the gateway is whatsapp-web.js behind
+/// an HTTP server) a server closes a keep-alive connection idle for 5 s, so one kept longer
+/// is mostly found closed, or closed as the request goes.
+pub const IDLE_KEEP: Duration = Duration::from_secs(4);
 
-/// One connection: the request side and the connection future that does its I/O.
+/// The longest answer head (status line and headers) read.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// The most headers an answer may have.
+const MAX_HEADERS: usize = 64;
+
+/// What one read asks the socket for, when the length to come is not known.
+const READ_CHUNK: usize = 16 * 1024;
+
+const CLOSED: &str = "the gateway closed the connection";
+
+/// One kept connection.
 struct Link {
-    send: SendRequest<Full<Bytes>>,
-    conn: Conn,
-    /// The connection future has finished (the gateway closed it, or it failed).
-    done: bool,
+    io: TickIo,
+    /// Since when it is idle (set when it goes back to the idle list).
+    since: Instant,
 }
 
 /// What the gateway answered.
@@ -74,15 +90,288 @@ pub enum Failure {
     Transport(String),
 }
 
+/// Why one exchange on one connection failed.
+#[derive(Debug)]
+enum Broken {
+    /// Not a byte of an answer arrived: the connection was closed or reset first (a kept
+    /// connection the gateway had closed). The request may go again on a new connection.
+    Unanswered(String),
+    /// Anything else: the gateway answered, or tried to.
+    Failed(Failure),
+}
+
+fn transport(e: impl Into<String>) -> Broken {
+    Broken::Failed(Failure::Transport(e.into()))
+}
+
+/// How an answer's body ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// At the end of the stream (no length given): the connection cannot be kept.
+    Close,
+}
+
+/// An answer's head, parsed.
+#[derive(Debug)]
+struct Head {
+    /// Its length in bytes, blank line included.
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The connection can carry another request after this answer (HTTP/1.1 without
+    /// `Connection: close`).
+    keep: bool,
+    retry_after: Option<String>,
+}
+
+/// Parses the answer head at the start of `buf`: `None` while it is incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, Broken> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(e) => {
+            return Err(transport(format!(
+                "the gateway's answer is not HTTP/1.1: {e}"
+            )));
+        }
+    };
+    let status = response.code.unwrap_or(0);
+    let mut keep = response.version == Some(1);
+    let (mut length, mut chunked, mut encoded, mut retry_after) = (None, false, false, None);
+    for h in response.headers.iter() {
+        let value = || std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n: u64 = value().parse().map_err(|_| {
+                transport(format!(
+                    "the gateway sent a bad Content-Length: {:?}",
+                    value()
+                ))
+            })?;
+            if length.is_some_and(|l| l != n) {
+                return Err(transport("the gateway sent two different Content-Lengths"));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            encoded = true;
+            // Chunked only if it is the last coding applied.
+            chunked = value()
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if value()
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+            {
+                keep = false;
+            }
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = Some(value().to_string());
+        }
+    }
+    let framing = if status == 204 || status == 304 {
+        Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked
+    } else if encoded {
+        // A coding other than chunked last: the body ends with the connection.
+        Framing::Close
+    } else {
+        length.map_or(Framing::Close, Framing::Length)
+    };
+    if framing == Framing::Close {
+        keep = false;
+    }
+    Ok(Some(Head {
+        len,
+        status,
+        framing,
+        keep,
+        retry_after,
+    }))
+}
+
+/// Reads up to `want` more bytes onto the end of `buf`; the count read (0: end of stream).
+async fn fill(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    let old = buf.len();
+    buf.resize(old + want, 0);
+    let read = io.recv(&mut buf[old..]).await;
+    buf.truncate(old + *read.as_ref().unwrap_or(&0));
+    read
+}
+
+/// Like [`fill`], for the body: the end of the stream is an error.
+async fn fill_body(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> Result<(), Broken> {
+    match fill(io, buf, want).await {
+        Ok(0) => Err(transport(format!("{CLOSED} in the middle of the answer"))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(transport(format!("cannot read the answer: {e}"))),
+    }
+}
+
+/// The body of a chunked answer, from `raw` (what was read after the head) and the socket.
+/// Returns the body and whether bytes came after its end (then the connection is not kept).
+async fn read_chunked(
+    io: &mut TickIo,
+    mut raw: Vec<u8>,
+    cap: u64,
+) -> Result<(Vec<u8>, bool), Broken> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let (consumed, size) = match httparse::parse_chunk_size(&raw[at..]) {
+            Ok(httparse::Status::Complete(c)) => c,
+            Ok(httparse::Status::Partial) => {
+                if raw.len() - at > 1024 {
+                    return Err(transport(
+                        "the gateway sent a chunk size line longer than 1 KiB",
+                    ));
+                }
+                fill_body(io, &mut raw, READ_CHUNK).await?;
+                continue;
+            }
+            Err(_) => return Err(transport("the gateway sent a bad chunk size")),
+        };
+        if size == 0 {
+            at += consumed;
+            break;
+        }
+        if size > cap.saturating_sub(body.len() as u64) {
+            return Err(Broken::Failed(Failure::TooLarge));
+        }
+        let size = size as usize;
+        let end = at + consumed + size;
+        while raw.len() < end + 2 {
+            // What the chunk still needs, and the next size line with it if it is there.
+            let want = (end + 2 - raw.len()).max(1024);
+            fill_body(io, &mut raw, want).await?;
+        }
+        if &raw[end..end + 2] != b"\r\n" {
+            return Err(transport("the gateway sent a chunk longer than its size"));
+        }
+        body.extend_from_slice(&raw[at + consumed..end]);
+        at = end + 2;
+        if at > READ_CHUNK {
+            raw.drain(..at);
+            at = 0;
+        }
+    }
+    // Trailer lines, up to the blank line that ends the answer.
+    loop {
+        match memchr::memmem::find(&raw[at..], b"\r\n") {
+            Some(0) => {
+                at += 2;
+                break;
+            }
+            Some(i) => at += i + 2,
+            None if raw.len() - at > MAX_HEAD => {
+                return Err(transport(
+                    "the gateway's answer has trailers longer than 64 KiB",
+                ));
+            }
+            None => fill_body(io, &mut raw, 1024).await?,
+        }
+    }
+    Ok((body, raw.len() > at))
+}
+
+/// Sends `request` on `io` and reads the answer: a 2xx body up to `cap` bytes. Says whether
+/// the connection can carry the next request.
+async fn exchange(io: &mut TickIo, request: &[u8], cap: u64) -> Result<(Answer, bool), Broken> {
+    io.send_all(request)
+        .await
+        .map_err(|e| Broken::Unanswered(format!("cannot send the request: {e}")))?;
+    let mut buf = Vec::new();
+    let head = loop {
+        if let Some(head) = parse_head(&buf)? {
+            if (100..200).contains(&head.status) && head.status != 101 {
+                // An interim answer (`100 Continue`, `103 Early Hints`): the real one follows.
+                buf.drain(..head.len);
+                continue;
+            }
+            break head;
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(transport(
+                "the gateway's answer has a head longer than 64 KiB",
+            ));
+        }
+        let nothing_yet = buf.is_empty();
+        match fill(io, &mut buf, READ_CHUNK).await {
+            Ok(0) if nothing_yet => return Err(Broken::Unanswered(CLOSED.into())),
+            Ok(0) => return Err(transport(format!("{CLOSED} in the middle of the answer"))),
+            Ok(_) => {}
+            Err(e) if nothing_yet => {
+                return Err(Broken::Unanswered(format!("cannot read the answer: {e}")));
+            }
+            Err(e) => return Err(transport(format!("cannot read the answer: {e}"))),
+        }
+    };
+    if !(200..300).contains(&head.status) {
+        // The body is not read: the connection closes with it.
+        let answer = Answer {
+            status: head.status,
+            retry_after: head.retry_after,
+            body: Vec::new(),
+        };
+        return Ok((answer, false));
+    }
+    let rest = &buf[head.len..];
+    let (body, keep) = match head.framing {
+        Framing::Length(n) if n > cap => return Err(Broken::Failed(Failure::TooLarge)),
+        Framing::Length(n) => {
+            let n = n as usize;
+            let mut body = Vec::with_capacity(n);
+            body.extend_from_slice(&rest[..rest.len().min(n)]);
+            while body.len() < n {
+                let want = n - body.len();
+                fill_body(io, &mut body, want).await?;
+            }
+            (body, head.keep && rest.len() <= n)
+        }
+        Framing::Chunked => {
+            let (body, extra) = read_chunked(io, rest.to_vec(), cap).await?;
+            (body, head.keep && !extra)
+        }
+        Framing::Close => {
+            let mut body = rest.to_vec();
+            loop {
+                if body.len() as u64 > cap {
+                    return Err(Broken::Failed(Failure::TooLarge));
+                }
+                match fill(io, &mut body, READ_CHUNK).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(transport(format!("cannot read the answer: {e}"))),
+                }
+            }
+            (body, false)
+        }
+    };
+    let answer = Answer {
+        status: head.status,
+        retry_after: None,
+        body,
+    };
+    Ok((answer, keep))
+}
+
 /// A client for one `http://host:port[/prefix]` gateway.
 pub struct Http1 {
     /// `host:port` to connect to (resolved at each new connection).
     authority: String,
     /// The `Host` header.
-    host: hyper::header::HeaderValue,
+    host: String,
     /// The base url's path, without its trailing `/`; request paths go after it.
     prefix: String,
+    /// Oldest first: a connection goes back on top and is taken from the top.
     idle: Mutex<Vec<Link>>,
+    /// [`IDLE_KEEP`], shorter in tests.
+    idle_keep: Duration,
 }
 
 impl std::fmt::Debug for Http1 {
@@ -92,34 +381,6 @@ impl std::fmt::Debug for Http1 {
             .finish_non_exhaustive()
     }
 }
-
-/// Polls `conn` while `fut` runs: `fut`'s output, or why the connection ended first (a
-/// response that arrived with the close still counts).
-async fn drive<F: Future>(conn: &mut Conn, done: &mut bool, fut: F) -> Result<F::Output, String> {
-    let mut fut = pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        if *done {
-            return Poll::Ready(Err(CLOSED.to_string()));
-        }
-        let Poll::Ready(r) = std::pin::Pin::new(&mut *conn).poll(cx) else {
-            return Poll::Pending;
-        };
-        *done = true;
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        Poll::Ready(Err(match r {
-            Ok(()) => CLOSED.to_string(),
-            Err(e) => crate::net::http::error_chain(&e),
-        }))
-    })
-    .await
-}
-
-const CLOSED: &str = "the gateway closed the connection";
 
 impl Http1 {
     /// A client for `base_url` if it is plain `http://` without credentials, query or
@@ -143,10 +404,18 @@ impl Http1 {
         };
         Some(Http1 {
             authority,
-            host: hyper::header::HeaderValue::try_from(host_header).ok()?,
+            host: host_header,
             prefix: url.path().trim_end_matches('/').to_string(),
             idle: Mutex::new(Vec::new()),
+            idle_keep: IDLE_KEEP,
         })
+    }
+
+    /// Keeps idle connections for `keep` instead of [`IDLE_KEEP`].
+    #[cfg(test)]
+    fn keeping_idle_for(mut self, keep: Duration) -> Http1 {
+        self.idle_keep = keep;
+        self
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
@@ -158,46 +427,63 @@ impl Http1 {
         self.idle().len()
     }
 
-    async fn connect(&self) -> Result<Link, Failure> {
+    async fn connect(&self) -> Result<TickIo, Failure> {
         let stream = TcpStream::connect(&self.authority)
             .await
             .map_err(|e| Failure::Transport(format!("cannot connect to the gateway: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let io = super::tick_io::TickIo::new(stream)
-            .map_err(|e| Failure::Transport(format!("cannot use the connection: {e}")))?;
-        // hyper's read buffer grows with what it reads (up to 400 KiB) and stays grown: a
-        // bunch of 256 connections reading 40 KB pages held 64 KiB each. A reply is copied out
-        // as it comes, so 16 KiB reads cost a few more `recv`s and no more.
-        let (send, conn) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(READ_BUFFER)
-            .handshake(io)
-            .await
-            .map_err(|e| Failure::Transport(crate::net::http::error_chain(&e)))?;
-        Ok(Link {
-            send,
-            conn,
-            done: false,
-        })
+        TickIo::new(stream)
+            .map_err(|e| Failure::Transport(format!("cannot use the connection: {e}")))
     }
 
-    /// A connection ready for a request: the most recent idle one still open, or a new one.
-    /// Says whether it was kept (the gateway may close a kept one just as the request goes).
-    async fn checkout(&self) -> Result<(Link, bool), Failure> {
-        loop {
-            let popped = self.idle().pop();
-            let Some(mut link) = popped else {
-                return Ok((self.connect().await?, false));
-            };
-            if link.done || link.send.is_closed() {
-                continue;
-            }
-            let Link { send, conn, done } = &mut link;
-            if let Ok(Ok(())) =
-                drive(conn, done, std::future::poll_fn(|cx| send.poll_ready(cx))).await
-            {
-                return Ok((link, true));
+    /// The most recent idle connection that nothing reached since its last answer.
+    fn checkout(&self) -> Option<TickIo> {
+        let mut idle = self.idle();
+        while let Some(mut link) = idle.pop() {
+            if link.io.quiet() {
+                return Some(link.io);
             }
         }
+        None
+    }
+
+    /// Puts `io` back on top of the idle list, closing those idle for longer than the keep.
+    fn checkin(&self, io: TickIo) {
+        let now = Instant::now();
+        let mut idle = self.idle();
+        let stale = idle
+            .iter()
+            .take_while(|l| now.duration_since(l.since) > self.idle_keep)
+            .count();
+        idle.drain(..stale);
+        if idle.len() < MAX_IDLE {
+            idle.push(Link { io, since: now });
+        }
+    }
+
+    /// The request's bytes: `GET {prefix}{path}`, the `Host`, `headers`, and `body`.
+    fn request(
+        &self,
+        path: &str,
+        headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+        body: &[u8],
+    ) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut r = Vec::with_capacity(256 + body.len());
+        let _ = write!(
+            r,
+            "GET {}{path} HTTP/1.1\r\nhost: {}\r\n",
+            self.prefix, self.host
+        );
+        for (name, value) in headers {
+            r.extend_from_slice(name.as_str().as_bytes());
+            r.extend_from_slice(b": ");
+            r.extend_from_slice(value.as_bytes());
+            r.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(r, "content-length: {}\r\n\r\n", body.len());
+        r.extend_from_slice(body);
+        r
     }
 
     /// Sends `GET {prefix}{path}` with `headers` and `body`, reads a 2xx answer's body up to
@@ -210,70 +496,27 @@ impl Http1 {
         body: &Bytes,
         cap: u64,
     ) -> Result<Answer, Failure> {
-        let uri = format!("{}{path}", self.prefix);
-        let request = || {
-            let mut req = hyper::Request::get(uri.as_str())
-                .body(Full::new(body.clone()))
-                .map_err(|e| Failure::Transport(format!("cannot build the request: {e}")))?;
-            let h = req.headers_mut();
-            h.insert(hyper::header::HOST, self.host.clone());
-            for (k, v) in headers {
-                h.insert(k, v.clone());
-            }
-            Ok::<_, Failure>(req)
+        let request = self.request(path, headers, body);
+        let (mut io, mut kept) = match self.checkout() {
+            Some(io) => (io, true),
+            None => (self.connect().await?, false),
         };
-        let (mut link, mut kept) = self.checkout().await?;
-        let response = loop {
-            let Link { send, conn, done } = &mut link;
-            match drive(conn, done, send.send_request(request()?)).await {
-                Ok(Ok(r)) => break r,
-                Ok(Err(e)) if kept && !e.is_parse() => {}
-                Err(_) if kept => {}
-                Ok(Err(e)) => return Err(Failure::Transport(crate::net::http::error_chain(&e))),
-                Err(e) => return Err(Failure::Transport(e)),
-            }
-            link = self.connect().await?;
-            kept = false;
-        };
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            // The body is not read: the connection closes with it.
-            return Ok(Answer::refusal(status, response.headers()));
-        }
-        let mut incoming = response.into_body();
-        // Exact when the gateway sent `Content-Length`.
-        let length = incoming.size_hint().exact();
-        if length.is_some_and(|n| n > cap) {
-            return Err(Failure::TooLarge);
-        }
-        let mut bytes = Vec::with_capacity(length.unwrap_or(64 * 1024).min(cap) as usize);
         loop {
-            let Link { conn, done, .. } = &mut link;
-            let frame = match drive(conn, done, incoming.frame()).await {
-                Ok(None) => break,
-                Ok(Some(Ok(frame))) => frame,
-                Ok(Some(Err(e))) => {
-                    return Err(Failure::Transport(crate::net::http::error_chain(&e)));
+            match exchange(&mut io, &request, cap).await {
+                Ok((answer, keep)) => {
+                    if keep {
+                        self.checkin(io);
+                    }
+                    return Ok(answer);
                 }
-                Err(e) => return Err(Failure::Transport(e)),
-            };
-            if let Ok(data) = frame.into_data() {
-                if bytes.len() as u64 + data.len() as u64 > cap {
-                    return Err(Failure::TooLarge);
+                Err(Broken::Unanswered(_)) if kept => {
+                    io = self.connect().await?;
+                    kept = false;
                 }
-                bytes.extend_from_slice(&data);
+                Err(Broken::Unanswered(e)) => return Err(Failure::Transport(e)),
+                Err(Broken::Failed(f)) => return Err(f),
             }
         }
-        drop(incoming);
-        let mut idle = self.idle();
-        if !link.done && idle.len() < MAX_IDLE {
-            idle.push(link);
-        }
-        Ok(Answer {
-            status,
-            retry_after: None,
-            body: bytes,
-        })
     }
 }
 
@@ -374,6 +617,228 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_head_says_how_its_body_ends_and_whether_the_connection_stays() {
+        let head = |text: &str| parse_head(text.as_bytes()).map_err(|e| format!("{e:?}"));
+        for (text, framing, keep) in [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+                Framing::Length(12),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\ncontent-length: 12\r\n\r\n",
+                Framing::Length(12),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+                true,
+            ),
+            // Transfer-Encoding wins over Content-Length.
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                Framing::Close,
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::Close, false),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 2\r\n\r\n",
+                Framing::Length(2),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n",
+                Framing::Length(2),
+                false,
+            ),
+            ("HTTP/1.1 204 No Content\r\n\r\n", Framing::Length(0), true),
+        ] {
+            let h = head(text)
+                .unwrap()
+                .unwrap_or_else(|| panic!("incomplete: {text:?}"));
+            assert_eq!(
+                (h.len, h.framing, h.keep),
+                (text.len(), framing, keep),
+                "{text:?}"
+            );
+        }
+        let h = head("HTTP/1.1 429 Too Many\r\nRetry-After:  30 \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.status, h.retry_after.as_deref()), (429, Some("30")));
+        assert!(
+            head("HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none(),
+            "incomplete"
+        );
+        assert!(head("").unwrap().is_none());
+        for bad in [
+            "SSH-2.0-OpenSSH_9.6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+        ] {
+            assert!(head(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A real server on 127.0.0.1 that answers each request of one connection with the
+    /// pieces of `answer`, written one by one with a pause between them.
+    async fn slow_server(answer: Vec<&'static [u8]>) -> (String, Arc<Seen>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        // The request's body is `{"limit":2}`, after its head.
+                        if !buf.ends_with(b"{\"limit\":2}") {
+                            continue;
+                        }
+                        buf.clear();
+                        for piece in &answer {
+                            if sock.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(15)).await;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn answers_arriving_in_pieces_are_read_whole_interim_answers_skipped() {
+        // A `100 Continue` first, then a head cut mid-line, a body in three pieces.
+        let (url, _) = slow_server(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-len",
+            b"gth: 11\r\n\r\nhel",
+            b"lo wo",
+            b"rld",
+        ])
+        .await;
+        let c = Http1::for_base_url(&url).unwrap();
+        for _ in 0..2 {
+            assert_eq!(get(&c, 1024).await.unwrap().body, b"hello world");
+        }
+        assert_eq!(c.idle_count(), 1, "kept");
+        // Chunked, with an extension and a trailer, the chunks cut anywhere.
+        let (url, _) = slow_server(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r",
+            b"\nhel",
+            b"lo\r\n6\r\n world\r\n0\r\nx-trailer: 1",
+            b"\r\n\r\n",
+        ])
+        .await;
+        let c = Http1::for_base_url(&url).unwrap();
+        for _ in 0..2 {
+            assert_eq!(get(&c, 1024).await.unwrap().body, b"hello world");
+        }
+        assert_eq!(c.idle_count(), 1, "kept");
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_length_ends_with_the_connection_which_is_not_kept() {
+        let (url, seen) = server(|n| {
+            (
+                format!("HTTP/1.0 200 OK\r\n\r\nuntil the end {n}").into_bytes(),
+                true,
+            )
+        })
+        .await;
+        let c = Http1::for_base_url(&url).unwrap();
+        for n in 1..=2 {
+            assert_eq!(
+                get(&c, 1024).await.unwrap().body,
+                format!("until the end {n}").into_bytes()
+            );
+            assert_eq!(c.idle_count(), 0);
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        // Past the cap, it is refused all the same.
+        let (url, _) = server(|_| {
+            (
+                format!("HTTP/1.1 200 OK\r\n\r\n{}", "z".repeat(5000)).into_bytes(),
+                true,
+            )
+        })
+        .await;
+        let c = Http1::for_base_url(&url).unwrap();
+        assert_eq!(get(&c, 4096).await.unwrap_err(), Failure::TooLarge);
+    }
+
+    #[tokio::test]
+    async fn what_a_gateway_sends_unasked_on_an_idle_connection_is_never_taken_for_an_answer() {
+        // After each answer the server sends a stray answer on the same connection (as a
+        // server timing out an idle connection may, with `408`), and keeps it open.
+        let (url, seen) = server(|n| {
+            let mut bytes = ok(&format!("reply {n}"));
+            bytes.extend_from_slice(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n");
+            (bytes, false)
+        })
+        .await;
+        let c = Http1::for_base_url(&url).unwrap();
+        for n in 1..=3 {
+            let a = get(&c, 1024).await.unwrap();
+            assert_eq!((a.status, a.body), (200, format!("reply {n}").into_bytes()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+        // The same, the stray answer arriving a moment after the answer was read.
+        let (url, seen) = slow_server(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nreply",
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n",
+        ])
+        .await;
+        let c = Http1::for_base_url(&url).unwrap();
+        for _ in 1..=3 {
+            let a = get(&c, 1024).await.unwrap();
+            assert_eq!((a.status, a.body), (200, b"reply".to_vec()));
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn garbage_instead_of_an_answer_is_a_transport_error_not_retried() {
+        let (url, seen) = server(|_| (b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec(), false)).await;
+        let c = Http1::for_base_url(&url).unwrap();
+        match get(&c, 1024).await {
+            Err(Failure::Transport(e)) => assert!(e.contains("not HTTP/1.1"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let (url, _) = server(|_| {
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+                false,
+            )
+        })
+        .await;
+        let c = Http1::for_base_url(&url).unwrap();
+        match get(&c, 1024).await {
+            Err(Failure::Transport(e)) => assert!(e.contains("chunk size"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.requests.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn only_plain_http_without_credentials_query_or_fragment_takes_this_path() {
         for (url, authority, prefix) in [
             ("http://127.0.0.1:3000", "127.0.0.1:3000", ""),
@@ -422,6 +887,33 @@ mod tests {
         );
         assert!(first.contains("authorization: Bearer t\r\n"), "{first}");
         assert!(first.ends_with("\r\n\r\n{\"limit\":2}"), "{first}");
+    }
+
+    #[tokio::test]
+    async fn connections_idle_for_longer_than_the_keep_are_closed_the_busy_ones_kept() {
+        let (url, seen) = server(|n| (ok(&format!("reply {n}")), false)).await;
+        let c = Http1::for_base_url(&url)
+            .unwrap()
+            .keeping_idle_for(Duration::from_millis(300));
+        // A bunch of three at once: three connections.
+        let (a, b, d) = tokio::join!(get(&c, 1024), get(&c, 1024), get(&c, 1024));
+        assert!(a.is_ok() && b.is_ok() && d.is_ok());
+        assert_eq!(
+            (seen.connections.load(Ordering::SeqCst), c.idle_count()),
+            (3, 3)
+        );
+        // Then one poll at a time, for longer than the keep: they take the top connection,
+        // and the two below it, idle since the bunch, are closed.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            get(&c, 1024).await.unwrap();
+        }
+        assert_eq!(c.idle_count(), 1);
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            3,
+            "no new connection"
+        );
     }
 
     #[tokio::test]

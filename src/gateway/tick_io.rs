@@ -22,13 +22,11 @@
 //! `recv` that finds nothing. Without an epoll set (it could not be created), a waiting read
 //! tries its socket at every tick as before.
 //!
-//! Owns: the socket's reads, writes and shutdown for hyper ([`hyper::rt::Read`],
-//! [`hyper::rt::Write`]), and the ledger of edges. Must not: block (every call is non-blocking)
+//! Owns: the socket's reads and writes for [`super::http1`], and the ledger of edges. Must not: block (every call is non-blocking)
 //! or spin (a call that cannot make progress always waits for a tick).
 
 use std::collections::HashSet;
 use std::io::{self, Write as _};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
@@ -230,36 +228,29 @@ impl TickIo {
 
 use std::future::Future as _;
 
-impl hyper::rt::Read for TickIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+impl TickIo {
+    /// Reads into `buf`, waiting on the grid while nothing is there; `Ok(0)` at the end of the
+    /// stream.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         loop {
-            if !this.worth_reading() {
-                if this.wait(cx).is_pending() {
+            if !self.worth_reading() {
+                if self.wait(cx).is_pending() {
                     return Poll::Pending;
                 }
                 continue;
             }
-            this.waiting = false;
-            // SAFETY: recv writes at most `len` bytes into the cursor's unfilled part, and
-            // only the `n` bytes it reports written are marked filled.
+            self.waiting = false;
+            // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
             let n = unsafe {
-                let dst: &mut [MaybeUninit<u8>] = buf.as_mut();
                 libc::recv(
-                    this.stream.as_raw_fd(),
-                    dst.as_mut_ptr().cast(),
-                    dst.len(),
+                    self.stream.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
                     libc::MSG_DONTWAIT,
                 )
             };
             if n >= 0 {
-                // SAFETY: recv initialized the first `n` bytes.
-                unsafe { buf.advance(n as usize) };
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(n as usize));
             }
             let e = io::Error::last_os_error();
             match e.kind() {
@@ -267,11 +258,52 @@ impl hyper::rt::Read for TickIo {
                 io::ErrorKind::WouldBlock => {}
                 _ => return Poll::Ready(Err(e)),
             }
-            this.waiting = true;
-            if this.wait(cx).is_pending() {
+            self.waiting = true;
+            if self.wait(cx).is_pending() {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Reads what is there into `buf` (at least one byte, or `0` at the end of the stream).
+    pub(super) async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_recv(cx, buf)).await
+    }
+
+    /// Writes all of `data`. From then on a read asks the ledger first: the answer cannot be
+    /// there before the gateway got the request.
+    pub(super) async fn send_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| self.until_ready(cx, |s| s.write(data))).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.waiting = true;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Whether nothing reached the socket since its last answer was read: no data the gateway
+    /// sent unasked, no close. Asks the ledger, and the socket itself only when the ledger saw
+    /// something (an edge may be stale: data that arrived while the answer was being read).
+    pub(super) fn quiet(&mut self) -> bool {
+        if let Some(ledger) = self.ledger
+            && !ledger.take(self.stream.as_raw_fd(), Instant::now())
+        {
+            return true;
+        }
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`; MSG_PEEK leaves it in the socket.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 }
 
@@ -280,43 +312,6 @@ impl Drop for TickIo {
         if let Some(ledger) = self.ledger {
             ledger.remove(self.stream.as_raw_fd());
         }
-    }
-}
-
-impl hyper::rt::Write for TickIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = this.until_ready(cx, |s| s.write(buf));
-        this.waiting |= matches!(written, Poll::Ready(Ok(n)) if n > 0);
-        written
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = this.until_ready(cx, |s| s.write_vectored(bufs));
-        this.waiting |= matches!(written, Poll::Ready(Ok(n)) if n > 0);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-        Poll::Ready(Ok(()))
     }
 }
 
