@@ -197,11 +197,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Broken> {
 
 /// Reads up to `want` more bytes onto the end of `buf`; the count read (0: end of stream).
 async fn fill(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
-    let old = buf.len();
-    buf.resize(old + want, 0);
-    let read = io.recv(&mut buf[old..]).await;
-    buf.truncate(old + *read.as_ref().unwrap_or(&0));
-    read
+    io.recv_onto(buf, want).await
 }
 
 /// Like [`fill`], for the body: the end of the stream is an error.
