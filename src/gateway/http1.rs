@@ -721,32 +721,30 @@ mod tests {
 
     #[tokio::test]
     async fn answers_arriving_in_pieces_are_read_whole_interim_answers_skipped() {
-        // A `100 Continue` first, then a head cut mid-line, a body in three pieces.
-        let (url, _) = slow_server(vec![
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-len",
-            b"gth: 11\r\n\r\nhel",
-            b"lo wo",
-            b"rld",
-        ])
-        .await;
-        let c = Http1::for_base_url(&url).unwrap();
-        for _ in 0..2 {
-            assert_eq!(get(&c, 1024).await.unwrap().body, b"hello world");
+        let answers: [Vec<&'static [u8]>; 2] = [
+            // A `100 Continue` first, then a head cut mid-line, a body in three pieces.
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-len",
+                b"gth: 11\r\n\r\nhel",
+                b"lo wo",
+                b"rld",
+            ],
+            // Chunked, with an extension and a trailer, the chunks cut anywhere.
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r",
+                b"\nhel",
+                b"lo\r\n6\r\n world\r\n0\r\nx-trailer: 1",
+                b"\r\n\r\n",
+            ],
+        ];
+        for pieces in answers {
+            let (url, _) = slow_server(pieces).await;
+            let c = Http1::for_base_url(&url).unwrap();
+            for _ in 0..2 {
+                assert_eq!(get(&c, 1024).await.unwrap().body, b"hello world");
+            }
+            assert_eq!(c.idle_count(), 1, "kept");
         }
-        assert_eq!(c.idle_count(), 1, "kept");
-        // Chunked, with an extension and a trailer, the chunks cut anywhere.
-        let (url, _) = slow_server(vec![
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r",
-            b"\nhel",
-            b"lo\r\n6\r\n world\r\n0\r\nx-trailer: 1",
-            b"\r\n\r\n",
-        ])
-        .await;
-        let c = Http1::for_base_url(&url).unwrap();
-        for _ in 0..2 {
-            assert_eq!(get(&c, 1024).await.unwrap().body, b"hello world");
-        }
-        assert_eq!(c.idle_count(), 1, "kept");
     }
 
     #[tokio::test]
