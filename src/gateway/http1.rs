@@ -1,5 +1,5 @@
 //! The gateway's plain-HTTP/1.1 path: one `GET` and its answer on a kept connection, read
-//! on the grid of [`super::tick_io`], idle connections kept for the next poll.
+//! on the grid of `gateway::tick_io`, idle connections kept for the next poll.
 //!
 //! Why not reqwest here: a poll is one small GET to one host, and measured on the idle
 //! workload (100 chats, every second, nothing new) reqwest's layers around hyper cost more
