@@ -209,6 +209,76 @@ async fn fill_body(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> Result<()
     }
 }
 
+/// A chunked body's decoder over a buffer that grows as bytes arrive. Pure: the reads are
+/// [`read_chunked`]'s.
+#[derive(Debug, Default)]
+struct Dechunk {
+    /// Where the next size line (or trailer line) starts in the buffer.
+    at: usize,
+    /// The last chunk (size 0) is in: trailer lines follow, up to a blank line.
+    trailers: bool,
+}
+
+impl Dechunk {
+    /// Decodes the whole chunks `raw` holds from [`Dechunk::at`] onto `body`: `Some(end)` once
+    /// the last chunk and the trailers' blank line are in (`end`: the bytes of `raw` the body
+    /// took), `None` while more bytes are needed.
+    fn step(&mut self, raw: &[u8], body: &mut Vec<u8>, cap: u64) -> Result<Option<usize>, Broken> {
+        loop {
+            let rest = &raw[self.at..];
+            if self.trailers {
+                match memchr::memmem::find(rest, b"\r\n") {
+                    Some(0) => {
+                        self.at += 2;
+                        return Ok(Some(self.at));
+                    }
+                    Some(i) => self.at += i + 2,
+                    None if rest.len() > MAX_HEAD => {
+                        return Err(transport(
+                            "the gateway's answer has trailers longer than 64 KiB",
+                        ));
+                    }
+                    None => return Ok(None),
+                }
+                continue;
+            }
+            let (consumed, size) = match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete(c)) => c,
+                Ok(httparse::Status::Partial) if rest.len() > 1024 => {
+                    return Err(transport(
+                        "the gateway sent a chunk size line longer than 1 KiB",
+                    ));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(transport("the gateway sent a bad chunk size")),
+            };
+            if size == 0 {
+                self.at += consumed;
+                self.trailers = true;
+                continue;
+            }
+            if size > cap.saturating_sub(body.len() as u64) {
+                return Err(Broken::Failed(Failure::TooLarge));
+            }
+            let end = consumed + size as usize;
+            if rest.len() < end + 2 {
+                return Ok(None);
+            }
+            if &rest[end..end + 2] != b"\r\n" {
+                return Err(transport("the gateway sent a chunk longer than its size"));
+            }
+            body.extend_from_slice(&rest[consumed..end]);
+            self.at += end + 2;
+        }
+    }
+
+    /// Drops the part of `raw` already decoded.
+    fn compact(&mut self, raw: &mut Vec<u8>) {
+        raw.drain(..self.at);
+        self.at = 0;
+    }
+}
+
 /// The body of a chunked answer, from `raw` (what was read after the head) and the socket.
 /// Returns the body and whether bytes came after its end (then the connection is not kept).
 async fn read_chunked(
@@ -217,62 +287,16 @@ async fn read_chunked(
     cap: u64,
 ) -> Result<(Vec<u8>, bool), Broken> {
     let mut body = Vec::new();
-    let mut at = 0;
+    let mut dechunk = Dechunk::default();
     loop {
-        let (consumed, size) = match httparse::parse_chunk_size(&raw[at..]) {
-            Ok(httparse::Status::Complete(c)) => c,
-            Ok(httparse::Status::Partial) => {
-                if raw.len() - at > 1024 {
-                    return Err(transport(
-                        "the gateway sent a chunk size line longer than 1 KiB",
-                    ));
-                }
-                fill_body(io, &mut raw, READ_CHUNK).await?;
-                continue;
-            }
-            Err(_) => return Err(transport("the gateway sent a bad chunk size")),
-        };
-        if size == 0 {
-            at += consumed;
-            break;
+        if let Some(end) = dechunk.step(&raw, &mut body, cap)? {
+            return Ok((body, raw.len() > end));
         }
-        if size > cap.saturating_sub(body.len() as u64) {
-            return Err(Broken::Failed(Failure::TooLarge));
+        if dechunk.at > READ_CHUNK {
+            dechunk.compact(&mut raw);
         }
-        let size = size as usize;
-        let end = at + consumed + size;
-        while raw.len() < end + 2 {
-            // What the chunk still needs, and the next size line with it if it is there.
-            let want = (end + 2 - raw.len()).max(1024);
-            fill_body(io, &mut raw, want).await?;
-        }
-        if &raw[end..end + 2] != b"\r\n" {
-            return Err(transport("the gateway sent a chunk longer than its size"));
-        }
-        body.extend_from_slice(&raw[at + consumed..end]);
-        at = end + 2;
-        if at > READ_CHUNK {
-            raw.drain(..at);
-            at = 0;
-        }
+        fill_body(io, &mut raw, READ_CHUNK).await?;
     }
-    // Trailer lines, up to the blank line that ends the answer.
-    loop {
-        match memchr::memmem::find(&raw[at..], b"\r\n") {
-            Some(0) => {
-                at += 2;
-                break;
-            }
-            Some(i) => at += i + 2,
-            None if raw.len() - at > MAX_HEAD => {
-                return Err(transport(
-                    "the gateway's answer has trailers longer than 64 KiB",
-                ));
-            }
-            None => fill_body(io, &mut raw, 1024).await?,
-        }
-    }
-    Ok((body, raw.len() > at))
 }
 
 /// Sends `request` on `io` and reads the answer: a 2xx body up to `cap` bytes. Says whether
@@ -830,6 +854,91 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(seen.requests.lock().unwrap().len(), 1);
+    }
+
+    /// `body` chunked in pieces of `sizes` (cycled), each size line with an extension when
+    /// `ext`, and `trailers` trailer lines.
+    fn chunked(body: &[u8], sizes: &[usize], ext: bool, trailers: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < body.len() {
+            let n = sizes[i % sizes.len()].min(body.len() - at);
+            i += 1;
+            out.extend_from_slice(format!("{n:X}").as_bytes());
+            if ext {
+                out.extend_from_slice(b";name=\"v\"");
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&body[at..at + n]);
+            out.extend_from_slice(b"\r\n");
+            at += n;
+        }
+        out.extend_from_slice(b"0\r\n");
+        for t in 0..trailers {
+            out.extend_from_slice(format!("x-t{t}: {t}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    proptest::proptest! {
+        /// However the encoded body is cut as it arrives, the decoder gives back the body,
+        /// says it is done exactly when its last byte is in, and keeps what follows apart.
+        #[test]
+        fn a_chunked_body_decodes_the_same_however_it_arrives(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            sizes in proptest::collection::vec(1usize..200, 1..5),
+            ext in proptest::bool::ANY,
+            trailers in 0usize..3,
+            cuts in proptest::collection::vec(0usize..1000, 0..8),
+            after in proptest::bool::ANY,
+            compact in proptest::bool::ANY,
+        ) {
+            let encoded = chunked(&body, &sizes, ext, trailers);
+            let mut stream = encoded.clone();
+            if after {
+                stream.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let (mut raw, mut got, mut dechunk) = (Vec::new(), Vec::new(), Dechunk::default());
+            let (mut from, mut taken, mut done) = (0, 0, None);
+            for cut in cuts {
+                raw.extend_from_slice(&stream[from..cut]);
+                from = cut;
+                let step = dechunk.step(&raw, &mut got, u64::MAX).unwrap();
+                if let Some(end) = step {
+                    done = Some(taken + end);
+                    break;
+                }
+                proptest::prop_assert!(cut < encoded.len(), "all of it is in, yet not done");
+                if compact {
+                    taken += dechunk.at;
+                    dechunk.compact(&mut raw);
+                }
+            }
+            proptest::prop_assert_eq!(done, Some(encoded.len()));
+            proptest::prop_assert_eq!(got, body);
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_past_the_cap_or_malformed_is_refused() {
+        let step = |raw: &[u8], cap: u64| Dechunk::default().step(raw, &mut Vec::new(), cap);
+        let encoded = chunked(&[7; 100], &[40], false, 0);
+        assert!(matches!(step(&encoded, 100), Ok(Some(_))));
+        assert!(matches!(
+            step(&encoded, 99),
+            Err(Broken::Failed(Failure::TooLarge))
+        ));
+        for bad in [&b"zz\r\n"[..], b"3\r\nabcd\r\n0\r\n\r\n", &[b'1'; 2000]] {
+            assert!(
+                matches!(step(bad, 1000), Err(Broken::Failed(Failure::Transport(_)))),
+                "{:?}",
+                String::from_utf8_lossy(&bad[..bad.len().min(20)])
+            );
+        }
     }
 
     #[test]
