@@ -195,14 +195,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Broken> {
     }))
 }
 
-/// Reads up to `want` more bytes onto the end of `buf`; the count read (0: end of stream).
-async fn fill(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
-    io.recv_onto(buf, want).await
-}
-
-/// Like [`fill`], for the body: the end of the stream is an error.
+/// Reads up to `want` more bytes of the body onto `buf`: the end of the stream is an error.
 async fn fill_body(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> Result<(), Broken> {
-    match fill(io, buf, want).await {
+    match io.recv_onto(buf, want).await {
         Ok(0) => Err(transport(format!("{CLOSED} in the middle of the answer"))),
         Ok(_) => Ok(()),
         Err(e) => Err(transport(format!("cannot read the answer: {e}"))),
@@ -321,7 +316,7 @@ async fn exchange(io: &mut TickIo, request: &[u8], cap: u64) -> Result<(Answer, 
             ));
         }
         let nothing_yet = buf.is_empty();
-        match fill(io, &mut buf, READ_CHUNK).await {
+        match io.recv_onto(&mut buf, READ_CHUNK).await {
             Ok(0) if nothing_yet => return Err(Broken::Unanswered(CLOSED.into())),
             Ok(0) => return Err(transport(format!("{CLOSED} in the middle of the answer"))),
             Ok(_) => {}
@@ -363,7 +358,7 @@ async fn exchange(io: &mut TickIo, request: &[u8], cap: u64) -> Result<(Answer, 
                 if body.len() as u64 > cap {
                     return Err(Broken::Failed(Failure::TooLarge));
                 }
-                match fill(io, &mut body, READ_CHUNK).await {
+                match io.recv_onto(&mut body, READ_CHUNK).await {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => return Err(transport(format!("cannot read the answer: {e}"))),
