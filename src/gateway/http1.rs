@@ -195,8 +195,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Broken> {
     }))
 }
 
-/// Reads up to `want` more bytes of the body onto `buf`: the end of the stream is an error.
-async fn fill_body(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> Result<(), Broken> {
+/// Reads up to `want` more bytes of an answer already begun onto `buf`: the end of the stream
+/// is an error.
+async fn read_more(io: &mut TickIo, buf: &mut Vec<u8>, want: usize) -> Result<(), Broken> {
     match io.recv_onto(buf, want).await {
         Ok(0) => Err(transport(format!("{CLOSED} in the middle of the answer"))),
         Ok(_) => Ok(()),
@@ -290,7 +291,7 @@ async fn read_chunked(
         if dechunk.at > READ_CHUNK {
             dechunk.compact(&mut raw);
         }
-        fill_body(io, &mut raw, READ_CHUNK).await?;
+        read_more(io, &mut raw, READ_CHUNK).await?;
     }
 }
 
@@ -315,15 +316,14 @@ async fn exchange(io: &mut TickIo, request: &[u8], cap: u64) -> Result<(Answer, 
                 "the gateway's answer has a head longer than 64 KiB",
             ));
         }
-        let nothing_yet = buf.is_empty();
+        if !buf.is_empty() {
+            read_more(io, &mut buf, READ_CHUNK).await?;
+            continue;
+        }
         match io.recv_onto(&mut buf, READ_CHUNK).await {
-            Ok(0) if nothing_yet => return Err(Broken::Unanswered(CLOSED.into())),
-            Ok(0) => return Err(transport(format!("{CLOSED} in the middle of the answer"))),
+            Ok(0) => return Err(Broken::Unanswered(CLOSED.into())),
             Ok(_) => {}
-            Err(e) if nothing_yet => {
-                return Err(Broken::Unanswered(format!("cannot read the answer: {e}")));
-            }
-            Err(e) => return Err(transport(format!("cannot read the answer: {e}"))),
+            Err(e) => return Err(Broken::Unanswered(format!("cannot read the answer: {e}"))),
         }
     };
     if !(200..300).contains(&head.status) {
@@ -344,7 +344,7 @@ async fn exchange(io: &mut TickIo, request: &[u8], cap: u64) -> Result<(Answer, 
             body.extend_from_slice(&rest[..rest.len().min(n)]);
             while body.len() < n {
                 let want = n - body.len();
-                fill_body(io, &mut body, want).await?;
+                read_more(io, &mut body, want).await?;
             }
             (body, head.keep && rest.len() <= n)
         }

@@ -22,10 +22,11 @@
 //! `recv` that finds nothing. Without an epoll set (it could not be created), a waiting read
 //! tries its socket at every tick as before.
 //!
-//! Owns: the socket's reads and writes for [`super::http1`], and the ledger of edges. Must not: block (every call is non-blocking)
-//! or spin (a call that cannot make progress always waits for a tick).
+//! Owns: the socket's reads and writes for [`super::http1`], and the ledger of edges. Must
+//! not: block (every call is non-blocking) or spin (a call that cannot make progress always waits for a tick).
 
 use std::collections::HashSet;
+use std::future::Future as _;
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -225,11 +226,7 @@ impl TickIo {
             Some(Poll::Ready(())) => Poll::Ready(()),
         }
     }
-}
 
-use std::future::Future as _;
-
-impl TickIo {
     /// Reads into `dst`, waiting on the grid while nothing is there; `Ok(0)` at the end of the
     /// stream. The count returned is of bytes written at the start of `dst`.
     fn poll_recv(
